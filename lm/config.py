@@ -1,0 +1,308 @@
+"""Typed dataclass configs for every part of a run, dotted overrides, and validation.
+
+An experiment is one `Config`. `apply_overrides(cfg, ["train.steps=100", "model.n_layer=2"])`
+parses each value with the field's declared type; an unknown key, a wrong type or a value outside
+a field's allowed set raises `ConfigError` naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    """One config for both families: GPT-2 exactly, and the modern options."""
+    vocab_size: int = 65
+    block_size: int = 64                 # max sequence length (learned positions / RoPE table size)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_kv_head: Optional[int] = None      # grouped-query attention; None = n_head
+    mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"
+    mlp_hidden: Optional[int] = None     # None: 4*n_embd (gelu/relu2), 8/3*n_embd rounded to 64 (swiglu)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    pos: Literal["learned", "rope"] = "learned"
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    bias: bool = True
+    tie_embeddings: bool = True
+    logit_softcap: float = 0.0           # 0 = off; else logits = c*tanh(logits/c)
+    dropout: float = 0.0
+    dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype; parameters stay float32
+    init_std: float = 0.02
+    remat: bool = False                  # recompute each block in the backward pass
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return int(math.ceil(8 * self.n_embd / 3 / 64) * 64)
+        return 4 * self.n_embd
+
+    def validate(self, prefix: str = "model") -> None:
+        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"{prefix}.{k} must be > 0, got {getattr(self, k)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"{prefix}.n_embd ({self.n_embd}) must be divisible by "
+                              f"{prefix}.n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ConfigError(f"{prefix}.n_head ({self.n_head}) must be divisible by "
+                              f"{prefix}.n_kv_head ({self.kv_heads})")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ConfigError(f"{prefix}: RoPE needs an even head_dim, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{prefix}.dropout must be in [0, 1), got {self.dropout}")
+
+
+def gpt2_preset(name: str) -> ModelConfig:
+    """GPT-2 family with its published shapes (vocab 50257, context 1024)."""
+    shapes = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024),
+              "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600)}
+    if name not in shapes:
+        raise ConfigError(f"unknown GPT-2 preset {name!r}; known: {sorted(shapes)}")
+    n_layer, n_head, n_embd = shapes[name]
+    return ModelConfig(vocab_size=50257, block_size=1024, n_layer=n_layer, n_head=n_head,
+                       n_embd=n_embd)
+
+
+def modern(**kw) -> ModelConfig:
+    """The modern family: RoPE, RMSNorm, QK-norm, ReLU², untied, no biases, logit soft-cap."""
+    base = dict(pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", bias=False,
+                tie_embeddings=False, logit_softcap=15.0, norm_eps=1e-6)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def depth_preset(depth: int, *, vocab_size: int = 65536, block_size: int = 2048,
+                 aspect: int = 64, head_dim: int = 128, **kw) -> ModelConfig:
+    """`d{N}` scaling dial (nanochat-style): width = 64·depth, heads = width/128 (at least 1)."""
+    n_embd = depth * aspect
+    n_head = max(1, (n_embd + head_dim - 1) // head_dim)
+    while n_embd % n_head:
+        n_head += 1
+    return modern(vocab_size=vocab_size, block_size=block_size, n_layer=depth, n_head=n_head,
+                  n_embd=n_embd, **kw)
+
+
+def model_preset(name: str) -> ModelConfig:
+    if name.startswith("gpt2"):
+        return gpt2_preset(name)
+    if name.startswith("d") and name[1:].isdigit():
+        return depth_preset(int(name[1:]))
+    raise ConfigError(f"unknown model preset {name!r}; known: gpt2, gpt2-medium, gpt2-large, "
+                      f"gpt2-xl, d<N> (e.g. d12)")
+
+
+@dataclass
+class DataConfig:
+    source: str = "tinyshakespeare"       # a name in lm.data.pipeline.SOURCES
+    tokenizer: str = "char"               # 'char', 'gpt2', or a path to a saved tokenizer artifact
+    train_split: float = 0.9              # first fraction of the token stream for training
+    seq_len: int = 64                     # tokens per row (targets are the next tokens)
+    batch_size: int = 12                  # global batch (rows per optimizer step)
+    sampling: Literal["random", "sequential"] = "random"   # nanoGPT random windows, or strided
+    segment_on_bos: bool = False          # packed documents: no attention across BOS boundaries
+    shards: str = ""                      # glob of token shards (source='shards')
+    seed: int = 1337
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 100
+    decay_steps: int = 0                  # wsd: length of the final decay; 0 = 20% of steps
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False        # apply weight decay to embeddings too
+    grad_clip: float = 1.0                # 0 = off
+    z_loss: float = 0.0                   # coefficient of log(Z)^2
+
+
+@dataclass
+class MeshConfig:
+    parallelism: Literal["jit", "pmap"] = "jit"
+    data: int = -1                        # devices along 'data'; -1 = all that fsdp leaves
+    fsdp: int = 1                         # devices along 'fsdp' (parameters sharded)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    grad_accum: int = 1
+    eval_every: int = 250
+    eval_batches: int = 200               # nanoGPT's eval_iters
+    log_every: int = 10
+    seed: int = 1337
+    sample_tokens: int = 300              # text sample at the end (0 = none)
+    sample_prompt: str = "\n"
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000                     # save every N steps (and always at the end)
+    keep: int = 3
+
+
+@dataclass
+class Config:
+    name: str = "unnamed"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        if self.data.seq_len > self.model.block_size:
+            raise ConfigError(f"data.seq_len ({self.data.seq_len}) exceeds model.block_size "
+                              f"({self.model.block_size})")
+        if self.data.batch_size % self.train.grad_accum:
+            raise ConfigError(f"data.batch_size ({self.data.batch_size}) must be divisible by "
+                              f"train.grad_accum ({self.train.grad_accum})")
+        if not 0 < self.data.train_split < 1:
+            raise ConfigError(f"data.train_split must be in (0, 1), got {self.data.train_split}")
+        for k in ("steps", "eval_every", "log_every", "eval_batches"):
+            if getattr(self.train, k) <= 0:
+                raise ConfigError(f"train.{k} must be > 0, got {getattr(self.train, k)}")
+        if self.mesh.fsdp < 1 or self.mesh.data == 0 or self.mesh.data < -1:
+            raise ConfigError("mesh.fsdp must be >= 1 and mesh.data >= 1 or -1 (all remaining)")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+
+def _fields(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _parse(key: str, raw: Any, tp: Any) -> Any:
+    """Parse `raw` (string from the CLI, or a Python value) as type `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse(key, raw, inner[0])
+    if origin is Literal:
+        if raw not in args:
+            raise ConfigError(f"{key}: {raw!r} is not allowed; choose one of {list(args)}")
+        return raw
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        s = str(raw).lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a bool (true/false), got {raw!r}")
+    if tp is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected an int, got {raw!r}")
+        try:
+            if isinstance(raw, str):
+                v = float(raw.replace("_", ""))
+                if v != int(v):
+                    raise ValueError
+                return int(v)
+            if isinstance(raw, float) and raw != int(raw):
+                raise ValueError
+            return int(raw)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{key}: expected an int, got {raw!r}") from None
+    if tp is float:
+        try:
+            return float(raw)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{key}: expected a float, got {raw!r}") from None
+    if tp is str:
+        return str(raw)
+    raise ConfigError(f"{key}: cannot override a field of type {tp}")
+
+
+def set_value(cfg: Config, key: str, raw: Any) -> None:
+    """Set dotted `key` (e.g. 'model.n_layer') on `cfg`, parsing `raw` with the field's type."""
+    parts = key.split(".")
+    obj = cfg
+    hints_owner = cfg
+    for i, part in enumerate(parts):
+        fields = _fields(obj)
+        where = ".".join(parts[:i]) or "<top level>"
+        if part not in fields:
+            raise ConfigError(f"unknown config key {key!r}: {where} has no {part!r}; "
+                              f"valid keys there: {sorted(fields)}")
+        hints = typing.get_type_hints(type(hints_owner))
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                raise ConfigError(f"{key!r} is a section; set one of its keys: "
+                                  f"{sorted(_fields(getattr(obj, part)))}")
+            setattr(obj, part, _parse(key, raw, hints[part]))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i + 1])} is "
+                                  f"not a section")
+            hints_owner = obj
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply 'key=value' strings in order; `model.preset=NAME` first replaces the model config."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like key=value")
+        key, raw = ov.split("=", 1)
+        key = key.strip()
+        if key == "model.preset":
+            cfg.model = model_preset(raw.strip())
+            continue
+        set_value(cfg, key, raw.strip())
+    return cfg.validate()
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a Config from `to_dict()` output (e.g. a run's saved config.json)."""
+    cfg = Config()
+    for section, values in d.items():
+        if isinstance(values, dict):
+            for k, v in values.items():
+                set_value(cfg, f"{section}.{k}", v)
+        else:
+            set_value(cfg, section, values)
+    return cfg.validate()

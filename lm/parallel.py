@@ -1,0 +1,122 @@
+"""Mesh, logical-axis rules and shardings: the one place that maps model axes to devices.
+
+The mesh has two axes: `data` (pure data parallelism) and `fsdp` (data parallelism with parameters
+and optimizer state sharded). Parameters carry logical axis names (see `lm.layers`); `RULES` maps
+them to mesh axes. A dimension that the mesh axis does not divide stays replicated.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import flax.linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lm.config import MeshConfig
+
+# logical axis -> mesh axis (or None = replicated)
+RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "embed": "fsdp",
+    "vocab": None,
+    "heads": None,
+    "mlp": None,
+    "norm": None,
+}
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    fsdp = cfg.fsdp
+    data = cfg.data if cfg.data > 0 else len(devices) // fsdp
+    if data * fsdp > len(devices) or data < 1:
+        raise ValueError(f"mesh.data={cfg.data} × mesh.fsdp={cfg.fsdp} needs {max(data, 1) * fsdp} "
+                         f"devices; {len(devices)} available")
+    grid = np.array(devices[:data * fsdp]).reshape(data, fsdp)
+    return Mesh(grid, ("data", "fsdp"))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def _mesh_axes(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
+    out = []
+    for name, dim in zip(logical, shape):
+        axis = RULES.get(name) if name is not None else None
+        if axis is not None:
+            size = math.prod(mesh.shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
+            if size == 1 or dim % size:
+                axis = None
+        out.append(axis)
+    return P(*out)
+
+
+def param_shardings(boxed_params, mesh: Mesh):
+    """NamedSharding per parameter from its logical axes (boxed as `nn.LogicallyPartitioned`)."""
+    def one(x):
+        if isinstance(x, nn.LogicallyPartitioned):
+            return NamedSharding(mesh, _mesh_axes(x.names, x.value.shape, mesh))
+        return NamedSharding(mesh, P())
+    return jax.tree.map(one, boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def _key_path(path) -> str:
+    return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def tree_shardings_like(tree, params_abstract, params_sh, mesh: Mesh):
+    """Shardings for a pytree (e.g. optimizer state) whose leaves mirror parameters by dict path.
+
+    Leaves whose dict-key path ends with a parameter's path and shape get that parameter's
+    sharding (Adam moments); everything else (counts, scalars) is replicated.
+    """
+    by_path = {}
+    for (path, leaf), sh in zip(jax.tree_util.tree_leaves_with_path(params_abstract),
+                                jax.tree.leaves(params_sh)):
+        by_path[_key_path(path)] = (leaf.shape, sh)
+
+    def one(path, leaf):
+        hit = by_path.get(_key_path(path))
+        if hit is not None and hit[0] == getattr(leaf, "shape", None):
+            return hit[1]
+        return NamedSharding(mesh, P())
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows split over every data-parallel device; the sequence dimension replicated."""
+    return NamedSharding(mesh, P(RULES["batch"]))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+# ---- pmap: the classic data-parallel path --------------------------------------------------------
+
+PMAP_AXIS = "batch"
+
+
+def pmap_replicate(tree, devices):
+    """One copy of every leaf per device, stacked on a leading axis (pmap's layout)."""
+    devices = list(devices)
+    sh = NamedSharding(Mesh(np.array(devices), ("replica",)), P("replica"))
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x)[None], (len(devices),) + x.shape),
+                                 sh), tree)
+
+
+def pmap_split_batch(batch: dict, n: int) -> dict:
+    """[B, ...] numpy arrays -> [n, B/n, ...] for pmap."""
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split over {n} devices")
+        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+    return {k: split(v) for k, v in batch.items()}
+
+
+def pmap_unreplicate(tree):
+    return jax.tree.map(lambda x: x[0], tree)

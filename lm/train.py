@@ -1,0 +1,408 @@
+"""Training: `TrainState`, the pure `train_step`/`eval_step`, and the loop around them.
+
+The step is built from a pluggable loss closure (`loss_fn(params, batch, rng) -> (loss, metrics)`),
+so SFT and RL objectives reuse the same step, sharding and checkpointing. The loop compiles the
+step once — `jax.jit` with explicit `NamedSharding`s over the mesh and a donated state, or
+`jax.pmap` with `lax.pmean` of gradients (`mesh.parallelism=pmap`) — and keeps side effects
+(logging, evaluation, checkpoints, Ctrl-C) at its edges.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from lm import losses, model, parallel
+from lm.config import Config
+from lm.optim import make_optimizer, schedule as make_schedule
+
+Batch = dict[str, Any]
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict]]
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array          # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+    rng: jax.Array           # raw uint32[2] key; per-step keys are fold_in(rng, step)
+
+
+def lm_loss(cfg: Config) -> LossFn:
+    """Next-token cross-entropy (with optional z-loss and per-token weights) of the model."""
+    mcfg, z = cfg.model, cfg.optim.z_loss
+
+    def loss_fn(params, batch, rng):
+        logits = model.apply(params, mcfg, batch["inputs"],
+                             positions_BT=batch.get("positions"),
+                             segment_ids_BT=batch.get("segment_ids"),
+                             dropout_rng=rng if mcfg.dropout > 0 else None)
+        return losses.cross_entropy(logits, batch["targets"], batch.get("weights"), z)
+    return loss_fn
+
+
+def init_state(cfg: Config, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    """Pure: a fresh state from a seed (jit it with out_shardings to create it sharded)."""
+    key = jax.random.PRNGKey(seed)
+    init_key, state_key = jax.random.split(key)
+    params = model.init(cfg.model, init_key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=state_key)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_accum: int = 1,
+                    axis_name: Optional[str] = None, lr_schedule=None):
+    """`train_step(state, batch) -> (state, metrics)`: pure, for jit or pmap (`axis_name`)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        if grad_accum == 1:
+            (_, metrics), grads = grad_fn(state.params, batch, rng)
+        else:
+            # Micro-batch k takes rows k, k+A, k+2A, ...: keeps each device's rows on that device.
+            micro = jax.tree.map(lambda x: jnp.swapaxes(
+                x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]), 0, 1), batch)
+
+            def body(carry, xs):
+                mb, i = xs
+                (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (g, m)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng)[::-1]))
+            zeros = (zeros[0], zeros[1][1])
+            (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum)))
+            grads = jax.tree.map(lambda g: g / grad_accum, grads)
+            metrics = {k: (v if k == "tokens" else v / grad_accum) for k, v in metrics.items()}
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            metrics = jax.lax.pmean(metrics, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        if lr_schedule is not None:
+            metrics["lr"] = lr_schedule(state.step)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return train_step
+
+
+def make_eval_step(loss_fn: LossFn, axis_name: Optional[str] = None):
+    """`eval_step(params, batch) -> {'loss_sum', 'tokens'}` (sums, so batches combine exactly)."""
+    def eval_step(params, batch):
+        _, m = loss_fn(params, batch, jax.random.PRNGKey(0))
+        out = {"loss_sum": m["loss"] * m["tokens"], "tokens": m["tokens"]}
+        if axis_name is not None:
+            out = jax.lax.psum(out, axis_name)
+        return out
+    return eval_step
+
+
+# ---- compiled steps over a mesh or with pmap ---------------------------------------------------
+
+@dataclasses.dataclass
+class Compiled:
+    """A run's compiled functions plus how to move state and batches onto devices."""
+    cfg: Config
+    mesh: Any
+    parallelism: str
+    train_step: Callable
+    eval_step: Callable
+    state_sharding: Any
+    put_batch: Callable[[Batch], Batch]
+    abstract_state: Any
+    tx: optax.GradientTransformation
+
+    def init_state(self, seed: int) -> TrainState:
+        fn = lambda: init_state(self.cfg, self.tx, seed)
+        if self.parallelism == "pmap":
+            return parallel.pmap_replicate(jax.jit(fn)(), self.mesh.devices.flatten().tolist())
+        return jax.jit(fn, out_shardings=self.state_sharding)()
+
+    def host_state(self, state: TrainState) -> TrainState:
+        """The state as the checkpoint sees it (pmap's replica axis removed)."""
+        return parallel.pmap_unreplicate(state) if self.parallelism == "pmap" else state
+
+    def device_state(self, state: TrainState) -> TrainState:
+        if self.parallelism == "pmap":
+            return parallel.pmap_replicate(state, self.mesh.devices.flatten().tolist())
+        return state
+
+    def checkpoint_target(self):
+        """Abstract state with the shardings a restore should produce."""
+        if self.parallelism == "pmap":
+            dev = jax.sharding.SingleDeviceSharding(self.mesh.devices.flat[0])
+            return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev),
+                                self.abstract_state)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            self.abstract_state, self.state_sharding)
+
+    def eval_params(self, state: TrainState):
+        return state.params
+
+    def params_for_host(self, state: TrainState):
+        return self.host_state(state).params
+
+
+def compile_steps(cfg: Config, loss_fn: Optional[LossFn] = None, *,
+                  devices: Optional[list] = None) -> Compiled:
+    """Build the optimizer, mesh, shardings and the (lazily) compiled train/eval steps."""
+    loss_fn = loss_fn or lm_loss(cfg)
+    tx = make_optimizer(cfg.optim, cfg.train.steps)
+    lr = make_schedule(cfg.optim, cfg.train.steps)
+    mesh = parallel.make_mesh(cfg.mesh, devices)
+    n_dp = parallel.data_parallel_size(mesh)
+    if cfg.data.batch_size % (n_dp * cfg.train.grad_accum):
+        raise ValueError(f"data.batch_size ({cfg.data.batch_size}) must divide evenly over "
+                         f"{n_dp} data-parallel devices × train.grad_accum ({cfg.train.grad_accum})")
+    abstract_state = jax.eval_shape(lambda: init_state(cfg, tx, 0))
+
+    if cfg.mesh.parallelism == "pmap":
+        if cfg.mesh.fsdp != 1:
+            raise ValueError("mesh.parallelism=pmap is pure data parallelism: set mesh.fsdp=1")
+        axis = parallel.PMAP_AXIS
+        step = jax.pmap(make_train_step(loss_fn, tx, grad_accum=cfg.train.grad_accum,
+                                        axis_name=axis, lr_schedule=lr),
+                        axis_name=axis, donate_argnums=(0,), devices=list(mesh.devices.flat))
+        ev = jax.pmap(make_eval_step(loss_fn, axis), axis_name=axis, devices=list(mesh.devices.flat))
+        put = lambda b: parallel.pmap_split_batch(b, n_dp)
+        return Compiled(cfg, mesh, "pmap", step, ev, None, put, abstract_state, tx)
+
+    boxed = jax.eval_shape(lambda: model.init_boxed(cfg.model, jax.random.key(0)))
+    p_sh = parallel.param_shardings(boxed, mesh)
+    state_sh = TrainState(
+        step=parallel.replicated(mesh), params=p_sh,
+        opt_state=parallel.tree_shardings_like(abstract_state.opt_state, abstract_state.params,
+                                               p_sh, mesh),
+        rng=parallel.replicated(mesh))
+    b_sh = parallel.batch_sharding(mesh)
+    step = jax.jit(make_train_step(loss_fn, tx, grad_accum=cfg.train.grad_accum, lr_schedule=lr),
+                   in_shardings=(state_sh, b_sh), out_shardings=(state_sh, parallel.replicated(mesh)),
+                   donate_argnums=(0,))
+    ev = jax.jit(make_eval_step(loss_fn), in_shardings=(p_sh, b_sh),
+                 out_shardings=parallel.replicated(mesh))
+    put = lambda b: jax.device_put(b, b_sh)
+    return Compiled(cfg, mesh, "jit", step, ev, state_sh, put, abstract_state, tx)
+
+
+def abstract_batch(cfg: Config, with_segments: bool = False) -> Batch:
+    B, T = cfg.data.batch_size, cfg.data.seq_len
+    b = {"inputs": jax.ShapeDtypeStruct((B, T), jnp.int32),
+         "targets": jax.ShapeDtypeStruct((B, T), jnp.int32)}
+    if with_segments:
+        b["segment_ids"] = jax.ShapeDtypeStruct((B, T), jnp.int32)
+    return b
+
+
+def aot_report(cfg: Config, compiled: Optional[Compiled] = None) -> dict:
+    """Compile the train step ahead of time on abstract shapes; memory and FLOPs, no allocation."""
+    c = compiled or compile_steps(cfg)
+    if c.parallelism == "pmap":
+        raise ValueError("--dry_run memory report needs mesh.parallelism=jit")
+    t0 = time.perf_counter()
+    lowered = c.train_step.lower(c.abstract_state, abstract_batch(cfg, cfg.data.segment_on_bos))
+    exe = lowered.compile()
+    out = {"compile_s": time.perf_counter() - t0}
+    mem = exe.memory_analysis()
+    if mem is not None:
+        for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                  "generated_code_size_in_bytes", "alias_size_in_bytes"):
+            out[k] = int(getattr(mem, k, 0) or 0)
+        out["peak_estimate_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+                                      + out["temp_size_in_bytes"] - out["alias_size_in_bytes"])
+    cost = exe.cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0] if cost else {}
+    if cost and "flops" in cost:
+        out["xla_flops_per_step"] = float(cost["flops"])
+    return out
+
+
+# ---- peak FLOP/s for MFU --------------------------------------------------------------------------
+
+_PEAK_BF16 = {  # per chip, dense
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+}
+
+
+def measure_matmul_flops(n: int = 1024, reps: int = 5, dtype=jnp.float32) -> float:
+    """Measured FLOP/s of one jitted n×n matmul on the default device (median of reps)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / float(np.median(times))
+
+
+def peak_flops(cfg: Config) -> float:
+    """Peak FLOP/s of all devices in use: a table for accelerators, a measurement on CPU."""
+    dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return measure_matmul_flops()
+    kind = dev.device_kind
+    for name, f in _PEAK_BF16.items():
+        if kind.startswith(name):
+            scale = 1.0 if cfg.model.dtype == "bfloat16" else 0.5
+            return f * scale * jax.device_count()
+    return float("nan")
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def new_run_dir(cfg: Config, workdir: Optional[str], resume: bool) -> str:
+    """runs/<experiment>/<timestamp>/ (under `workdir`, default the current directory).
+
+    With `resume`, the latest existing run of this experiment is reused.
+    """
+    root = os.path.join(workdir or ".", "runs", cfg.name)
+    if resume and os.path.isdir(root):
+        runs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        if runs:
+            return os.path.join(root, runs[-1])
+    return os.path.join(root, time.strftime("%Y%m%d-%H%M%S"))
+
+
+def evaluate(c: Compiled, params, val_batches) -> dict:
+    loss_sum, tokens = 0.0, 0.0
+    for b in val_batches:
+        m = c.eval_step(params, c.put_batch(b))
+        if c.parallelism == "pmap":
+            m = parallel.pmap_unreplicate(m)
+        loss_sum += float(m["loss_sum"])
+        tokens += float(m["tokens"])
+    return {"val_loss": loss_sum / max(tokens, 1.0)}
+
+
+def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = None,
+        resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
+        loss_fn: Optional[LossFn] = None) -> dict:
+    """Train `cfg`; returns a summary. `stop_after` ends the loop early (as if interrupted)."""
+    from tqdm.auto import tqdm
+    from lm.checkpoint import CheckpointManager
+    from lm.data import pipeline
+    from lm.logs import MetricsWriter
+    from lm.sampling import generate_text
+
+    cfg.validate()
+    run_dir = run_dir or new_run_dir(cfg, workdir, resume)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+
+    splits = pipeline.load_token_splits(cfg.data)
+    if splits.tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the "
+                         f"tokenizer's ({splits.tokenizer.vocab_size})")
+    bos = getattr(splits.tokenizer, "bos_id", None) if cfg.data.segment_on_bos else None
+    train_it, val_iter = pipeline.make_iterators(cfg.data, splits,
+                                                 eval_batches=cfg.train.eval_batches, bos_id=bos)
+    c = compile_steps(cfg, loss_fn)
+    ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), every=cfg.checkpoint.every,
+                             keep=cfg.checkpoint.keep)
+    state, start = None, 0
+    if resume:
+        restored = ckpt.restore(c.checkpoint_target())
+        if restored is not None:
+            start, host_state, extra = restored
+            state = c.device_state(host_state)
+            train_it.set_state(extra["data"])
+            print(f"resumed from {run_dir} at step {start}")
+    if state is None:
+        state = c.init_state(cfg.train.seed)
+
+    writer = MetricsWriter(run_dir)
+    fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
+    peak = peak_flops(cfg)
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    steps = cfg.train.steps
+    end = steps if stop_after is None else min(steps, stop_after)
+    summary: dict = {"run_dir": run_dir, "start_step": start}
+
+    def save(step, force=False):
+        if ckpt.should_save(step) or force:
+            ckpt.save(step, c.host_state(state), {"data": train_it.get_state()}, force=force)
+
+    # Ctrl-C sets a flag that the loop checks between steps, so the state is never caught
+    # half-donated; a second Ctrl-C raises as usual.
+    interrupted = False
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+
+    prev = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    bar = tqdm(total=steps, initial=start, disable=not progress, dynamic_ncols=True,
+               desc=cfg.name)
+    t_last, step_last = time.perf_counter(), start
+    last_train = None
+    try:
+        for step in range(start, end):
+            batch = c.put_batch(next(train_it))
+            state, metrics = c.train_step(state, batch)
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == end:
+                m = jax.device_get(metrics)
+                if c.parallelism == "pmap":
+                    m = parallel.pmap_unreplicate(m)
+                now = time.perf_counter()
+                tps = (done - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+                t_last, step_last = now, done
+                last_train = writer.write(done, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
+                                          tokens_per_s=tps, mfu=tps * fpt / peak)
+                bar.set_postfix(loss=f"{float(m['loss']):.4f}", lr=f"{float(m['lr']):.2e}",
+                                tok_s=f"{tps:,.0f}", mfu=f"{100 * tps * fpt / peak:.1f}%")
+            if done % cfg.train.eval_every == 0 or done == steps:
+                ev = evaluate(c, c.eval_params(state), val_iter())
+                writer.write(done, **ev)
+                summary["val_loss"] = ev["val_loss"]
+                bar.write(f"step {done}: val_loss {ev['val_loss']:.4f}")
+                t_last = time.perf_counter()  # don't count evaluation time as training time
+            save(done)
+            bar.update(1)
+            if stop["flag"]:
+                interrupted = True
+                bar.write(f"interrupted at step {done}: saving a checkpoint, then exiting")
+                break
+    finally:
+        bar.close()
+        if prev is not None:
+            signal.signal(signal.SIGINT, prev)
+    final_step = int(jax.device_get(c.host_state(state).step))
+    save(final_step, force=True)
+    ckpt.wait()
+    ckpt.close()
+    summary.update(final_step=final_step, interrupted=interrupted, train=last_train)
+    if final_step == steps and not interrupted and cfg.train.sample_tokens > 0:
+        tok = splits.tokenizer
+        text = generate_text(c.params_for_host(state), cfg.model, tok, cfg.train.sample_prompt,
+                             cfg.train.sample_tokens, seed=cfg.train.seed)
+        with open(os.path.join(run_dir, "sample.txt"), "w", encoding="utf-8") as f:
+            f.write(text)
+        writer.write_text(final_step, "sample", text)
+        summary["sample"] = text
+    writer.close()
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump({k: v for k, v in summary.items() if k != "sample"}, f, indent=2, default=str)
+    return summary

@@ -1,0 +1,28 @@
+"""Test setup: 8 simulated CPU devices (set before JAX is imported) and the shared data folder."""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Path of ../shared/data; tests that need it skip with the reason when it is absent."""
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (see its README for provenance)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def data_env(shared_data, monkeypatch):
+    """LM_DATA_DIR pointing at the shared data, so named sources resolve offline."""
+    monkeypatch.setenv("LM_DATA_DIR", shared_data)
+    return shared_data
