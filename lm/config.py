@@ -19,9 +19,13 @@ class ConfigError(ValueError):
     pass
 
 
-@dataclass
+@dataclass(unsafe_hash=True)
 class ModelConfig:
-    """One config for both families: GPT-2 exactly, and the modern options."""
+    """One config for both families: GPT-2 exactly, and the modern options.
+
+    Hashable (by value) so it can be a static argument of jitted functions; don't mutate one
+    after handing it to jit.
+    """
     vocab_size: int = 65
     block_size: int = 64                 # max sequence length (learned positions / RoPE table size)
     n_layer: int = 4

@@ -51,6 +51,15 @@ def main(argv=None) -> int:
         return 2
 
     from lm import model, train
+    from lm.data.sources import DataUnavailableError
+    try:
+        return _run(a, cfg, model, train)
+    except (ValueError, FileNotFoundError, DataUnavailableError) as e:  # bad config / data: a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(a, cfg, model, train) -> int:
     if a.dry_run:
         print(cfg.to_json())
         n = model.param_count(cfg.model)

@@ -52,12 +52,16 @@ def fetch(name: str, *, timeout: float = 60.0) -> str:
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = None
     try:
+        print(f"downloading {spec.url} -> {path}")
         with urllib.request.urlopen(spec.url, timeout=timeout) as r, \
                 tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False) as tmp:
             shutil.copyfileobj(r, tmp)
         os.replace(tmp.name, path)  # atomic: a killed download leaves no partial file behind
     except (urllib.error.URLError, OSError, TimeoutError) as e:
+        if tmp is not None and os.path.exists(tmp.name):
+            os.remove(tmp.name)
         raise DataUnavailableError(
             f"could not download {name} from {spec.url} ({e}).\n"
             f"Put the file at {path} (or set LM_DATA_DIR to a folder holding {spec.relpath}, "

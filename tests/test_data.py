@@ -1,0 +1,98 @@
+"""Data: nanoGPT's split and vocabulary, deterministic windows, exact resume, offline errors."""
+import os
+
+import numpy as np
+import pytest
+
+from lm.config import DataConfig
+from lm.data import pipeline, sources
+from lm.tokenizer import CharTokenizer, load_tokenizer
+
+
+def test_tinyshakespeare_char_split(data_env):
+    cfg = DataConfig()
+    s = pipeline.load_token_splits(cfg)
+    text = open(os.path.join(data_env, "tinyshakespeare", "input.txt"), encoding="utf-8").read()
+    assert s.tokenizer.vocab_size == len(set(text)) == 65
+    n = int(len(text) * 0.9)
+    assert len(s.train) == n and len(s.val) == len(text) - n
+    assert s.tokenizer.decode(s.train[:14]) == text[:14]
+    assert s.tokenizer.decode(s.val[-20:]) == text[-20:]
+
+
+def test_windows_targets_are_next_tokens_and_deterministic():
+    stream = np.arange(1000, dtype=np.uint16)
+    cfg = DataConfig(seq_len=16, batch_size=4, seed=7)
+    splits = pipeline.TokenSplits(stream, stream[:100], CharTokenizer(list("ab")))
+    a, _ = pipeline.make_iterators(cfg, splits, eval_batches=2)
+    b, _ = pipeline.make_iterators(cfg, splits, eval_batches=2)
+    for _ in range(3):
+        x, y = next(a), next(b)
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+        np.testing.assert_array_equal(x["targets"], x["inputs"] + 1)
+        assert x["inputs"].shape == (4, 16)
+    other, _ = pipeline.make_iterators(DataConfig(seq_len=16, batch_size=4, seed=8), splits,
+                                       eval_batches=2)
+    assert not np.array_equal(next(other)["inputs"], next(a)["inputs"])
+
+
+def test_iterator_resumes_exactly():
+    stream = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
+    cfg = DataConfig(seq_len=8, batch_size=3)
+    splits = pipeline.TokenSplits(stream, stream[:100], CharTokenizer(list("ab")))
+    it, _ = pipeline.make_iterators(cfg, splits, eval_batches=1)
+    seen = [next(it)["inputs"] for _ in range(5)]
+    state = it.get_state()
+    rest = [next(it)["inputs"] for _ in range(3)]
+    fresh, _ = pipeline.make_iterators(cfg, splits, eval_batches=1)
+    fresh.set_state(state)
+    for r in rest:
+        np.testing.assert_array_equal(next(fresh)["inputs"], r)
+    assert not np.array_equal(seen[0], rest[0])
+
+
+def test_segment_ids_follow_bos():
+    stream = np.array([5, 1, 2, 0, 3, 4, 0, 6, 7, 8, 9, 1, 2], np.uint16)
+    w = pipeline.TokenWindows(stream, 8, 0, "sequential", bos_id=0)
+    item = w[0]
+    np.testing.assert_array_equal(item["inputs"], stream[:8])
+    np.testing.assert_array_equal(item["segment_ids"], [0, 0, 0, 1, 1, 1, 2, 2])
+
+
+def test_val_batches_fixed_across_calls():
+    stream = np.arange(3000, dtype=np.uint16)
+    splits = pipeline.TokenSplits(stream, stream, CharTokenizer(list("ab")))
+    _, val = pipeline.make_iterators(DataConfig(seq_len=8, batch_size=2), splits, eval_batches=3)
+    a, b = list(val()), list(val())
+    assert len(a) == 3
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+
+
+def test_offline_error_names_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_DATA_DIR", str(tmp_path))
+    monkeypatch.setitem(sources.FILES, "tinyshakespeare",
+                        sources.RemoteFile("tinyshakespeare/input.txt", "http://127.0.0.1:9/input.txt"))
+    with pytest.raises(sources.DataUnavailableError) as e:
+        sources.fetch("tinyshakespeare", timeout=2)
+    assert str(tmp_path / "tinyshakespeare" / "input.txt") in str(e.value)
+    assert not list(tmp_path.rglob("tmp*"))  # no partial download left behind
+
+
+def test_cached_file_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_DATA_DIR", str(tmp_path))
+    p = tmp_path / "tinyshakespeare" / "input.txt"
+    p.parent.mkdir()
+    p.write_text("hello")
+    assert sources.fetch("tinyshakespeare") == str(p)
+
+
+def test_char_tokenizer_roundtrip_and_errors(tmp_path):
+    tok = CharTokenizer.from_text("hello world")
+    ids = tok.encode("hello")
+    assert tok.decode(ids) == "hello"
+    np.testing.assert_array_equal(tok.encode_array("world"), tok.encode("world"))
+    with pytest.raises(ValueError, match="'z'"):
+        tok.encode("z")
+    tok.save(str(tmp_path / "t.json"))
+    assert load_tokenizer(str(tmp_path / "t.json")).encode("hello") == ids

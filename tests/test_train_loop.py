@@ -1,0 +1,102 @@
+"""The training loop end to end on tinyshakespeare: outputs, resume equality, CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import experiments
+from lm import train
+from lm.config import apply_overrides
+from lm.logs import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "data.seq_len=32",
+        "data.batch_size=8", "train.steps=12", "train.eval_every=6", "train.eval_batches=2",
+        "train.log_every=1", "checkpoint.every=4", "checkpoint.keep=5", "mesh.data=1",
+        "train.sample_tokens=20"]
+
+
+def tiny(*extra):
+    return apply_overrides(experiments.get("shakespeare_char_cpu"), TINY + list(extra))
+
+
+def losses(run_dir):
+    rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}, \
+        {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    os.environ.setdefault("LM_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
+    if not os.path.isdir(os.environ["LM_DATA_DIR"]):
+        pytest.skip("needs ../shared/data (tinyshakespeare)")
+    d = str(tmp_path_factory.mktemp("full"))
+    return d, train.run(tiny(), run_dir=d, progress=False)
+
+
+def test_run_writes_outputs(full_run):
+    d, summary = full_run
+    for f in ("config.json", "metrics.jsonl", "sample.txt", "summary.json"):
+        assert os.path.exists(os.path.join(d, f)), f
+    assert os.listdir(os.path.join(d, "tb"))
+    train_l, val_l = losses(d)
+    assert sorted(train_l) == list(range(1, 13)) and sorted(val_l) == [6, 12]
+    assert train_l[12] < train_l[1]
+    assert len(open(os.path.join(d, "sample.txt")).read()) == 20
+    assert json.load(open(os.path.join(d, "config.json")))["train"]["steps"] == 12
+    assert summary["final_step"] == 12 and not summary["interrupted"]
+
+
+def test_resume_reproduces_uninterrupted_losses(full_run, tmp_path):
+    d_full, _ = full_run
+    d = str(tmp_path / "resumed")
+    part = train.run(tiny(), run_dir=d, progress=False, stop_after=6)
+    assert part["final_step"] == 6
+    train.run(tiny(), run_dir=d, progress=False, resume=True)
+    want_train, want_val = losses(d_full)
+    got_train, got_val = losses(d)
+    for step in range(7, 13):
+        assert got_train[step] == want_train[step], step   # exact, not approximate
+    assert got_val[12] == want_val[12]
+
+
+def test_resume_pmap_and_fsdp(full_run, tmp_path):
+    """A run checkpointed under FSDP on 8 devices resumes under pmap on 8 devices."""
+    d = str(tmp_path / "x")
+    train.run(tiny("mesh.data=1", "mesh.fsdp=8"), run_dir=d, progress=False, stop_after=4)
+    train.run(tiny("mesh.parallelism=pmap", "mesh.data=8"), run_dir=d, progress=False,
+              resume=True)
+    want, _ = losses(full_run[0])
+    got, _ = losses(d)
+    for step in range(5, 13):
+        assert got[step] == pytest.approx(want[step], rel=1e-4)
+
+
+def cli(*args, env_extra=None):
+    env = dict(os.environ, XLA_FLAGS="", **(env_extra or {}))  # one CPU device, as on a laptop
+    return subprocess.run([sys.executable, "-m", "lm.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_list_and_errors():
+    out = cli("--list")
+    assert out.returncode == 0
+    for name in ("shakespeare_char_cpu", "shakespeare_char", "shakespeare_char_modern", "gpt2_124m"):
+        assert name in out.stdout
+    bad = cli("--experiment", "shakespeare_char_cpu", "--set", "model.n_layers=2")
+    assert bad.returncode == 2 and "model.n_layers" in bad.stderr and "n_layer" in bad.stderr
+    bad = cli("--experiment", "shakespeare_char_cpu", "--set", "train.steps=1.5")
+    assert bad.returncode == 2 and "train.steps" in bad.stderr
+    bad = cli("--experiment", "nope")
+    assert bad.returncode == 2 and "shakespeare_char_cpu" in bad.stderr
+
+
+def test_cli_dry_run_reports_memory_without_training(tmp_path):
+    out = cli("--experiment", "shakespeare_char_cpu", "--dry_run", "--workdir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "parameters:        809,856" in out.stdout or "parameters:" in out.stdout
+    assert "temp_size_in_bytes" in out.stdout and "FLOPs/token" in out.stdout
+    assert not os.path.exists(tmp_path / "runs")
