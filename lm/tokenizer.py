@@ -3,12 +3,26 @@
 Every stage (data shards, training, evaluation, sampling, chat) talks to a `Tokenizer`:
 `encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`, and `token_bytes()` (UTF-8 byte
 length of each id, used for bits-per-byte so losses compare across tokenizers).
+
+Byte-level BPE (`BPETokenizer`):
+- trained with `rustbpe` (`train_bpe`), encoded and decoded with `tiktoken` built from our ranks;
+  `lm/bpe_reference.py` is the readable pure-Python specification both must agree with;
+- special tokens (`<|bos|>` and the chat set) get ids right after the merge ranks. `encode` never
+  produces them from text unless the caller passes `allowed_special`: user text that spells
+  "<|assistant_start|>" is ordinary text (the chat format's prompt-injection boundary);
+- one self-describing JSON artifact (`save` / `load_tokenizer`), and OpenAI's GPT-2 files
+  (`BPETokenizer.from_gpt2_files`, or `load_tokenizer("gpt2")`).
 """
 from __future__ import annotations
 
+import base64
+import codecs
+import hashlib
 import json
+import math
 import os
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+import warnings
+from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -81,11 +95,504 @@ class CharTokenizer:
             json.dump({"kind": self.kind, "version": 1, "chars": self.chars}, f, ensure_ascii=False)
 
 
+# --------------------------------------------------------------------------- byte-level BPE
+
+# GPT-4's split pattern (tiktoken's cl100k_base): letters with one optional leading non-letter, digit
+# runs of at most 3, punctuation runs, newlines, and whitespace that leaves the last space to the
+# next word.
+GPT4_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+# GPT-2's split pattern, in tiktoken's equivalent form of the original
+# 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+GPT2_SPLIT_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""")
+SPLIT_PATTERNS = {"gpt4": GPT4_SPLIT_PATTERN, "gpt2": GPT2_SPLIT_PATTERN}
+
+BOS = "<|bos|>"
+# The chat set, in id order right after the merge ranks. <|bos|> starts every document (and so also
+# separates documents / ends the previous text).
+CHAT_SPECIAL_TOKENS: tuple[str, ...] = (
+    BOS,
+    "<|user_start|>", "<|user_end|>",
+    "<|assistant_start|>", "<|assistant_end|>",
+    "<|python_start|>", "<|python_end|>",      # a tool call written by the assistant
+    "<|output_start|>", "<|output_end|>",      # the tool's output, written back into the context
+)
+GPT2_ENDOFTEXT = "<|endoftext|>"
+ARTIFACT_VERSION = 1
+DEFAULT_MAX_DOC_CHARS = 10_000
+
+
+def default_num_threads() -> int:
+    """Threads for batch encoding: the CPUs this process may use (tiktoken's default of 8 is slower
+    than 2 on a 2-core machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class StreamDecoder:
+    """Decodes ids one at a time (sampling, chat) without breaking multi-byte UTF-8 characters.
+
+    A token may end in the middle of a character (e.g. an emoji split over two tokens); `push` holds
+    such partial bytes back until the character completes. Bytes that can never form a character
+    become U+FFFD. Call `flush()` at the end to emit whatever is still held.
+    """
+
+    def __init__(self, tokenizer: "BPETokenizer"):
+        self._tok = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, ids: int | Iterable[int]) -> str:
+        if isinstance(ids, (int, np.integer)):
+            ids = [int(ids)]
+        return self._utf8.decode(self._tok.decode_bytes(ids))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+class BPETokenizer:
+    """Byte-level BPE: merge ranks (token bytes -> id) + a split pattern + special tokens.
+
+    Ids 0..n_ranks-1 are the merge ranks (the first 256 are single bytes for tokenizers we train;
+    GPT-2 orders its byte tokens differently), then the special tokens. Encoding and decoding run in
+    `tiktoken`. Build one with `train_bpe`, `BPETokenizer.from_gpt2_files`, or `load_tokenizer`.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, mergeable_ranks: dict[bytes, int], pattern: str,
+                 special_tokens: dict[str, int] | Sequence[str] = CHAT_SPECIAL_TOKENS, *,
+                 name: str = "bpe", bos_token: str = BOS):
+        if not pattern:
+            raise ValueError("BPETokenizer: the split pattern must not be empty")
+        ranks = {bytes(k): int(v) for k, v in mergeable_ranks.items()}
+        n = len(ranks)
+        if sorted(ranks.values()) != list(range(n)):
+            raise ValueError("BPETokenizer: merge ranks must be the ids 0..n-1, each used once")
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing:
+            raise ValueError(f"BPETokenizer: {len(missing)} of the 256 single bytes have no rank "
+                             f"(e.g. {bytes(missing[:1])!r}), so some text could not be encoded")
+        if not isinstance(special_tokens, dict):
+            special_tokens = {s: n + i for i, s in enumerate(special_tokens)}
+        special_tokens = {str(k): int(v) for k, v in special_tokens.items()}
+        ids = sorted(special_tokens.values())
+        if ids != list(range(n, n + len(ids))):
+            raise ValueError(f"BPETokenizer: special token ids must follow the {n} merge ranks "
+                             f"contiguously, got {ids[:3]}...")
+        if bos_token not in special_tokens:
+            raise ValueError(f"BPETokenizer: the BOS token {bos_token!r} is not a special token "
+                             f"({sorted(special_tokens)})")
+        self.name = name
+        self.pattern = pattern
+        self.mergeable_ranks = ranks
+        self.special_tokens = special_tokens
+        self.bos_token = bos_token
+        self._enc = None
+        self._token_bytes = None
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, **kwargs) -> "BPETokenizer":
+        """Same as `train_bpe`."""
+        return train_bpe(texts, vocab_size, **kwargs)
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json: str, vocab_bpe: str,
+                        extra_special_tokens: Sequence[str] = CHAT_SPECIAL_TOKENS[1:]
+                        ) -> "BPETokenizer":
+        """OpenAI's GPT-2 tokenizer from its `encoder.json` + `vocab.bpe` (local paths).
+
+        `<|endoftext|>` (50256) is the BOS/document separator; the chat set (without <|bos|>)
+        follows it at 50257.., so `vocab_size` is 50265 by default.
+        """
+        ranks = _gpt2_ranks(encoder_json, vocab_bpe)
+        specials = {GPT2_ENDOFTEXT: len(ranks)}
+        for s in extra_special_tokens:
+            if s not in specials:
+                specials[s] = len(ranks) + len(specials)
+        return cls(ranks, GPT2_SPLIT_PATTERN, specials, name="gpt2", bos_token=GPT2_ENDOFTEXT)
+
+    @classmethod
+    def gpt2(cls) -> "BPETokenizer":
+        """GPT-2 from the data cache (`lm.data.sources.fetch`; LM_DATA_DIR=../shared/data works)."""
+        from lm.data.sources import fetch
+        return cls.from_gpt2_files(fetch("gpt2_encoder"), fetch("gpt2_vocab"))
+
+    def __reduce__(self):  # pickles (e.g. to data-loader workers) without the tiktoken object
+        return (_rebuild_bpe, (self.mergeable_ranks, self.pattern, self.special_tokens, self.name,
+                               self.bos_token))
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def enc(self):
+        """The underlying `tiktoken.Encoding` (built on first use)."""
+        if self._enc is None:
+            import tiktoken
+            self._enc = tiktoken.Encoding(
+                name=self.name, pat_str=self.pattern, mergeable_ranks=self.mergeable_ranks,
+                special_tokens=self.special_tokens)
+        return self._enc
+
+    @property
+    def n_ranks(self) -> int:
+        return len(self.mergeable_ranks)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.mergeable_ranks) + len(self.special_tokens)
+
+    @property
+    def bos_id(self) -> int:
+        return self.special_tokens[self.bos_token]
+
+    def special_id(self, name: str) -> int:
+        """Id of a special token, e.g. `special_id("<|assistant_start|>")`. "<|bos|>" always names
+        the BOS token (for GPT-2 that is <|endoftext|>)."""
+        if name in self.special_tokens:
+            return self.special_tokens[name]
+        if name == BOS:
+            return self.bos_id
+        raise KeyError(f"{name!r} is not a special token of {self.name!r} "
+                       f"(known: {sorted(self.special_tokens, key=self.special_tokens.get)})")
+
+    def is_special(self, token_id: int) -> bool:
+        return int(token_id) >= self.n_ranks
+
+    # -- encoding --------------------------------------------------------------------------------
+    def _allowed(self, allowed_special) -> set[str] | None:
+        if not allowed_special:
+            return None
+        if allowed_special == "all":
+            return set(self.special_tokens)
+        if isinstance(allowed_special, str):
+            allowed_special = {allowed_special}
+        allowed = set()
+        for s in allowed_special:
+            if s == BOS and s not in self.special_tokens:
+                s = self.bos_token
+            if s not in self.special_tokens:
+                raise ValueError(f"allowed_special: {s!r} is not a special token of {self.name!r}")
+            allowed.add(s)
+        return allowed
+
+    def encode(self, text: str, *, allowed_special: Iterable[str] | str = (),
+               prepend_bos: bool = False) -> list[int]:
+        """Ids for `text`. Special-token spellings in `text` are ordinary text unless named in
+        `allowed_special` (a set of names, or "all"). Only pass `allowed_special` for text you
+        wrote yourself (templates), never for user or web text."""
+        allowed = self._allowed(allowed_special)
+        if allowed is None:
+            ids = self.enc.encode_ordinary(text)
+        else:
+            ids = self.enc.encode(text, allowed_special=allowed, disallowed_special=())
+        return [self.bos_id] + ids if prepend_bos else ids
+
+    def encode_batch(self, texts: Sequence[str], *, allowed_special: Iterable[str] | str = (),
+                     prepend_bos: bool = False, num_threads: int | None = None) -> list[list[int]]:
+        """`encode` over many texts in a thread pool (default: one thread per usable CPU)."""
+        num_threads = num_threads or default_num_threads()
+        texts = list(texts)
+        allowed = self._allowed(allowed_special)
+        if allowed is None:
+            out = self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+        else:
+            out = self.enc.encode_batch(texts, num_threads=num_threads, allowed_special=allowed,
+                                        disallowed_special=())
+        if prepend_bos:
+            out = [[self.bos_id] + ids for ids in out]
+        return out
+
+    def encode_array(self, text: str, **kwargs) -> np.ndarray:
+        """`encode` as a compact numpy array (uint16 when the vocabulary fits, else int32)."""
+        return np.asarray(self.encode(text, **kwargs),
+                          np.uint16 if self.vocab_size <= 2**16 else np.int32)
+
+    # -- decoding --------------------------------------------------------------------------------
+    def _ids(self, ids) -> list[int]:
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids]
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"decode: id {i} is outside the vocabulary "
+                                 f"(0..{self.vocab_size - 1})")
+        return ids
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The raw bytes (special tokens as their text): may end inside a UTF-8 character."""
+        return self.enc.decode_bytes(self._ids(ids))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for `ids`; bytes that are not valid UTF-8 become U+FFFD (never raises on them)."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> StreamDecoder:
+        """An incremental decoder that holds back partial UTF-8 characters (see `StreamDecoder`)."""
+        return StreamDecoder(self)
+
+    def id_to_bytes(self, token_id: int) -> bytes:
+        """Bytes of one id (a special token gives its text, e.g. b"<|bos|>")."""
+        return self.enc.decode_single_token_bytes(self._ids([token_id])[0])
+
+    def token_bytes(self) -> np.ndarray:
+        """int32 [vocab_size]: UTF-8 bytes each id stands for; 0 for special tokens."""
+        if self._token_bytes is None:
+            tb = np.zeros(self.vocab_size, np.int32)
+            for b, i in self.mergeable_ranks.items():
+                tb[i] = len(b)
+            self._token_bytes = tb
+        return self._token_bytes.copy()
+
+    # -- persistence -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        ranks = sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1])
+        lines = [f"{base64.b64encode(b).decode('ascii')} {i}" for b, i in ranks]
+        return {
+            "kind": self.kind,
+            "version": ARTIFACT_VERSION,
+            "name": self.name,
+            "format": ("byte-level BPE: 'mergeable_ranks' holds tiktoken .tiktoken lines "
+                       "'<base64 token bytes> <id>'; 'pattern' is the split regex; special "
+                       "tokens follow the ranks"),
+            "vocab_size": self.vocab_size,
+            "n_ranks": len(ranks),
+            "pattern": self.pattern,
+            "bos_token": self.bos_token,
+            "special_tokens": dict(sorted(self.special_tokens.items(), key=lambda kv: kv[1])),
+            "ranks_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+            "mergeable_ranks": lines,
+        }
+
+    @classmethod
+    def from_dict(cls, meta: dict, source: str = "<dict>") -> "BPETokenizer":
+        if meta.get("kind") != cls.kind:
+            raise ValueError(f"{source}: not a BPE tokenizer artifact (kind={meta.get('kind')!r})")
+        if meta.get("version") != ARTIFACT_VERSION:
+            raise ValueError(f"{source}: BPE artifact version {meta.get('version')!r} is not "
+                             f"supported (this code reads version {ARTIFACT_VERSION})")
+        lines = meta["mergeable_ranks"]
+        digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+        if meta.get("ranks_sha256") not in (None, digest):
+            raise ValueError(f"{source}: mergeable_ranks do not match their sha256 (file damaged?)")
+        ranks = {}
+        for line in lines:
+            tok, rank = line.split(" ")
+            ranks[base64.b64decode(tok)] = int(rank)
+        if len(ranks) != len(lines):
+            raise ValueError(f"{source}: duplicate token bytes in mergeable_ranks")
+        tok = cls(ranks, meta["pattern"], meta["special_tokens"], name=meta.get("name", "bpe"),
+                  bos_token=meta["bos_token"])
+        if "vocab_size" in meta and meta["vocab_size"] != tok.vocab_size:
+            raise ValueError(f"{source}: vocab_size {meta['vocab_size']} does not match the ranks "
+                             f"and special tokens ({tok.vocab_size})")
+        return tok
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+
+    def __repr__(self) -> str:
+        return (f"BPETokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
+                f"n_ranks={self.n_ranks}, specials={len(self.special_tokens)})")
+
+
+def _rebuild_bpe(ranks, pattern, specials, name, bos_token):
+    return BPETokenizer(ranks, pattern, specials, name=name, bos_token=bos_token)
+
+
+def _capped(texts: Iterable[str], max_doc_chars: int | None, seen: list[int]) -> Iterator[str]:
+    """Cut each text to `max_doc_chars`; `seen` accumulates [characters in, characters kept]."""
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"train_bpe: texts must be str, got {type(t).__name__}")
+        kept = t if max_doc_chars is None else t[:max_doc_chars]
+        seen[0] += len(t)
+        seen[1] += len(kept)
+        yield kept
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, *, pattern: str = GPT4_SPLIT_PATTERN,
+              special_tokens: Sequence[str] = CHAT_SPECIAL_TOKENS,
+              max_doc_chars: int | None = DEFAULT_MAX_DOC_CHARS, name: str = "bpe",
+              buffer_size: int = 8192) -> BPETokenizer:
+    """Train a byte-level BPE tokenizer with `rustbpe`.
+
+    `vocab_size` is the final size *including* the 256 byte tokens and the special tokens, so it is
+    the model's embedding size: `vocab_size - len(special_tokens) - 256` merges are learned.
+    Each text is cut to `max_doc_chars` characters (None: no cap) so a few huge documents cannot
+    dominate the counts; it warns when that drops over 10% of the text (e.g. a whole book passed as
+    one string: split it into documents or pass max_doc_chars=None). Ties between equally frequent pairs go to the smallest pair, exactly as in
+    `lm.bpe_reference.train`. If the corpus runs out of pairs first, the vocabulary is smaller.
+    """
+    import rustbpe
+
+    if not pattern:
+        raise ValueError("train_bpe: the split pattern must not be empty (rustbpe's empty default "
+                         "would learn no merges); use GPT4_SPLIT_PATTERN or GPT2_SPLIT_PATTERN")
+    special_tokens = list(special_tokens)
+    if len(set(special_tokens)) != len(special_tokens):
+        raise ValueError("train_bpe: special tokens must be distinct")
+    if BOS not in special_tokens:
+        raise ValueError(f"train_bpe: special tokens must include {BOS!r}")
+    n_ranks = vocab_size - len(special_tokens)
+    if n_ranks < 256:
+        raise ValueError(f"train_bpe: vocab_size={vocab_size} leaves {n_ranks} ids for merge ranks "
+                         f"after {len(special_tokens)} special tokens; need at least 256 (the bytes)")
+    trainer = rustbpe.Tokenizer()
+    seen = [0, 0]
+    trainer.train_from_iterator(_capped(texts, max_doc_chars, seen), n_ranks,
+                                buffer_size=buffer_size, pattern=pattern)
+    if seen[1] < 0.9 * seen[0]:
+        warnings.warn(f"train_bpe: max_doc_chars={max_doc_chars} kept only {seen[1]:,} of "
+                      f"{seen[0]:,} characters; pass documents, not one long string, or "
+                      f"max_doc_chars=None")
+    pairs = sorted(((bytes(b), int(i)) for b, i in trainer.get_mergeable_ranks()),
+                   key=lambda kv: kv[1])
+    ranks: dict[bytes, int] = {}
+    for b, _ in pairs:  # a byte string learned twice keeps its first (lowest) id; ids stay dense
+        if b not in ranks:
+            ranks[b] = len(ranks)
+    if len(ranks) != len(pairs):
+        warnings.warn(f"train_bpe: {len(pairs) - len(ranks)} merges repeated an existing token's "
+                      f"bytes and were dropped")
+    if len(ranks) < n_ranks:
+        warnings.warn(f"train_bpe: the corpus ran out of pairs after {len(ranks) - 256} merges; "
+                      f"vocab_size is {len(ranks) + len(special_tokens)}, not {vocab_size}")
+    return BPETokenizer(ranks, pattern, special_tokens, name=name)
+
+
+# --------------------------------------------------------------------------- GPT-2 files
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte, as used in encoder.json and vocab.bpe.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...) map in
+    order to U+0100, U+0101, ... so that every token is a printable string.
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _gpt2_ranks(encoder_json: str, vocab_bpe: str) -> dict[bytes, int]:
+    """Ranks from encoder.json (token -> id), checked against vocab.bpe (the merge order)."""
+    for p in (encoder_json, vocab_bpe):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"GPT-2 tokenizer file not found: {p}")
+    decode_char = {c: b for b, c in gpt2_bytes_to_unicode().items()}
+
+    def to_bytes(s: str) -> bytes:
+        try:
+            return bytes(decode_char[c] for c in s)
+        except KeyError as e:
+            raise ValueError(f"{encoder_json}: token {s!r} has a character {e.args[0]!r} outside "
+                             f"GPT-2's byte alphabet") from None
+
+    with open(encoder_json, encoding="utf-8") as f:
+        encoder = json.load(f)
+    ranks = {to_bytes(s): i for s, i in encoder.items() if s != GPT2_ENDOFTEXT}
+    if encoder.get(GPT2_ENDOFTEXT) != len(ranks):
+        raise ValueError(f"{encoder_json}: expected {GPT2_ENDOFTEXT} right after the "
+                         f"{len(ranks)} merge ranks, got {encoder.get(GPT2_ENDOFTEXT)}")
+    with open(vocab_bpe, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if not lines[0].startswith("#version"):
+        raise ValueError(f"{vocab_bpe}: expected a '#version' first line, got {lines[0][:40]!r}")
+    merges = [ln.split(" ") for ln in lines[1:] if ln]
+    if len(merges) + 256 != len(ranks):
+        raise ValueError(f"{vocab_bpe}: {len(merges)} merges + 256 bytes != {len(ranks)} tokens "
+                         f"in {encoder_json}")
+    for k, (a, b) in enumerate(merges):
+        if ranks.get(to_bytes(a) + to_bytes(b)) != 256 + k:
+            raise ValueError(f"{vocab_bpe}: merge {k} ({a!r} {b!r}) is not token {256 + k} of "
+                             f"{encoder_json}: the two files do not belong together")
+    return ranks
+
+
+# --------------------------------------------------------------------------- bits per byte
+
+def bpb_sums(loss_nats, targets, token_bytes, mask=None):
+    """(sum of nats, sum of bytes) over the target tokens that stand for bytes.
+
+    `loss_nats`: per-token cross-entropy in nats, same shape as `targets` (int ids). `token_bytes`:
+    `tokenizer.token_bytes()` (pass `jnp.asarray(...)` inside jit). Special tokens (0 bytes) count in
+    neither sum; `mask` (0/1, same shape) drops padding. Works on numpy or jax arrays; add the sums
+    over batches and finish with `bits_per_byte_from_sums`.
+    """
+    nbytes = token_bytes[targets]
+    keep = nbytes > 0
+    if mask is not None:
+        keep = keep & (mask > 0)
+    return (loss_nats * keep).sum(), (nbytes * keep).sum()
+
+
+def bits_per_byte_from_sums(total_nats, total_bytes) -> float:
+    return float(total_nats) / (math.log(2) * float(total_bytes))
+
+
+def bits_per_byte(loss_nats, targets, token_bytes, mask=None) -> float:
+    """Bits per UTF-8 byte of text: total loss (converted from nats to bits) / total bytes.
+
+    Unlike loss per token it does not depend on the tokenizer, so runs with different tokenizers
+    (char vs BPE) compare fairly.
+    """
+    nats, nbytes = bpb_sums(loss_nats, targets, token_bytes, mask)
+    return bits_per_byte_from_sums(nats, nbytes)
+
+
+# --------------------------------------------------------------------------- loading
+
+def tokenizer_dir() -> str:
+    """Where trained tokenizers are saved and looked up: $LM_TOKENIZER_DIR, else runs/tokenizers in
+    the repository."""
+    return os.environ.get("LM_TOKENIZER_DIR") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "tokenizers")
+
+
+def tokenizer_path(name: str) -> str:
+    """Path of the artifact for a trained tokenizer called `name` (e.g. "shakespeare_bpe2048")."""
+    return os.path.join(tokenizer_dir(), f"{name}.json")
+
+
 def load_tokenizer(path: str) -> Tokenizer:
-    """Load any tokenizer artifact written by `save` (dispatches on its `kind`)."""
+    """Load any tokenizer artifact written by `save` (dispatches on its `kind`).
+
+    Also: a folder holding GPT-2's encoder.json + vocab.bpe, or "gpt2" (from the data cache), or a
+    bare name saved under `tokenizer_dir()`.
+    """
+    if os.path.isdir(path):
+        enc, voc = os.path.join(path, "encoder.json"), os.path.join(path, "vocab.bpe")
+        if os.path.exists(enc) and os.path.exists(voc):
+            return BPETokenizer.from_gpt2_files(enc, voc)
+        raise ValueError(f"load_tokenizer: folder {path} has no encoder.json + vocab.bpe")
+    if not os.path.exists(path):
+        if path == "gpt2":
+            return BPETokenizer.gpt2()
+        if os.path.exists(tokenizer_path(path)):
+            path = tokenizer_path(path)
+        else:
+            raise FileNotFoundError(f"load_tokenizer: no file {path!r} (nor "
+                                    f"{tokenizer_path(path)}); train one with "
+                                    f"`python -m tools.train_tokenizer`")
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
     kind = meta.get("kind")
     if kind == "char":
         return CharTokenizer(meta["chars"])
-    raise ValueError(f"load_tokenizer: {path}: unknown tokenizer kind {kind!r} (known: 'char')")
+    if kind == "bpe":
+        return BPETokenizer.from_dict(meta, source=path)
+    raise ValueError(f"load_tokenizer: {path}: unknown tokenizer kind {kind!r} "
+                     f"(known: 'char', 'bpe')")
