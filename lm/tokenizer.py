@@ -567,6 +567,18 @@ def tokenizer_path(name: str) -> str:
     return os.path.join(tokenizer_dir(), f"{name}.json")
 
 
+def named_tokenizer(name: str) -> Tokenizer:
+    """A tokenizer by name: "gpt2" (OpenAI's files via `lm.data.sources.fetch`, so LM_DATA_DIR
+    applies) or one saved by `tools.train_tokenizer` under `tokenizer_dir()`. KeyError if unknown."""
+    if name == "gpt2":
+        return BPETokenizer.gpt2()
+    path = tokenizer_path(name)
+    if os.path.exists(path):
+        return load_tokenizer(path)
+    raise KeyError(f"unknown tokenizer name {name!r}: not 'gpt2' and no {path} (train one with "
+                   f"`python -m tools.train_tokenizer --name {name}`)")
+
+
 def load_tokenizer(path: str) -> Tokenizer:
     """Load any tokenizer artifact written by `save` (dispatches on its `kind`).
 
@@ -579,14 +591,10 @@ def load_tokenizer(path: str) -> Tokenizer:
             return BPETokenizer.from_gpt2_files(enc, voc)
         raise ValueError(f"load_tokenizer: folder {path} has no encoder.json + vocab.bpe")
     if not os.path.exists(path):
-        if path == "gpt2":
-            return BPETokenizer.gpt2()
-        if os.path.exists(tokenizer_path(path)):
-            path = tokenizer_path(path)
-        else:
-            raise FileNotFoundError(f"load_tokenizer: no file {path!r} (nor "
-                                    f"{tokenizer_path(path)}); train one with "
-                                    f"`python -m tools.train_tokenizer`")
+        if path == "gpt2" or os.path.exists(tokenizer_path(path)):
+            return named_tokenizer(path)
+        raise FileNotFoundError(f"load_tokenizer: no file {path!r} (nor {tokenizer_path(path)}); "
+                                f"train one with `python -m tools.train_tokenizer`")
     with open(path, encoding="utf-8") as f:
         meta = json.load(f)
     kind = meta.get("kind")

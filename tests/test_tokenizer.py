@@ -15,7 +15,7 @@ from lm import bpe_reference as ref
 from lm.tokenizer import (BOS, CHAT_SPECIAL_TOKENS, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
                           BPETokenizer, CharTokenizer, Tokenizer, bits_per_byte,
                           bits_per_byte_from_sums, bpb_sums, gpt2_bytes_to_unicode, load_tokenizer,
-                          train_bpe)
+                          named_tokenizer, tokenizer_path, train_bpe)
 
 CORPUS = [
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n",
@@ -278,6 +278,18 @@ def test_load_rejects_damaged_or_unknown_artifacts(tok, tmp_path):
     (tmp_path / "what.json").write_text(json.dumps({"kind": "sentencepiece"}))
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         load_tokenizer(str(tmp_path / "what.json"))
+
+
+def test_named_tokenizers_resolve_under_the_tokenizer_dir(tok, tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_TOKENIZER_DIR", str(tmp_path))
+    assert tokenizer_path("tiny") == str(tmp_path / "tiny.json")
+    tok.save(tokenizer_path("tiny"))
+    assert named_tokenizer("tiny").encode(CORPUS[0]) == tok.encode(CORPUS[0])
+    assert load_tokenizer("tiny").vocab_size == tok.vocab_size
+    with pytest.raises(KeyError, match="unknown tokenizer name"):
+        named_tokenizer("nope")
+    with pytest.raises(FileNotFoundError, match="tools.train_tokenizer"):
+        load_tokenizer("nope")
 
 
 def test_pickle_round_trip(tok):

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from lm.tokenizer import (CHAT_SPECIAL_TOKENS, GPT2_SPLIT_PATTERN, BPETokenizer, load_tokenizer)
+from lm.tokenizer import (CHAT_SPECIAL_TOKENS, GPT2_SPLIT_PATTERN, BPETokenizer, load_tokenizer,
+                          named_tokenizer)
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
                     "data")
@@ -108,6 +109,13 @@ def test_known_ids(ours):
     assert ours.encode("<|endoftext|>") != [50256]
     assert ours.encode("<|endoftext|>", allowed_special="all") == [50256]
     assert ours.encode("hi", prepend_bos=True) == [50256, 5303]
+
+
+def test_named_gpt2_resolves_through_the_data_cache(ours, monkeypatch):
+    monkeypatch.setenv("LM_DATA_DIR", DATA)
+    tok = named_tokenizer("gpt2")
+    assert tok.mergeable_ranks == ours.mergeable_ranks and tok.vocab_size == 50265
+    assert load_tokenizer("gpt2").encode("Hello world") == [15496, 995]
 
 
 def test_load_tokenizer_from_folder_and_token_bytes(ours):
