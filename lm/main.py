@@ -35,6 +35,11 @@ def main(argv=None) -> int:
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
 
+    import os
+    if os.environ.get("LM_DISTRIBUTED") == "1":  # multi-host: one process per host
+        import jax
+        jax.distributed.initialize()
+
     import experiments
     from lm.config import ConfigError, apply_overrides
 

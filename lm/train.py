@@ -190,8 +190,24 @@ def compile_steps(cfg: Config, loss_fn: Optional[LossFn] = None, *,
                    donate_argnums=(0,))
     ev = jax.jit(make_eval_step(loss_fn), in_shardings=(p_sh, b_sh),
                  out_shardings=parallel.replicated(mesh))
-    put = lambda b: jax.device_put(b, b_sh)
+    put = lambda b: put_global_batch(b, b_sh)
     return Compiled(cfg, mesh, "jit", step, ev, state_sh, put, abstract_state, tx)
+
+
+def put_global_batch(batch: Batch, sharding) -> Batch:
+    """Place a global batch (the same numpy arrays on every host) with `sharding`.
+
+    On several hosts each process contributes only its own rows.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    n, i = jax.process_count(), jax.process_index()
+
+    def one(x):
+        rows = x.shape[0] // n
+        return jax.make_array_from_process_local_data(sharding, x[i * rows:(i + 1) * rows],
+                                                      x.shape)
+    return {k: one(v) for k, v in batch.items()}
 
 
 def abstract_batch(cfg: Config, with_segments: bool = False) -> Batch:

@@ -10,6 +10,10 @@ SHARED_DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# Hermetic: named data files resolve from the shared folder, never from the network.
+os.environ["LM_DATA_DIR"] = SHARED_DATA if os.path.isdir(SHARED_DATA) else os.path.join(
+    ROOT, ".no-data-dir")
+
 import pytest  # noqa: E402
 
 

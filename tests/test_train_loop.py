@@ -30,9 +30,8 @@ def losses(run_dir):
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    os.environ.setdefault("LM_DATA_DIR", os.path.join(ROOT, "..", "shared", "data"))
     if not os.path.isdir(os.environ["LM_DATA_DIR"]):
-        pytest.skip("needs ../shared/data (tinyshakespeare)")
+        pytest.skip("needs ../shared/data (tinyshakespeare); see its README")
     d = str(tmp_path_factory.mktemp("full"))
     return d, train.run(tiny(), run_dir=d, progress=False)
 
