@@ -285,6 +285,8 @@ class BPETokenizer:
         """Ids for `text`. Special-token spellings in `text` are ordinary text unless named in
         `allowed_special` (a set of names, or "all"). Only pass `allowed_special` for text you
         wrote yourself (templates), never for user or web text."""
+        if not allowed_special and not prepend_bos:  # the common case, kept lean
+            return (self._enc or self.enc).encode_ordinary(text)
         allowed = self._allowed(allowed_special)
         if allowed is None:
             ids = self.enc.encode_ordinary(text)

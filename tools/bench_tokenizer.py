@@ -14,7 +14,8 @@ Encoding: MB/s of our `BPETokenizer` loaded from GPT-2's encoder.json + vocab.bp
 time on one thread ("single") and as one batch ("batched", one thread per CPU on both sides; the
 peer's default of 8 threads is reported too).
 
-Every timing is the best of --repeats runs. Targets: training >= 1.5x the peer's MB/s, encoding
+Every timing is the best of several rounds (--repeats for training, twice that for encoding); within
+a round ours and the peer alternate, so load from other processes hits both alike. Targets: training >= 1.5x the peer's MB/s, encoding
 within 10% of the peer's (single-thread MB/s).
 """
 from __future__ import annotations
@@ -34,12 +35,16 @@ from typing import Callable
 from tools.train_tokenizer import CorpusUnavailable, default_data_dir, read_corpus
 
 
-def best_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
+def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict, dict]:
+    """Best wall time of each function over `repeats` rounds. The functions alternate within each
+    round, so load from other processes on a shared machine hits both sides alike."""
+    best = {k: float("inf") for k in fns}
+    out = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            out[k] = fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best, out
 
 
@@ -90,16 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    log(f"{len(docs):,} documents, {mb:.2f} MB; {default_num_threads()} CPUs; best of {args.repeats}")
+    log(f"{len(docs):,} documents, {mb:.2f} MB; {default_num_threads()} CPUs; best of "
+        f"{args.repeats} (training) / {2 * args.repeats} (encoding) alternating rounds")
 
     # --- training --------------------------------------------------------------------------------
     specials = list(CHAT_SPECIAL_TOKENS)
-    log("training: ours (rustbpe) ...")
-    t_ours, ours = best_time(lambda: train_bpe(docs, args.vocab_size, pattern=GPT4_SPLIT_PATTERN,
-                                               max_doc_chars=None), args.repeats)
-    log("training: peer (HF tokenizers) ...")
-    t_peer, peer = best_time(lambda: hf_train(docs, args.vocab_size, GPT4_SPLIT_PATTERN, specials),
-                             args.repeats)
+    log("training: ours (rustbpe) vs peer (HF tokenizers) ...")
+    t, out = best_times({
+        "ours": lambda: train_bpe(docs, args.vocab_size, pattern=GPT4_SPLIT_PATTERN,
+                                  max_doc_chars=None),
+        "peer": lambda: hf_train(docs, args.vocab_size, GPT4_SPLIT_PATTERN, specials),
+    }, args.repeats)
+    ours, peer = out["ours"], out["peer"]
 
     # --- encoding --------------------------------------------------------------------------------
     gdir = os.path.join(data_dir, "gpt2_tokenizer")
@@ -116,30 +123,30 @@ def main(argv: list[str] | None = None) -> int:
     assert gpt2.pattern == r50k_pat_str and gpt2.mergeable_ranks == peer_enc._mergeable_ranks
     nthreads = default_num_threads()
 
-    log("encoding: single ...")
-    t_enc, ids = best_time(lambda: [gpt2.encode(d) for d in docs], args.repeats)
-    t_penc, pids = best_time(lambda: [peer_enc.encode_ordinary(d) for d in docs], args.repeats)
-    if ids != pids:
+    log("encoding: single and batched, ours vs tiktoken ...")
+    e, out = best_times({
+        "ours": lambda: [gpt2.encode(d) for d in docs],
+        "peer": lambda: [peer_enc.encode_ordinary(d) for d in docs],
+        "ours_batch": lambda: gpt2.encode_batch(docs),
+        "peer_batch": lambda: peer_enc.encode_ordinary_batch(docs, num_threads=nthreads),
+        "peer_batch8": lambda: peer_enc.encode_ordinary_batch(docs),
+        "trained": lambda: [ours.encode(d) for d in docs],
+    }, 2 * args.repeats)
+    if not out["ours"] == out["peer"] == out["ours_batch"]:
         print("error: our GPT-2 ids differ from tiktoken's", file=sys.stderr)
         return 1
-    log("encoding: batched ...")
-    t_encb, _ = best_time(lambda: gpt2.encode_batch(docs), args.repeats)
-    t_pencb, _ = best_time(lambda: peer_enc.encode_ordinary_batch(docs, num_threads=nthreads),
-                           args.repeats)
-    t_pencb8, _ = best_time(lambda: peer_enc.encode_ordinary_batch(docs), args.repeats)
-    t_trained, _ = best_time(lambda: [ours.encode(d) for d in docs], args.repeats)
 
     r = {
         "text_mb": round(mb, 3),
         "vocab_size": args.vocab_size,
-        "train_mb_per_s": mb / t_ours,
-        "peer_train_mb_per_s": mb / t_peer,
-        "encode_mb_per_s": mb / t_enc,
-        "peer_encode_mb_per_s": mb / t_penc,
-        "encode_batch_mb_per_s": mb / t_encb,
-        "peer_encode_batch_mb_per_s": mb / t_pencb,
-        "peer_encode_batch_default_8_threads_mb_per_s": mb / t_pencb8,
-        "trained_tokenizer_encode_mb_per_s": mb / t_trained,
+        "train_mb_per_s": mb / t["ours"],
+        "peer_train_mb_per_s": mb / t["peer"],
+        "encode_mb_per_s": mb / e["ours"],
+        "peer_encode_mb_per_s": mb / e["peer"],
+        "encode_batch_mb_per_s": mb / e["ours_batch"],
+        "peer_encode_batch_mb_per_s": mb / e["peer_batch"],
+        "peer_encode_batch_default_8_threads_mb_per_s": mb / e["peer_batch8"],
+        "trained_tokenizer_encode_mb_per_s": mb / e["trained"],
         "trained_vocab_size": ours.vocab_size,
         "peer_trained_vocab_size": peer.get_vocab_size(),
         "threads": nthreads,
