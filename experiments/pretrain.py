@@ -38,6 +38,15 @@ def shakespeare_char_modern() -> Config:
     return _baby(modern(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))
 
 
+@register("shakespeare_bpe", "the baby GPT on a 2,048-token BPE trained on tinyshakespeare's "
+          "training split; compare val_bpb with shakespeare_char_cpu")
+def shakespeare_bpe() -> Config:
+    cfg = _baby(_baby_model())
+    cfg.model.vocab_size = 2048
+    cfg.data.tokenizer = "bpe:2048"
+    return cfg
+
+
 @register("shakespeare_char", "nanoGPT's GPU config on tinyshakespeare chars (6L/6H/384, block 256, "
           "5000 steps, dropout 0.2; nanoGPT val 1.47)")
 def shakespeare_char() -> Config:

@@ -15,7 +15,7 @@ def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
         # nanoGPT's get_lr: linear warmup over `warm` steps, cosine from lr to min_lr after.
         def fn(step):
             step = jnp.asarray(step, jnp.float32)
-            warm_lr = cfg.lr * (step + 1) / max(warm, 1)
+            warm_lr = cfg.lr * (step + 1) / (warm + 1)
             ratio = jnp.clip((step - warm) / max(total_steps - warm, 1), 0.0, 1.0)
             cos_lr = cfg.min_lr + 0.5 * (1 + jnp.cos(jnp.pi * ratio)) * (cfg.lr - cfg.min_lr)
             return jnp.where(step < warm, warm_lr, cos_lr)

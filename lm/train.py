@@ -298,15 +298,27 @@ def new_run_dir(cfg: Config, workdir: Optional[str], resume: bool) -> str:
     return os.path.join(root, time.strftime("%Y%m%d-%H%M%S"))
 
 
-def evaluate(c: Compiled, params, val_batches) -> dict:
-    loss_sum, tokens = 0.0, 0.0
+def evaluate(c: Compiled, params, val_batches, token_bytes: Optional[np.ndarray] = None) -> dict:
+    """Mean validation loss (nats/token) and, given the tokenizer's `token_bytes`, bits per byte.
+
+    With `token_bytes`, targets that are special tokens (0 bytes, e.g. BOS) are left out of both,
+    so `val_bpb` compares across tokenizers.
+    """
+    loss_sum, tokens, nbytes = 0.0, 0.0, 0.0
     for b in val_batches:
+        if token_bytes is not None:
+            tb = token_bytes[b["targets"]]
+            b = dict(b, weights=(tb > 0).astype(np.float32))
+            nbytes += float(tb.sum())
         m = c.eval_step(params, c.put_batch(b))
         if c.parallelism == "pmap":
             m = parallel.pmap_unreplicate(m)
         loss_sum += float(m["loss_sum"])
         tokens += float(m["tokens"])
-    return {"val_loss": loss_sum / max(tokens, 1.0)}
+    out = {"val_loss": loss_sum / max(tokens, 1.0)}
+    if token_bytes is not None and nbytes > 0:
+        out["val_bpb"] = loss_sum / (np.log(2) * nbytes)
+    return out
 
 
 def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = None,
@@ -347,6 +359,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
         state = c.init_state(cfg.train.seed)
 
     writer = MetricsWriter(run_dir)
+    token_bytes = np.asarray(splits.tokenizer.token_bytes())
     fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(cfg)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -390,10 +403,10 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
                 bar.set_postfix(loss=f"{float(m['loss']):.4f}", lr=f"{float(m['lr']):.2e}",
                                 tok_s=f"{tps:,.0f}", mfu=f"{100 * tps * fpt / peak:.1f}%")
             if done % cfg.train.eval_every == 0 or done == steps:
-                ev = evaluate(c, c.eval_params(state), val_iter())
+                ev = evaluate(c, c.eval_params(state), val_iter(), token_bytes)
                 writer.write(done, **ev)
-                summary["val_loss"] = ev["val_loss"]
-                bar.write(f"step {done}: val_loss {ev['val_loss']:.4f}")
+                summary.update(ev)
+                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
                 t_last = time.perf_counter()  # don't count evaluation time as training time
             save(done)
             bar.update(1)

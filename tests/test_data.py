@@ -96,3 +96,19 @@ def test_char_tokenizer_roundtrip_and_errors(tmp_path):
         tok.encode("z")
     tok.save(str(tmp_path / "t.json"))
     assert load_tokenizer(str(tmp_path / "t.json")).encode("hello") == ids
+
+
+def test_bpe_tokenizer_trained_on_train_split_only(data_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("LM_TOKENIZER_DIR", str(tmp_path))
+    cfg = DataConfig(tokenizer="bpe:300")
+    s = pipeline.load_token_splits(cfg)
+    assert s.tokenizer.vocab_size == 300
+    assert (tmp_path / "tinyshakespeare_train_bpe300.json").exists()
+    text = open(os.path.join(data_env, "tinyshakespeare", "input.txt"), encoding="utf-8").read()
+    n = int(len(text) * 0.9)
+    assert s.tokenizer.decode(s.train) == text[:n] and s.tokenizer.decode(s.val) == text[n:]
+    assert len(s.train) < 0.8 * n   # 35 merges already compress
+    again = pipeline.load_token_splits(cfg)   # cached artifact, same ids
+    np.testing.assert_array_equal(again.val, s.val)
+    with pytest.raises(ValueError, match="bpe:<vocab size>"):
+        pipeline.build_tokenizer(DataConfig(tokenizer="bpe:x"), text="abc")

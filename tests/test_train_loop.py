@@ -1,5 +1,6 @@
 """The training loop end to end on tinyshakespeare: outputs, resume equality, CLI."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,6 +48,10 @@ def test_run_writes_outputs(full_run):
     assert len(open(os.path.join(d, "sample.txt")).read()) == 20
     assert json.load(open(os.path.join(d, "config.json")))["train"]["steps"] == 12
     assert summary["final_step"] == 12 and not summary["interrupted"]
+    # tinyshakespeare is ASCII: one byte per character token, so bpb = nats/token / ln 2
+    rows = [r for r in read_metrics(os.path.join(d, "metrics.jsonl")) if "val_bpb" in r]
+    assert rows and all(r["val_bpb"] == pytest.approx(r["val_loss"] / math.log(2), rel=1e-6)
+                        for r in rows)
 
 
 def test_resume_reproduces_uninterrupted_losses(full_run, tmp_path):

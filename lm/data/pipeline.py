@@ -42,12 +42,35 @@ def load_text(name: str) -> str:
     return TEXT_SOURCES[name]()
 
 
+def _train_split_bpe(cfg: DataConfig, vocab: int, text: str) -> Tokenizer:
+    """A BPE trained on the training split of the source, cached under tokenizer_dir()."""
+    from lm.tokenizer import tokenizer_path, train_bpe
+    name = f"{cfg.source}_train_bpe{vocab}"
+    path = tokenizer_path(name)
+    if os.path.exists(path):
+        return load_tokenizer(path)
+    train_text = text[:int(len(text) * cfg.train_split)]   # never the validation text
+    docs = [d for d in train_text.split("\n\n") if d]
+    tok = train_bpe(docs, vocab)
+    tok.save(path)
+    print(f"trained a {vocab}-token BPE on {len(train_text):,} characters of {cfg.source} "
+          f"(train split) -> {path}")
+    return tok
+
+
 def build_tokenizer(cfg: DataConfig, text: Optional[str] = None) -> Tokenizer:
-    """'char' (vocabulary = the characters of the whole text, as nanoGPT), or a saved artifact."""
+    """'char' (vocabulary = the characters of the whole text, as nanoGPT); 'bpe:N' (a BPE of N
+    tokens trained on the source's training split, cached); a tokenizer name ('gpt2', or one
+    saved by tools.train_tokenizer); or the path of a saved artifact."""
     if cfg.tokenizer == "char":
         if text is None:
             text = load_text(cfg.source)
         return CharTokenizer.from_text(text)
+    if cfg.tokenizer.startswith("bpe:"):
+        vocab = cfg.tokenizer[4:]
+        if not vocab.isdigit():
+            raise ValueError(f"data.tokenizer: {cfg.tokenizer!r}: expected 'bpe:<vocab size>'")
+        return _train_split_bpe(cfg, int(vocab), load_text(cfg.source) if text is None else text)
     if os.path.exists(cfg.tokenizer):
         return load_tokenizer(cfg.tokenizer)
     try:  # named tokenizers (e.g. 'gpt2') live in lm.tokenizer once the BPE module provides them
