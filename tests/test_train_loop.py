@@ -104,3 +104,33 @@ def test_cli_dry_run_reports_memory_without_training(tmp_path):
     assert "parameters:        809,856" in out.stdout or "parameters:" in out.stdout
     assert "temp_size_in_bytes" in out.stdout and "FLOPs/token" in out.stdout
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_ctrl_c_checkpoints_and_resume_continues(tmp_path):
+    import signal
+    import time
+    from lm.checkpoint import CheckpointManager  # noqa: F401  (the run dir layout below)
+    run_dir = tmp_path / "r"
+    args = [sys.executable, "-m", "lm.main", "-e", "shakespeare_char_cpu", "--no_progress",
+            "--run_dir", str(run_dir)] + [f"--set={s}" for s in TINY] + [
+        "--set=train.steps=100000", "--set=checkpoint.every=100000", "--set=train.eval_every=100000",
+        "--set=train.log_every=1"]
+    env = dict(os.environ, XLA_FLAGS="")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not metrics.exists() or
+                                      len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted at step" in out
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) == 1 and steps[0] >= 5
+    resumed = subprocess.run(args[:-4] + ["--set=train.steps=%d" % (steps[0] + 2),
+                                          "--set=train.eval_every=1000", "--resume"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {steps[0]}" in resumed.stdout
