@@ -81,7 +81,8 @@ def _run(a, cfg, model, train) -> int:
             if k in rep:
                 print(f"  {k:28s} {rep[k] / gib:8.3f} GiB")
         if "xla_flops_per_step" in rep:
-            print(f"  XLA cost analysis: {_human(rep['xla_flops_per_step'])} FLOPs/step")
+            note = " (counts a grad-accumulation scan body once)" if cfg.train.grad_accum > 1 else ""
+            print(f"  XLA cost analysis: {_human(rep['xla_flops_per_step'])} FLOPs/step{note}")
         return 0
 
     summary = train.run(cfg, run_dir=a.run_dir, workdir=a.workdir, resume=a.resume,
