@@ -73,14 +73,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_a
             micro = jax.tree.map(lambda x: jnp.swapaxes(
                 x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]), 0, 1), batch)
 
-            def body(carry, xs):
-                mb, i = xs
+            def grads_of(mb, i):
                 (_, m), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (g, m)), None
+                return g, m
 
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng)[::-1]))
-            zeros = (zeros[0], zeros[1][1])
+            def body(carry, xs):
+                return jax.tree.map(jnp.add, carry, grads_of(*xs)), None
+
+            first = jax.tree.map(lambda x: x[0], micro)
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grads_of, first, 0))
             (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(grad_accum)))
             grads = jax.tree.map(lambda g: g / grad_accum, grads)
             metrics = {k: (v if k == "tokens" else v / grad_accum) for k, v in metrics.items()}
