@@ -65,8 +65,10 @@ def decode_payload(content: bytes) -> Optional[str]:
 
 def classify_record(record) -> Optional[str]:
     """Why datatrove's WarcReader would skip this record before reading its payload (None: it reads it)."""
+    if not record.rec_type or not record.rec_headers.get("WARC-Record-ID"):
+        return "error:malformed"  # warcio parses leniently; a record without type or id is broken
     if record.rec_type not in ("response", "conversion"):
-        return record.rec_type or "unknown_type"
+        return record.rec_type
     mime = record.rec_headers.get("WARC-Identified-Payload-Type", None)
     if mime is not None and mime not in HTML_TYPES and not (
             record.rec_type == "conversion" and mime == "text/plain"):
@@ -149,7 +151,7 @@ def iter_warc(path: str, max_bytes: int = DEFAULT_MAX_PAGE_BYTES, opener=open) -
                 for record in it:
                     skip = classify_record(record)
                     if skip is not None:
-                        yield ("skip", skip)
+                        yield ("error", skip[6:]) if skip.startswith("error:") else ("skip", skip)
                         continue
                     try:
                         yield ("doc", record_to_dict(record, max_bytes))

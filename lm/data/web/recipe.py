@@ -99,15 +99,17 @@ def resolve_inputs(patterns) -> tuple[str, list[str]]:
 def prepare(cfg: RecipeConfig) -> tuple[str, list[str], int]:
     """Write run.json + inputs.txt (or check them against a previous run of the same folder)."""
     root, rel = resolve_inputs(cfg.input)
-    tasks = cfg.tasks or min(len(rel), 4 * max(1, cfg.workers))
+    run_path = cfg.path("run.json")
+    prev = None
+    if os.path.exists(run_path):
+        with open(run_path, encoding="utf-8") as f:
+            prev = json.load(f)
+    tasks = cfg.tasks or (prev["tasks"] if prev else min(len(rel), 4 * max(1, cfg.workers)))
     os.makedirs(cfg.output, exist_ok=True)
     digest = hashlib.sha256("\n".join(rel).encode()).hexdigest()[:16]
     run = {"config": cfg.fingerprint(), "root": root, "n_inputs": len(rel), "inputs_sha": digest,
            "tasks": tasks}
-    run_path = cfg.path("run.json")
-    if os.path.exists(run_path):
-        with open(run_path, encoding="utf-8") as f:
-            prev = json.load(f)
+    if prev is not None:
         if prev != run:
             diff = sorted(k for k in set(prev) | set(run) if prev.get(k) != run.get(k))
             if "config" in diff:
@@ -248,6 +250,17 @@ def output_pipeline(cfg: RecipeConfig) -> list:
     return steps
 
 
+def _fault_step():
+    """Test hook: LM_WEB_FAULT="<stage>:<rank>:<docs>" kills the whole process (os._exit, like a
+    SIGKILL or a lost node) when task <rank> of <stage> has passed <docs> documents on."""
+    spec = os.environ.get("LM_WEB_FAULT")
+    if not spec:
+        return None, None
+    stage, rank, docs = spec.split(":")
+    from lm.data.web.stages import CrashAfter
+    return stage, CrashAfter(int(rank), int(docs))
+
+
 def stage_specs(cfg: RecipeConfig, root: str, tasks: int) -> list[tuple[str, list, int]]:
     """[(stage name, datatrove pipeline, number of tasks)] in run order."""
     from lm.data.web.shards import ShardWriter
@@ -260,6 +273,10 @@ def stage_specs(cfg: RecipeConfig, root: str, tasks: int) -> list[tuple[str, lis
         specs.append(("shards", [ShardWriter(cfg.path("tokens"), cfg.path("shards"), cfg.tokenizer,
                                              seed=cfg.seed, shard_tokens=cfg.shard_tokens,
                                              world_size=tasks)], 1))
+    fault_stage, fault = _fault_step()
+    for name, pipeline, _ in specs:
+        if name == fault_stage:
+            pipeline.insert(1, fault)
     return specs
 
 

@@ -168,3 +168,32 @@ def quality_filters(fast: bool = False) -> list[tuple[str, PipelineStep]]:
             ("gopher_quality", GopherQualityFilter()),
             ("c4_quality", C4QualityFilter(filter_no_terminal_punct=False)),  # as FineWeb
             ("fineweb_quality", FineWebQualityFilter())]
+
+
+def _die():
+    """SIGKILL our whole process group when we lead it (as a scheduler killing a job would: the
+    driver, its workers, the extractor sandbox), else just this process."""
+    import signal
+
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(17)
+
+
+class CrashAfter(PipelineStep):
+    """Fault injection for the resume test: ends the process abruptly inside task `rank`."""
+
+    type = "💥 - FAULT"
+    name = "crash"
+
+    def __init__(self, rank: int, after_docs: int):
+        super().__init__()
+        self.rank, self.after_docs = rank, after_docs
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        for i, doc in enumerate(data):
+            if rank == self.rank and i >= self.after_docs:
+                _die()
+            yield doc
+        if rank == self.rank:
+            _die()
