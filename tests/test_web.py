@@ -1,6 +1,6 @@
 """Web pipeline (lm/data/web): each stage on real records and crafted edge cases, the whole recipe end
-to end (local executor, 2 workers), kill-and-rerun resume equality, Ray executor equality, and the
-token shards read back by the trainer's loader.
+to end (local executor, 2 workers), kill-and-rerun resume equality, and the token shards read back
+by the trainer's loader. Ray executor equality: tests/test_web_ray.py.
 
 Needs requirements-web.txt (skipped otherwise) and ../shared/data (skipped with the reason when absent).
 """
@@ -413,14 +413,6 @@ def test_resume_after_kill_redoes_only_unfinished_tasks(web_input, local_run, tm
     # resuming with different settings is refused, not silently mixed
     bad = _cli(_args(web_input, out, 2) + ["--seed", "5"], check=False)
     assert bad.returncode == 2 and "different inputs or settings" in bad.stderr
-
-
-def test_ray_executor_same_output_as_local(web_input, local_run, tmp_path):
-    pytest.importorskip("ray", reason="ray not installed")
-    out = tmp_path / "run"
-    r = _cli(_args(web_input, out, 2, executor="ray"), {"RAY_DEDUP_LOGS": "0"})
-    assert "[8/8] shards: done" in r.stdout
-    assert _outputs(str(out)) == _outputs(local_run[0])
 
 
 def test_web_tiny_experiment_points_at_pipeline_output(local_run, monkeypatch):

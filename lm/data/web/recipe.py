@@ -282,6 +282,9 @@ def stage_specs(cfg: RecipeConfig, root: str, tasks: int) -> list[tuple[str, lis
 
 # ---- executors ----------------------------------------------------------------------------------
 
+LIGHT_STAGES = ("exact_sig", "exact_find", "minhash_sig", "minhash_buckets", "minhash_cluster", "shards")
+
+
 def make_executor(cfg: RecipeConfig, stage: str, pipeline: list, tasks: int, depends=None):
     logging_dir = cfg.path("logs", stage)
     workers = max(1, min(cfg.workers, tasks))
@@ -293,8 +296,12 @@ def make_executor(cfg: RecipeConfig, stage: str, pipeline: list, tasks: int, dep
                                      start_method="fork")
     if cfg.executor == "ray":
         from datatrove.executor.ray import RayPipelineExecutor
+        # A Ray job costs a placement group, an actor and a process pool (~1-2 s): light stages
+        # (signatures, buckets, clustering) run up to 8 of their tasks per job, heavy ones one.
+        per_job = min(8, -(-tasks // workers)) if stage in LIGHT_STAGES else 1
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir,
-                                   cpus_per_task=1, mem_per_cpu_gb=float(cfg.slurm.get("mem_per_cpu_gb", 1)))
+                                   cpus_per_task=1, tasks_per_job=per_job,
+                                   mem_per_cpu_gb=float(cfg.slurm.get("mem_per_cpu_gb", 1)))
     if cfg.executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor
         s = cfg.slurm
