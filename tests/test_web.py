@@ -39,8 +39,6 @@ def _crawl_files(shared):
 
 def _warc_bytes(pages):
     buf = io.BytesIO()
-    path = "/tmp/_unused"
-    del path
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
     w = WARCWriter(buf, gzip=True)

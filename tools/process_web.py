@@ -3,6 +3,11 @@
     python -m tools.process_web --input '../shared/data/web_crawl/**/*.gz' --output runs/web/demo \
         --workers 2 [--extractor trafilatura|resiliparse] [--executor local|ray|slurm]
 
+On a Slurm cluster (one sbatch array per stage, each depending on the previous one):
+
+    python -m tools.process_web --input '/shared/fs/crawl/*/warc/*.warc.gz' --output /shared/fs/web/run1 \
+        --tasks 1000 --executor slurm --slurm '{"partition": "cpu", "time": "10:00:00", "mem_per_cpu_gb": 2}'
+
 Rerunning the same command after a crash (or Ctrl-C) skips every completed task and produces the
 same final output. Outputs: documents/ (JSONL; --doc-format parquet|both for Parquet),
 shards/shard_*.npy + index.json (what the trainer reads), stats.json, report.md.
