@@ -377,14 +377,15 @@ def run(cfg: RecipeConfig) -> dict:
         print(f"web pipeline: {len(rel)} input files under {root} → {cfg.output} "
               f"({tasks} tasks, {cfg.workers} workers, {cfg.executor}, extractor={cfg.extractor})",
               flush=True)
-    if cfg.executor == "slurm":
+    if cfg.executor == "slurm" and any(completed_tasks(cfg, s) < n for s, _, n in specs):
         prev = None
         for stage, pipeline, n in specs:
             prev = make_executor(cfg, stage, pipeline, n, depends=prev)
         prev.run()  # submits the chain of sbatch arrays, each depending on the previous stage
-        print("submitted to Slurm; rerun the same command after the jobs end to write stats.json")
+        print("submitted to Slurm; rerun the same command after the jobs end: it resubmits only "
+              "unfinished tasks, or writes stats.json and report.md when all are done")
         return {}
-    if cfg.executor == "ray":
+    if cfg.executor == "ray" and any(completed_tasks(cfg, s) < n for s, _, n in specs):
         _ensure_ray(cfg)
     _warm_imports(cfg)
     for i, (stage, pipeline, n) in enumerate(specs, 1):
