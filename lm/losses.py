@@ -13,7 +13,10 @@ def token_logprobs(logits_BTV: Array, targets_BT: Array) -> tuple[Array, Array]:
     """(log p(target), logsumexp) per token, in float32."""
     logits_BTV = logits_BTV.astype(jnp.float32)
     lse_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    tgt_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    # Select the target logit with a one-hot mask rather than a gather: XLA fuses it into the
+    # reduction, and its gradient is elementwise instead of a scatter (slow on CPU).
+    hit_BTV = targets_BT[..., None] == jnp.arange(logits_BTV.shape[-1], dtype=targets_BT.dtype)
+    tgt_BT = jnp.sum(jnp.where(hit_BTV, logits_BTV, 0.0), axis=-1)
     return tgt_BT - lse_BT, lse_BT
 
 
