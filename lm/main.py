@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         p.error("give --experiment NAME (or --list)")
     try:
         cfg = apply_overrides(experiments.get(a.experiment), a.set)
-    except (KeyError, ConfigError) as e:
+    except (KeyError, ConfigError, FileNotFoundError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 
