@@ -88,6 +88,39 @@ def attention_mask(q_pos_BT: Array, k_pos_BS: Array, q_seg_BT: Optional[Array] =
     return m[:, None]
 
 
+def cached_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array, positions_BT: Array,
+                     mask_B1TS: Array, cache: tuple[Array, Array, Any], scale: float, dtype):
+    """Attention through the KV cache of one layer (prefill and decode are the same code).
+
+    `cache` is `(k, v, layer)`: this layer's own `[B, K, S, H]` buffers with `layer=None`, or the
+    stacked `[L, B, K, S, H]` buffers and this layer's index. The new keys/values are written at
+    each row's absolute `positions_BT` (a position >= S writes nothing: padding / no-op rows), then
+    the queries attend over all S slots with `mask_B1TS` (slot <= query position). Per-layer
+    buffers are what a decode loop should carry: each is updated in place and read directly by the
+    contraction (XLA copies a slice of a loop-carried stacked buffer at every step). With
+    (batch, kv-head) leading, both contractions are batched matmuls over the cache as stored (a
+    max_len-before-heads layout makes XLA transpose the layer's cache at every decode step).
+    Scores and softmax in float32 (as `jax.nn.dot_product_attention`).
+    """
+    k_buf, v_buf, layer = cache
+    B, T, N, H = q_BTNH.shape
+    K = k_BTKH.shape[2]
+    b_idx = jnp.arange(B)[:, None]
+    at = (b_idx, slice(None), positions_BT)
+    at = at if layer is None else (layer, *at)
+    k_buf = k_buf.at[at].set(k_BTKH.astype(k_buf.dtype), mode="drop")
+    v_buf = v_buf.at[at].set(v_BTKH.astype(v_buf.dtype), mode="drop")
+    k_BKSH = (k_buf if layer is None else k_buf[layer]).astype(dtype)
+    v_BKSH = (v_buf if layer is None else v_buf[layer]).astype(dtype)
+    q_BTKGH = q_BTNH.astype(dtype).reshape(B, T, K, N // K, H)
+    s_BKGTS = jnp.einsum("bksh,btkgh->bkgts", k_BKSH, q_BTKGH,
+                         preferred_element_type=jnp.float32) * scale
+    s_BKGTS = jnp.where(mask_B1TS[:, :, None], s_BKGTS, jnp.finfo(jnp.float32).min)
+    p_BKGTS = jax.nn.softmax(s_BKGTS, axis=-1).astype(dtype)
+    y_BTKGH = jnp.einsum("bkgts,bksh->btkgh", p_BKGTS, v_BKSH)
+    return y_BTKGH.reshape(B, T, N, H), (k_buf, v_buf, layer)
+
+
 class Attention(nn.Module):
     n_head: int
     n_kv_head: int
@@ -119,17 +152,13 @@ class Attention(nn.Module):
             k_BTKH = rope(k_BTKH, positions_BT, self.rope_theta)
         new_cache = None
         if cache is not None:
-            # Write this call's keys/values at their absolute positions, then attend over the cache.
-            k_cache, v_cache = cache
-            b_idx = jnp.arange(x_BTD.shape[0])[:, None]
-            k_cache = k_cache.at[b_idx, positions_BT].set(k_BTKH.astype(k_cache.dtype), mode="drop")
-            v_cache = v_cache.at[b_idx, positions_BT].set(v_BTKH.astype(v_cache.dtype), mode="drop")
-            new_cache = (k_cache, v_cache)
-            k_BTKH, v_BTKH = k_cache.astype(self.dtype), v_cache.astype(self.dtype)
-        is_causal = mask is None
-        y_BTNH = jax.nn.dot_product_attention(
-            q_BTNH.astype(self.dtype), k_BTKH.astype(self.dtype), v_BTKH.astype(self.dtype),
-            mask=mask, is_causal=is_causal, scale=H ** -0.5)
+            y_BTNH, new_cache = cached_attention(q_BTNH, k_BTKH, v_BTKH, positions_BT, mask, cache,
+                                                 H ** -0.5, self.dtype)
+        else:
+            is_causal = mask is None
+            y_BTNH = jax.nn.dot_product_attention(
+                q_BTNH.astype(self.dtype), k_BTKH.astype(self.dtype), v_BTKH.astype(self.dtype),
+                mask=mask, is_causal=is_causal, scale=H ** -0.5)
         y_BTD = rearrange(y_BTNH, "b t n h -> b t (n h)")
         y_BTD = Linear(D, ("heads", "embed"), self.use_bias, std=self.out_std, dtype=self.dtype,
                        name="c_proj")(y_BTD)

@@ -6,8 +6,10 @@ tied embeddings, GPT-2 init) and the modern family (RoPE, RMSNorm, QK-norm, ReLU
 untied embeddings, no biases, logit soft-cap).
 
 `apply(params, cfg, tokens_BT)` returns float32 logits [B, T, V]. With `cache=` (an explicit
-`{'k': [L,B,S,K,H], 'v': ...}` pytree, see `lm.kvcache`) it also returns the updated cache, so
-prefill and decode are the same function.
+`{'k': ..., 'v': ...}` pytree, see `lm.kvcache`: per key/value either one `[L,B,K,S,H]` array or a
+tuple of L `[B,K,S,H]` arrays, returned in the same form) it also returns the updated cache, so
+prefill and decode are the same function. Under a cache, a position >= S (the cache length) marks
+a padding / no-op token: it writes nothing and its logits are meaningless.
 """
 from __future__ import annotations
 
@@ -65,11 +67,14 @@ class Transformer(nn.Module):
             wpe = self.param("wpe", nn.with_logical_partitioning(normal(c.init_std),
                                                                  (None, "embed")),
                              (c.block_size, c.n_embd), jnp.float32)
-            x_BTD = x_BTD + jnp.take(wpe, positions_BT, axis=0).astype(dt)
+            # Under a cache, no-op rows carry position S (may be block_size): clip the lookup.
+            emb_pos = positions_BT if cache is None else jnp.minimum(positions_BT, c.block_size - 1)
+            x_BTD = x_BTD + jnp.take(wpe, emb_pos, axis=0).astype(dt)
         x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=deterministic)
 
         if cache is not None:
-            S = cache["k"].shape[2]
+            per_layer = isinstance(cache["k"], (tuple, list))
+            S = cache["k"][0].shape[2] if per_layer else cache["k"].shape[3]
             k_pos_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
             mask = attention_mask(positions_BT, k_pos_BS)
         elif segment_ids_BT is not None:
@@ -78,14 +83,24 @@ class Transformer(nn.Module):
             mask = None  # plain causal: lets the attention kernel use its causal fast path
 
         block = nn.remat(Block, static_argnums=(5,)) if c.remat else Block
+        # Per-layer buffers: layer i gets its own pair. A stacked [L,...] buffer goes through
+        # every layer whole, and layer i updates its slice in place.
+        kv = None if cache is None else (cache["k"], cache["v"])
         new_k, new_v = [], []
         for i in range(c.n_layer):
-            layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
+            if kv is None:
+                layer_cache = None
+            elif per_layer:
+                layer_cache = (kv[0][i], kv[1][i], None)
+            else:
+                layer_cache = (*kv, i)
             x_BTD, lc = block(c, name=f"h_{i}")(x_BTD, positions_BT, mask, layer_cache,
                                                 deterministic)
-            if lc is not None:
+            if lc is not None and per_layer:
                 new_k.append(lc[0])
                 new_v.append(lc[1])
+            elif lc is not None:
+                kv = lc[:2]
         x_BTD = Norm(c.norm, c.norm_eps, use_bias=c.bias, name="ln_f")(x_BTD)
         if c.tie_embeddings:
             logits_BTV = jnp.dot(x_BTD, wte.astype(dt).T)
@@ -96,7 +111,9 @@ class Transformer(nn.Module):
         if c.logit_softcap > 0:
             logits_BTV = c.logit_softcap * jnp.tanh(logits_BTV / c.logit_softcap)
         if cache is not None:
-            return logits_BTV, {"k": jnp.stack(new_k), "v": jnp.stack(new_v)}
+            if per_layer:
+                return logits_BTV, {"k": tuple(new_k), "v": tuple(new_v)}
+            return logits_BTV, {"k": kv[0], "v": kv[1]}
         return logits_BTV
 
 

@@ -1,0 +1,309 @@
+"""The sampling engine: cache exactness, ragged batches, sampling controls, compile-once, streaming,
+and the tool-call path with a scripted model."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import kvcache, model, sampling
+from lm.config import ModelConfig, modern
+
+V = 64
+CONFIGS = {
+    "gpt2": ModelConfig(vocab_size=V, block_size=48, n_layer=2, n_head=4, n_embd=32),
+    "modern_gqa": modern(vocab_size=V, block_size=48, n_layer=2, n_head=4, n_kv_head=2,
+                         n_embd=32, mlp="swiglu"),
+}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def family(request):
+    cfg = CONFIGS[request.param]
+    params = model.init(cfg, jax.random.PRNGKey(1))
+    return cfg, params
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    cfg = CONFIGS["gpt2"]
+    return cfg, model.init(cfg, jax.random.PRNGKey(1))
+
+
+PROMPTS = [[5, 9, 2, 7, 1], [3], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], [8, 8]]
+
+
+_forward = jax.jit(model.apply, static_argnums=1)
+
+
+def test_prefill_and_decode_match_full_forward(family):
+    """Ragged prefill through model.apply(cache) and through `prefill` + one-token steps give the
+    full forward pass's logits at every position (float32, atol 1e-4)."""
+    cfg, params = family
+    rng = np.random.default_rng(0)
+    B, L = 3, 24
+    seq = rng.integers(0, V, (B, L)).astype(np.int32)
+    full = np.asarray(_forward(params, cfg, jnp.asarray(seq)))
+    lens = np.array([6, 11, 1], np.int32)
+
+    # (1) model.apply with a cache over the ragged prompts: logits at every prompt position
+    # (padding gets position S: it writes nothing).
+    c = kvcache.init(cfg, B, 32)
+    pos = np.where(np.arange(16)[None] < lens[:, None], np.arange(16)[None], 32)
+    logits, _ = jax.jit(lambda p, t, q, c: model.apply(p, cfg, t, positions_BT=q, cache=c))(
+        params, jnp.asarray(seq[:, :16]), jnp.asarray(pos), c.model_cache())
+    for b in range(B):
+        np.testing.assert_allclose(np.asarray(logits)[b, :lens[b]], full[b, :lens[b]], atol=1e-4)
+
+    # (2) engine prefill (all but the last prompt token), then cached steps to position L-1.
+    c = kvcache.init(cfg, B, 32)
+    toks = np.where(np.arange(16)[None] < lens[:, None], seq[:, :16], 0)
+    c, pending = sampling.prefill(params, cfg, c, jnp.asarray(toks), jnp.asarray(lens))
+    np.testing.assert_array_equal(np.asarray(pending), seq[np.arange(B), lens - 1])
+    np.testing.assert_array_equal(np.asarray(c.lengths), lens - 1)
+    p = lens - 1
+    while p.min() < L:
+        live = p < L
+        feed = seq[np.arange(B), np.minimum(p, L - 1)]
+        out, c = sampling.step_logits(params, cfg, c, jnp.asarray(feed))
+        for b in np.flatnonzero(live):
+            np.testing.assert_allclose(np.asarray(out)[b], full[b, p[b]], atol=1e-4,
+                                       err_msg=f"row {b} position {p[b]}")
+        p = p + 1
+
+
+def test_stacked_cache_form_gives_the_same_logits(gpt2):
+    """model.apply also takes one stacked [L, B, K, S, H] buffer per key/value."""
+    cfg, params = gpt2
+    seq = jnp.asarray(np.random.default_rng(3).integers(0, V, (2, 10)), jnp.int32)
+    c = kvcache.init(cfg, 2, 16)
+    run = jax.jit(lambda p, t, c: model.apply(p, cfg, t, cache=c))
+    a, ca = run(params, seq, c.model_cache())
+    b, cb = run(params, seq, {"k": jnp.stack(c.k), "v": jnp.stack(c.v)})
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jnp.stack(ca["k"])), np.asarray(cb["k"]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(_forward(params, cfg, seq)), atol=1e-4)
+
+
+def test_bfloat16_cache_close_to_full_forward():
+    cfg = modern(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                 dtype="bfloat16")
+    params = model.init(cfg, jax.random.PRNGKey(2))
+    seq = np.random.default_rng(1).integers(0, V, (2, 12)).astype(np.int32)
+    full = np.asarray(_forward(params, cfg, jnp.asarray(seq)))
+    c = kvcache.init(cfg, 2, 16)
+    assert c.k[0].dtype == jnp.bfloat16
+    c, _ = sampling.prefill(params, cfg, c, jnp.asarray(seq[:, :8]), jnp.asarray([4, 4]))
+    for p in range(3, 12):
+        out, c = sampling.step_logits(params, cfg, c, jnp.asarray(seq[:, p]))
+        np.testing.assert_allclose(np.asarray(out), full[:, p], atol=0.1)
+
+
+def test_ragged_batch_equals_each_prompt_alone(family):
+    cfg, params = family
+    eng = sampling.Engine(params, cfg)
+    together = eng.generate(PROMPTS, max_new_tokens=12, temperature=0.0)
+    assert together.done.all() and (together.lengths == 12).all()
+    for i, p in enumerate(PROMPTS):
+        alone = eng.generate([p], max_new_tokens=12, temperature=0.0)
+        assert alone.row(0) == together.row(i), f"prompt {i}"
+        np.testing.assert_allclose(alone.logprobs[0], together.logprobs[i], atol=1e-5)
+
+
+# Most tests below keep to one set of shapes (4 rows, <= 16 new tokens) so that they share the
+# compiled prefill/decode functions; each distinct static top_k is one more decode compile.
+KW = dict(max_new_tokens=10)
+
+
+def test_greedy_equivalents_and_seeds(gpt2):
+    cfg, params = gpt2
+    eng = sampling.Engine(params, cfg)
+    g = eng.generate(PROMPTS, temperature=0.0, **KW)
+    greedy = g.rows()
+    assert eng.generate(PROMPTS, temperature=1.0, top_k=1, seed=3, **KW).rows() == greedy
+    assert eng.generate(PROMPTS, temperature=1e-6, seed=4, **KW).rows() == greedy
+    assert eng.generate(PROMPTS, temperature=1.0, top_p=1e-6, seed=5, **KW).rows() == greedy
+    # The log-probs are the model's own: log_softmax of the full forward pass's logits.
+    seq = np.array([PROMPTS[0] + greedy[0]], np.int32)
+    lp = np.asarray(jax.nn.log_softmax(_forward(params, cfg, jnp.asarray(seq)), -1))[0]
+    n = len(PROMPTS[0])
+    want = lp[np.arange(n - 1, seq.shape[1] - 1), seq[0, n:]]
+    np.testing.assert_allclose(g.logprobs[0, :10], want, atol=1e-4)
+
+    a = eng.generate(PROMPTS, temperature=1.0, seed=7, **KW)
+    assert eng.generate(PROMPTS, temperature=1.0, seed=7, **KW).rows() == a.rows()
+    assert eng.generate(PROMPTS, temperature=1.0, seed=8, **KW).rows() != a.rows()
+    # A row's randomness is its (seed, sample_id), not its place in the batch.
+    rev = eng.generate(PROMPTS[::-1], temperature=1.0, seed=7, sample_ids=[3, 2, 1, 0], **KW)
+    assert rev.rows() == a.rows()[::-1]
+    # n samples of one prompt share its prefill; different rows draw different samples.
+    s = eng.generate([PROMPTS[0]], n=4, temperature=1.0, seed=1, **KW)
+    assert s.prompt_index.tolist() == [0, 0, 0, 0]
+    assert len({tuple(r) for r in s.rows()}) == 4
+    # n greedy samples all equal the single greedy continuation.
+    ng = eng.generate(PROMPTS[:2], n=2, temperature=0.0, **KW)
+    assert ng.rows() == [greedy[0]] * 2 + [greedy[1]] * 2
+    assert ng.prompt_index.tolist() == [0, 0, 1, 1]
+
+
+def test_top_k_restricts_support(gpt2):
+    cfg, params = gpt2
+    eng = sampling.Engine(params, cfg)
+    g = eng.generate([PROMPTS[0]], n=4, temperature=5.0, top_k=3, seed=0, **KW)
+    logits = np.asarray(_forward(params, cfg, jnp.asarray([PROMPTS[0]])))[0, -1]
+    allowed = set(np.argsort(-logits)[:3].tolist())
+    assert {r[0] for r in g.rows()} <= allowed
+
+
+def test_stop_tokens_budget_and_full_cache(gpt2):
+    cfg, params = gpt2
+    eng = sampling.Engine(params, cfg)
+    greedy = eng.generate(PROMPTS, temperature=0.0, **KW)
+    stops = [[greedy.row(0)[3]], [greedy.row(1)[5], 63], [], [greedy.row(3)[0]]]
+    g = eng.generate(PROMPTS, temperature=0.0, stop_tokens=stops, **KW)
+    for r in (0, 1, 3):
+        first = greedy.row(r).index(stops[r][0])        # the first occurrence ends the row
+        assert g.row(r) == greedy.row(r)[:first + 1] and g.stopped[r] and g.done[r]
+        assert g.row(r, strip_stop=True) == greedy.row(r)[:first]
+    assert g.row(2) == greedy.row(2) and not g.stopped[2] and g.done[2]
+    # Budgets: per prompt.
+    b = eng.generate(PROMPTS, temperature=0.0, max_new_tokens=[3, 10, 0, 7])
+    assert b.lengths.tolist() == [3, 10, 0, 7] and b.done.all()
+    assert b.row(1) == greedy.row(1) and b.row(3) == greedy.row(3)[:7]
+    # A prompt that nearly fills the context: the row ends when the cache is full (the last
+    # token is sampled from the full context and never fed).
+    long = list(range(1, cfg.block_size - 2))
+    g = eng.generate([long], max_new_tokens=20, temperature=0.0)
+    assert g.done[0] and not g.stopped[0] and g.lengths[0] == cfg.block_size - len(long) + 1
+
+
+def test_streaming_matches_generate_and_compiles_once(gpt2, caplog):
+    cfg, params = gpt2
+    eng = sampling.Engine(params, cfg)
+    kw = dict(max_new_tokens=16, temperature=0.8, top_k=3, seed=11)
+    ref = eng.generate(PROMPTS, **kw)
+    it = eng.stream(PROMPTS, chunk=6, **kw)
+    got = [[] for _ in PROMPTS]
+    chunks = 0
+    while True:
+        try:
+            ch = next(it)
+        except StopIteration as stop:
+            final = stop.value
+            break
+        chunks += 1
+        for r, toks in enumerate(ch.tokens):
+            got[r] += toks
+    assert chunks == 3 and got == ref.rows() and final.rows() == ref.rows()
+    # Same shapes again (other prompts in the same buckets, other seed / temperature / budget /
+    # chunk size): nothing compiles.
+    other = [[p % 7 + 1 for p in q] for q in PROMPTS]
+    caplog.clear()
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        eng.generate(other, max_new_tokens=16, temperature=0.5, top_k=3, seed=12)
+        eng.generate(PROMPTS, max_new_tokens=13, temperature=0.9, top_k=3, seed=13)
+        list(eng.stream(other, chunk=5, **kw))
+    compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+    assert compiles == []
+
+
+# ------------------------------------------------------------------------------------ tools
+
+CHARS = "0123456789+-*/() .abcdefghijklmnopqrstuvwxyzE:'"
+PY_START, PY_END, OUT_START, OUT_END, BOS, END = range(V - 6, V)
+TOOLS = sampling.ToolTokens(PY_START, PY_END, OUT_START, OUT_END)
+
+
+def encode(text):
+    return [CHARS.index(c) for c in text.lower() if c in CHARS]
+
+
+def decode(ids):
+    return "".join(CHARS[i] for i in ids if i < len(CHARS))
+
+
+SCRIPTED = modern(vocab_size=V, block_size=64, n_layer=1, n_head=4, n_embd=V, mlp="relu2",
+                  logit_softcap=0.0)
+
+
+def scripted_params(transitions: dict[int, int]):
+    """A model whose greedy next token is `transitions[current token]` (attention and MLP outputs
+    zeroed, one-hot embeddings, the LM head holds the table)."""
+    p = model.init(SCRIPTED, jax.random.PRNGKey(0))
+    p = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.zeros_like(x) if "c_proj" in jax.tree_util.keystr(path) else x, p)
+    p["wte"] = jnp.eye(V)
+    head = np.zeros((V, V), np.float32)
+    for a, b in transitions.items():
+        head[a, b] = 10.0
+    p["lm_head"]["kernel"] = jnp.asarray(head)
+    return p
+
+
+def script(*pairs):
+    seq = {}
+    for chain in pairs:
+        for a, b in zip(chain, chain[1:]):
+            seq[a] = b
+    return seq
+
+
+def c(s):
+    return encode(s)
+
+
+def test_tool_call_with_scripted_model():
+    # Row 0: BOS -> <py> 2 + 3 </py> ; forced: <out> 5 </out> ; then OUT_END -> END (a stop).
+    # Row 1: 'a' -> 'b' -> 'c' -> END, no tool call (runs on while row 0 waits for the host).
+    trans = script([BOS, PY_START, *c("2+3"), PY_END], [OUT_END, END], [*c("abc"), END])
+    eng = sampling.Engine(scripted_params(trans), SCRIPTED, tools=TOOLS,
+                          tool_fn=sampling.calculator_tool(encode, decode))
+    kw = dict(max_new_tokens=40, temperature=0.0, stop_tokens=[END])
+    g = eng.generate([[BOS], c("a")], **kw)
+    want = [PY_START, *c("2+3"), PY_END, OUT_START, *c("5"), OUT_END, END]
+    assert g.row(0) == want
+    assert g.forced[0].tolist()[:len(want) + 1] == [False] * 5 + [True] * 3 + [False] * 2
+    assert g.row(1) == [*c("bc"), END] and not g.forced[1].any()
+    assert g.stopped.all()
+
+    # A failing expression: the output is an error string, the engine carries on.
+    trans = script([BOS, PY_START, *c("1/0"), PY_END], [OUT_END, END], [*c("abc"), END])
+    eng.params = scripted_params(trans)
+    g = eng.generate([[BOS], c("a")], **kw)
+    out = g.row(0)
+    i, j = out.index(OUT_START), out.index(OUT_END)
+    assert decode(out[i + 1:j]) == "error: division by zero"
+    assert g.forced[0, i:j + 1].all() and not g.forced[0, :i].any() and out[-1] == END
+    # The engine hands the expression's tokens to the tool and writes back what it returns (a
+    # bigram model can't write 9**99999 itself, so the spy evaluates that instead).
+    seen = []
+
+    def spy(ids):
+        seen.append(decode(ids))
+        return encode(sampling.calculate("9**99999"))
+    eng2 = sampling.Engine(eng.params, SCRIPTED, tools=TOOLS, tool_fn=spy)
+    out = eng2.generate([[BOS], c("a")], **kw).row(0)
+    assert seen == ["1/0"]
+    assert decode(out[out.index(OUT_START) + 1:out.index(OUT_END)]) == "error: exponent too large"
+
+    # A tool function that raises: empty output, no exception; chunks of 3 steps.
+    def boom(_):
+        raise RuntimeError("tool crashed")
+    eng3 = sampling.Engine(eng.params, SCRIPTED, tools=TOOLS, tool_fn=boom)
+    g = eng3.generate([[BOS], c("a")], chunk=3, **kw)
+    assert g.row(0)[-3:] == [OUT_START, OUT_END, END] and g.forced[0, len(g.row(0)) - 3:][:2].all()
+
+
+def test_generate_text_runs_past_the_context():
+    class Tok:
+        def encode(self, s):
+            return [ord(ch) % V for ch in s]
+
+        def decode(self, ids):
+            return "".join(chr(48 + i % 40) for i in ids)
+
+    cfg, params = CONFIGS["gpt2"], model.init(CONFIGS["gpt2"], jax.random.PRNGKey(1))
+    text = sampling.generate_text(params, cfg, Tok(), "hello", 70, temperature=1.0, top_k=5,
+                                  seed=0)
+    assert len(text) == 70
