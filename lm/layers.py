@@ -33,7 +33,10 @@ class Linear(nn.Module):
     def __call__(self, x: Array) -> Array:
         w = self.param("kernel", nn.with_logical_partitioning(normal(self.std), self.axes),
                        (x.shape[-1], self.features), jnp.float32)
-        y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
+        # As a 2-D matmul: [B*T, D] @ [D, F] measured ~8% faster per train step on XLA:CPU than
+        # the same dot with the batch dims kept (interleaved A/B, baby config).
+        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), w.astype(self.dtype))
+        y = y.reshape(*x.shape[:-1], self.features)
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                 (self.axes[1],)),
