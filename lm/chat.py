@@ -10,7 +10,8 @@ Two modes (`--mode`, default `auto`):
   `<|bos|><|user_start|>...<|user_end|><|assistant_start|>...<|assistant_end|>...` — and the model
   answers until `<|assistant_end|>`; calculator tool calls (`<|python_start|>...<|python_end|>`)
   are evaluated by the engine and their output forced into the answer (SFT/RL models).
-`auto` picks chat when the tokenizer has the chat tokens and the run's name mentions sft/rl/grpo/chat.
+`auto` picks chat when the tokenizer has the chat tokens and the run's name mentions
+sft/rl/grpo/chat.
 
 Commands: `/reset` clears the conversation, `/quit` (or Ctrl-D) exits.
 """

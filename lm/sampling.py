@@ -2,42 +2,47 @@
 greedy / temperature / top-k / top-p with a PRNG key per row, stop tokens, `n` samples per prompt
 from one prefill, streaming in chunks, and calculator tool calls with forced tokens.
 
-Pure, jitted pieces (everything device-side is one of these):
+Pure, jitted pieces (everything on the device is one of these; the cache / state are donated and
+updated in place):
 
     prefill(params, cfg, cache, tokens_BT, lengths_B) -> (cache, pending_B)
-        Appends each row's prompt to the cache in ONE forward call (rows of different lengths
+        Appends each row's prompt to the cache in ONE forward call (rows of different lengths are
         padded to a bucket; padding gets position S = "write nothing"). The prompt's last token is
         returned as the row's *pending* token: the first decode step feeds it and samples from its
-        logits, so prefill never computes the [B, T, V] logits (XLA drops the LM head).
-    decode(params, cfg, state, sampler, max_steps, top_k) -> state
+        logits, so prefill never materializes [B, T, V] logits (XLA drops the unused LM head).
+    decode(params, cfg, state, max_steps) -> state
         Up to `max_steps` steps inside one `lax.while_loop` (no host round trip per token). Each
-        step feeds every runnable row's pending token at its own position, picks the next token
-        (the row's forced-token queue first, else a sample), records token / log-prob / forced
-        flag, and advances the row's state machine. Finished or tool-waiting rows ride along as
-        no-op rows (position S: nothing written, logits ignored). The loop exits early once no
-        row is runnable. The state (cache included) is donated and updated in place.
+        step feeds every runnable row's pending token at that row's own position, picks the next
+        token (the row's forced-token queue first, else a sample), records token / log-prob /
+        forced flag, and advances the row's state machine. Finished or tool-waiting rows ride
+        along as no-op rows (position S: nothing written, logits ignored). The loop exits early
+        once no row can run. `DecodeState` carries everything (cache, per-row keys, positions,
+        done flags, outputs, the tool queue, the traced sampler settings; top_k is static).
     step_logits(params, cfg, cache, tokens_B) -> (logits_BV, cache)
-        One token per row at `cache.lengths`: scoring / tests.
+        One token per row at `cache.lengths`: scoring and tests.
 
-Tool calls (nanochat's engine state machine, with the queue inside the jitted loop): when a row
-samples `python_start` it starts recording; sampling `python_end` closes the expression and
-parks the row (`waiting`). The decode loop keeps running the other rows and returns when the
-chunk ends or no row can run; the host then decodes each parked row's expression tokens,
-evaluates them with the safe calculator (`lm.tools_calc.calculate`: never raises, errors come
-back as text), and writes `output_start, <result tokens>, output_end` into that row's forced
-queue. The next chunk pops the queue before sampling: those tokens are flagged `forced` (SFT/RL
-losses mask them) and `python_start/_end` tokens inside forced output don't re-trigger the machine.
-So the host only evaluates expressions; per-token work never leaves the device.
+Tool calls (nanochat's engine state machine, with the forced-token queue inside the jitted loop):
+when a row samples `python_start` it starts recording; sampling `python_end` closes the expression
+and parks the row (`waiting`). The loop keeps running the other rows and returns when the chunk
+ends or no row can run; the host then decodes each parked row's expression, evaluates it with the
+safe calculator (`lm.tools_calc.calculate`: never raises, errors come back as text) and writes
+`output_start, <result tokens>, output_end` into that row's queue. The next chunk pops the queue
+before sampling: those tokens are flagged `forced` (SFT/RL losses mask them) and never trigger the
+state machine or stop tokens. So the host only evaluates expressions; per-token work stays on the
+device. A parked row waits at most one chunk (`Engine.generate` uses 32-step chunks with tools).
 
-Sampling randomness: row `r`'s token `i` uses `fold_in(fold_in(key(seed), sample_id[r]), i)`,
-so results don't depend on chunking, batch composition or which rows finished first. Log-probs are
-under the model's own distribution (temperature 1, unfiltered), what policy-gradient losses use.
+Randomness: row r's token i uses `fold_in(fold_in(key(seed), sample_id[r]), i)`, so samples don't
+depend on chunking, batch composition or which rows finished first. Log-probs are under the model's
+own distribution (temperature 1, unfiltered), what policy-gradient losses recompute.
 
-Host-side `Engine` (tokenizer-free; token ids in, token ids out):
+Host side, `Engine` (token ids in, token ids out; the tokenizer only for tool text):
 
-    eng = Engine(params, cfg, tools=ToolTokens(...), tool_text=(encode, decode))
-    out = eng.generate([[1, 2, 3], [4, 5]], n=4, max_new_tokens=64, temperature=0.8, top_k=50)
-    for chunk in eng.stream(prompts, chunk=16): ...        # Chunk per host round trip
+    eng = Engine(params, cfg, tokenizer=tok, tools=ToolTokens.from_tokenizer(tok))
+    out = eng.generate([[1, 2, 3], [4, 5]], n=4, max_new_tokens=64, temperature=0.8, top_k=50,
+                       stop_tokens=[tok.special_id("<|assistant_end|>")])
+    out.tokens, out.logprobs, out.forced, out.lengths, out.done, out.stopped, out.prompt_index
+    for chunk in eng.stream(prompts, chunk=16, ...): ...     # one Chunk per host round trip
+    st = eng.start(prompts, ...); st = eng.decode(st, 64); eng.result(st)   # the pieces
 
 `generate_text(params, cfg, tokenizer, prompt, max_new_tokens, *, temperature, top_k, seed)` is the
 trainer's end-of-run sample on top of the engine.
@@ -107,7 +112,7 @@ class Sampler:
     """Traced sampling settings (changing them does not recompile). top_k is static (a shape)."""
     temperature: Array      # f32 scalar; 0 = greedy
     top_p: Array            # f32 scalar; 1 = off
-    tool_ids: Array         # int32[4]: python_start, python_end, output_start, output_end (-1 = off)
+    tool_ids: Array         # int32[4]: python_start/end, output_start/end ids (-1 = off)
 
 
 @struct.dataclass
@@ -129,6 +134,10 @@ class DecodeState:
     queue: Array            # [B, Q] int32 forced tokens to emit next
     q_len: Array            # [B] int32
     q_pos: Array            # [B] int32
+    sampler: Sampler
+    top_k: int = struct.field(pytree_node=False, default=0)        # static: 0 = off
+    nucleus: bool = struct.field(pytree_node=False, default=False)  # static: top_p < 1
+    n: int = struct.field(pytree_node=False, default=1)             # samples per prompt
 
 
 # ------------------------------------------------------------------------------------ pure fns
@@ -188,14 +197,13 @@ def sample_logits(logits_BV: Array, keys_B: Array, temperature: Array, top_p: Ar
     return jax.lax.cond(temperature > 0, stochastic, greedy, None)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "top_k", "nucleus"),
-                   donate_argnames=("state",))
-def decode(params, cfg: ModelConfig, state: DecodeState, sampler: Sampler, max_steps: Array,
-           top_k: int = 0, nucleus: bool = False) -> DecodeState:
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("state",))
+def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array) -> DecodeState:
     """Run up to `max_steps` decode steps in one `lax.while_loop` (see the module docstring)."""
     B, N = state.tokens.shape
     S = state.cache.max_len
     rows = jnp.arange(B)
+    sampler, top_k, nucleus = state.sampler, state.top_k, state.nucleus
     t_start, t_end = sampler.tool_ids[0], sampler.tool_ids[1]
 
     def runnable(st):
@@ -221,7 +229,8 @@ def decode(params, cfg: ModelConfig, state: DecodeState, sampler: Sampler, max_s
         keys = jax.vmap(jax.random.fold_in)(st.keys, st.n_gen)
         sampled = sample_logits(logits, keys, sampler.temperature, sampler.top_p, top_k, nucleus)
         tok = jnp.where(has_forced, forced_tok, sampled)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tok[:, None], axis=1)[:, 0]
+        logp = (jnp.take_along_axis(logits, tok[:, None], axis=1)[:, 0]
+                - jax.nn.logsumexp(logits, axis=-1))
 
         idx = jnp.where(run, st.n_gen, N)                          # N: dropped
         tokens = st.tokens.at[rows, idx].set(tok, mode="drop")
@@ -250,8 +259,9 @@ def decode(params, cfg: ModelConfig, state: DecodeState, sampler: Sampler, max_s
     return state
 
 
-def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Array, max_new: Array,
-                stop: Array, n: int, N: int, Q: int) -> DecodeState:
+def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Array,
+                     max_new: Array, stop: Array, sampler: Sampler, n: int, N: int, Q: int,
+                     top_k: int, nucleus: bool) -> DecodeState:
     cache = kvcache.repeat_rows(cache, n)
     pending = jnp.repeat(pending, n, axis=0)
     R = pending.shape[0]
@@ -264,13 +274,14 @@ def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Ar
         done=max_new <= 0, stopped=false, stop=stop,
         tokens=jnp.zeros((R, N), jnp.int32), logprobs=jnp.zeros((R, N), jnp.float32),
         forced=jnp.zeros((R, N), bool), in_tool=false, tool_start=zeros_i, waiting=false,
-        queue=jnp.zeros((R, Q), jnp.int32), q_len=zeros_i, q_pos=zeros_i)
+        queue=jnp.zeros((R, Q), jnp.int32), q_len=zeros_i, q_pos=zeros_i, sampler=sampler,
+        top_k=top_k, nucleus=nucleus, n=n)
 
 
 # n == 1 donates the prefilled cache straight into the state; n > 1 builds new (repeated) buffers.
-_init_state_donate = jax.jit(_init_state_impl, static_argnames=("n", "N", "Q"),
-                             donate_argnames=("cache",))
-_init_state_copy = jax.jit(_init_state_impl, static_argnames=("n", "N", "Q"))
+_STATIC = ("n", "N", "Q", "top_k", "nucleus")
+_init_state_donate = jax.jit(_init_state_impl, static_argnames=_STATIC, donate_argnames=("cache",))
+_init_state_copy = jax.jit(_init_state_impl, static_argnames=_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "batch", "max_len"))
@@ -316,7 +327,8 @@ class Chunk:
 # ------------------------------------------------------------------------------------ engine
 
 def calculator_tool(encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
-                    calculator: Callable[[str], str] = calculate) -> Callable[[list[int]], list[int]]:
+                    calculator: Callable[[str], str] = calculate,
+                    ) -> Callable[[list[int]], list[int]]:
     """expression token ids -> result token ids, through text and the safe calculator."""
     def run(expr_ids: list[int]) -> list[int]:
         try:
@@ -342,7 +354,8 @@ class Engine:
                  tools: Optional[ToolTokens] = None,
                  tool_fn: Optional[Callable[[list[int]], list[int]]] = None,
                  max_tool_tokens: int = 64, max_len: Optional[int] = None, len_multiple: int = 32,
-                 min_buffer: int = 16):
+                 min_buffer: int = 16, mesh: Optional[jax.sharding.Mesh] = None,
+                 batch_axes: Sequence[str] = ("data",)):
         self.params, self.cfg = params, cfg
         self.tools = tools
         if tools is not None and tool_fn is None:
@@ -355,7 +368,20 @@ class Engine:
         self.max_len = max_len
         self.len_multiple = len_multiple
         self.min_buffer = min_buffer
-        self._spare: dict = {}  # (rows, S) -> a cache to reuse (donated into the next call)
+        self.mesh, self.batch_axes = mesh, tuple(batch_axes)
+
+    def _shard_rows(self, tree):
+        """Split every leaf's leading (row) dimension over the mesh's batch axes, if they divide
+        it (rows are independent, so the decode loop then runs data-parallel)."""
+        if self.mesh is None:
+            return tree
+        axes = [a for a in self.batch_axes if a in self.mesh.axis_names]
+        n = int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+        rows = jax.tree.leaves(tree)[0].shape[0]
+        if n == 1 or rows % n:
+            return tree
+        spec = jax.sharding.PartitionSpec(tuple(axes) if len(axes) > 1 else axes[0])
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, spec))
 
     # -- sizes --------------------------------------------------------------------------------
     def _limit(self) -> int:
@@ -387,32 +413,29 @@ class Engine:
         toks = np.zeros((P, T), np.int32)
         for i, p in enumerate(prompts):
             toks[i, :len(p)] = p
-        cache = self._spare.pop((P, S), None)
-        if cache is None:
-            cache = _new_cache(self.cfg, P, S)
-        else:
-            cache = kvcache.reset(cache)
-        cache, pending = prefill(self.params, self.cfg, cache, jnp.asarray(toks), jnp.asarray(lens))
+        cache = _new_cache(self.cfg, P, S)
+        cache, toks, lens = self._shard_rows((cache, jnp.asarray(toks), jnp.asarray(lens)))
+        cache, pending = prefill(self.params, self.cfg, cache, toks, lens)
         stop = _stop_array(stop_tokens, P)
-        ids = np.arange(R, dtype=np.int32) if sample_ids is None else np.asarray(sample_ids, np.int32)
+        ids = (np.arange(R, dtype=np.int32) if sample_ids is None
+               else np.asarray(sample_ids, np.int32))
         if ids.shape != (R,):
             raise ValueError(f"sample_ids must have one id per row ({R}), got {ids.shape}")
+        sampler = Sampler(temperature=jnp.asarray(temperature, jnp.float32),
+                          top_p=jnp.asarray(top_p, jnp.float32),
+                          tool_ids=jnp.asarray(NO_TOOLS if self.tools is None
+                                               else self.tools.as_array()))
         init = _init_state_donate if n == 1 else _init_state_copy
         state = init(cache, pending, jnp.asarray(seed, jnp.uint32), jnp.asarray(ids),
-                            jnp.asarray(np.repeat(budget, n)), jnp.asarray(np.repeat(stop, n, 0)),
-                            n=n, N=bucket(int(budget.max()), self.min_buffer), Q=self.Q)
-        self._sampling = dict(top_k=int(top_k), nucleus=bool(top_p < 1.0))
-        self._sampler = Sampler(temperature=jnp.asarray(temperature, jnp.float32),
-                                top_p=jnp.asarray(top_p, jnp.float32),
-                                tool_ids=jnp.asarray(NO_TOOLS if self.tools is None
-                                                     else self.tools.as_array()))
-        self._n = n
-        return state
+                     jnp.asarray(np.repeat(budget, n)), jnp.asarray(np.repeat(stop, n, 0)),
+                     sampler, n=n, N=bucket(int(budget.max()), self.min_buffer), Q=self.Q,
+                     top_k=int(top_k), nucleus=bool(top_p < 1.0))
+        sampler = state.sampler                    # scalars: replicated, not row-sharded
+        return self._shard_rows(state.replace(sampler=None)).replace(sampler=sampler)
 
     def decode(self, state: DecodeState, steps: int) -> DecodeState:
         """Up to `steps` decode steps in one device call (donates `state`)."""
-        return decode(self.params, self.cfg, state, self._sampler, jnp.asarray(steps, jnp.int32),
-                      **self._sampling)
+        return decode(self.params, self.cfg, state, jnp.asarray(steps, jnp.int32))
 
     def serve_tools(self, state: DecodeState, host: Optional[dict] = None) -> DecodeState:
         """Evaluate every parked row's expression and queue its forced output tokens."""
@@ -440,20 +463,23 @@ class Engine:
             queue[r, :len(out)] = out
             q_len[r], q_pos[r] = len(out), 0
             waiting[r], in_tool[r] = False, False
-        return state.replace(queue=jnp.asarray(queue), q_len=jnp.asarray(q_len),
-                             q_pos=jnp.asarray(q_pos), waiting=jnp.asarray(waiting),
-                             in_tool=jnp.asarray(in_tool))
+        put = lambda new, old: jax.device_put(new, old.sharding)   # keep the state's placement
+        return state.replace(queue=put(queue, state.queue), q_len=put(q_len, state.q_len),
+                             q_pos=put(q_pos, state.q_pos), waiting=put(waiting, state.waiting),
+                             in_tool=put(in_tool, state.in_tool))
 
-    def result(self, state: DecodeState, keep_cache: bool = True) -> Generation:
+    @staticmethod
+    def result(state: DecodeState) -> Generation:
+        """The state's outputs on the host (rows in prompt-major order)."""
         h = jax.device_get({k: getattr(state, k) for k in
                             ("tokens", "logprobs", "forced", "n_gen", "done", "stopped")})
-        if keep_cache and self._n == 1:  # reuse the buffers for the next call of this shape
-            self._spare = {(state.cache.batch, state.cache.max_len): state.cache}
         R, N = h["tokens"].shape
         valid = np.arange(N)[None, :] < h["n_gen"][:, None]
-        return Generation(tokens=np.where(valid, h["tokens"], 0), logprobs=np.where(valid, h["logprobs"], 0.0),
+        return Generation(tokens=np.where(valid, h["tokens"], 0),
+                          logprobs=np.where(valid, h["logprobs"], 0.0),
                           forced=h["forced"] & valid, lengths=h["n_gen"], done=h["done"],
-                          stopped=h["stopped"], prompt_index=np.arange(R, dtype=np.int32) // self._n)
+                          stopped=h["stopped"],
+                          prompt_index=np.arange(R, dtype=np.int32) // state.n)
 
     # -- host loops ----------------------------------------------------------------------------
     def stream(self, prompts: Prompts, *, chunk: int = 16, **kw) -> Iterator[Chunk]:

@@ -149,6 +149,7 @@ def main() -> None:
     log = (lambda *x: print(*x, file=sys.stderr, flush=True)) if a.json else \
         (lambda *x: print(*x, flush=True))
 
+    load0 = [round(x, 2) for x in os.getloadavg()]
     ours = Ours()
     for b in batches:
         ours.warm(b)
@@ -169,7 +170,7 @@ def main() -> None:
                 f"({rows[b]['ms_per_token_step']:.1f} ms/step)")
 
     result: dict = {"config": dict(SMALL, name="small", prompt_len=PROMPT, new_tokens=NEW),
-                    "rounds": a.rounds, "cpu_count": os.cpu_count(),
+                    "rounds": a.rounds, "cpu_count": os.cpu_count(), "loadavg_start": load0,
                     "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     for b in batches:
         nc = ours.nocache_step_s(b)
