@@ -31,6 +31,30 @@ def compute_dtype(cfg: ModelConfig):
     return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
 
+@jax.custom_vjp
+def tied_logits(x_ND: Array, wte_VD: Array) -> Array:
+    """x @ wteᵀ for the tied output head, with a hand-written backward.
+
+    XLA:CPU computes the embedding gradient dlogitsᵀ @ x by first transposing the whole
+    [tokens, vocab] gradient (134 MB on the `small` config); computing (xᵀ @ dlogits)ᵀ instead
+    transposes only the [D, V] result.
+    """
+    return jnp.dot(x_ND, wte_VD.T)
+
+
+def _tied_fwd(x_ND, wte_VD):
+    return jnp.dot(x_ND, wte_VD.T), (x_ND, wte_VD)
+
+
+def _tied_bwd(res, g_NV):
+    x_ND, wte_VD = res
+    g_NV = g_NV.astype(x_ND.dtype)
+    return jnp.dot(g_NV, wte_VD), jnp.dot(x_ND.T, g_NV).T.astype(wte_VD.dtype)
+
+
+tied_logits.defvjp(_tied_fwd, _tied_bwd)
+
+
 class Block(nn.Module):
     cfg: ModelConfig
 
@@ -103,7 +127,7 @@ class Transformer(nn.Module):
                 kv = lc[:2]
         x_BTD = Norm(c.norm, c.norm_eps, use_bias=c.bias, name="ln_f")(x_BTD)
         if c.tie_embeddings:
-            logits_BTV = jnp.dot(x_BTD, wte.astype(dt).T)
+            logits_BTV = tied_logits(x_BTD.reshape(B * T, -1), wte.astype(dt)).reshape(B, T, -1)
         else:
             logits_BTV = Linear(c.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt,
                                 name="lm_head")(x_BTD)

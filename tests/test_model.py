@@ -116,3 +116,14 @@ def test_depth_dial_and_validation():
         ModelConfig(n_embd=30, n_head=4).validate()
     with pytest.raises(ConfigError, match="n_kv_head"):
         ModelConfig(n_head=4, n_kv_head=3).validate()
+
+
+def test_tied_head_gradient_matches_autodiff():
+    x = jax.random.normal(jax.random.key(0), (6, 8))
+    w = jax.random.normal(jax.random.key(1), (11, 8))
+    g = jax.random.normal(jax.random.key(2), (6, 11))
+    f_custom = lambda x, w: jnp.sum(model.tied_logits(x, w) * g)
+    f_plain = lambda x, w: jnp.sum(jnp.dot(x, w.T) * g)
+    np.testing.assert_allclose(model.tied_logits(x, w), jnp.dot(x, w.T), rtol=1e-6)
+    for a, b in zip(jax.grad(f_custom, (0, 1))(x, w), jax.grad(f_plain, (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
