@@ -14,16 +14,22 @@ def _baby_model(**kw) -> ModelConfig:
                        dropout=0.0, **kw)
 
 
-def _baby(model: ModelConfig) -> Config:
-    # nanoGPT config/train_shakespeare_char.py with its CPU overrides (README "baby GPT").
+def _shakespeare_char(model: ModelConfig, *, seq_len: int, batch_size: int, steps: int) -> Config:
+    """nanoGPT's config/train_shakespeare_char.py: the optimiser and schedule both sizes share."""
     return Config(
         model=model,
-        data=DataConfig(source="tinyshakespeare", tokenizer="char", seq_len=64, batch_size=12),
+        data=DataConfig(source="tinyshakespeare", tokenizer="char", seq_len=seq_len,
+                        batch_size=batch_size),
         optim=OptimConfig(lr=1e-3, min_lr=1e-4, schedule="cosine", warmup_steps=100, b1=0.9,
                           b2=0.99, weight_decay=0.1, grad_clip=1.0),
-        train=TrainConfig(steps=2000, eval_every=250, eval_batches=200, log_every=10),
+        train=TrainConfig(steps=steps, eval_every=250, eval_batches=200, log_every=10),
         checkpoint=CheckpointConfig(every=1000, keep=2),
     )
+
+
+def _baby(model: ModelConfig) -> Config:
+    # with nanoGPT's CPU overrides (README "baby GPT"): block 64, batch 12, 2000 iterations
+    return _shakespeare_char(model, seq_len=64, batch_size=12, steps=2000)
 
 
 @register("shakespeare_char_cpu", "nanoGPT's CPU 'baby GPT' on tinyshakespeare chars (4L/4H/128, "
@@ -50,15 +56,9 @@ def shakespeare_bpe() -> Config:
 @register("shakespeare_char", "nanoGPT's GPU config on tinyshakespeare chars (6L/6H/384, block 256, "
           "5000 steps, dropout 0.2; nanoGPT val 1.47)")
 def shakespeare_char() -> Config:
-    return Config(
-        model=ModelConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384,
-                          dropout=0.2),
-        data=DataConfig(source="tinyshakespeare", tokenizer="char", seq_len=256, batch_size=64),
-        optim=OptimConfig(lr=1e-3, min_lr=1e-4, schedule="cosine", warmup_steps=100,
-                          b2=0.99, weight_decay=0.1, grad_clip=1.0),
-        train=TrainConfig(steps=5000, eval_every=250, eval_batches=200, log_every=10),
-        checkpoint=CheckpointConfig(every=1000, keep=2),
-    )
+    return _shakespeare_char(ModelConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6,
+                                         n_embd=384, dropout=0.2),
+                             seq_len=256, batch_size=64, steps=5000)
 
 
 @register("gpt2_124m", "GPT-2 (124M) reproduction (build-nanogpt/llm.c): FineWeb-Edu 10B, ~0.5M "

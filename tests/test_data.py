@@ -112,3 +112,8 @@ def test_bpe_tokenizer_trained_on_train_split_only(data_env, tmp_path, monkeypat
     np.testing.assert_array_equal(again.val, s.val)
     with pytest.raises(ValueError, match="bpe:<vocab size>"):
         pipeline.build_tokenizer(DataConfig(tokenizer="bpe:x"), text="abc")
+
+
+def test_unknown_tokenizer_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="data.tokenizer.*'char'"):
+        pipeline.build_tokenizer(DataConfig(tokenizer="no_such_tokenizer"), text="abc")

@@ -18,7 +18,7 @@ import numpy as np
 
 from lm.config import DataConfig
 from lm.data import sources
-from lm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
+from lm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, named_tokenizer
 
 
 # ---- sources: name -> text loader ------------------------------------------------------------
@@ -73,15 +73,11 @@ def build_tokenizer(cfg: DataConfig, text: Optional[str] = None) -> Tokenizer:
         return _train_split_bpe(cfg, int(vocab), load_text(cfg.source) if text is None else text)
     if os.path.exists(cfg.tokenizer):
         return load_tokenizer(cfg.tokenizer)
-    try:  # named tokenizers (e.g. 'gpt2') live in lm.tokenizer once the BPE module provides them
-        from lm import tokenizer as tok_mod
-        named = getattr(tok_mod, "named_tokenizer", None)
-        if named is not None:
-            return named(cfg.tokenizer)
-    except (KeyError, ValueError):
-        pass
-    raise ValueError(f"data.tokenizer: {cfg.tokenizer!r} is neither 'char', a known tokenizer name, "
-                     f"nor an existing tokenizer file")
+    try:
+        return named_tokenizer(cfg.tokenizer)
+    except KeyError as e:
+        raise ValueError(f"data.tokenizer: {e.args[0]}; other choices: 'char', 'bpe:<vocab size>', "
+                         f"or the path of a saved tokenizer") from None
 
 
 def encode_text(tok: Tokenizer, text: str) -> np.ndarray:
