@@ -152,6 +152,10 @@ class MeshConfig:
     parallelism: Literal["jit", "pmap"] = "jit"
     data: int = -1                        # devices along 'data'; -1 = all that fsdp leaves
     fsdp: int = 1                         # devices along 'fsdp' (parameters sharded)
+    # CPU hosts only: split the cores into this many XLA devices, data-parallel over them
+    # (lm.parallel.configure_cpu_devices). 0 = auto: the most, up to the core count, that divide
+    # the per-step batch; 1 = one device using every core through XLA's intra-op threads.
+    cpu_devices: int = 0
 
 
 @dataclass
@@ -198,6 +202,8 @@ class Config:
                 raise ConfigError(f"train.{k} must be > 0, got {getattr(self.train, k)}")
         if self.mesh.fsdp < 1 or self.mesh.data == 0 or self.mesh.data < -1:
             raise ConfigError("mesh.fsdp must be >= 1 and mesh.data >= 1 or -1 (all remaining)")
+        if self.mesh.cpu_devices < 0:
+            raise ConfigError(f"mesh.cpu_devices must be >= 0 (0 = auto), got {self.mesh.cpu_devices}")
         return self
 
     def to_dict(self) -> dict:

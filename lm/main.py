@@ -55,8 +55,10 @@ def main(argv=None) -> int:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 
-    from lm import model, train
+    from lm import model, parallel, train
     from lm.data.sources import DataUnavailableError
+    parallel.configure_cpu_devices(cfg.mesh.cpu_devices or parallel.auto_cpu_devices(
+        max(cfg.data.batch_size // cfg.train.grad_accum, 1)))
     try:
         return _run(a, cfg, model, train)
     except (ValueError, FileNotFoundError, DataUnavailableError) as e:  # bad config / data: a message, not a traceback

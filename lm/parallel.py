@@ -7,6 +7,9 @@ them to mesh axes. A dimension that the mesh axis does not divide stays replicat
 from __future__ import annotations
 
 import math
+import os
+import re
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -25,6 +28,48 @@ RULES: dict[str, Any] = {
     "mlp": None,
     "norm": None,
 }
+
+
+# ---- CPU hosts: one XLA device per core ----------------------------------------------------------
+
+def host_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_cpu_devices(rows: int, cores: int | None = None) -> int:
+    """The most devices, up to `cores`, that split `rows` batch rows evenly."""
+    cores = host_cores() if cores is None else cores
+    return max(d for d in range(1, max(cores, 1) + 1) if rows % d == 0)
+
+
+def configure_cpu_devices(n: int) -> int:
+    """Expose the host CPU as `n` XLA devices, so a data-parallel mesh runs one shard per core.
+
+    Why: XLA:CPU runs one device's step as a chain of small kernels that its intra-op threads
+    barely parallelise at small widths; `n` devices run their shards concurrently (measured on 2
+    cores: the baby GPT step 50 -> 39 ms, the 6L/384 `small` step 3.1 -> 2.8 s; see
+    tools/bench_train.py). Has no effect on accelerator hosts' default devices. Must run before
+    JAX initialises its backends; an explicit `--xla_force_host_platform_device_count` in
+    XLA_FLAGS wins. Returns the CPU device count that will be in effect (or already is).
+    """
+    from jax._src import xla_bridge
+    if n < 1:
+        raise ValueError(f"cpu devices must be >= 1, got {n}")
+    forced = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    if forced:
+        return int(forced.group(1))
+    if xla_bridge.backends_are_initialized():
+        have = len(jax.devices("cpu"))
+        if have != n:
+            warnings.warn(f"JAX is already initialised with {have} CPU device(s); cannot switch to "
+                          f"{n} (call lm.parallel.configure_cpu_devices right after importing jax)")
+        return have
+    jax.config.update("jax_num_cpu_devices", n)
+    return n
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:

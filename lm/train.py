@@ -346,6 +346,10 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     train_it, val_iter = pipeline.make_iterators(cfg.data, splits,
                                                  eval_batches=cfg.train.eval_batches, bos_id=bos)
     c = compile_steps(cfg, loss_fn)
+    devices = (f"{c.mesh.devices.size} {c.mesh.devices.flat[0].platform} device(s), "
+               f"{c.parallelism} mesh {dict(c.mesh.shape)}")
+    if progress:
+        print(f"{cfg.name}: {devices}")
     ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), every=cfg.checkpoint.every,
                              keep=cfg.checkpoint.keep)
     state, start = None, 0
@@ -366,7 +370,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     steps = cfg.train.steps
     end = steps if stop_after is None else min(steps, stop_after)
-    summary: dict = {"run_dir": run_dir, "start_step": start}
+    summary: dict = {"run_dir": run_dir, "start_step": start, "devices": devices}
 
     def save(step, force=False):
         if ckpt.should_save(step) or force:

@@ -2,14 +2,15 @@
 8 devices pmap give the same losses; FSDP really shards; the step compiles once."""
 import dataclasses
 import logging
+import os
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from lm import train
-from lm.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from lm import parallel, train
+from lm.config import ConfigError, Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
@@ -88,3 +89,40 @@ def test_train_step_compiles_once(caplog):
     compiles = [r for r in caplog.records
                 if r.getMessage().startswith("Compiling jit(train_step)")]
     assert len(compiles) == 1, [r.getMessage() for r in compiles]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- CPU hosts: cores as XLA devices -----------------------------------------------------------
+
+@pytest.mark.parametrize("rows,cores,want", [(12, 2, 2), (12, 8, 6), (16, 8, 8), (7, 2, 1),
+                                             (12, 1, 1), (5, 16, 5)])
+def test_auto_cpu_devices_divides_the_batch(rows, cores, want):
+    assert parallel.auto_cpu_devices(rows, cores) == want
+
+
+def test_configure_cpu_devices_in_a_fresh_process():
+    """Sets the device count before JAX starts; an explicit XLA flag wins; too late warns."""
+    import subprocess
+    import sys
+    code = ("import warnings; from lm import parallel; n = parallel.configure_cpu_devices(3); "
+            "import jax; print(n, len(jax.devices('cpu')));"
+            "warnings.simplefilter('error');\n"
+            "try:\n parallel.configure_cpu_devices(2)\nexcept UserWarning as e: print('warned')")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.stdout.split() == ["3", "3", "warned"], out.stderr[-2000:]
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=5"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.stdout.split()[:2] == ["5", "5"], out.stderr[-2000:]
+
+
+def test_cpu_devices_config_is_validated():
+    cfg = tiny_cfg(data=1, fsdp=1)
+    cfg.mesh.cpu_devices = -1
+    with pytest.raises(ConfigError, match="mesh.cpu_devices"):
+        cfg.validate()

@@ -6,9 +6,14 @@ over >= 20 steps after compilation, tokens/s, our compile time, and MFU against 
 matmul rate measured in the same run (the larger of JAX's and torch's). The peer is
 `../shared/bench/torch_peer.py` run as a subprocess (needs requirements-bench.txt).
 
+Ours runs as `python -m lm.main` runs it: the host's cores exposed as XLA devices and the batch
+split data-parallel over them (`mesh.cpu_devices`, auto by default; `--cpu_devices 1` measures
+the single-device step).
+
   python -m tools.bench_train            # table
   python -m tools.bench_train --json     # one JSON object
   python -m tools.bench_train --configs baby --rounds 2
+  python -m tools.bench_train --cpu_devices 1
 """
 from __future__ import annotations
 
@@ -39,20 +44,22 @@ def our_config(c: dict):
         data=DataConfig(seq_len=c["block_size"], batch_size=c["batch_size"]),
         optim=OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.01,
                           grad_clip=0.0, b2=0.999),   # the peer: torch AdamW(lr=1e-3) defaults
-        train=TrainConfig(steps=10_000), mesh=MeshConfig(data=1, fsdp=1)).validate()
+        train=TrainConfig(steps=10_000), mesh=MeshConfig(data=-1, fsdp=1)).validate()
 
 
 class Ours:
     """Our compiled step on one device, with random token batches like the peer's."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, cpu_devices: int = 0):
         import jax
         import numpy as np
-        from lm import model, train
+        from lm import model, parallel, train
         self.jax, self.np = jax, np
         c = CONFIGS[name]
         self.cfg = our_config(c)
-        self.compiled = train.compile_steps(self.cfg, devices=jax.devices()[:1])
+        n = cpu_devices or parallel.auto_cpu_devices(c["batch_size"], len(jax.devices()))
+        self.devices = n
+        self.compiled = train.compile_steps(self.cfg, devices=jax.devices()[:n])
         self.state = self.compiled.init_state(0)
         self.rng = np.random.default_rng(0)
         self.tokens = c["batch_size"] * c["block_size"]
@@ -102,13 +109,18 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default="baby,small")
     p.add_argument("--rounds", type=int, default=0, help="interleaved rounds (0: 3 baby, 2 small)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cpu_devices", type=int, default=0,
+                   help="XLA devices to split the CPU into (0: auto, as lm.main; 1: one device)")
     a = p.parse_args(argv)
     names = [n for n in a.configs.split(",") if n]
     for n in names:
         if n not in CONFIGS:
             p.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
 
-    import jax
+    from lm import parallel
+    avail = parallel.configure_cpu_devices(max(a.cpu_devices, parallel.host_cores()))
+    if a.cpu_devices > avail:
+        p.error(f"--cpu_devices {a.cpu_devices}: only {avail} CPU devices available")
     gf_jax = jax_matmul_gflops()
     gf_torch = next(r["gflops"] for r in peer("baby", 1, only="matmul") if r.get("lib") == "torch")
     best = max(gf_jax, gf_torch)
@@ -117,7 +129,7 @@ def main(argv=None) -> int:
         f"{best:.1f}")
     result = {"matmul_gflops": {"jax": round(gf_jax, 1), "torch": round(gf_torch, 1)}}
     for name in names:
-        ours = Ours(name)
+        ours = Ours(name, a.cpu_devices)
         rounds = a.rounds or (3 if name == "baby" else 2)
         mine, theirs, peer_rows = [], [], []
         for r in range(rounds):
@@ -135,17 +147,17 @@ def main(argv=None) -> int:
         result[name] = {"tokens_per_s": round(tps, 1), "peer_tokens_per_s": round(peer_tps, 1),
                         "ratio": round(tps / peer_tps, 3), "mfu": round(mfu, 4),
                         "peer_mfu": round(peer_mfu, 4), "ms_per_step": round(ms, 2),
-                        "peer_ms_per_step": round(peer_ms, 2), "compile_s": round(ours.compile_s, 2),
+                        "peer_ms_per_step": round(peer_ms, 2), "compile_s": round(ours.compile_s, 2), "devices": ours.devices,
                         "timed_steps": len(mine), "peer_timed_steps": len(theirs) * STEPS[name]}
         del ours
     if a.json:
         print(json.dumps(result))
         return 0
-    print(f"\n{'config':8s} {'ms/step':>9s} {'peer ms':>9s} {'tok/s':>9s} {'peer tok/s':>10s} "
+    print(f"\n{'config':8s} {'devices':>7s} {'ms/step':>9s} {'peer ms':>9s} {'tok/s':>9s} {'peer tok/s':>10s} "
           f"{'ratio':>6s} {'MFU':>6s} {'peer MFU':>8s} {'compile s':>9s}")
     for name in names:
         r = result[name]
-        print(f"{name:8s} {r['ms_per_step']:9.1f} {r['peer_ms_per_step']:9.1f} {r['tokens_per_s']:9.0f} "
+        print(f"{name:8s} {r['devices']:7d} {r['ms_per_step']:9.1f} {r['peer_ms_per_step']:9.1f} {r['tokens_per_s']:9.0f} "
               f"{r['peer_tokens_per_s']:10.0f} {r['ratio']:6.2f} {100 * r['mfu']:5.1f}% "
               f"{100 * r['peer_mfu']:7.1f}% {r['compile_s']:9.1f}")
     return 0
