@@ -37,13 +37,18 @@ def tied_logits(x_ND: Array, wte_VD: Array) -> Array:
 
     XLA:CPU computes the embedding gradient dlogitsᵀ @ x by first transposing the whole
     [tokens, vocab] gradient (134 MB on the `small` config); computing (xᵀ @ dlogits)ᵀ instead
-    transposes only the [D, V] result.
+    transposes only the [D, V] result. The forward contracts wte's last axis directly: written
+    as `x @ wte.T`, XLA:CPU materialises wteᵀ for a single-row matvec (every decode step).
     """
-    return jnp.dot(x_ND, wte_VD.T)
+    return _x_wteT(x_ND, wte_VD)
+
+
+def _x_wteT(x_ND, wte_VD):
+    return jax.lax.dot_general(x_ND, wte_VD, (((1,), (1,)), ((), ())))
 
 
 def _tied_fwd(x_ND, wte_VD):
-    return jnp.dot(x_ND, wte_VD.T), (x_ND, wte_VD)
+    return _x_wteT(x_ND, wte_VD), (x_ND, wte_VD)
 
 
 def _tied_bwd(res, g_NV):
