@@ -431,7 +431,10 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     summary.update(final_step=final_step, interrupted=interrupted, train=last_train)
     if final_step == steps and not interrupted and cfg.train.sample_tokens > 0:
         tok = splits.tokenizer
-        text = generate_text(c.params_for_host(state), cfg.model, tok, cfg.train.sample_prompt,
+        params = c.params_for_host(state)
+        if jax.process_count() == 1:   # one device samples; a replicated copy would run on all
+            params = jax.device_put(params, c.mesh.devices.flat[0])
+        text = generate_text(params, cfg.model, tok, cfg.train.sample_prompt,
                              cfg.train.sample_tokens, seed=cfg.train.seed)
         with open(os.path.join(run_dir, "sample.txt"), "w", encoding="utf-8") as f:
             f.write(text)
