@@ -56,20 +56,27 @@ def configure_cpu_devices(n: int) -> int:
     JAX initialises its backends; an explicit `--xla_force_host_platform_device_count` in
     XLA_FLAGS wins. Returns the CPU device count that will be in effect (or already is).
     """
-    from jax._src import xla_bridge
     if n < 1:
         raise ValueError(f"cpu devices must be >= 1, got {n}")
     forced = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
     if forced:
         return int(forced.group(1))
-    if xla_bridge.backends_are_initialized():
-        have = len(jax.devices("cpu"))
-        if have != n:
-            warnings.warn(f"JAX is already initialised with {have} CPU device(s); cannot switch to "
-                          f"{n} (call lm.parallel.configure_cpu_devices right after importing jax)")
-        return have
-    jax.config.update("jax_num_cpu_devices", n)
-    return n
+    try:  # JAX has no public "already started?" query; the config update below also refuses
+        from jax._src import xla_bridge
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        started = False
+    if not started:
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+            return n
+        except RuntimeError:
+            pass
+    have = len(jax.devices("cpu"))
+    if have != n:
+        warnings.warn(f"JAX is already initialised with {have} CPU device(s); cannot switch to "
+                      f"{n} (call lm.parallel.configure_cpu_devices right after importing jax)")
+    return have
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -49,7 +49,8 @@ def our_config(c: dict):
 
 
 class Ours:
-    """Our compiled step on one device, with random token batches like the peer's."""
+    """Our compiled step on `cpu_devices` devices (0: as lm.main picks), with random token batches
+    like the peer's."""
 
     def __init__(self, name: str, cpu_devices: int = 0):
         import jax
