@@ -14,7 +14,7 @@ from __future__ import annotations
 import glob
 import os
 
-from lm.config import CheckpointConfig, Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from lm.config import CheckpointConfig, Config, ModelConfig, OptimConfig, TrainConfig
 
 from experiments import register
 
@@ -37,13 +37,12 @@ def web_tiny() -> Config:
             f"python -m tools.process_web --input '../shared/data/web_crawl/**/*.gz' --input "
             f"'../shared/data/html_extraction_benchmark/html/*.html.gz' --output {run_dir} "
             f"--extractor resiliparse --workers 2)")
-    from lm.data.web.shards import read_index
+    from lm.data.web.shards import data_config, read_index
     idx = read_index(os.path.dirname(index))
     vocab = -(-idx["vocab_size"] // 128) * 128  # padded to a multiple of 128
     return Config(
         model=ModelConfig(vocab_size=vocab, block_size=128, n_layer=2, n_head=2, n_embd=128, dropout=0.0),
-        data=DataConfig(source="shards", shards=shards, tokenizer=idx["tokenizer"], segment_on_bos=True,
-                        seq_len=64, batch_size=8, train_split=0.9),
+        data=data_config(os.path.dirname(index), seq_len=64, batch_size=8, train_split=0.9),
         optim=OptimConfig(lr=3e-3, min_lr=3e-4, schedule="cosine", warmup_steps=20, weight_decay=0.1,
                           grad_clip=1.0),
         train=TrainConfig(steps=120, eval_every=60, eval_batches=8, log_every=20, sample_tokens=32),
