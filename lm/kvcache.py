@@ -94,6 +94,20 @@ def repeat_rows(cache: KVCache, n: int) -> KVCache:
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache)
 
 
+def grow(cache: KVCache, max_len: int) -> KVCache:
+    """The same rows with room for `max_len` tokens (new slots zero; rows' contents unchanged).
+
+    Decode attends over every slot of the buffer, so a buffer sized to what the rows hold now,
+    grown as they lengthen, costs less per step than one sized for the final length.
+    """
+    S = cache.max_len
+    if max_len < S:
+        raise ValueError(f"grow: max_len {max_len} is below the current {S}")
+    pad = ((0, 0), (0, 0), (0, max_len - S), (0, 0))
+    return cache.replace(k=tuple(jnp.pad(x, pad) for x in cache.k),
+                         v=tuple(jnp.pad(x, pad) for x in cache.v))
+
+
 def reset(cache: KVCache) -> KVCache:
     """Empty every row (stale slots need no clearing: they are masked and overwritten)."""
     return cache.replace(lengths=jnp.zeros_like(cache.lengths))

@@ -151,6 +151,18 @@ def test_greedy_equivalents_and_seeds(gpt2):
     assert ng.prompt_index.tolist() == [0, 0, 1, 1]
 
 
+def test_argmax_and_sampling_match_jax():
+    """The engine's two-reduction argmax is jnp.argmax (ties: the first index), and its Gumbel-max
+    draw is jax.random.categorical's, key for key."""
+    x = np.random.default_rng(0).integers(-3, 4, (16, 50)).astype(np.float32)   # many ties
+    x[3, 11] = np.inf
+    np.testing.assert_array_equal(sampling.argmax(jnp.asarray(x)), np.argmax(x, -1))
+    keys = jax.random.split(jax.random.key(5), 16)
+    want = jax.vmap(jax.random.categorical)(keys, jnp.asarray(x) / 0.7)
+    got = sampling.sample_logits(jnp.asarray(x), keys, jnp.float32(0.7), jnp.float32(1.0))
+    np.testing.assert_array_equal(got, want)
+
+
 def test_top_k_restricts_support(gpt2):
     cfg, params = gpt2
     eng = sampling.Engine(params, cfg)
@@ -212,6 +224,30 @@ def test_streaming_matches_generate_and_compiles_once(gpt2, caplog):
     assert compiles == []
 
 
+def test_growing_cache_gives_the_full_size_results(family):
+    """The cache starts at the prompts' size and grows between device calls (a step attends over
+    the whole buffer, so that is what makes it cheaper); nothing else may change: tokens,
+    log-probs, stops, budgets, and the end of a row at the final length."""
+    cfg, params = family
+    kw = dict(n=2, max_new_tokens=[30, 3, 40, 20], temperature=0.9, top_k=5, seed=3,
+              stop_tokens=[[7], [], [], []])
+    fixed = sampling.Engine(params, cfg, grow_cache=False, len_multiple=8)
+    ref = fixed.generate(PROMPTS, **kw)
+    eng = sampling.Engine(params, cfg, len_multiple=8)
+    st = eng.start(PROMPTS, **kw)
+    sizes = [st.cache.max_len]
+    while not np.asarray(st.done).all():
+        st = eng.decode(st, 5)
+        sizes.append(st.cache.max_len)
+    got = eng.result(st)
+    assert sizes[0] < sizes[-1] == cfg.block_size and sizes == sorted(sizes), sizes
+    assert got.rows() == ref.rows()
+    np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
+    assert (got.lengths == ref.lengths).all() and (got.stopped == ref.stopped).all()
+    # The row that reached the context's end stopped there, as with a full-size cache.
+    assert got.lengths[4] == cfg.block_size - len(PROMPTS[2]) + 1
+
+
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_batch_sharded_generation_matches(gpt2):
     """Rows are independent: a cache / decode state split over 8 devices along the batch gives
@@ -225,6 +261,7 @@ def test_batch_sharded_generation_matches(gpt2):
     assert len(st.cache.k[0].sharding.device_set) == 8
     st = eng.decode(st, 16)
     assert len(st.tokens.sharding.device_set) == 8
+    assert len(st.cache.k[0].sharding.device_set) == 8     # still split after growing
     assert eng.result(st).rows() == ref.rows()
 
 
