@@ -83,7 +83,7 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache=None,
-                 deterministic=True):
+                 deterministic=True, head_DV=None):
         c = self.cfg
         dt = compute_dtype(c)
         B, T = tokens_BT.shape
@@ -131,7 +131,9 @@ class Transformer(nn.Module):
             elif lc is not None:
                 kv = lc[:2]
         x_BTD = Norm(c.norm, c.norm_eps, use_bias=c.bias, name="ln_f")(x_BTD)
-        if c.tie_embeddings:
+        if c.tie_embeddings and head_DV is not None:
+            logits_BTV = jnp.dot(x_BTD.reshape(B * T, -1), head_DV.astype(dt)).reshape(B, T, -1)
+        elif c.tie_embeddings:
             logits_BTV = tied_logits(x_BTD.reshape(B * T, -1), wte.astype(dt)).reshape(B, T, -1)
         else:
             logits_BTV = Linear(c.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt,
@@ -158,12 +160,23 @@ def init(cfg: ModelConfig, rng: Array) -> Params:
 
 
 def apply(params: Params, cfg: ModelConfig, tokens_BT: Array, *, positions_BT=None,
-          segment_ids_BT=None, cache=None, dropout_rng: Optional[Array] = None):
-    """Logits [B, T, V] (float32); with `cache`, (logits, new_cache). Dropout iff `dropout_rng`."""
+          segment_ids_BT=None, cache=None, dropout_rng: Optional[Array] = None,
+          head_DV: Optional[Array] = None):
+    """Logits [B, T, V] (float32); with `cache`, (logits, new_cache). Dropout iff `dropout_rng`.
+
+    `head_DV`: `tied_head_DV(params)`, a [D, V] copy of the tied head, for inference only (no
+    gradient flows to wte through it). XLA:CPU's batched decode matmul reads it faster than wte
+    itself (see `lm.sampling.Engine`).
+    """
     deterministic = dropout_rng is None or cfg.dropout == 0.0
     rngs = None if deterministic else {"dropout": dropout_rng}
     return Transformer(cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT,
-                                  cache, deterministic, rngs=rngs)
+                                  cache, deterministic, head_DV, rngs=rngs)
+
+
+def tied_head_DV(params: Params) -> Array:
+    """The tied output head as a [D, V] array (a copy of wteᵀ), for `apply(..., head_DV=)`."""
+    return jnp.asarray(params["wte"]).T
 
 
 def param_count(cfg: ModelConfig, *, non_embedding: bool = False) -> int:

@@ -163,6 +163,21 @@ def test_argmax_and_sampling_match_jax():
     np.testing.assert_array_equal(got, want)
 
 
+def test_decoding_through_a_head_copy_changes_nothing(gpt2):
+    """Batched decode reads a [D, V] copy of the tied head; tokens and log-probs must equal the
+    wte path's, and new params (as an RL loop swaps them in) must not reuse the old copy."""
+    cfg, params = gpt2
+    copy = sampling.Engine(params, cfg, head_copy_rows=1)
+    plain = sampling.Engine(params, cfg, head_copy_rows=0)
+    for p in (params, _init(cfg, jax.random.PRNGKey(7))):
+        copy.params = plain.params = p
+        a = copy.generate(PROMPTS, temperature=0.0, **KW)
+        b = plain.generate(PROMPTS, temperature=0.0, **KW)
+        assert a.rows() == b.rows()
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+        assert copy._head_DV[0] is p["wte"]
+
+
 def test_top_k_restricts_support(gpt2):
     cfg, params = gpt2
     eng = sampling.Engine(params, cfg)
