@@ -482,8 +482,9 @@ class Engine:
         init = _init_state_donate if n == 1 else _init_state_copy
         state = init(cache, pending, jnp.asarray(seed, jnp.uint32), jnp.asarray(ids),
                      jnp.asarray(np.repeat(budget, n)), jnp.asarray(np.repeat(stop, n, 0)),
-                     jnp.asarray(S, jnp.int32), sampler, n=n, N=bucket(int(budget.max()), self.min_buffer), Q=self.Q,
-                     top_k=int(top_k), nucleus=bool(top_p < 1.0))
+                     jnp.asarray(S, jnp.int32), sampler, n=n,
+                     N=bucket(int(budget.max()), self.min_buffer), Q=self.Q, top_k=int(top_k),
+                     nucleus=bool(top_p < 1.0))
         sampler, limit = state.sampler, state.limit   # scalars: replicated, not row-sharded
         rows = self._shard_rows(state.replace(sampler=None, limit=None))
         return rows.replace(sampler=sampler, limit=limit)

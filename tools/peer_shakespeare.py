@@ -5,10 +5,12 @@ The model is Hugging Face `GPT2LMHeadModel` (the peer of `tools/bench_train.py`)
 shape. It is trained with nanoGPT's train.py recipe: AdamW (β 0.9/0.99, weight decay 0.1 on every
 tensor with ≥ 2 dims, embeddings included, as nanoGPT's `configure_optimizers` does), warmup 100
 then cosine 1e-3 → 1e-4 over 2000 iterations, global-norm clip 1.0, dropout 0. The batches are
-ours: `lm.data.pipeline` builds the identical train windows (per `--seed`) and the identical 200
-validation batches that `lm.main` scores. Only the framework, the initial weights and nanoGPT's
-two model details (`--nanogpt`: exact-erf GELU; HF's GPT-2 uses tanh) can differ, so a gap in
-val loss across several seeds is ours to explain.
+ours: `lm.data.pipeline` builds the identical train windows (per seed) and the identical 200
+validation batches that `lm.main` scores, and the learning rate comes from `lm.optim.schedule`.
+What differs is the framework, the initial weights and the optimizer's decay groups (nanoGPT's;
+ours leaves embeddings undecayed by default); `--nanogpt` also swaps GPT-2's tanh GELU for
+nanoGPT's exact one (nanoGPT's bias-free layers have no HF GPT-2 switch). So a gap in val loss
+across several seeds would be ours to explain.
 
     pip install -r requirements-bench.txt
     LM_DATA_DIR=../shared/data python -m tools.peer_shakespeare --seeds 1337,1,2
@@ -20,19 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
-
-
-def lr_at(it: int, cfg) -> float:
-    """nanoGPT's get_lr (the schedule `lm.optim.schedule` implements for `cosine`)."""
-    warm, total = cfg.optim.warmup_steps, cfg.train.steps
-    if it < warm:
-        return cfg.optim.lr * (it + 1) / (warm + 1)
-    ratio = min(max((it - warm) / max(total - warm, 1), 0.0), 1.0)
-    return cfg.optim.min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (cfg.optim.lr - cfg.optim.min_lr)
 
 
 def train_one(seed: int, *, exact_gelu: bool, steps: int | None, log) -> dict:
@@ -41,6 +33,7 @@ def train_one(seed: int, *, exact_gelu: bool, steps: int | None, log) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from experiments import get as get_experiment
+    from lm import optim
     from lm.data import pipeline
 
     cfg = get_experiment("shakespeare_char_cpu")
@@ -48,6 +41,7 @@ def train_one(seed: int, *, exact_gelu: bool, steps: int | None, log) -> dict:
     if steps is not None:
         cfg.train.steps = steps
     m, o = cfg.model, cfg.optim
+    lr_at = optim.schedule(o, cfg.train.steps)          # the schedule lm.main trains with
     splits = pipeline.load_token_splits(cfg.data)
     train_it, val_iter = pipeline.make_iterators(cfg.data, splits,
                                                  eval_batches=cfg.train.eval_batches)
@@ -80,7 +74,7 @@ def train_one(seed: int, *, exact_gelu: bool, steps: int | None, log) -> dict:
     model.train()
     for it in range(cfg.train.steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(it, cfg)
+            g["lr"] = float(lr_at(it))
         b = next(train_it)
         x = torch.from_numpy(np.asarray(b["inputs"])).long()
         y = torch.from_numpy(np.asarray(b["targets"])).long()
@@ -109,12 +103,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
     try:
-        import torch
+        import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as e:
         raise SystemExit(f"{e}: pip install -r requirements-bench.txt") from e
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if a.json else print
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     runs = []
     for s in [int(x) for x in a.seeds.split(",") if x]:
         r = train_one(s, exact_gelu=a.nanogpt, steps=a.steps, log=log)
