@@ -589,8 +589,9 @@ class Engine:
         return self.result(state)
 
     def generate(self, prompts: Prompts, *, chunk: Optional[int] = None, **kw) -> Generation:
-        """All rows to completion. Without tools: one device call for the whole budget (besides
-        the prefill); with tools: chunks of `chunk` (default 32) steps, tool calls between them."""
+        """All rows to completion. Without tools: one `decode` for the whole budget (one device
+        call per cache size while the cache grows); with tools: chunks of `chunk` (default 32)
+        steps, tool calls between them."""
         if chunk is None:
             budget = np.max(np.asarray(kw.get("max_new_tokens", 64)))
             chunk = 32 if self.tools is not None else int(budget)

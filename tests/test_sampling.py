@@ -270,12 +270,15 @@ def test_batch_sharded_generation_matches(gpt2):
     cfg, params = gpt2
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     prompts = PROMPTS * 2
-    ref = sampling.Engine(params, cfg).generate(prompts, temperature=0.0, **KW)
-    eng = sampling.Engine(params, cfg, mesh=mesh)
-    st = eng.start(prompts, temperature=0.0, **KW)
+    kw = dict(temperature=0.0, max_new_tokens=30)
+    ref = sampling.Engine(params, cfg, grow_cache=False).generate(prompts, **kw)
+    eng = sampling.Engine(params, cfg, mesh=mesh, len_multiple=8)    # small steps: it grows
+    st = eng.start(prompts, **kw)
+    first = st.cache.max_len
     assert len(st.cache.k[0].sharding.device_set) == 8
-    st = eng.decode(st, 16)
+    st = eng.decode(st, 30)
     assert len(st.tokens.sharding.device_set) == 8
+    assert st.cache.max_len > first
     assert len(st.cache.k[0].sharding.device_set) == 8     # still split after growing
     assert eng.result(st).rows() == ref.rows()
 
