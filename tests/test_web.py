@@ -339,7 +339,7 @@ def _outputs(run_dir):
 @pytest.fixture(scope="module")
 def local_run(web_input, tmp_path_factory):
     out = tmp_path_factory.mktemp("web_local") / "run"
-    r = _cli(_args(web_input, out, 2))
+    r = _cli(_args(web_input, out, 2) + ["--doc-format", "both"])
     return str(out), r.stdout
 
 
@@ -375,6 +375,14 @@ def test_recipe_end_to_end_local(local_run):
     assert len(set(texts)) == len(texts)
     assert not any("jane.roe@gmail.com" in t or "8.8.4.4" in t for t in texts)
     assert any("192.168.1.20" in t for t in texts)  # private addresses are not PII
+    # --doc-format both: the Parquet copy holds the same documents, rank by rank, in order
+    import pyarrow.parquet as pq
+    parquet = {}
+    for p in sorted(glob.glob(os.path.join(run_dir, "documents_parquet", "*.parquet"))):
+        rank = os.path.basename(p).split(".")[0].split("_")[-1]  # "<file index>_<rank>.parquet"
+        t = pq.read_table(p)
+        parquet.setdefault(rank, []).extend(zip(t.column("id").to_pylist(), t.column("text").to_pylist()))
+    assert parquet == {k.split(".")[0]: v for k, v in docs.items()}
 
     shards_dir = os.path.join(run_dir, "shards")
     idx = read_index(shards_dir)
