@@ -83,6 +83,14 @@ def _has_items(step_dir: str) -> bool:
     return all(os.path.isdir(os.path.join(step_dir, item)) for item in (_STATE, _EXTRA))
 
 
+def has_checkpoint(directory: str) -> bool:
+    """Whether `directory` holds at least one complete step folder (no orbax call, no waiting)."""
+    if not os.path.isdir(directory):
+        return False
+    return any(_STEP_DIR.match(n) and not _STEP_DIR.match(n).group(2)
+               and _has_items(os.path.join(directory, n)) for n in os.listdir(directory))
+
+
 def describe(directory: str) -> list[dict]:
     """Every step folder under `directory`, complete or not, oldest first (for CLIs / debugging).
 

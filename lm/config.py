@@ -19,6 +19,44 @@ class ConfigError(ValueError):
     pass
 
 
+def num(default, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
+        also: tuple = ()):
+    """A numeric field with its allowed range, checked by `check_ranges` (None bounds: open).
+
+    `also`: extra allowed values outside the range (e.g. -1 = "all"). None is allowed when the
+    field's type is Optional.
+    """
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open, tuple(also))})
+
+
+def _range_text(lo, hi, lo_open, hi_open, also) -> str:
+    parts = []
+    if lo is not None and hi is not None:
+        parts.append(f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+    elif lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo}")
+    elif hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi}")
+    parts += [repr(a) for a in also]
+    return " or ".join(parts)
+
+
+def check_ranges(obj, prefix: str) -> None:
+    """Every `num(...)` field of dataclass `obj` within its range, else ConfigError naming it."""
+    for f in dataclasses.fields(obj):
+        spec = f.metadata.get("range")
+        if spec is None:
+            continue
+        v = getattr(obj, f.name)
+        lo, hi, lo_open, hi_open, also = spec
+        if v is None or v in also:
+            continue
+        ok = ((lo is None or (v > lo if lo_open else v >= lo))
+              and (hi is None or (v < hi if hi_open else v <= hi)))
+        if not ok or (isinstance(v, float) and not math.isfinite(v)):
+            raise ConfigError(f"{prefix}.{f.name} must be {_range_text(*spec)}, got {v!r}")
+
+
 @dataclass(unsafe_hash=True)
 class ModelConfig:
     """One config for both families: GPT-2 exactly, and the modern options.
@@ -26,26 +64,34 @@ class ModelConfig:
     Hashable (by value) so it can be a static argument of jitted functions; don't mutate one
     after handing it to jit.
     """
-    vocab_size: int = 65
-    block_size: int = 64                 # max sequence length (learned positions / RoPE table size)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    n_kv_head: Optional[int] = None      # grouped-query attention; None = n_head
+    vocab_size: int = num(65, 1)
+    block_size: int = num(64, 1)         # max sequence length (learned positions / RoPE table size)
+    n_layer: int = num(4, 1)
+    n_head: int = num(4, 1)
+    n_embd: int = num(128, 1)
+    n_kv_head: Optional[int] = num(None, 1)  # grouped-query attention; None = n_head
     mlp: Literal["gelu", "relu2", "swiglu"] = "gelu"
-    mlp_hidden: Optional[int] = None     # None: 4*n_embd (gelu/relu2), 8/3*n_embd rounded to 64 (swiglu)
+    mlp_hidden: Optional[int] = num(None, 1)  # None: 4*n_embd (gelu/relu2), 8/3*n_embd rounded to 64 (swiglu)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_eps: float = 1e-5
+    norm_eps: float = num(1e-5, 0, lo_open=True)
     pos: Literal["learned", "rope"] = "learned"
-    rope_theta: float = 10000.0
+    rope_theta: float = num(10000.0, 0, lo_open=True)
     qk_norm: bool = False
     bias: bool = True
     tie_embeddings: bool = True
-    logit_softcap: float = 0.0           # 0 = off; else logits = c*tanh(logits/c)
-    dropout: float = 0.0
+    logit_softcap: float = num(0.0, 0)   # 0 = off; else logits = c*tanh(logits/c)
+    dropout: float = num(0.0, 0, 1, hi_open=True)
     dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype; parameters stay float32
-    init_std: float = 0.02
+    init_std: float = num(0.02, 0, lo_open=True)
     remat: bool = False                  # recompute each block in the backward pass
+    # backend kernels (lm/kernels.py): auto = XLA:CPU layouts on CPU, plain JAX elsewhere
+    kernels: Literal["auto", "plain", "xla_cpu"] = "auto"
+
+    @property
+    def compute_dtype(self):
+        """The dtype activations (and the KV cache) are computed in."""
+        import jax.numpy as jnp
+        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
 
     @property
     def kv_heads(self) -> int:
@@ -64,9 +110,7 @@ class ModelConfig:
         return 4 * self.n_embd
 
     def validate(self, prefix: str = "model") -> None:
-        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, k) <= 0:
-                raise ConfigError(f"{prefix}.{k} must be > 0, got {getattr(self, k)}")
+        check_ranges(self, prefix)
         if self.n_embd % self.n_head:
             raise ConfigError(f"{prefix}.n_embd ({self.n_embd}) must be divisible by "
                               f"{prefix}.n_head ({self.n_head})")
@@ -75,8 +119,6 @@ class ModelConfig:
                               f"{prefix}.n_kv_head ({self.kv_heads})")
         if self.pos == "rope" and self.head_dim % 2:
             raise ConfigError(f"{prefix}: RoPE needs an even head_dim, got {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{prefix}.dropout must be in [0, 1), got {self.dropout}")
 
 
 def gpt2_preset(name: str) -> ModelConfig:
@@ -122,58 +164,58 @@ def model_preset(name: str) -> ModelConfig:
 class DataConfig:
     source: str = "tinyshakespeare"       # a name in lm.data.pipeline.SOURCES
     tokenizer: str = "char"               # 'char', 'gpt2', or a path to a saved tokenizer artifact
-    train_split: float = 0.9              # first fraction of the token stream for training
-    seq_len: int = 64                     # tokens per row (targets are the next tokens)
-    batch_size: int = 12                  # global batch (rows per optimizer step)
+    train_split: float = num(0.9, 0, 1, lo_open=True, hi_open=True)  # first fraction of the token stream for training
+    seq_len: int = num(64, 1)             # tokens per row (targets are the next tokens)
+    batch_size: int = num(12, 1)          # global batch (rows per optimizer step)
     sampling: Literal["random", "sequential"] = "random"   # nanoGPT random windows, or strided
     segment_on_bos: bool = False          # packed documents: no attention across BOS boundaries
     shards: str = ""                      # glob of token shards (source='shards')
-    seed: int = 1337
+    seed: int = num(1337, 0)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    min_lr: float = 1e-4
+    lr: float = num(1e-3, 0)
+    min_lr: float = num(1e-4, 0)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = 100
-    decay_steps: int = 0                  # wsd: length of the final decay; 0 = 20% of steps
-    b1: float = 0.9
-    b2: float = 0.99
-    eps: float = 1e-8
-    weight_decay: float = 0.1
+    warmup_steps: int = num(100, 0)
+    decay_steps: int = num(0, 0)          # wsd: length of the final decay; 0 = 20% of steps
+    b1: float = num(0.9, 0, 1, hi_open=True)
+    b2: float = num(0.99, 0, 1, hi_open=True)
+    eps: float = num(1e-8, 0, lo_open=True)
+    weight_decay: float = num(0.1, 0)
     decay_embeddings: bool = False        # apply weight decay to embeddings too
-    grad_clip: float = 1.0                # 0 = off
-    z_loss: float = 0.0                   # coefficient of log(Z)^2
+    grad_clip: float = num(1.0, 0)        # 0 = off
+    z_loss: float = num(0.0, 0)           # coefficient of log(Z)^2
 
 
 @dataclass
 class MeshConfig:
     parallelism: Literal["jit", "pmap"] = "jit"
-    data: int = -1                        # devices along 'data'; -1 = all that fsdp leaves
-    fsdp: int = 1                         # devices along 'fsdp' (parameters sharded)
+    data: int = num(-1, 1, also=(-1,))    # devices along 'data'; -1 = all that fsdp leaves
+    fsdp: int = num(1, 1)                 # devices along 'fsdp' (parameters sharded)
     # CPU hosts only: split the cores into this many XLA devices, data-parallel over them
     # (lm.parallel.configure_cpu_devices). 0 = auto: the most, up to the core count, that divide
     # the per-step batch; 1 = one device using every core through XLA's intra-op threads.
-    cpu_devices: int = 0
+    cpu_devices: int = num(0, 0)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    grad_accum: int = 1
-    eval_every: int = 250
-    eval_batches: int = 200               # nanoGPT's eval_iters
-    log_every: int = 10
-    seed: int = 1337
-    sample_tokens: int = 300              # text sample at the end (0 = none)
+    steps: int = num(2000, 1)
+    grad_accum: int = num(1, 1)
+    eval_every: int = num(250, 1)
+    eval_batches: int = num(200, 1)       # nanoGPT's eval_iters
+    log_every: int = num(10, 1)
+    seed: int = num(1337, 0)
+    sample_tokens: int = num(300, 0)      # text sample at the end (0 = none)
     sample_prompt: str = "\n"
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 1000                     # save every N steps (and always at the end)
-    keep: int = 3
+    every: int = num(1000, 0)             # save every N steps (0: only at the end)
+    keep: int = num(3, 1)
 
 
 @dataclass
@@ -189,21 +231,17 @@ class Config:
 
     def validate(self) -> "Config":
         self.model.validate()
+        for name in ("data", "optim", "mesh", "train", "checkpoint"):
+            check_ranges(getattr(self, name), name)
         if self.data.seq_len > self.model.block_size:
             raise ConfigError(f"data.seq_len ({self.data.seq_len}) exceeds model.block_size "
                               f"({self.model.block_size})")
         if self.data.batch_size % self.train.grad_accum:
             raise ConfigError(f"data.batch_size ({self.data.batch_size}) must be divisible by "
                               f"train.grad_accum ({self.train.grad_accum})")
-        if not 0 < self.data.train_split < 1:
-            raise ConfigError(f"data.train_split must be in (0, 1), got {self.data.train_split}")
-        for k in ("steps", "eval_every", "log_every", "eval_batches"):
-            if getattr(self.train, k) <= 0:
-                raise ConfigError(f"train.{k} must be > 0, got {getattr(self.train, k)}")
-        if self.mesh.fsdp < 1 or self.mesh.data == 0 or self.mesh.data < -1:
-            raise ConfigError("mesh.fsdp must be >= 1 and mesh.data >= 1 or -1 (all remaining)")
-        if self.mesh.cpu_devices < 0:
-            raise ConfigError(f"mesh.cpu_devices must be >= 0 (0 = auto), got {self.mesh.cpu_devices}")
+        if self.optim.min_lr > self.optim.lr:
+            raise ConfigError(f"optim.min_lr ({self.optim.min_lr}) exceeds optim.lr "
+                              f"({self.optim.lr})")
         return self
 
     def to_dict(self) -> dict:

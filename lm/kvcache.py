@@ -9,15 +9,10 @@ slots `[0, lengths[b])`; later slots may hold stale data (a previous, longer seq
 the attention mask (slot <= query position) never lets a query see them, and they are overwritten
 in order as the row grows, so rows of different lengths share one cache exactly.
 
-Layout: the issue sketched one `[layers, batch, max_len, kv_heads, head_dim]` array. Two changes,
-both about copies XLA makes inside the decode loop (measured on the 2-core CPU, `small` config,
-cache of 288 slots, a `model.apply` decode loop: batch 8 went from ~16.5 to ~8 ms/step, batch 1
-from ~4.1 to ~3.7): (1) kv_heads before max_len, so the decode contraction reads each (row, head)
-block as one contiguous `[S, H]` matrix — with max_len first XLA transposes the whole layer's
-cache at every step; (2) one buffer per layer instead of a stacked `[L, ...]` array — XLA
-materializes `cache[layer]` of a loop-carried stacked buffer as a copy at every step, while a
-per-layer buffer is scattered into and read in place. `stacked(cache)` gives the sketch's
-single-array layout.
+Layout: kv_heads before max_len, so a decode step reads each (row, head) block as one contiguous
+`[S, H]` matrix; one buffer per layer, so a decode loop updates each in place (a stacked
+`[L, ...]` buffer was copied at every step). `stacked(cache)` gives the single-array view.
+Measurements: docs/performance.md ("KV cache layout").
 """
 from __future__ import annotations
 
@@ -55,10 +50,6 @@ class KVCache:
         return {"k": self.k, "v": self.v}
 
 
-def cache_dtype(cfg: ModelConfig):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-
-
 def init(cfg: ModelConfig, batch: int, max_len: Optional[int] = None, dtype=None) -> KVCache:
     """An empty cache for `batch` rows of up to `max_len` tokens (default: the model's block size).
 
@@ -72,7 +63,7 @@ def init(cfg: ModelConfig, batch: int, max_len: Optional[int] = None, dtype=None
         raise ValueError(f"max_len {max_len} exceeds block_size {cfg.block_size} (learned "
                          f"position embeddings)")
     shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
-    dtype = dtype or cache_dtype(cfg)
+    dtype = dtype or cfg.compute_dtype
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layer))
     return KVCache(k=zeros(), v=zeros(), lengths=jnp.zeros((batch,), jnp.int32))
 
@@ -83,7 +74,7 @@ def abstract(cfg: ModelConfig, batch: int, max_len: Optional[int] = None, dtype=
 
 
 def nbytes(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> int:
-    itemsize = jnp.dtype(dtype or cache_dtype(cfg)).itemsize
+    itemsize = jnp.dtype(dtype or cfg.compute_dtype).itemsize
     return 2 * cfg.n_layer * batch * cfg.kv_heads * max_len * cfg.head_dim * itemsize
 
 

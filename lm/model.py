@@ -5,11 +5,10 @@ One `ModelConfig` covers GPT-2 exactly (learned positions, pre-LayerNorm with bi
 tied embeddings, GPT-2 init) and the modern family (RoPE, RMSNorm, QK-norm, ReLU²/SwiGLU, GQA,
 untied embeddings, no biases, logit soft-cap).
 
-`apply(params, cfg, tokens_BT)` returns float32 logits [B, T, V]. With `cache=` (an explicit
-`{'k': ..., 'v': ...}` pytree, see `lm.kvcache`: per key/value either one `[L,B,K,S,H]` array or a
-tuple of L `[B,K,S,H]` arrays, returned in the same form) it also returns the updated cache, so
-prefill and decode are the same function. Under a cache, a position >= S (the cache length) marks
-a padding / no-op token: it writes nothing and its logits are meaningless.
+`apply(params, cfg, tokens_BT)` returns float32 logits [B, T, V]. With `cache=` (the
+`{'k': (L × [B, K, S, H]), 'v': ...}` dict of `lm.kvcache.KVCache.model_cache()`) it also returns
+the updated cache, so prefill and decode are the same function. Under a cache, a position >= S
+(the cache length) marks a padding / no-op token: it writes nothing and its logits are meaningless.
 """
 from __future__ import annotations
 
@@ -20,44 +19,12 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from lm import kernels
 from lm.config import ModelConfig
-from lm.layers import MLP, Attention, Linear, Norm, attention_mask, normal
+from lm.layers import MLP, Attention, Linear, attention_mask, norm, normal
 
 Array = jax.Array
 Params = Any
-
-
-def compute_dtype(cfg: ModelConfig):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-
-
-@jax.custom_vjp
-def tied_logits(x_ND: Array, wte_VD: Array) -> Array:
-    """x @ wteᵀ for the tied output head, with a hand-written backward.
-
-    XLA:CPU computes the embedding gradient dlogitsᵀ @ x by first transposing the whole
-    [tokens, vocab] gradient (134 MB on the `small` config); computing (xᵀ @ dlogits)ᵀ instead
-    transposes only the [D, V] result. The forward contracts wte's last axis directly: written
-    as `x @ wte.T`, XLA:CPU materialises wteᵀ for a single-row matvec (every decode step).
-    """
-    return _x_wteT(x_ND, wte_VD)
-
-
-def _x_wteT(x_ND, wte_VD):
-    return jax.lax.dot_general(x_ND, wte_VD, (((1,), (1,)), ((), ())))
-
-
-def _tied_fwd(x_ND, wte_VD):
-    return _x_wteT(x_ND, wte_VD), (x_ND, wte_VD)
-
-
-def _tied_bwd(res, g_NV):
-    x_ND, wte_VD = res
-    g_NV = g_NV.astype(x_ND.dtype)
-    return jnp.dot(g_NV, wte_VD), jnp.dot(x_ND.T, g_NV).T.astype(wte_VD.dtype)
-
-
-tied_logits.defvjp(_tied_fwd, _tied_bwd)
 
 
 class Block(nn.Module):
@@ -65,17 +32,11 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, positions_BT, mask, cache=None, deterministic=True):
-        c = self.cfg
-        dt = compute_dtype(c)
-        out_std = c.init_std / math.sqrt(2 * c.n_layer)
-        norm = lambda name: Norm(c.norm, c.norm_eps, use_bias=c.bias, name=name)
-        y, new_cache = Attention(c.n_head, c.kv_heads, c.head_dim, c.bias, c.qk_norm, c.norm_eps,
-                                 c.pos, c.rope_theta, out_std, c.dropout, dt, name="attn")(
-            norm("ln_1")(x_BTD), positions_BT, mask, cache, deterministic)
-        x_BTD = x_BTD + y
-        x_BTD = x_BTD + MLP(c.mlp, c.hidden, c.bias, out_std, c.dropout, dt, name="mlp")(
-            norm("ln_2")(x_BTD), deterministic)
-        return x_BTD, new_cache
+        y_BTD, cache = Attention(self.cfg, name="attn")(norm(self.cfg, "ln_1")(x_BTD),
+                                                        positions_BT, mask, cache, deterministic)
+        x_BTD = x_BTD + y_BTD
+        x_BTD = x_BTD + MLP(self.cfg, name="mlp")(norm(self.cfg, "ln_2")(x_BTD), deterministic)
+        return x_BTD, cache
 
 
 class Transformer(nn.Module):
@@ -85,66 +46,55 @@ class Transformer(nn.Module):
     def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache=None,
                  deterministic=True, head_DV=None):
         c = self.cfg
-        dt = compute_dtype(c)
+        dt = c.compute_dtype
         B, T = tokens_BT.shape
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        wte = self.param("wte", nn.with_logical_partitioning(normal(c.init_std), ("vocab", "embed")),
+
+        wte = self.param("wte", nn.with_logical_partitioning(normal(c.init_std),
+                                                             ("vocab", "embed")),
                          (c.vocab_size, c.n_embd), jnp.float32)
         x_BTD = jnp.take(wte, tokens_BT, axis=0).astype(dt)
         if c.pos == "learned":
             wpe = self.param("wpe", nn.with_logical_partitioning(normal(c.init_std),
                                                                  (None, "embed")),
                              (c.block_size, c.n_embd), jnp.float32)
-            # Under a cache, no-op rows carry position S (may be block_size): clip the lookup.
-            emb_pos = positions_BT if cache is None else jnp.minimum(positions_BT, c.block_size - 1)
-            x_BTD = x_BTD + jnp.take(wpe, emb_pos, axis=0).astype(dt)
+            # under a cache, no-op rows carry position S (may be block_size): clip the lookup
+            x_BTD = x_BTD + jnp.take(wpe, jnp.minimum(positions_BT, c.block_size - 1),
+                                     axis=0).astype(dt)
         x_BTD = nn.Dropout(c.dropout)(x_BTD, deterministic=deterministic)
 
-        if cache is not None:
-            per_layer = isinstance(cache["k"], (tuple, list))
-            S = cache["k"][0].shape[2] if per_layer else cache["k"].shape[3]
-            k_pos_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
-            mask = attention_mask(positions_BT, k_pos_BS)
+        if cache is not None:        # attend over every cache slot up to the query's position
+            S = cache["k"][0].shape[2]
+            mask = attention_mask(positions_BT, jnp.broadcast_to(jnp.arange(S), (B, S)))
         elif segment_ids_BT is not None:
             mask = attention_mask(positions_BT, positions_BT, segment_ids_BT, segment_ids_BT)
         else:
-            mask = None  # plain causal: lets the attention kernel use its causal fast path
+            mask = None              # plain causal: the attention kernel's causal fast path
 
         block = nn.remat(Block, static_argnums=(5,)) if c.remat else Block
-        # Per-layer buffers: layer i gets its own pair. A stacked [L,...] buffer goes through
-        # every layer whole, and layer i updates its slice in place.
-        kv = None if cache is None else (cache["k"], cache["v"])
         new_k, new_v = [], []
         for i in range(c.n_layer):
-            if kv is None:
-                layer_cache = None
-            elif per_layer:
-                layer_cache = (kv[0][i], kv[1][i], None)
-            else:
-                layer_cache = (*kv, i)
-            x_BTD, lc = block(c, name=f"h_{i}")(x_BTD, positions_BT, mask, layer_cache,
-                                                deterministic)
-            if lc is not None and per_layer:
-                new_k.append(lc[0])
-                new_v.append(lc[1])
-            elif lc is not None:
-                kv = lc[:2]
-        x_BTD = Norm(c.norm, c.norm_eps, use_bias=c.bias, name="ln_f")(x_BTD)
-        if c.tie_embeddings and head_DV is not None:
-            logits_BTV = jnp.dot(x_BTD.reshape(B * T, -1), head_DV.astype(dt)).reshape(B, T, -1)
-        elif c.tie_embeddings:
-            logits_BTV = tied_logits(x_BTD.reshape(B * T, -1), wte.astype(dt)).reshape(B, T, -1)
+            layer_cache = None if cache is None else (cache["k"][i], cache["v"][i])
+            x_BTD, layer_cache = block(c, name=f"h_{i}")(x_BTD, positions_BT, mask, layer_cache,
+                                                         deterministic)
+            if layer_cache is not None:
+                new_k.append(layer_cache[0])
+                new_v.append(layer_cache[1])
+        x_BTD = norm(c, "ln_f")(x_BTD)
+
+        x_ND = x_BTD.reshape(B * T, -1)
+        if c.tie_embeddings:
+            logits_NV = kernels.tied_logits(x_ND, wte.astype(dt), kernels.resolve(c.kernels),
+                                            head_DV)
         else:
-            logits_BTV = Linear(c.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dt,
-                                name="lm_head")(x_BTD)
-        logits_BTV = logits_BTV.astype(jnp.float32)
+            logits_NV = Linear(c.vocab_size, ("embed", "vocab"), use_bias=False, std=c.init_std,
+                               dtype=dt, impl=kernels.resolve(c.kernels), name="lm_head")(x_ND)
+        logits_BTV = logits_NV.reshape(B, T, -1).astype(jnp.float32)
         if c.logit_softcap > 0:
             logits_BTV = c.logit_softcap * jnp.tanh(logits_BTV / c.logit_softcap)
         if cache is not None:
-            if per_layer:
-                return logits_BTV, {"k": tuple(new_k), "v": tuple(new_v)}
-            return logits_BTV, {"k": kv[0], "v": kv[1]}
+            return logits_BTV, {"k": tuple(new_k), "v": tuple(new_v)}
         return logits_BTV
 
 
@@ -164,19 +114,13 @@ def apply(params: Params, cfg: ModelConfig, tokens_BT: Array, *, positions_BT=No
           head_DV: Optional[Array] = None):
     """Logits [B, T, V] (float32); with `cache`, (logits, new_cache). Dropout iff `dropout_rng`.
 
-    `head_DV`: `tied_head_DV(params)`, a [D, V] copy of the tied head, for inference only (no
-    gradient flows to wte through it). XLA:CPU's batched decode matmul reads it faster than wte
-    itself (see `lm.sampling.Engine`).
+    `head_DV`: `lm.kernels.head_copy(params['wte'])`, a [D, V] layout of the tied head for
+    inference (no gradient flows to wte through it; see `lm.kernels.head_copy_rows`).
     """
     deterministic = dropout_rng is None or cfg.dropout == 0.0
     rngs = None if deterministic else {"dropout": dropout_rng}
     return Transformer(cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT,
                                   cache, deterministic, head_DV, rngs=rngs)
-
-
-def tied_head_DV(params: Params) -> Array:
-    """The tied output head as a [D, V] array (a copy of wteᵀ), for `apply(..., head_DV=)`."""
-    return jnp.asarray(params["wte"]).T
 
 
 def param_count(cfg: ModelConfig, *, non_embedding: bool = False) -> int:

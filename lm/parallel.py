@@ -50,9 +50,8 @@ def configure_cpu_devices(n: int) -> int:
     """Expose the host CPU as `n` XLA devices, so a data-parallel mesh runs one shard per core.
 
     Why: XLA:CPU runs one device's step as a chain of small kernels that its intra-op threads
-    barely parallelise at small widths; `n` devices run their shards concurrently (measured on 2
-    cores: the baby GPT step 50 -> 39 ms, the 6L/384 `small` step 3.1 -> 2.8 s; see
-    tools/bench_train.py). Has no effect on accelerator hosts' default devices. Must run before
+    barely parallelise at small widths; `n` devices run their shards concurrently
+    (docs/performance.md). Has no effect on accelerator hosts' default devices. Must run before
     JAX initialises its backends; an explicit `--xla_force_host_platform_device_count` in
     XLA_FLAGS wins. Returns the CPU device count that will be in effect (or already is).
     """
@@ -138,9 +137,10 @@ def tree_shardings_like(tree, params_abstract, params_sh, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows split over every data-parallel device; the sequence dimension replicated."""
-    return NamedSharding(mesh, P(RULES["batch"]))
+def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
+    """Rows split over every data-parallel device; the sequence dimension replicated.
+    `leading`: unsharded axes before the rows (batches stacked for a scan)."""
+    return NamedSharding(mesh, P(*([None] * leading), RULES["batch"]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -161,12 +161,15 @@ def pmap_replicate(tree, devices):
                                  sh), tree)
 
 
-def pmap_split_batch(batch: dict, n: int) -> dict:
-    """[B, ...] numpy arrays -> [n, B/n, ...] for pmap."""
+def pmap_split_batch(batch: dict, n: int, axis: int = 0) -> dict:
+    """Numpy arrays with rows on `axis` -> a leading device axis of n: [B, ...] -> [n, B/n, ...]
+    (axis 0), or [G, B, ...] -> [n, G, B/n, ...] (axis 1, batches stacked for a scan)."""
     def split(x):
-        if x.shape[0] % n:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split over {n} devices")
-        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+        rows = x.shape[axis]
+        if rows % n:
+            raise ValueError(f"batch of {rows} rows does not split over {n} devices")
+        x = x.reshape(*x.shape[:axis], n, rows // n, *x.shape[axis + 1:])
+        return np.moveaxis(x, axis, 0)
     return {k: split(v) for k, v in batch.items()}
 
 

@@ -1,39 +1,25 @@
-"""The sampling engine: jitted KV-cache prefill and a `lax.while_loop` decode, ragged batches,
-greedy / temperature / top-k / top-p with a PRNG key per row, stop tokens, `n` samples per prompt
-from one prefill, streaming in chunks, and calculator tool calls with forced tokens.
+"""The sampling engine: jitted KV-cache prefill and a `lax.while_loop` decode over ragged rows,
+per-row sampling settings and PRNG keys, stop tokens, `n` samples per prompt from one prefill,
+streaming in chunks, and tool calls (`lm.tool_use`).
 
-Pure, jitted pieces (everything on the device is one of these; the cache / state are donated and
-updated in place):
+Pure, jitted pieces (the cache and state are donated and updated in place):
 
     prefill(params, cfg, cache, tokens_BT, lengths_B) -> (cache, pending_B)
-        Appends each row's prompt to the cache in ONE forward call (rows of different lengths are
-        padded to a bucket; padding gets position S = "write nothing"). The prompt's last token is
-        returned as the row's *pending* token: the first decode step feeds it and samples from its
-        logits, so prefill never materializes [B, T, V] logits (XLA drops the unused LM head).
+        Appends each row's prompt to the cache in ONE forward call (rows of different lengths
+        are padded to a bucket; padding gets position S = "write nothing"). The prompt's last
+        token becomes the row's *pending* token: the first decode step feeds it.
     decode(params, cfg, state, max_steps) -> state
         Up to `max_steps` steps inside one `lax.while_loop` (no host round trip per token). Each
-        step feeds every runnable row's pending token at that row's own position, picks the next
-        token (the row's forced-token queue first, else a sample), records token / log-prob /
-        forced flag, and advances the row's state machine. Finished or tool-waiting rows ride
-        along as no-op rows (position S: nothing written, logits ignored). The loop exits early
-        once no row can run. `DecodeState` carries everything (cache, per-row keys, positions,
-        done flags, outputs, the tool queue, the traced sampler settings; top_k is static).
+        step feeds every runnable row's pending token at the row's own position, picks the next
+        token (`Sampler.next_tokens`, or the row's forced tool-output token), records token,
+        log-prob and forced flag, and finishes rows on a stop token, their budget or a full
+        cache. Finished and tool-parked rows ride along as no-ops (position S).
     step_logits(params, cfg, cache, tokens_B) -> (logits_BV, cache)
         One token per row at `cache.lengths`: scoring and tests.
 
-Tool calls (nanochat's engine state machine, with the forced-token queue inside the jitted loop):
-when a row samples `python_start` it starts recording; sampling `python_end` closes the expression
-and parks the row (`waiting`). The loop keeps running the other rows and returns when the chunk
-ends or no row can run; the host then decodes each parked row's expression, evaluates it with the
-safe calculator (`lm.tools_calc.calculate`: never raises, errors come back as text) and writes
-`output_start, <result tokens>, output_end` into that row's queue. The next chunk pops the queue
-before sampling: those tokens are flagged `forced` (SFT/RL losses mask them) and never trigger the
-state machine or stop tokens. So the host only evaluates expressions; per-token work stays on the
-device. A parked row waits at most one chunk (`Engine.generate` uses 32-step chunks with tools).
-
-Randomness: row r's token i uses `fold_in(fold_in(key(seed), sample_id[r]), i)`, so samples don't
-depend on chunking, batch composition or which rows finished first. Log-probs are under the model's
-own distribution (temperature 1, unfiltered), what policy-gradient losses recompute.
+Randomness: row r's token i uses `fold_in(fold_in(key(seed), sample_id[r]), i)`, so samples do
+not depend on chunking, batch composition or which rows finished first. Log-probs are the
+model's own (temperature 1, unfiltered): what policy-gradient losses recompute.
 
 Host side, `Engine` (token ids in, token ids out; the tokenizer only for tool text):
 
@@ -44,14 +30,13 @@ Host side, `Engine` (token ids in, token ids out; the tokenizer only for tool te
     for chunk in eng.stream(prompts, chunk=16, ...): ...     # one Chunk per host round trip
     st = eng.start(prompts, ...); st = eng.decode(st, 64); eng.result(st)   # the pieces
 
-`generate_text(params, cfg, tokenizer, prompt, max_new_tokens, *, temperature, top_k, seed)` is the
-trainer's end-of-run sample on top of the engine.
+`generate_text(params, cfg, tokenizer, prompt, max_new_tokens, ...)` is the trainer's end-of-run
+sample on top of the engine.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import jax
@@ -59,10 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lm import kvcache, model
+from lm import kernels, kvcache, model, tool_use
 from lm.config import ModelConfig
 from lm.kvcache import KVCache
-from lm.tools_calc import calculate
+from lm.tool_use import ToolState, ToolTokens, calculator_tool  # noqa: F401  (re-exported)
+from lm.tools_calc import calculate  # noqa: F401
 
 Array = jax.Array
 
@@ -77,69 +63,98 @@ def round_up(n: int, m: int) -> int:
     return -(-int(n) // m) * m
 
 
-# ------------------------------------------------------------------------------------ state
-
-@dataclasses.dataclass(frozen=True)
-class ToolTokens:
-    """Special-token ids of the tool protocol (the chat tokenizer's python/output tokens)."""
-    python_start: int
-    python_end: int
-    output_start: int
-    output_end: int
-
-    @classmethod
-    def from_tokenizer(cls, tok) -> Optional["ToolTokens"]:
-        """From a tokenizer with `special_id(name)`; None if it lacks the tool tokens."""
-        get = getattr(tok, "special_id", None)
-        if get is None:
-            return None
-        try:
-            return cls(*(int(get(f"<|{n}|>")) for n in
-                         ("python_start", "python_end", "output_start", "output_end")))
-        except (KeyError, ValueError):
-            return None
-
-    def as_array(self) -> np.ndarray:
-        return np.array([self.python_start, self.python_end, self.output_start, self.output_end],
-                        np.int32)
-
-
-NO_TOOLS = np.full((4,), -1, np.int32)
-
+# ------------------------------------------------------------------------------------ sampler
 
 @struct.dataclass
 class Sampler:
-    """Traced sampling settings (changing them does not recompile). top_k is static (a shape)."""
-    temperature: Array      # f32 scalar; 0 = greedy
-    top_p: Array            # f32 scalar; 1 = off
-    tool_ids: Array         # int32[4]: python_start/end, output_start/end ids (-1 = off)
+    """Per-row sampling settings (traced: changing them does not recompile).
 
+    temperature 0 = greedy; top_k 0 = off; top_p 1 = off. `k_max` (static) is how many
+    candidates top-k / top-p look at: 0 when no row uses either, else at least every row's top_k
+    (the vocabulary when a row uses top-p alone).
+    """
+    temperature: Array      # [R] f32
+    top_k: Array            # [R] int32
+    top_p: Array            # [R] f32
+    k_max: int = struct.field(pytree_node=False, default=0)
+    impl: str = struct.field(pytree_node=False, default="plain")
+
+    @classmethod
+    def make(cls, rows: int, vocab: int, temperature=1.0, top_k=0, top_p=1.0,
+             impl: str = "plain") -> "Sampler":
+        """From scalars or per-row sequences (host values)."""
+        t = np.broadcast_to(np.asarray(temperature, np.float32), (rows,))
+        k = np.broadcast_to(np.asarray(top_k, np.int32), (rows,))
+        p = np.broadcast_to(np.asarray(top_p, np.float32), (rows,))
+        if (t < 0).any() or (k < 0).any() or ((p <= 0) | (p > 1)).any():
+            raise ValueError("sampling: temperature must be >= 0, top_k >= 0, top_p in (0, 1]")
+        live = t > 0
+        if (live & (p < 1) & (k == 0)).any():
+            k_max = vocab
+        elif (live & (k > 0)).any():
+            k_max = min(vocab, bucket(int(k[live].max())))
+        else:
+            k_max = 0
+        return cls(jnp.asarray(t), jnp.asarray(k), jnp.asarray(p), k_max=k_max, impl=impl)
+
+    def repeat(self, n: int) -> "Sampler":
+        return self if n == 1 else jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), self)
+
+    def next_tokens(self, logits_RV: Array, keys_R: Array) -> Array:
+        """One token per row: greedy where temperature is 0, else a draw from softmax(logits / T)
+        restricted to the row's top-k and to its smallest set of probability >= top_p."""
+        greedy = kernels.argmax(logits_RV, self.impl)
+
+        def categorical(x_RC):          # the Gumbel-max trick, one key per row
+            g = jax.vmap(lambda k: jax.random.gumbel(k, x_RC.shape[1:], x_RC.dtype))(keys_R)
+            return kernels.argmax(x_RC + g, self.impl)
+
+        def stochastic(_):
+            x_RV = logits_RV / jnp.maximum(self.temperature, 1e-6)[:, None]
+            if not self.k_max:
+                tok = categorical(x_RV)
+            else:
+                vals_RC, idx_RC = jax.lax.top_k(x_RV, self.k_max)        # sorted, descending
+                rank = jnp.arange(self.k_max)[None, :]
+                k = jnp.where(self.top_k > 0, self.top_k, self.k_max)[:, None]
+                vals_RC = jnp.where(rank < k, vals_RC, -jnp.inf)
+                p_RC = jax.nn.softmax(vals_RC, axis=-1)
+                before = jnp.cumsum(p_RC, axis=-1) - p_RC     # mass strictly before a candidate
+                keep = (before < self.top_p[:, None]) | (self.top_p[:, None] >= 1.0)
+                vals_RC = jnp.where(keep, vals_RC, -jnp.inf)  # always keeps the first
+                choice = categorical(vals_RC)
+                tok = jnp.take_along_axis(idx_RC, choice[:, None], axis=1)[:, 0]
+            return jnp.where(self.temperature > 0, tok.astype(jnp.int32), greedy)
+
+        return jax.lax.cond(jnp.any(self.temperature > 0), stochastic, lambda _: greedy, None)
+
+
+# ------------------------------------------------------------------------------------ state
 
 @struct.dataclass
 class DecodeState:
     cache: KVCache
-    pending: Array          # [B] int32 token to feed next (position cache.lengths)
-    keys: Array             # [B] PRNG keys (typed)
-    n_gen: Array            # [B] int32 tokens generated so far (sampled + forced)
-    max_new: Array          # [B] int32 budget of new tokens
-    done: Array             # [B] bool finished: stop token, budget, or full cache
-    stopped: Array          # [B] bool finished by a stop token
-    stop: Array             # [B, NS] int32 stop ids (-1 = none)
-    tokens: Array           # [B, N] int32 generated tokens
-    logprobs: Array         # [B, N] f32 log p(token) under the model (T=1)
-    forced: Array           # [B, N] bool token was forced (tool output), not sampled
-    in_tool: Array          # [B] bool inside python_start .. python_end
-    tool_start: Array       # [B] int32 index in `tokens` of the expression's first token
-    waiting: Array          # [B] bool parked: expression complete, waiting for the host
-    queue: Array            # [B, Q] int32 forced tokens to emit next
-    q_len: Array            # [B] int32
-    q_pos: Array            # [B] int32
+    pending: Array          # [R] int32 token to feed next (at position cache.lengths)
+    keys: Array             # [R] PRNG keys (typed)
+    n_gen: Array            # [R] int32 tokens generated so far (sampled + forced)
+    max_new: Array          # [R] int32 budget of new tokens
+    stop: Array             # [R, NS] int32 stop ids (-1 = none)
+    done: Array             # [R] bool finished: stop token, budget, or full cache
+    stopped: Array          # [R] bool finished by a stop token
+    tokens: Array           # [R, N] int32 generated tokens
+    logprobs: Array         # [R, N] f32 log p(token) under the model (temperature 1)
+    forced: Array           # [R, N] bool the token was forced (tool output), not sampled
+    sampler: Sampler
+    tools: Optional[ToolState]   # None: no tool calls
     limit: Array            # int32 scalar: a row ends when it holds this many tokens (the final
                             # cache length; the buffer itself may be shorter and grow, see Engine)
-    sampler: Sampler
-    top_k: int = struct.field(pytree_node=False, default=0)        # static: 0 = off
-    nucleus: bool = struct.field(pytree_node=False, default=False)  # static: top_p < 1
     n: int = struct.field(pytree_node=False, default=1)             # samples per prompt
+
+    def runnable(self) -> Array:
+        """[R] bool: rows the next decode step feeds (not finished, not parked on a tool)."""
+        if self.tools is None:
+            return ~self.done
+        return ~self.done & ~self.tools.waiting
 
 
 # ------------------------------------------------------------------------------------ pure fns
@@ -174,105 +189,50 @@ def step_logits(params, cfg: ModelConfig, cache: KVCache, tokens_B: Array):
                                  lengths=jnp.minimum(cache.lengths + 1, S))
 
 
-def argmax(x: Array) -> Array:
-    """First index of the maximum along the last axis (int32), as `jnp.argmax` for finite x.
-
-    Two plain reductions: XLA:CPU's variadic (value, index) reduce behind `jnp.argmax` took
-    38 µs per [1, 8192] row and 180 µs per [8, 8192] batch, against 6 and 83 µs for this
-    (a 256-step loop, 2-core CPU) — it runs once per decode step.
-    """
-    V = x.shape[-1]
-    m = jnp.max(x, axis=-1, keepdims=True)
-    idx = jnp.min(jnp.where(x == m, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
-    return jnp.minimum(idx, V - 1)      # all-NaN row: no element equals the max
-
-
-def sample_logits(logits_BV: Array, keys_B: Array, temperature: Array, top_p: Array,
-                  top_k: int = 0, nucleus: bool = False) -> Array:
-    """Next token per row: greedy if temperature == 0, else softmax(logits / T) restricted to the
-    top-k (static k; 0 = all) and to the smallest set with probability >= top_p (if `nucleus`)."""
-    V = logits_BV.shape[-1]
-
-    def greedy(_):
-        return argmax(logits_BV)
-
-    def categorical(keys, x):          # jax.random.categorical: the Gumbel-max trick
-        return argmax(x + jax.vmap(lambda k: jax.random.gumbel(k, x.shape[1:], x.dtype))(keys))
-
-    def stochastic(_):
-        x = logits_BV / jnp.maximum(temperature, 1e-6)
-        k = min(top_k, V) if top_k else (V if nucleus else 0)
-        if k:
-            vals, idx = jax.lax.top_k(x, k)            # sorted, descending
-            if nucleus:
-                p = jax.nn.softmax(vals, axis=-1)
-                before = jnp.cumsum(p, axis=-1) - p     # mass strictly before each candidate
-                vals = jnp.where(before < top_p, vals, -jnp.inf)   # always keeps the first
-            choice = categorical(keys_B, vals)
-            return jnp.take_along_axis(idx, choice[:, None], axis=1)[:, 0].astype(jnp.int32)
-        return categorical(keys_B, x)
-
-    return jax.lax.cond(temperature > 0, stochastic, greedy, None)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("state",))
 def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array,
            head_DV: Optional[Array] = None) -> DecodeState:
     """Run up to `max_steps` decode steps in one `lax.while_loop` (see the module docstring).
-    `head_DV`: optional [D, V] copy of a tied head (`model.tied_head_DV`), see `Engine`."""
-    B, N = state.tokens.shape
+    `head_DV`: optional [D, V] layout of a tied head (`lm.kernels.head_copy`), see `Engine`."""
+    R, N = state.tokens.shape
     S = state.cache.max_len
-    rows = jnp.arange(B)
-    sampler, top_k, nucleus = state.sampler, state.top_k, state.nucleus
-    t_start, t_end = sampler.tool_ids[0], sampler.tool_ids[1]
-
-    def runnable(st):
-        return ~st.done & ~st.waiting
+    rows = jnp.arange(R)
 
     def cond(carry):
         st, i = carry
-        return (i < max_steps) & jnp.any(runnable(st))
+        return (i < max_steps) & jnp.any(st.runnable())
 
     def body(carry):
         st, i = carry
-        run = runnable(st)
-        c = st.cache
-        pos = jnp.where(run, c.lengths, S)                       # S: a no-op row
+        run = st.runnable()
+        pos = jnp.where(run, st.cache.lengths, S)                    # S: a no-op row
         logits, kv = model.apply(params, cfg, st.pending[:, None], positions_BT=pos[:, None],
-                                 cache=c.model_cache(), head_DV=head_DV)
+                                 cache=st.cache.model_cache(), head_DV=head_DV)
         logits = logits[:, 0]
-        lengths = c.lengths + run.astype(jnp.int32)
 
-        has_forced = st.q_pos < st.q_len
-        q_idx = jnp.minimum(st.q_pos, st.queue.shape[1] - 1)
-        forced_tok = jnp.take_along_axis(st.queue, q_idx[:, None], axis=1)[:, 0]
-        keys = jax.vmap(jax.random.fold_in)(st.keys, st.n_gen)
-        sampled = sample_logits(logits, keys, sampler.temperature, sampler.top_p, top_k, nucleus)
-        tok = jnp.where(has_forced, forced_tok, sampled)
+        tok = st.sampler.next_tokens(logits, jax.vmap(jax.random.fold_in)(st.keys, st.n_gen))
+        forced = jnp.zeros((R,), bool)
+        if st.tools is not None:
+            forced_tok, forced = tool_use.next_forced(st.tools)
+            tok = jnp.where(forced, forced_tok, tok)
         logp = (jnp.take_along_axis(logits, tok[:, None], axis=1)[:, 0]
                 - jax.nn.logsumexp(logits, axis=-1))
 
-        idx = jnp.where(run, st.n_gen, N)                          # N: dropped
-        tokens = st.tokens.at[rows, idx].set(tok, mode="drop")
-        logprobs = st.logprobs.at[rows, idx].set(logp, mode="drop")
-        forced = st.forced.at[rows, idx].set(has_forced, mode="drop")
+        at = (rows, jnp.where(run, st.n_gen, N))                       # N: dropped
         n_gen = st.n_gen + run.astype(jnp.int32)
-        q_pos = st.q_pos + (run & has_forced).astype(jnp.int32)
-
-        free = run & ~has_forced                                   # sampled by the model
-        start = free & (tok == t_start) & (t_start >= 0)
-        end = free & (tok == t_end) & (t_end >= 0) & st.in_tool
-        tool_start = jnp.where(start, n_gen, st.tool_start)
-        in_tool = (st.in_tool | start) & ~end
-        hit_stop = free & jnp.any(tok[:, None] == st.stop, axis=-1)
-        finished = run & (hit_stop | (n_gen >= st.max_new) | (lengths >= st.limit))
-        done = st.done | finished
-        waiting = (st.waiting | end) & ~done
+        lengths = st.cache.lengths + run.astype(jnp.int32)
+        hit_stop = run & ~forced & jnp.any(tok[:, None] == st.stop, axis=-1)
+        done = st.done | (run & (hit_stop | (n_gen >= st.max_new) | (lengths >= st.limit)))
+        tools = st.tools
+        if tools is not None:
+            tools = tool_use.advance(tools, tok, run, forced, n_gen, done)
         st = st.replace(
             cache=KVCache(k=kv["k"], v=kv["v"], lengths=lengths),
             pending=jnp.where(run, tok, st.pending), n_gen=n_gen, done=done,
-            stopped=st.stopped | (run & hit_stop), tokens=tokens, logprobs=logprobs,
-            forced=forced, in_tool=in_tool, tool_start=tool_start, waiting=waiting, q_pos=q_pos)
+            stopped=st.stopped | hit_stop,
+            tokens=st.tokens.at[at].set(tok, mode="drop"),
+            logprobs=st.logprobs.at[at].set(logp, mode="drop"),
+            forced=st.forced.at[at].set(forced, mode="drop"), tools=tools)
         return st, i + 1
 
     state, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
@@ -280,27 +240,24 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array,
 
 
 def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Array,
-                     max_new: Array, stop: Array, limit: Array, sampler: Sampler, n: int, N: int,
-                     Q: int, top_k: int, nucleus: bool) -> DecodeState:
+                     max_new: Array, stop: Array, limit: Array, sampler: Sampler,
+                     tools: Optional[ToolTokens], n: int, N: int, Q: int) -> DecodeState:
     cache = kvcache.repeat_rows(cache, n)
     pending = jnp.repeat(pending, n, axis=0)
     R = pending.shape[0]
     base = jax.random.key(seed)
-    keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(sample_ids)
-    zeros_i = jnp.zeros((R,), jnp.int32)
-    false = jnp.zeros((R,), bool)
     return DecodeState(
-        cache=cache, pending=pending, keys=keys, n_gen=zeros_i, max_new=max_new,
-        done=max_new <= 0, stopped=false, stop=stop,
-        tokens=jnp.zeros((R, N), jnp.int32), logprobs=jnp.zeros((R, N), jnp.float32),
-        forced=jnp.zeros((R, N), bool), in_tool=false, tool_start=zeros_i, waiting=false,
-        queue=jnp.zeros((R, Q), jnp.int32), q_len=zeros_i, q_pos=zeros_i, limit=limit,
-        sampler=sampler,
-        top_k=top_k, nucleus=nucleus, n=n)
+        cache=cache, pending=pending,
+        keys=jax.vmap(lambda s: jax.random.fold_in(base, s))(sample_ids),
+        n_gen=jnp.zeros((R,), jnp.int32), max_new=max_new, stop=stop, done=max_new <= 0,
+        stopped=jnp.zeros((R,), bool), tokens=jnp.zeros((R, N), jnp.int32),
+        logprobs=jnp.zeros((R, N), jnp.float32), forced=jnp.zeros((R, N), bool),
+        sampler=sampler.repeat(n), tools=None if tools is None else tool_use.init(tools, R, Q),
+        limit=limit, n=n)
 
 
 # n == 1 donates the prefilled cache straight into the state; n > 1 builds new (repeated) buffers.
-_STATIC = ("n", "N", "Q", "top_k", "nucleus")
+_STATIC = ("tools", "n", "N", "Q")
 _init_state_donate = jax.jit(_init_state_impl, static_argnames=_STATIC, donate_argnames=("cache",))
 _init_state_copy = jax.jit(_init_state_impl, static_argnames=_STATIC)
 
@@ -310,7 +267,7 @@ def _new_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
     return kvcache.init(cfg, batch, max_len)
 
 
-_transposed_head = jax.jit(model.tied_head_DV)
+_head_copy = jax.jit(kernels.head_copy)
 
 
 @functools.partial(jax.jit, static_argnames=("max_len",))   # a bigger buffer: nothing to donate
@@ -355,19 +312,6 @@ class Chunk:
 
 # ------------------------------------------------------------------------------------ engine
 
-def calculator_tool(encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]], str],
-                    calculator: Callable[[str], str] = calculate,
-                    ) -> Callable[[list[int]], list[int]]:
-    """expression token ids -> result token ids, through text and the safe calculator."""
-    def run(expr_ids: list[int]) -> list[int]:
-        try:
-            text = decode(expr_ids)
-        except Exception:  # noqa: BLE001 - undecodable ids are a tool error, not an engine crash
-            return list(encode("Error: undecodable expression"))
-        return list(encode(calculator(text)))
-    return run
-
-
 Prompts = Union[Sequence[int], Sequence[Sequence[int]]]
 
 
@@ -382,16 +326,13 @@ class Engine:
     lengthen, to the next power of two (at least `len_multiple` slots of room; never past the
     call's final length `cache_len(...)`). Each decode step attends over every slot of the
     buffer, so this makes a step's cost follow the rows' current length, not the final one
-    (`small` config, batch 8: 5.2 ms per step on a 96-slot buffer against 7.2 on 288). Growing
-    is a copy between decode calls, so `decode(state, steps)` may run as several device calls;
+    (docs/performance.md). Growing is a copy between decode calls, so `decode(state, steps)` may run as several device calls;
     the number of buffer sizes, hence compiled decode shapes, is logarithmic in the length.
     Outputs are identical with and without it (a test checks).
 
-    `head_copy_rows` (default 2; 0 = never): with a tied head, batches of at least this many rows
-    decode through a [D, V] copy of wte made once per engine (`model.tied_head_DV`; 12.6 MB on
-    `small`): XLA:CPU's batched matmul is faster on that layout. Decode tokens/s on `small`,
-    2-core CPU, interleaved A/B: +9% at 2, 4 and 8 rows (8 rows: 1480 against 1360), neutral at
-    one row (361 against 358).
+    `head_copy_rows` (default: `lm.kernels.head_copy_rows` of the model's kernels; 0 = never):
+    with a tied head, batches of at least this many rows decode through a [D, V] copy of wte,
+    made once per engine and params object.
     """
 
     def __init__(self, params, cfg: ModelConfig, *, tokenizer=None,
@@ -400,7 +341,7 @@ class Engine:
                  max_tool_tokens: int = 64, max_len: Optional[int] = None, len_multiple: int = 32,
                  min_buffer: int = 16, mesh: Optional[jax.sharding.Mesh] = None,
                  batch_axes: Sequence[str] = ("data",), grow_cache: bool = True,
-                 head_copy_rows: int = 2):
+                 head_copy_rows: Optional[int] = None):
         self.params, self.cfg = params, cfg
         self.tools = tools
         if tools is not None and tool_fn is None:
@@ -415,6 +356,9 @@ class Engine:
         self.min_buffer = min_buffer
         self.mesh, self.batch_axes = mesh, tuple(batch_axes)
         self.grow_cache = grow_cache
+        self.impl = kernels.resolve(cfg.kernels)
+        if head_copy_rows is None:
+            head_copy_rows = kernels.head_copy_rows(self.impl)
         self.head_copy_rows, self._head_DV = int(head_copy_rows), None
 
     def _shard_rows(self, tree):
@@ -475,19 +419,16 @@ class Engine:
                else np.asarray(sample_ids, np.int32))
         if ids.shape != (R,):
             raise ValueError(f"sample_ids must have one id per row ({R}), got {ids.shape}")
-        sampler = Sampler(temperature=jnp.asarray(temperature, jnp.float32),
-                          top_p=jnp.asarray(top_p, jnp.float32),
-                          tool_ids=jnp.asarray(NO_TOOLS if self.tools is None
-                                               else self.tools.as_array()))
+        sampler = Sampler.make(P, self.cfg.vocab_size, _per_prompt(temperature, P, "temperature"),
+                               _per_prompt(top_k, P, "top_k"), _per_prompt(top_p, P, "top_p"),
+                               self.impl)
         init = _init_state_donate if n == 1 else _init_state_copy
         state = init(cache, pending, jnp.asarray(seed, jnp.uint32), jnp.asarray(ids),
                      jnp.asarray(np.repeat(budget, n)), jnp.asarray(np.repeat(stop, n, 0)),
                      jnp.asarray(S, jnp.int32), sampler, n=n,
-                     N=bucket(int(budget.max()), self.min_buffer), Q=self.Q, top_k=int(top_k),
-                     nucleus=bool(top_p < 1.0))
-        sampler, limit = state.sampler, state.limit   # scalars: replicated, not row-sharded
-        rows = self._shard_rows(state.replace(sampler=None, limit=None))
-        return rows.replace(sampler=sampler, limit=limit)
+                     tools=self.tools, N=bucket(int(budget.max()), self.min_buffer), Q=self.Q)
+        limit = state.limit            # a scalar: replicated, not row-sharded
+        return self._shard_rows(state.replace(limit=None)).replace(limit=limit)
 
     def decode(self, state: DecodeState, steps: int) -> DecodeState:
         """Up to `steps` decode steps (donates `state`): one device call, or, while the cache is
@@ -497,12 +438,13 @@ class Engine:
             S = state.cache.max_len
             if S >= self._limit() or not self.grow_cache:
                 return self._decode(state, steps)
-            lengths, done, waiting, limit = jax.device_get(
-                (state.cache.lengths, state.done, state.waiting, state.limit))
+            parked = state.tools.waiting if state.tools is not None else state.done
+            lengths, done, parked, limit = jax.device_get(
+                (state.cache.lengths, state.done, parked, state.limit))
             limit = int(limit)
             if S >= limit:
                 return self._decode(state, steps)
-            if (done | waiting).all():     # nothing can run until the host serves a tool call
+            if (done | parked).all():      # nothing can run until the host serves a tool call
                 return state
             longest = int(lengths[~done].max())
             if longest >= S:
@@ -519,40 +461,19 @@ class Engine:
                 and state.tokens.shape[0] >= self.head_copy_rows):
             wte = self.params["wte"]
             if self._head_DV is None or self._head_DV[0] is not wte:   # params may be swapped
-                self._head_DV = (wte, _transposed_head(self.params))
+                self._head_DV = (wte, _head_copy(wte))
             head = self._head_DV[1]
         return decode(self.params, self.cfg, state, jnp.asarray(steps, jnp.int32), head)
 
     def serve_tools(self, state: DecodeState, host: Optional[dict] = None) -> DecodeState:
-        """Evaluate every parked row's expression and queue its forced output tokens."""
-        if self.tools is None:
+        """Answer every parked row's tool call (`lm.tool_use.serve`). `host`: the state's
+        `tokens`, `n_gen` and `done` already on the host, if the caller has them."""
+        if state.tools is None:
             return state
         if host is None:
-            host = jax.device_get({k: getattr(state, k) for k in
-                                   ("waiting", "done", "tokens", "tool_start", "n_gen")})
-        rows = np.flatnonzero(host["waiting"] & ~host["done"])
-        if rows.size == 0:
-            return state
-        queue, q_len, q_pos, waiting, in_tool = jax.device_get(
-            (state.queue, state.q_len, state.q_pos, state.waiting, state.in_tool))
-        queue, q_len, q_pos = queue.copy(), q_len.copy(), q_pos.copy()
-        waiting, in_tool = waiting.copy(), in_tool.copy()
-        t = self.tools
-        for r in rows:
-            expr = host["tokens"][r, host["tool_start"][r]:host["n_gen"][r] - 1].tolist()
-            try:
-                result = list(self.tool_fn(expr))
-            except Exception as e:  # noqa: BLE001 - a failing tool must not stop generation
-                result = []
-                print(f"[sampling] tool failed on row {r}: {type(e).__name__}: {e}")
-            out = [t.output_start, *result[:self.Q - 2], t.output_end]
-            queue[r, :len(out)] = out
-            q_len[r], q_pos[r] = len(out), 0
-            waiting[r], in_tool[r] = False, False
-        put = lambda new, old: jax.device_put(new, old.sharding)   # keep the state's placement
-        return state.replace(queue=put(queue, state.queue), q_len=put(q_len, state.q_len),
-                             q_pos=put(q_pos, state.q_pos), waiting=put(waiting, state.waiting),
-                             in_tool=put(in_tool, state.in_tool))
+            host = jax.device_get({k: getattr(state, k) for k in ("tokens", "n_gen", "done")})
+        return state.replace(tools=tool_use.serve(state.tools, host["tokens"], host["n_gen"],
+                                                  host["done"], self.tool_fn))
 
     @staticmethod
     def result(state: DecodeState) -> Generation:
@@ -576,7 +497,7 @@ class Engine:
         while True:
             state = self.decode(state, chunk)
             host = jax.device_get({k: getattr(state, k) for k in
-                                   ("waiting", "done", "tokens", "forced", "tool_start", "n_gen")})
+                                   ("done", "tokens", "forced", "n_gen")})
             n_gen = host["n_gen"]
             new = [host["tokens"][r, seen[r]:n_gen[r]].tolist() for r in range(len(n_gen))]
             flags = [host["forced"][r, seen[r]:n_gen[r]].tolist() for r in range(len(n_gen))]
@@ -601,6 +522,16 @@ class Engine:
                 next(it)
             except StopIteration as stop:
                 return stop.value
+
+
+def _per_prompt(value, P: int, name: str):
+    """A scalar, or one value per prompt (as a numpy array)."""
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return arr
+    if arr.shape != (P,):
+        raise ValueError(f"{name}: give one value or one per prompt ({P}), got shape {arr.shape}")
+    return arr
 
 
 def _as_prompts(prompts: Prompts) -> list[list[int]]:

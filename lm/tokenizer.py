@@ -2,7 +2,7 @@
 
 Every stage (data shards, training, evaluation, sampling, chat) talks to a `Tokenizer`:
 `encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`, and `token_bytes()` (UTF-8 byte
-length of each id, used for bits-per-byte so losses compare across tokenizers).
+length of each id, for bits per byte: `lm.losses.bpb_sums`).
 
 Byte-level BPE (`BPETokenizer`):
 - trained with `rustbpe` (`train_bpe`), encoded and decoded with `tiktoken` built from our ranks;
@@ -19,7 +19,6 @@ import base64
 import codecs
 import hashlib
 import json
-import math
 import os
 import warnings
 from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
@@ -522,37 +521,6 @@ def _gpt2_ranks(encoder_json: str, vocab_bpe: str) -> dict[bytes, int]:
             raise ValueError(f"{vocab_bpe}: merge {k} ({a!r} {b!r}) is not token {256 + k} of "
                              f"{encoder_json}: the two files do not belong together")
     return ranks
-
-
-# --------------------------------------------------------------------------- bits per byte
-
-def bpb_sums(loss_nats, targets, token_bytes, mask=None):
-    """(sum of nats, sum of bytes) over the target tokens that stand for bytes.
-
-    `loss_nats`: per-token cross-entropy in nats, same shape as `targets` (int ids). `token_bytes`:
-    `tokenizer.token_bytes()` (pass `jnp.asarray(...)` inside jit). Special tokens (0 bytes) count in
-    neither sum; `mask` (0/1, same shape) drops padding. Works on numpy or jax arrays; add the sums
-    over batches and finish with `bits_per_byte_from_sums`.
-    """
-    nbytes = token_bytes[targets]
-    keep = nbytes > 0
-    if mask is not None:
-        keep = keep & (mask > 0)
-    return (loss_nats * keep).sum(), (nbytes * keep).sum()
-
-
-def bits_per_byte_from_sums(total_nats, total_bytes) -> float:
-    return float(total_nats) / (math.log(2) * float(total_bytes))
-
-
-def bits_per_byte(loss_nats, targets, token_bytes, mask=None) -> float:
-    """Bits per UTF-8 byte of text: total loss (converted from nats to bits) / total bytes.
-
-    Unlike loss per token it does not depend on the tokenizer, so runs with different tokenizers
-    (char vs BPE) compare fairly.
-    """
-    nats, nbytes = bpb_sums(loss_nats, targets, token_bytes, mask)
-    return bits_per_byte_from_sums(nats, nbytes)
 
 
 # --------------------------------------------------------------------------- loading

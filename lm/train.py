@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from lm import losses, model, parallel
+from lm import kernels, losses, model, parallel
 from lm.config import Config
 from lm.optim import make_optimizer, schedule as make_schedule
 
@@ -46,8 +46,26 @@ def lm_loss(cfg: Config) -> LossFn:
                              positions_BT=batch.get("positions"),
                              segment_ids_BT=batch.get("segment_ids"),
                              dropout_rng=rng if mcfg.dropout > 0 else None)
-        return losses.cross_entropy(logits, batch["targets"], batch.get("weights"), z)
+        return losses.cross_entropy(logits, batch["targets"], batch.get("weights"), z,
+                                    kernels.resolve(mcfg.kernels))
     return loss_fn
+
+
+def lm_eval_sums(cfg: Config):
+    """`fn(params, batch, token_bytes_V) -> {'nats', 'bytes', 'tokens'}`: sums over the targets
+    that stand for bytes (special tokens and zero-weight targets left out), so batches combine
+    exactly into val loss (nats / tokens) and bits per byte (`losses.bits_per_byte_from_sums`)."""
+    mcfg = cfg.model
+
+    def fn(params, batch, token_bytes_V):
+        logits = model.apply(params, mcfg, batch["inputs"], positions_BT=batch.get("positions"),
+                             segment_ids_BT=batch.get("segment_ids"))
+        logp, _ = losses.token_logprobs(logits, batch["targets"], kernels.resolve(mcfg.kernels))
+        nats, nbytes, count = losses.bpb_sums(-logp, batch["targets"], token_bytes_V,
+                                              batch.get("weights"))
+        return {"nats": nats, "bytes": nbytes.astype(jnp.float32),
+                "tokens": count.astype(jnp.float32)}
+    return fn
 
 
 def init_state(cfg: Config, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -97,11 +115,14 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, grad_a
     return train_step
 
 
-def make_eval_step(loss_fn: LossFn, axis_name: Optional[str] = None):
-    """`eval_step(params, batch) -> {'loss_sum', 'tokens'}` (sums, so batches combine exactly)."""
-    def eval_step(params, batch):
-        _, m = loss_fn(params, batch, jax.random.PRNGKey(0))
-        out = {"loss_sum": m["loss"] * m["tokens"], "tokens": m["tokens"]}
+def make_eval_step(sums_fn, axis_name: Optional[str] = None):
+    """`eval_step(params, batches, token_bytes) -> sums per batch`: `batches` carry a leading
+    [n] axis and are scanned in one device call (`sums_fn` is e.g. `lm_eval_sums`); the sums come
+    back per batch, [n] each, so the host adds them in float64. Summed over pmap's devices when
+    `axis_name` is given."""
+    def eval_step(params, batches, token_bytes_V):
+        _, out = jax.lax.scan(lambda _, b: (None, sums_fn(params, b, token_bytes_V)), None,
+                              batches)
         if axis_name is not None:
             out = jax.lax.psum(out, axis_name)
         return out
@@ -120,6 +141,7 @@ class Compiled:
     eval_step: Callable
     state_sharding: Any
     put_batch: Callable[[Batch], Batch]
+    put_batches: Callable[[Batch], Batch]     # batches stacked on a leading axis (eval_step)
     abstract_state: Any
     tx: optax.GradientTransformation
 
@@ -174,9 +196,11 @@ def compile_steps(cfg: Config, loss_fn: Optional[LossFn] = None, *,
         step = jax.pmap(make_train_step(loss_fn, tx, grad_accum=cfg.train.grad_accum,
                                         axis_name=axis, lr_schedule=lr),
                         axis_name=axis, donate_argnums=(0,), devices=list(mesh.devices.flat))
-        ev = jax.pmap(make_eval_step(loss_fn, axis), axis_name=axis, devices=list(mesh.devices.flat))
+        ev = jax.pmap(make_eval_step(lm_eval_sums(cfg), axis), axis_name=axis,
+                      in_axes=(0, 0, None), devices=list(mesh.devices.flat))
         put = lambda b: parallel.pmap_split_batch(b, n_dp)
-        return Compiled(cfg, mesh, "pmap", step, ev, None, put, abstract_state, tx)
+        put_many = lambda b: parallel.pmap_split_batch(b, n_dp, axis=1)
+        return Compiled(cfg, mesh, "pmap", step, ev, None, put, put_many, abstract_state, tx)
 
     boxed = jax.eval_shape(lambda: model.init_boxed(cfg.model, jax.random.key(0)))
     p_sh = parallel.param_shardings(boxed, mesh)
@@ -189,25 +213,28 @@ def compile_steps(cfg: Config, loss_fn: Optional[LossFn] = None, *,
     step = jax.jit(make_train_step(loss_fn, tx, grad_accum=cfg.train.grad_accum, lr_schedule=lr),
                    in_shardings=(state_sh, b_sh), out_shardings=(state_sh, parallel.replicated(mesh)),
                    donate_argnums=(0,))
-    ev = jax.jit(make_eval_step(loss_fn), in_shardings=(p_sh, b_sh),
+    bs_sh = parallel.batch_sharding(mesh, leading=1)
+    ev = jax.jit(make_eval_step(lm_eval_sums(cfg)),
+                 in_shardings=(p_sh, bs_sh, parallel.replicated(mesh)),
                  out_shardings=parallel.replicated(mesh))
     put = lambda b: put_global_batch(b, b_sh)
-    return Compiled(cfg, mesh, "jit", step, ev, state_sh, put, abstract_state, tx)
+    put_many = lambda b: put_global_batch(b, bs_sh, row_axis=1)
+    return Compiled(cfg, mesh, "jit", step, ev, state_sh, put, put_many, abstract_state, tx)
 
 
-def put_global_batch(batch: Batch, sharding) -> Batch:
+def put_global_batch(batch: Batch, sharding, row_axis: int = 0) -> Batch:
     """Place a global batch (the same numpy arrays on every host) with `sharding`.
 
-    On several hosts each process contributes only its own rows.
+    On several hosts each process contributes only its own rows (axis `row_axis`).
     """
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
     n, i = jax.process_count(), jax.process_index()
 
     def one(x):
-        rows = x.shape[0] // n
-        return jax.make_array_from_process_local_data(sharding, x[i * rows:(i + 1) * rows],
-                                                      x.shape)
+        rows = x.shape[row_axis] // n
+        local = np.take(x, np.arange(i * rows, (i + 1) * rows), axis=row_axis)
+        return jax.make_array_from_process_local_data(sharding, local, x.shape)
     return {k: one(v) for k, v in batch.items()}
 
 
@@ -290,36 +317,44 @@ def _main_thread() -> bool:
 def new_run_dir(cfg: Config, workdir: Optional[str], resume: bool) -> str:
     """runs/<experiment>/<timestamp>/ (under `workdir`, default the current directory).
 
-    With `resume`, the latest existing run of this experiment is reused.
+    With `resume`, the latest run of this experiment that holds a checkpoint is reused.
     """
     root = os.path.join(workdir or ".", "runs", cfg.name)
     if resume and os.path.isdir(root):
-        runs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        from lm.checkpoint import has_checkpoint
+        runs = sorted(d for d in os.listdir(root)
+                      if has_checkpoint(os.path.join(root, d, "checkpoints")))
         if runs:
             return os.path.join(root, runs[-1])
     return os.path.join(root, time.strftime("%Y%m%d-%H%M%S"))
 
 
-def evaluate(c: Compiled, params, val_batches, token_bytes: Optional[np.ndarray] = None) -> dict:
-    """Mean validation loss (nats/token) and, given the tokenizer's `token_bytes`, bits per byte.
+def stack_batches(batches) -> list[Batch]:
+    """Batches with the same shapes stacked on a leading axis, in groups of at most
+    EVAL_GROUP (one `eval_step` call each)."""
+    batches = list(batches)
+    return [{k: np.stack([b[k] for b in batches[i:i + EVAL_GROUP]]) for k in batches[0]}
+            for i in range(0, len(batches), EVAL_GROUP)]
 
-    With `token_bytes`, targets that are special tokens (0 bytes, e.g. BOS) are left out of both,
-    so `val_bpb` compares across tokenizers.
-    """
-    loss_sum, tokens, nbytes = 0.0, 0.0, 0.0
-    for b in val_batches:
-        if token_bytes is not None:
-            tb = token_bytes[b["targets"]]
-            b = dict(b, weights=(tb > 0).astype(np.float32))
-            nbytes += float(tb.sum())
-        m = c.eval_step(params, c.put_batch(b))
-        if c.parallelism == "pmap":
-            m = parallel.pmap_unreplicate(m)
-        loss_sum += float(m["loss_sum"])
-        tokens += float(m["tokens"])
-    out = {"val_loss": loss_sum / max(tokens, 1.0)}
-    if token_bytes is not None and nbytes > 0:
-        out["val_bpb"] = loss_sum / (np.log(2) * nbytes)
+
+EVAL_GROUP = 64
+
+
+def evaluate(c: Compiled, params, val_groups: list[Batch], token_bytes: np.ndarray) -> dict:
+    """Validation loss (nats/token) and bits per byte over `stack_batches` groups, counting the
+    targets that stand for bytes (special tokens such as BOS are left out of both, so `val_bpb`
+    compares across tokenizers)."""
+    if not val_groups:
+        raise ValueError("evaluate: no validation batches")
+    tb = jnp.asarray(token_bytes, jnp.int32)
+    parts = [c.eval_step(params, c.put_batches(g), tb) for g in val_groups]
+    if c.parallelism == "pmap":
+        parts = parallel.pmap_unreplicate(parts)
+    parts = jax.device_get(parts)      # sums per batch, added in float64 on the host
+    sums = {k: float(sum(np.asarray(p[k], np.float64).sum() for p in parts)) for k in parts[0]}
+    out = {"val_loss": sums["nats"] / max(sums["tokens"], 1.0)}
+    if float(sums["bytes"]) > 0:
+        out["val_bpb"] = losses.bits_per_byte_from_sums(sums["nats"], sums["bytes"])
     return out
 
 
@@ -334,11 +369,8 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     from lm.sampling import generate_text
 
     cfg.validate()
-    run_dir = run_dir or new_run_dir(cfg, workdir, resume)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-
+    # Everything that can fail on bad input (data, tokenizer, compilation) comes before the run
+    # directory exists, so a failed start leaves nothing behind.
     splits = pipeline.load_token_splits(cfg.data)
     if splits.tokenizer.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the "
@@ -347,6 +379,11 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     train_it, val_iter = pipeline.make_iterators(cfg.data, splits,
                                                  eval_batches=cfg.train.eval_batches, bos_id=bos)
     c = compile_steps(cfg, loss_fn)
+    run_dir = run_dir or new_run_dir(cfg, workdir, resume)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    splits.tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
     devices = (f"{c.mesh.devices.size} {c.mesh.devices.flat[0].platform} device(s), "
                f"{c.parallelism} mesh {dict(c.mesh.shape)}")
     if progress:
@@ -366,6 +403,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
 
     writer = MetricsWriter(run_dir)
     token_bytes = np.asarray(splits.tokenizer.token_bytes())
+    val_groups = stack_batches(val_iter())
     fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(cfg)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -409,7 +447,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
                 bar.set_postfix(loss=f"{float(m['loss']):.4f}", lr=f"{float(m['lr']):.2e}",
                                 tok_s=f"{tps:,.0f}", mfu=f"{100 * tps * fpt / peak:.1f}%")
             if done % cfg.train.eval_every == 0 or done == steps:
-                ev = evaluate(c, c.eval_params(state), val_iter(), token_bytes)
+                ev = evaluate(c, c.eval_params(state), val_groups, token_bytes)
                 writer.write(done, **ev)
                 summary.update(ev)
                 bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))

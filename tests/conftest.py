@@ -30,3 +30,23 @@ def data_env(shared_data, monkeypatch):
     """LM_DATA_DIR pointing at the shared data, so named sources resolve offline."""
     monkeypatch.setenv("LM_DATA_DIR", shared_data)
     return shared_data
+
+
+# In CI (`.ci/run` sets LM_CI=1) every dependency and data file is installed, so a skipped test
+# means something is missing: the run fails and names the skipped tests and their reasons.
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("LM_CI") == "1" and _SKIPPED:
+        print(f"\nLM_CI=1: {len(_SKIPPED)} test(s) skipped, which CI does not allow:",
+              file=sys.stderr)
+        for line in _SKIPPED:
+            print(f"  {line}", file=sys.stderr)
+        session.exitstatus = 1

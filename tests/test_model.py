@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import layers, model
+from lm import kernels, model
 from lm.config import ConfigError, ModelConfig, depth_preset, gpt2_preset, modern
 
 TINY = ModelConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32)
@@ -118,43 +118,76 @@ def test_depth_dial_and_validation():
         ModelConfig(n_head=4, n_kv_head=3).validate()
 
 
-def test_tied_head_gradient_matches_autodiff():
-    x = jax.random.normal(jax.random.key(0), (6, 8))
-    w = jax.random.normal(jax.random.key(1), (11, 8))
-    g = jax.random.normal(jax.random.key(2), (6, 11))
-    f_custom = lambda x, w: jnp.sum(model.tied_logits(x, w) * g)
-    f_plain = lambda x, w: jnp.sum(jnp.dot(x, w.T) * g)
-    np.testing.assert_allclose(model.tied_logits(x, w), jnp.dot(x, w.T), rtol=1e-6)
-    for a, b in zip(jax.grad(f_custom, (0, 1))(x, w), jax.grad(f_plain, (0, 1))(x, w)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("name", ["matmul", "tied_logits"])
+def test_cpu_kernels_equal_the_plain_path_gradients_included(name):
+    """Each XLA:CPU kernel of lm.kernels computes what its plain-JAX twin computes, on random
+    shapes, value and both gradients."""
+    rng = np.random.default_rng(0)
+    for M, D, F in [(6, 8, 11), (1, 16, 3), (33, 5, 64)]:
+        x = jnp.asarray(rng.normal(size=(M, D)), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(D, F) if name == "matmul" else (F, D)), jnp.float32)
+        g = jnp.asarray(rng.normal(size=(M, F)), jnp.float32)
+        f = {impl: (lambda x, w, impl=impl: jnp.sum(getattr(kernels, name)(x, w, impl) * g))
+             for impl in ("plain", "xla_cpu")}
+        np.testing.assert_allclose(getattr(kernels, name)(x, w, "xla_cpu"),
+                                   getattr(kernels, name)(x, w, "plain"), rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.grad(f["xla_cpu"], (0, 1))(x, w), jax.grad(f["plain"], (0, 1))(x, w)):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_linear_matmul_gradient_matches_autodiff():
-    x = jax.random.normal(jax.random.key(0), (6, 8))
-    w = jax.random.normal(jax.random.key(1), (8, 11))
-    g = jax.random.normal(jax.random.key(2), (6, 11))
-    f_custom = lambda x, w: jnp.sum(layers.matmul(x, w) * g)
-    f_plain = lambda x, w: jnp.sum(jnp.dot(x, w) * g)
-    np.testing.assert_allclose(layers.matmul(x, w), jnp.dot(x, w), rtol=1e-6)
-    for a, b in zip(jax.grad(f_custom, (0, 1))(x, w), jax.grad(f_plain, (0, 1))(x, w)):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+def test_target_logits_and_argmax_kernels_equal_plain():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.integers(-3, 4, (3, 5, 50)), jnp.float32)        # many ties
+    t = jnp.asarray(rng.integers(0, 50, (3, 5)), jnp.int32)
+    np.testing.assert_array_equal(kernels.target_logits(x, t, "xla_cpu"),
+                                  kernels.target_logits(x, t, "plain"))
+    np.testing.assert_array_equal(kernels.argmax(x, "xla_cpu"), np.argmax(np.asarray(x), -1))
+    gx = jax.grad(lambda x, impl: jnp.sum(kernels.target_logits(x, t, impl) ** 2))
+    np.testing.assert_array_equal(gx(x, "xla_cpu"), gx(x, "plain"))
+
+
+def test_kernel_choice_resolves_by_backend():
+    assert kernels.resolve("auto") == ("xla_cpu" if jax.default_backend() == "cpu" else "plain")
+    assert kernels.resolve("plain") == "plain"
+    with pytest.raises(ValueError, match="kernels"):
+        kernels.resolve("fast")
 
 
 @pytest.mark.parametrize("cfg", [TINY, dataclasses.replace(TINY_MODERN, dtype="bfloat16")],
                          ids=["gpt2", "modern-bf16"])
-def test_model_gradients_match_plain_dot(cfg, monkeypatch):
-    """Every Linear's hand-written backward gives the gradients JAX's own dot rule gives."""
-    params = model.init(cfg, jax.random.key(0))
+def test_model_gradients_equal_across_kernel_paths(cfg):
+    """The whole model's gradients are the same through the XLA:CPU kernels and the plain path."""
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, cfg.vocab_size)
 
-    def loss(p):
-        logits = model.apply(p, cfg, tokens)
-        return jnp.mean(jax.nn.logsumexp(logits.astype(jnp.float32), -1))
+    def grads(impl):
+        c = dataclasses.replace(cfg, kernels=impl)
+        params = model.init(c, jax.random.key(0))
+        loss = lambda p: jnp.mean(jax.nn.logsumexp(model.apply(p, c, tokens), -1))
+        return jax.grad(loss)(params)
 
-    ours = jax.grad(loss)(params)
-    monkeypatch.setattr(layers, "matmul", jnp.dot)
-    plain = jax.grad(loss)(params)
     tol = 1e-5 if cfg.dtype == "float32" else 2e-2
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(plain)):
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads("xla_cpu")),
+                            jax.tree.leaves(grads("plain"))):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * 1e-2, err_msg=str(path))
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_MODERN], ids=["gpt2", "modern"])
+def test_forward_mode_works_through_the_plain_path(cfg):
+    """jax.jvp and jax.jacfwd go through the model on the plain path (custom VJPs block them)."""
+    c = dataclasses.replace(cfg, kernels="plain")
+    params = model.init(c, jax.random.key(0))
+    tokens = jnp.array([[1, 2, 3, 4]])
+    f = lambda p: model.apply(p, c, tokens)[0, -1, :3]
+    tangent = jax.tree.map(jnp.ones_like, params)
+    y, dy = jax.jvp(f, (params,), (tangent,))
+    # the JVP is the VJP's transpose: <J t, u> == <t, Jᵀ u> for a random u
+    u = jnp.asarray(np.random.default_rng(0).normal(size=3), jnp.float32)
+    _, vjp = jax.vjp(f, params)
+    inner = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(vjp(u)[0]), jax.tree.leaves(tangent)))
+    np.testing.assert_allclose(jnp.vdot(dy, u), inner, rtol=1e-4)
+    jac = jax.jacfwd(lambda w: model.apply(dict(params, wte=w), c, tokens)[0, -1, :3])(params["wte"])
+    assert jac.shape == (3,) + params["wte"].shape and np.isfinite(np.asarray(jac)).all()
+    with pytest.raises(TypeError):     # and the CPU kernels really are reverse-mode only
+        c_cpu = dataclasses.replace(cfg, kernels="xla_cpu")
+        jax.jvp(lambda p: model.apply(p, c_cpu, tokens), (params,), (tangent,))

@@ -36,6 +36,7 @@ def batches():
 
 
 def losses_for(cfg, devices):
+    """Per-step train losses, then the validation loss/bpb of the final state on 3 batches."""
     c = train.compile_steps(cfg, devices=devices)
     state = c.init_state(0)
     out = []
@@ -43,6 +44,9 @@ def losses_for(cfg, devices):
         state, m = c.train_step(state, c.put_batch(b))
         m = jax.device_get(m)
         out.append(float(np.ravel(m["loss"])[0]))
+    groups = train.stack_batches(list(batches())[:3])
+    ev = train.evaluate(c, c.eval_params(state), groups, np.ones(64, np.int32))
+    out += [ev["val_loss"], ev["val_bpb"]]
     return np.array(out), c, state
 
 
@@ -52,7 +56,8 @@ def reference():
 
 
 def test_losses_decrease_on_one_device(reference):
-    assert reference[-1] < reference[0]
+    assert reference[STEPS - 1] < reference[0]
+    assert reference[STEPS + 1] == pytest.approx(reference[STEPS] / np.log(2))   # 1 byte/token
 
 
 @pytest.mark.parametrize("mesh", [dict(data=8, fsdp=1), dict(data=1, fsdp=8),

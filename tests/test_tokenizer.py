@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lm import bpe_reference as ref
+from lm.losses import bits_per_byte, bits_per_byte_from_sums, bpb_sums
 from lm.tokenizer import (BOS, CHAT_SPECIAL_TOKENS, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
-                          BPETokenizer, CharTokenizer, Tokenizer, bits_per_byte,
-                          bits_per_byte_from_sums, bpb_sums, gpt2_bytes_to_unicode, load_tokenizer,
-                          named_tokenizer, tokenizer_path, train_bpe)
+                          BPETokenizer, CharTokenizer, Tokenizer, gpt2_bytes_to_unicode,
+                          load_tokenizer, named_tokenizer, tokenizer_path, train_bpe)
 
 CORPUS = [
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n",
@@ -361,8 +361,8 @@ def test_bits_per_byte_is_loss_in_bits_per_byte(tok):
     assert bits_per_byte(loss, ids, tok.token_bytes()) == pytest.approx(expected)
     mask = np.ones(len(ids))
     mask[-1] = 0
-    nats, nb = bpb_sums(loss, ids, tok.token_bytes(), mask)
-    assert nb == nbytes - tok.token_bytes()[ids[-1]]
+    nats, nb, count = bpb_sums(loss, ids, tok.token_bytes(), mask)
+    assert nb == nbytes - tok.token_bytes()[ids[-1]] and count == len(ids) - 2
     assert bits_per_byte_from_sums(nats, nb) == pytest.approx(nats / math.log(2) / nb)
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lm.tokenizer import CHAT_SPECIAL_TOKENS, load_tokenizer
-from tools import tok_eval, tokenize, train_tokenizer
+from tools import show_tokens, tok_eval, train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data"))
@@ -45,7 +45,7 @@ def test_train_tokenizer_errors_clearly(tmp_path, capsys):
 
 def test_tokenize_shows_tokens_ids_and_count(artifact, capsys, tmp_path):
     html_out = tmp_path / "t.html"
-    assert tokenize.main(["--tokenizer", artifact, "--no-color", "--html", str(html_out),
+    assert show_tokens.main(["--tokenizer", artifact, "--no-color", "--html", str(html_out),
                           "Speak, speak <|assistant_start|> 😀"]) == 0
     out = capsys.readouterr().out
     tok = load_tokenizer(artifact)
@@ -55,19 +55,19 @@ def test_tokenize_shows_tokens_ids_and_count(artifact, capsys, tmp_path):
     page = html_out.read_text(encoding="utf-8")
     assert page.count('class="t ') == len(ids) and "&lt;" in page and "<|" not in page
     # --allow-special turns the spelling into the special token.
-    assert tokenize.main(["--tokenizer", artifact, "--allow-special", "--no-color", "<|bos|>hi"]) == 0
+    assert show_tokens.main(["--tokenizer", artifact, "--allow-special", "--no-color", "<|bos|>hi"]) == 0
     assert f"ids: [{tok.bos_id}," in capsys.readouterr().out
 
 
 def test_tokenize_reports_a_missing_tokenizer(capsys):
-    assert tokenize.main(["--tokenizer", "/nonexistent/tok.json", "x"]) == 2
+    assert show_tokens.main(["--tokenizer", "/nonexistent/tok.json", "x"]) == 2
     assert "cannot load tokenizer" in capsys.readouterr().err
 
 
-def test_tokenize_runs_as_a_script_without_shadowing_the_stdlib(artifact):
-    """`python tools/tokenize.py` must not import itself as the standard library's `tokenize`."""
-    r = subprocess.run([sys.executable, "tools/tokenize.py", "--tokenizer", artifact, "--no-color",
-                        "hello"], cwd=REPO, capture_output=True, text=True, timeout=60)
+def test_show_tokens_runs_as_a_script_without_shadowing_the_stdlib(artifact):
+    r = subprocess.run([sys.executable, "tools/show_tokens.py", "--tokenizer", artifact,
+                        "--no-color", "hello"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0, r.stderr
     assert "tokens (small, vocab 300)" in r.stdout
 

@@ -20,13 +20,17 @@ share the work). Measures:
 """
 from __future__ import annotations
 
+import os
+import sys
+
+if __package__ in (None, ""):  # run as `python tools/bench_web.py`: import from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import glob
 import gzip
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter

@@ -20,10 +20,15 @@ Each seed takes about as long as the baby run itself (~1.5–2 min on 2 cores).
 """
 from __future__ import annotations
 
+import os
+import sys
+
+if __package__ in (None, ""):  # run as `python tools/peer_shakespeare.py`: import from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import json
 import statistics
-import sys
 import time
 
 

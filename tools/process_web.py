@@ -15,10 +15,14 @@ See lm/data/web/recipe.py for the stages, WORKSPACE.md for Slurm.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+
+if __package__ in (None, ""):  # run as `python tools/process_web.py`: import from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import json
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

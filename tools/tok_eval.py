@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-if __package__ in (None, ""):  # run as `python tools/tok_eval.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as `python tools/tok_eval.py`: import from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import glob

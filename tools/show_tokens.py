@@ -1,8 +1,8 @@
 """See how a tokenizer cuts text: tokens as alternating coloured spans, their ids, and the count.
 
-    python -m tools.tokenize "Hello world! 😀 <|assistant_start|>"
-    python -m tools.tokenize --tokenizer runs/tokenizers/shakespeare_train_bpe2048.json --file x.txt
-    echo "some text" | python -m tools.tokenize --html tokens.html
+    python -m tools.show_tokens "Hello world! 😀 <|assistant_start|>"
+    python -m tools.show_tokens --tokenizer runs/tokenizers/shakespeare_train_bpe2048.json --file x.txt
+    echo "some text" | python -m tools.show_tokens --html tokens.html
 
 --tokenizer takes "gpt2" (default), a saved artifact (path or name under runs/tokenizers), or a
 folder with GPT-2's encoder.json + vocab.bpe. Text that spells a special token stays ordinary text
@@ -14,10 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-if __package__ in (None, ""):  # `python tools/tokenize.py`: don't let this file shadow the
-    _here = os.path.dirname(os.path.abspath(__file__))  # standard library's `tokenize` module
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-    sys.path.insert(0, os.path.dirname(_here))
+if __package__ in (None, ""):  # run as `python tools/show_tokens.py`: import from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import html
