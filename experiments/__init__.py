@@ -37,3 +37,4 @@ def list_experiments() -> list[tuple[str, str]]:
 
 from experiments import pretrain  # noqa: E402,F401  (registers)
 from experiments import web  # noqa: E402,F401
+from experiments import chat  # noqa: E402,F401

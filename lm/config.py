@@ -219,20 +219,84 @@ class CheckpointConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning (stage `sft`): a weighted task mixture packed best-fit into rows."""
+    mixture: str = ("identity:1,arithmetic_easy:2,spelling:1.5,gsm8k:1,mmlu:0.2,dolly:0.5,"
+                    "alpaca:0.5")                  # task:weight,... (lm.tasks names)
+    buffer: int = num(64, 1)              # conversations in the best-fit buffer
+    keep_optimizer: bool = False          # keep the parent's Adam moments (else start fresh)
+    val_rows: int = num(32, 0)            # packed held-out rows for the validation loss
+
+
+@dataclass
+class EvalConfig:
+    """Held-out task evaluations through the engine (greedy, tools on) during and after a run."""
+    tasks: str = ""                       # comma list of lm.tasks names ('' = none)
+    every: int = num(0, 0)                # steps between task evaluations (0: only at the end)
+    limit: int = num(64, 1)               # examples per task during training
+    final_limit: int = num(0, 0)          # examples per task at the end (0: `limit`)
+    batch_size: int = num(64, 1)          # prompts per engine call
+    max_new_tokens: int = num(0, 0)       # reply budget (0: each task's own)
+    samples: int = num(6, 0)              # sample conversations written to the run directory
+
+
+@dataclass
+class RLConfig:
+    """GRPO-style RL (stage `grpo`) against verifiable rewards; every variant is a setting."""
+    task: str = "arithmetic_easy"         # the lm.tasks task whose train split gives the prompts
+    rewards: str = "correct:1"            # reward:weight,... (lm.rl.rewards names)
+    prompts: int = num(16, 1)             # P prompts per rollout batch
+    samples: int = num(8, 1)              # G samples per prompt (the group)
+    temperature: float = num(1.0, 0, lo_open=True)
+    top_k: int = num(0, 0)
+    top_p: float = num(1.0, 0, 1, lo_open=True)
+    max_new_tokens: int = num(160, 1)
+    updates: int = num(1, 1)              # optimizer steps per rollout batch (>1: ratio + clip)
+    std_norm: bool = True                 # advantages (r - mean) / (std + adv_eps), else r - mean
+    adv_eps: float = num(1e-6, 0)
+    clip_eps: float = num(0.2, 0)         # PPO clip: ratio in [1 - clip_eps, 1 + clip_eps_high]
+    clip_eps_high: float = num(0.0, 0)    # 0: = clip_eps (DAPO uses 0.28)
+    kl: Literal["none", "k3", "kl"] = "none"   # penalty to the frozen reference (the parent)
+    beta: float = num(0.04, 0)            # KL coefficient
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_scale"] = \
+        "seq_mean_token_mean"             # DAPO, GRPO, Dr. GRPO (divides by max_new_tokens)
+    pass_k: int = num(8, 1)               # held-out pass@k at each evaluation
+
+
+STAGES = ("pretrain", "sft", "grpo")
+
+
+@dataclass
 class Config:
     name: str = "unnamed"
     description: str = ""
+    stage: Literal["pretrain", "sft", "grpo"] = "pretrain"
+    init_from: str = ""                   # parent run: run dir, checkpoint dir, or experiment name
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def validate(self) -> "Config":
         self.model.validate()
-        for name in ("data", "optim", "mesh", "train", "checkpoint"):
+        for name in ("data", "optim", "mesh", "train", "checkpoint", "sft", "eval", "rl"):
             check_ranges(getattr(self, name), name)
+        if self.stage in ("sft", "grpo") and not self.init_from:
+            raise ConfigError(f"stage {self.stage!r} starts from a parent run: set init_from "
+                              f"(a run dir, a checkpoint dir, or an experiment name)")
+        from lm.tasks import NAMES, parse_weights
+        try:
+            parse_weights(self.sft.mixture, key="sft.mixture")
+            parse_weights(self.eval.tasks, key="eval.tasks")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.rl.task not in NAMES:
+            raise ConfigError(f"rl.task: unknown task {self.rl.task!r}; known: {list(NAMES)}")
         if self.data.seq_len > self.model.block_size:
             raise ConfigError(f"data.seq_len ({self.data.seq_len}) exceeds model.block_size "
                               f"({self.model.block_size})")

@@ -57,11 +57,13 @@ def main(argv=None) -> int:
 
     from lm import model, parallel, train
     from lm.data.sources import DataUnavailableError
+    from lm.tasks import TaskDataError
     parallel.configure_cpu_devices(cfg.mesh.cpu_devices or parallel.auto_cpu_devices(
         max(cfg.data.batch_size // cfg.train.grad_accum, 1)))
     try:
         return _run(a, cfg, model, train)
-    except (ValueError, FileNotFoundError, DataUnavailableError) as e:  # bad config / data: a message, not a traceback
+    except (ValueError, FileNotFoundError, DataUnavailableError, TaskDataError) as e:
+        # bad config, a missing parent run or data: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,8 @@ deadline checked at every node (each single operation is bounded by the size lim
 deadline cannot be overshot by much). Anything else — a disallowed construct, a limit, a division
 by zero — gives an `"Error: ..."` string, which the engine writes back as the tool output.
 Commas used as thousands separators (`1,234 * 5`) are accepted, as in nanochat's calculator.
+Results are written as a person writes them: a whole float as an integer (`48/2` -> `24`), other
+floats to 12 significant digits (`0.1+0.2` -> `0.3`).
 """
 from __future__ import annotations
 
@@ -190,6 +192,10 @@ class _Interpreter:
 
 
 def _format(v, limits: Limits) -> str:
+    if isinstance(v, float):
+        v = float(f"{v:.12g}")   # 0.1+0.2 -> 0.3, not 0.30000000000000004
+        if v.is_integer() and abs(v) < 1e15:
+            v = int(v)           # 48/2 -> "24", as a person (and GSM8K's annotations) writes it
     out = str(v)
     if len(out) > limits.max_output_chars:
         raise CalculatorError("result too long")

@@ -178,8 +178,11 @@ class Compiled:
 
 def compile_steps(cfg: Config, loss_fn: Optional[LossFn] = None, *,
                   devices: Optional[list] = None) -> Compiled:
-    """Build the optimizer, mesh, shardings and the (lazily) compiled train/eval steps."""
-    loss_fn = loss_fn or lm_loss(cfg)
+    """Build the optimizer, mesh, shardings and the (lazily) compiled train/eval steps
+    (`loss_fn` defaults to the stage's objective)."""
+    if loss_fn is None:
+        from lm import stages
+        loss_fn = stages.loss_fn(cfg)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     lr = make_schedule(cfg.optim, cfg.train.steps)
     mesh = parallel.make_mesh(cfg.mesh, devices)
@@ -238,22 +241,14 @@ def put_global_batch(batch: Batch, sharding, row_axis: int = 0) -> Batch:
     return {k: one(v) for k, v in batch.items()}
 
 
-def abstract_batch(cfg: Config, with_segments: bool = False) -> Batch:
-    B, T = cfg.data.batch_size, cfg.data.seq_len
-    b = {"inputs": jax.ShapeDtypeStruct((B, T), jnp.int32),
-         "targets": jax.ShapeDtypeStruct((B, T), jnp.int32)}
-    if with_segments:
-        b["segment_ids"] = jax.ShapeDtypeStruct((B, T), jnp.int32)
-    return b
-
-
 def aot_report(cfg: Config, compiled: Optional[Compiled] = None) -> dict:
     """Compile the train step ahead of time on abstract shapes; memory and FLOPs, no allocation."""
     c = compiled or compile_steps(cfg)
     if c.parallelism == "pmap":
         raise ValueError("--dry_run memory report needs mesh.parallelism=jit")
     t0 = time.perf_counter()
-    lowered = c.train_step.lower(c.abstract_state, abstract_batch(cfg, cfg.data.segment_on_bos))
+    from lm import stages
+    lowered = c.train_step.lower(c.abstract_state, stages.abstract_batch(cfg))
     exe = lowered.compile()
     out = {"compile_s": time.perf_counter() - t0}
     mem = exe.memory_analysis()
@@ -358,36 +353,97 @@ def evaluate(c: Compiled, params, val_groups: list[Batch], token_bytes: np.ndarr
     return out
 
 
+@dataclasses.dataclass
+class Loop:
+    """What a stage sees of the running loop (see `lm.stages`)."""
+    cfg: Config
+    compiled: Compiled
+    run_dir: str
+    writer: Any
+    progress: bool
+    final_step: int = 0
+
+    @staticmethod
+    def due(step: int, every: int) -> bool:
+        return every > 0 and step % every == 0
+
+    def host_params(self, state: TrainState):
+        """The parameters on this process's first device (for the sampling engine)."""
+        params = self.compiled.params_for_host(state)
+        if jax.process_count() == 1:
+            params = jax.device_put(params, self.compiled.mesh.devices.flat[0])
+        return params
+
+
+def _reset_schedule_counts(opt_state):
+    """An optimizer state kept from a parent run, with its LR schedule restarted (Adam's moments
+    and bias-correction count are kept)."""
+    def reset(x):
+        if isinstance(x, optax.ScaleByScheduleState):
+            return x._replace(count=jnp.zeros_like(x.count))
+        return x
+    return jax.tree.map(reset, opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+
+
+def _load_parent(cfg: Config, workdir: Optional[str]):
+    """(parent Run, its tokenizer) for `cfg.init_from`, checked against `cfg`."""
+    from lm import runs
+    parent = runs.load(cfg.init_from, workdir=workdir)
+    runs.check_compatible(parent, cfg)
+    want = cfg.data.tokenizer
+    if want not in ("", "parent"):
+        from lm.data import pipeline
+        mine = pipeline.build_tokenizer(cfg.data)
+        if not runs.same_tokenizer(mine, parent.tokenizer):
+            raise runs.RunError(f"init_from {parent.run_dir}: data.tokenizer={want!r} is not the "
+                                f"parent's tokenizer (set data.tokenizer=parent, or leave it empty)")
+    if parent.tokenizer.vocab_size > cfg.model.vocab_size:
+        raise runs.RunError(f"init_from {parent.run_dir}: its tokenizer has "
+                            f"{parent.tokenizer.vocab_size} tokens, more than model.vocab_size")
+    return parent
+
+
 def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = None,
         resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
         loss_fn: Optional[LossFn] = None) -> dict:
-    """Train `cfg`; returns a summary. `stop_after` ends the loop early (as if interrupted)."""
+    """Train `cfg` (any stage); returns a summary. `stop_after` ends the loop early (as if
+    interrupted)."""
     from tqdm.auto import tqdm
+    from lm import runs, stages
     from lm.checkpoint import CheckpointManager
-    from lm.data import pipeline
     from lm.logs import MetricsWriter
-    from lm.sampling import generate_text
 
     cfg.validate()
-    # Everything that can fail on bad input (data, tokenizer, compilation) comes before the run
-    # directory exists, so a failed start leaves nothing behind.
-    splits = pipeline.load_token_splits(cfg.data)
-    if splits.tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the "
-                         f"tokenizer's ({splits.tokenizer.vocab_size})")
-    bos = getattr(splits.tokenizer, "bos_id", None) if cfg.data.segment_on_bos else None
-    train_it, val_iter = pipeline.make_iterators(cfg.data, splits,
-                                                 eval_batches=cfg.train.eval_batches, bos_id=bos)
-    c = compile_steps(cfg, loss_fn)
+    # Everything that can fail on bad input (parent run, data, tokenizer, compilation) comes
+    # before the run directory exists, so a failed start leaves nothing behind.
     run_dir = run_dir or new_run_dir(cfg, workdir, resume)
+    resuming = resume and _has_ckpt(run_dir)
+    parent = None
+    if cfg.init_from:
+        if resuming and os.path.exists(os.path.join(run_dir, "lineage.json")):
+            # the parent this run started from, not whatever is the latest run of it now
+            with open(os.path.join(run_dir, "lineage.json")) as f:
+                p = json.load(f)["parent"]
+            parent = runs.load(p["run_dir"], step=p["step"], workdir=workdir)
+        else:
+            parent = _load_parent(cfg, workdir)
+    tokenizer = parent.tokenizer if parent is not None else None
+    if tokenizer is None and resuming and os.path.exists(os.path.join(run_dir, "tokenizer.json")):
+        from lm.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer.json"))
+    stage = stages.build(cfg, tokenizer=tokenizer, parent=parent)
+    c = compile_steps(cfg, loss_fn or stages.loss_fn(cfg))
+
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         f.write(cfg.to_json())
-    splits.tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
+    stage.tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
+    runs.write_lineage(run_dir, parent)
     devices = (f"{c.mesh.devices.size} {c.mesh.devices.flat[0].platform} device(s), "
                f"{c.parallelism} mesh {dict(c.mesh.shape)}")
     if progress:
-        print(f"{cfg.name}: {devices}")
+        print(f"{cfg.name} ({cfg.stage}): {devices}" +
+              (f", from {parent.run_dir} step {parent.step}" if parent is not None else ""))
     ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), every=cfg.checkpoint.every,
                              keep=cfg.checkpoint.keep)
     state, start = None, 0
@@ -396,24 +452,36 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
         if restored is not None:
             start, host_state, extra = restored
             state = c.device_state(host_state)
-            train_it.set_state(extra["data"])
+            stage.set_data_state(extra["data"])
             print(f"resumed from {run_dir} at step {start}")
     if state is None:
         state = c.init_state(cfg.train.seed)
+        if parent is not None:
+            host = c.host_state(state)
+            if cfg.stage == "sft" and cfg.sft.keep_optimizer:
+                _, pstate, _ = runs.restore_state(parent.ref, runs.train_state_target(cfg))
+                host = host.replace(params=pstate.params,
+                                    opt_state=_reset_schedule_counts(pstate.opt_state))
+            else:
+                host = host.replace(params=parent.params)
+            state = c.device_state(jax.tree.map(jnp.asarray, host)) if c.parallelism == "pmap" \
+                else jax.device_put(host, c.state_sharding)
 
     writer = MetricsWriter(run_dir)
-    token_bytes = np.asarray(splits.tokenizer.token_bytes())
-    val_groups = stack_batches(val_iter())
+    loop = Loop(cfg, c, run_dir, writer, progress)
     fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(cfg)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     steps = cfg.train.steps
     end = steps if stop_after is None else min(steps, stop_after)
-    summary: dict = {"run_dir": run_dir, "start_step": start, "devices": devices}
+    summary: dict = {"run_dir": run_dir, "stage": cfg.stage, "start_step": start,
+                     "devices": devices}
+    if parent is not None:
+        summary["parent"] = {"run_dir": parent.run_dir, "step": parent.step}
 
     def save(step, force=False):
         if ckpt.should_save(step) or force:
-            ckpt.save(step, c.host_state(state), {"data": train_it.get_state()}, force=force)
+            ckpt.save(step, c.host_state(state), {"data": stage.data_state()}, force=force)
 
     # Ctrl-C sets a flag that the loop checks between steps, so the state is never caught
     # half-donated; a second Ctrl-C raises as usual.
@@ -428,11 +496,12 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     prev = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     bar = tqdm(total=steps, initial=start, disable=not progress, dynamic_ncols=True,
                desc=cfg.name)
-    t_last, step_last = time.perf_counter(), start
+    t_start = time.perf_counter()
+    t_last, step_last = t_start, start
     last_train = None
     try:
         for step in range(start, end):
-            batch = c.put_batch(next(train_it))
+            batch = c.put_batch(stage.next_batch(state))
             state, metrics = c.train_step(state, batch)
             done = step + 1
             if done % cfg.train.log_every == 0 or done == end:
@@ -442,16 +511,20 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
                 now = time.perf_counter()
                 tps = (done - step_last) * tokens_per_step / max(now - t_last, 1e-9)
                 t_last, step_last = now, done
+                extra = {k: v for k, v in m.items() if k not in ("loss", "lr", "grad_norm")}
                 last_train = writer.write(done, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
-                                          tokens_per_s=tps, mfu=tps * fpt / peak)
+                                          tokens_per_s=tps, mfu=tps * fpt / peak,
+                                          elapsed_s=now - t_start, **extra,
+                                          **stage.log_metrics())
                 bar.set_postfix(loss=f"{float(m['loss']):.4f}", lr=f"{float(m['lr']):.2e}",
                                 tok_s=f"{tps:,.0f}", mfu=f"{100 * tps * fpt / peak:.1f}%")
-            if done % cfg.train.eval_every == 0 or done == steps:
-                ev = evaluate(c, c.eval_params(state), val_groups, token_bytes)
-                writer.write(done, **ev)
-                summary.update(ev)
-                bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
-                t_last = time.perf_counter()  # don't count evaluation time as training time
+            if done < steps:
+                ev = stage.evaluate(loop, state, done, final=False)
+                if ev:
+                    writer.write(done, **ev)
+                    summary.update(ev)
+                    bar.write(f"step {done}: " + _fmt(ev))
+                    t_last = time.perf_counter()  # don't count evaluation time as training time
             save(done)
             bar.update(1)
             if stop["flag"]:
@@ -463,22 +536,31 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
         if prev is not None:
             signal.signal(signal.SIGINT, prev)
     final_step = int(jax.device_get(c.host_state(state).step))
+    loop.final_step = final_step
     save(final_step, force=True)
     ckpt.wait()
     ckpt.close()
     summary.update(final_step=final_step, interrupted=interrupted, train=last_train)
-    if final_step == steps and not interrupted and cfg.train.sample_tokens > 0:
-        tok = splits.tokenizer
-        params = c.params_for_host(state)
-        if jax.process_count() == 1:   # one device samples; a replicated copy would run on all
-            params = jax.device_put(params, c.mesh.devices.flat[0])
-        text = generate_text(params, cfg.model, tok, cfg.train.sample_prompt,
-                             cfg.train.sample_tokens, seed=cfg.train.seed)
-        with open(os.path.join(run_dir, "sample.txt"), "w", encoding="utf-8") as f:
-            f.write(text)
-        writer.write_text(final_step, "sample", text)
-        summary["sample"] = text
+    if final_step == steps and not interrupted:
+        ev = stage.evaluate(loop, state, final_step, final=True)
+        if ev:
+            writer.write(final_step, final=True, **ev)
+            summary.update(ev)
+            if progress:
+                print(f"final (step {final_step}): " + _fmt(ev))
+        summary.update(stage.finish(loop, state))
+        summary["wall_s"] = time.perf_counter() - t_start
     writer.close()
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump({k: v for k, v in summary.items() if k != "sample"}, f, indent=2, default=str)
     return summary
+
+
+def _fmt(ev: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in ev.items() if not k.endswith("_n"))
+
+
+def _has_ckpt(run_dir: str) -> bool:
+    from lm.checkpoint import has_checkpoint
+    return has_checkpoint(os.path.join(run_dir, "checkpoints"))

@@ -11,7 +11,7 @@ Use it to show that a refactor or an optimisation of the core did not cost speed
 What one measurement is (same configs as tools/bench_train.py and tools/bench_sample.py): the
 median ms per train step (baby: 3 × 20 steps, small: 2 × 5, after compilation, the batch split
 over the host's cores as lm.main does) and decode tokens/s of the KV-cache engine (`small`,
-16-token prompt, 128 new tokens, greedy, 2 repeats after a warm-up).
+16-token prompt, 128 new tokens, greedy, median of 3 after a warm-up).
 """
 from __future__ import annotations
 
@@ -28,20 +28,22 @@ import subprocess
 import time
 
 
-def measure() -> dict:
+def measure(what: str = "train,decode") -> dict:
     """Runs inside the checkout under test (its own `lm` and `tools` on sys.path)."""
     from lm import parallel
     parallel.configure_cpu_devices(parallel.host_cores())
     import jax
     from tools import bench_sample, bench_train
     out = {}
-    for name, steps, rounds in (("baby", 20, 3), ("small", 5, 2)):
+    for name, steps, rounds in (("baby", 20, 3), ("small", 5, 2)) if "train" in what else ():
         ours = bench_train.Ours(name)
         times = []
         for _ in range(rounds):
             times += ours.run(steps)
         out[f"train_{name}_ms"] = 1e3 * statistics.median(times)
         del ours
+    if "decode" not in what:
+        return out
     s = bench_sample.Ours()
     new = 128
     for batch in (1, 8):
@@ -55,7 +57,7 @@ def measure() -> dict:
             jax.block_until_ready(st.n_gen)
             return time.perf_counter() - t0
         once()
-        out[f"decode_b{batch}_tok_s"] = batch * new / statistics.median([once(), once()])
+        out[f"decode_b{batch}_tok_s"] = batch * new / statistics.median([once() for _ in range(3)])
     return out
 
 
@@ -65,10 +67,11 @@ def main(argv=None) -> int:
     p.add_argument("--b", default=".", help="checkout B (default: this one)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--what", default="train,decode", help="train, decode or both (comma list)")
     p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.measure:
-        print(json.dumps(measure()))
+        print(json.dumps(measure(a.what)))
         return 0
     if not a.a:
         p.error("give --a PATH (a checkout of the baseline, e.g. a git worktree)")
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
     for r in range(a.rounds):
         for k in ("a", "b"):
-            rows[k].append(run_side(sides[k]))
+            rows[k].append(run_side(sides[k], a.what))
             log(f"round {r + 1}/{a.rounds} {k.upper()}: " +
                 ", ".join(f"{m} {v:.1f}" for m, v in rows[k][-1].items()))
     med = {k: {m: statistics.median(x[m] for x in rows[k]) for m in rows[k][0]} for k in rows}
@@ -97,14 +100,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_side(path: str) -> dict:
+def run_side(path: str, what: str) -> dict:
     """`measure()` in a fresh process importing `lm` and `tools` from `path` (this file's own
     `measure`, so a baseline older than this tool can be measured too)."""
     code = ("import sys, json, importlib.util as u; sys.path.insert(0, sys.argv[1]); "
             "spec = u.spec_from_file_location('bench_ab_measure', sys.argv[2]); "
             "m = u.module_from_spec(spec); spec.loader.exec_module(m); "
-            "print(json.dumps(m.measure()))")
-    r = subprocess.run([sys.executable, "-c", code, path, os.path.abspath(__file__)], cwd=path,
+            "print(json.dumps(m.measure(sys.argv[3])))")
+    r = subprocess.run([sys.executable, "-c", code, path, os.path.abspath(__file__), what], cwd=path,
                        capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:
         raise SystemExit(f"measurement in {path} failed:\n{r.stderr[-3000:]}")

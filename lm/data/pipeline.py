@@ -37,23 +37,27 @@ TEXT_SOURCES: dict[str, Callable[[], str]] = {
 
 def load_text(name: str) -> str:
     if name not in TEXT_SOURCES:
+        from lm.data.corpus import CORPORA
         raise ValueError(f"data.source: unknown text source {name!r}; known: "
-                         f"{sorted(TEXT_SOURCES) + ['shards']}")
+                         f"{sorted(TEXT_SOURCES) + sorted(CORPORA) + ['shards']}")
     return TEXT_SOURCES[name]()
 
 
-def _train_split_bpe(cfg: DataConfig, vocab: int, text: str) -> Tokenizer:
-    """A BPE trained on the training split of the source, cached under tokenizer_dir()."""
+def _train_split_bpe(cfg: DataConfig, vocab: int, text: Optional[str] = None,
+                     docs: Optional[list[str]] = None) -> Tokenizer:
+    """A BPE trained on the training split of the source (its text's first `train_split`, or a
+    corpus' training documents), cached under tokenizer_dir()."""
     from lm.tokenizer import tokenizer_path, train_bpe
     name = f"{cfg.source}_train_bpe{vocab}"
     path = tokenizer_path(name)
     if os.path.exists(path):
         return load_tokenizer(path)
-    train_text = text[:int(len(text) * cfg.train_split)]   # never the validation text
-    docs = [d for d in train_text.split("\n\n") if d]
+    if docs is None:
+        train_text = text[:int(len(text) * cfg.train_split)]   # never the validation text
+        docs = [d for d in train_text.split("\n\n") if d]
     tok = train_bpe(docs, vocab)
     tok.save(path)
-    print(f"trained a {vocab}-token BPE on {len(train_text):,} characters of {cfg.source} "
+    print(f"trained a {vocab}-token BPE on {sum(map(len, docs)):,} characters of {cfg.source} "
           f"(train split) -> {path}")
     return tok
 
@@ -70,6 +74,10 @@ def build_tokenizer(cfg: DataConfig, text: Optional[str] = None) -> Tokenizer:
         vocab = cfg.tokenizer[4:]
         if not vocab.isdigit():
             raise ValueError(f"data.tokenizer: {cfg.tokenizer!r}: expected 'bpe:<vocab size>'")
+        from lm.data.corpus import CORPORA, text_of
+        if cfg.source in CORPORA:
+            return _train_split_bpe(cfg, int(vocab),
+                                    docs=[text_of(d) for d in CORPORA[cfg.source]()[0]])
         return _train_split_bpe(cfg, int(vocab), load_text(cfg.source) if text is None else text)
     if os.path.exists(cfg.tokenizer):
         return load_tokenizer(cfg.tokenizer)
@@ -94,20 +102,77 @@ class TokenSplits:
     tokenizer: Tokenizer
 
 
-def load_token_splits(cfg: DataConfig) -> TokenSplits:
-    """Token streams for training and validation."""
+def load_token_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> TokenSplits:
+    """Token streams for training and validation (with `tokenizer`, e.g. a parent run's,
+    instead of building one from `cfg.tokenizer`)."""
     if cfg.source == "shards":
         files = sorted(glob.glob(cfg.shards))
         if not files:
             raise FileNotFoundError(f"data.shards: no token shards match {cfg.shards!r}")
-        tok = build_tokenizer(cfg, text="")
+        tok = tokenizer or build_tokenizer(cfg, text="")
         stream = np.concatenate([np.load(f, mmap_mode="r") for f in files])
         n = int(len(stream) * cfg.train_split)
         return TokenSplits(stream[:n], stream[n:], tok)
+    from lm.data.corpus import CORPORA
+    if cfg.source in CORPORA:
+        return corpus_splits(cfg, tokenizer)
     text = load_text(cfg.source)
-    tok = build_tokenizer(cfg, text)
+    tok = tokenizer or build_tokenizer(cfg, text)
     n = int(len(text) * cfg.train_split)  # split the text, then encode each part (nanoGPT)
     return TokenSplits(encode_text(tok, text[:n]), encode_text(tok, text[n:]), tok)
+
+
+def cache_dir() -> str:
+    """Where tokenized corpora are cached: $LM_CACHE_DIR, else runs/cache in the repository."""
+    return os.environ.get("LM_CACHE_DIR") or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "runs",
+        "cache")
+
+
+def tokenize_docs(tok: Tokenizer, docs: list, seed: int) -> np.ndarray:
+    """Documents shuffled (seeded) and concatenated: `[bos] + encode(text)` per text, the chat
+    rendering per conversation."""
+    from lm.conversation import render
+    order = np.random.default_rng(seed).permutation(len(docs))
+    texts = [docs[i] for i in order]
+    bos = int(tok.bos_id)
+    plain = [d for d in texts if isinstance(d, str)]
+    encoded = iter(tok.encode_batch(plain) if hasattr(tok, "encode_batch")
+                   else [tok.encode(t) for t in plain])
+    parts = []
+    for d in texts:
+        parts.append([bos] + list(next(encoded)) if isinstance(d, str) else render(d, tok)[0])
+    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
+    return np.concatenate([np.asarray(p, dtype) for p in parts])
+
+
+def corpus_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> TokenSplits:
+    """A named corpus (`lm.data.corpus`): its training and validation documents tokenized,
+    cached by (corpus, tokenizer, seed)."""
+    import hashlib
+    import json
+    from lm.data.corpus import CORPORA
+    tok = tokenizer or build_tokenizer(cfg)
+    if not hasattr(tok, "bos_id"):
+        raise ValueError(f"data.source={cfg.source!r} needs a BPE tokenizer with <|bos|> "
+                         f"(e.g. data.tokenizer=bpe:4096)")
+    meta = tok.to_dict() if hasattr(tok, "to_dict") else {"kind": tok.kind}
+    key = hashlib.sha256(json.dumps([cfg.source, meta, cfg.seed], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir(), f"{cfg.source}-{key}.npz")
+    if os.path.exists(path):
+        z = np.load(path)
+        return TokenSplits(z["train"], z["val"], tok)
+    train_docs, val_docs = CORPORA[cfg.source]()
+    train = tokenize_docs(tok, train_docs, cfg.seed)
+    val = tokenize_docs(tok, val_docs, cfg.seed + 1)
+    os.makedirs(cache_dir(), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, train=train, val=val)
+    os.replace(tmp, path)
+    print(f"{cfg.source}: {len(train_docs):,} training documents -> {len(train):,} tokens, "
+          f"{len(val_docs):,} validation documents -> {len(val):,} tokens (cached at {path})")
+    return TokenSplits(train, val, tok)
 
 
 # ---- windows and batches -----------------------------------------------------------------------

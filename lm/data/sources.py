@@ -32,6 +32,48 @@ FILES: dict[str, RemoteFile] = {
     "gsm8k_train": RemoteFile(
         "gsm8k/train.jsonl",
         "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/train.jsonl"),
+    "gsm8k_test": RemoteFile(
+        "gsm8k/test.jsonl",
+        "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl"),
+    "arc_easy_test": RemoteFile(
+        "arc/arc_easy_test.jsonl",
+        "https://raw.githubusercontent.com/mosaicml/llm-foundry/main/scripts/eval/local_data/world_knowledge/arc_easy.jsonl"),
+    "arc_challenge_test": RemoteFile(
+        "arc/arc_challenge_test.jsonl",
+        "https://raw.githubusercontent.com/mosaicml/llm-foundry/main/scripts/eval/local_data/world_knowledge/arc_challenge.jsonl"),
+    "hellaswag_val": RemoteFile(
+        "hellaswag/hellaswag_val_full.txt.bz2",
+        "https://raw.githubusercontent.com/klosax/hellaswag_text_data/main/hellaswag_val_full.txt.bz2"),
+    "mmlu_archive": RemoteFile(
+        "mmlu/data.tar", "https://people.eecs.berkeley.edu/~hendrycks/data.tar"),
+    "dolly15k": RemoteFile(
+        "dolly15k/databricks-dolly-15k.jsonl",
+        "https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/databricks-dolly-15k.jsonl"),
+    "alpaca": RemoteFile(
+        "alpaca/alpaca_data.json",
+        "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"),
+    "tinystories_train": RemoteFile(
+        "tinystories/tiny_stories.txt",
+        "https://raw.githubusercontent.com/s-ajaykumar/smallGPT/main/data/tiny_stories.txt"),
+    "tinystories_val": RemoteFile(
+        "tinystories/tinystories_val.txt",
+        "https://raw.githubusercontent.com/yuninxia/moe-routing-bench/main/data/tinystories_val.txt"),
+    "wikitext2_valid": RemoteFile(
+        "wikitext2/wiki.valid.raw",
+        "https://raw.githubusercontent.com/DRAGNLabs/LLMHumanModeling/97788e424b52/data/wiki.valid.raw"),
+    "wikitext2_test": RemoteFile(
+        "wikitext2/wiki.test.raw",
+        "https://raw.githubusercontent.com/DRAGNLabs/LLMHumanModeling/97788e424b52/data/wiki.test.raw"),
+    "fineweb_edu_sample": RemoteFile(
+        "fineweb_edu_sample/training_data.csv",
+        "https://raw.githubusercontent.com/Mohamed-Elsafty23/fineweb-edu-scorer/main/data/training_data.csv"),
+}
+
+# Files that stand in for a canonical one when it is absent (the shared data's substitutes).
+ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "dolly15k": tuple(f"dolly15k/local_training_{i}.json" for i in range(10))
+    + ("dolly15k/global_test.json",),
+    "alpaca": ("alpaca/alpaca_5000.json",),
 }
 
 
@@ -41,6 +83,20 @@ class DataUnavailableError(RuntimeError):
 
 def data_dir() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get("LM_DATA_DIR", "~/.cache/lm")))
+
+
+def local(relpath: str) -> str:
+    """The path of `relpath` under the data cache (whether or not it exists)."""
+    return os.path.join(data_dir(), relpath)
+
+
+def fetch_or_alternatives(name: str) -> list[str]:
+    """The canonical file (downloaded if needed), or, when the stand-ins listed in
+    `ALTERNATIVES[name]` are all in the cache, those instead (no download attempted)."""
+    alts = [local(p) for p in ALTERNATIVES.get(name, ())]
+    if not os.path.exists(local(FILES[name].relpath)) and alts and all(map(os.path.exists, alts)):
+        return alts
+    return [fetch(name)]
 
 
 def fetch(name: str, *, timeout: float = 60.0) -> str:

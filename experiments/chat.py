@@ -1,0 +1,140 @@
+"""The chat chain: base -> SFT -> RL, at CPU scale (`chat_tiny_*`, runs on a 2-core laptop in
+well under an hour each) and at accelerator scale (`chat_d20_*`, `grpo_gsm8k_d20`: one GPU host or
+TPU VM; `--dry_run` compiles them anywhere).
+
+    python -m lm.main -e chat_tiny_base        # BPE + small modern model on the data folder's text
+    python -m lm.main -e chat_tiny_sft         # SFT on the task mixture, from the latest base run
+    python -m lm.main -e grpo_arith_tiny       # RL on arithmetic word problems, from the SFT run
+    python -m lm.chat --run chat_tiny_sft      # talk to it
+"""
+from __future__ import annotations
+
+from lm.config import (CheckpointConfig, Config, DataConfig, EvalConfig, MeshConfig, OptimConfig,
+                       RLConfig, SFTConfig, TrainConfig, depth_preset, modern)
+
+from experiments import register
+
+TINY_EVAL = "identity,arithmetic_easy,spelling,gsm8k,mmlu,arc_easy,arc_challenge"
+
+
+def _tiny_model():
+    return modern(vocab_size=4096, block_size=512, n_layer=6, n_head=4, n_embd=256)
+
+
+@register("chat_tiny_base", "base model of the CPU chat chain: a 4,096-token BPE with the chat "
+          "specials, a 6L/256 modern GPT on the data folder's English text + task-format text")
+def chat_tiny_base() -> Config:
+    return Config(
+        model=_tiny_model(),
+        data=DataConfig(source="chat_tiny", tokenizer="bpe:4096", seq_len=512, batch_size=16,
+                        segment_on_bos=True),
+        optim=OptimConfig(lr=3e-3, min_lr=3e-4, schedule="cosine", warmup_steps=100, b1=0.9,
+                          b2=0.95, weight_decay=0.1, grad_clip=1.0),
+        train=TrainConfig(steps=700, eval_every=175, eval_batches=16, log_every=10,
+                          sample_tokens=200, sample_prompt="Once upon a time"),
+        checkpoint=CheckpointConfig(every=200, keep=2),
+    )
+
+
+@register("chat_tiny_sft", "SFT of chat_tiny_base on the task mixture (identity, arithmetic, "
+          "spelling, GSM8K, MMLU, Dolly, Alpaca); held-out accuracy through the engine")
+def chat_tiny_sft() -> Config:
+    return Config(
+        stage="sft", init_from="chat_tiny_base",
+        model=_tiny_model(),
+        data=DataConfig(tokenizer="parent", seq_len=512, batch_size=16),
+        optim=OptimConfig(lr=1e-3, min_lr=1e-5, schedule="cosine", warmup_steps=30, b1=0.9,
+                          b2=0.95, weight_decay=0.0, grad_clip=1.0),
+        sft=SFTConfig(),
+        eval=EvalConfig(tasks=TINY_EVAL, every=0, limit=64, final_limit=200, batch_size=100),
+        train=TrainConfig(steps=500, eval_every=100, log_every=10, sample_tokens=0),
+        checkpoint=CheckpointConfig(every=250, keep=2),
+    )
+
+
+@register("grpo_arith_tiny", "GRPO on arithmetic word problems from chat_tiny_sft (held-out "
+          "templates for pass@1)")
+def grpo_arith_tiny() -> Config:
+    return Config(
+        stage="grpo", init_from="chat_tiny_sft",
+        model=_tiny_model(),
+        data=DataConfig(tokenizer="parent", seq_len=512, batch_size=128),
+        optim=OptimConfig(lr=1e-5, min_lr=1e-5, schedule="constant", warmup_steps=0,
+                          b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0),
+        rl=RLConfig(task="arithmetic_easy", prompts=16, samples=8, max_new_tokens=160),
+        eval=EvalConfig(tasks="arithmetic_easy", every=20, limit=128, final_limit=400,
+                        batch_size=128),
+        train=TrainConfig(steps=100, eval_every=20, log_every=1, sample_tokens=0),
+        checkpoint=CheckpointConfig(every=50, keep=2),
+    )
+
+
+@register("grpo_spelling_tiny", "GRPO on spelling/counting from chat_tiny_sft (held-out words)")
+def grpo_spelling_tiny() -> Config:
+    cfg = grpo_arith_tiny()
+    cfg.rl.task = "spelling"
+    cfg.rl.max_new_tokens = 128
+    cfg.eval.tasks = "spelling"
+    return cfg
+
+
+# ---- accelerator scale ------------------------------------------------------------------------
+
+def _d20():
+    return depth_preset(20, vocab_size=65536, block_size=2048)
+
+
+@register("chat_d20_base", "nanochat-style d20 base model (~560M) on FineWeb-Edu shards "
+          "(tools.prepare_fineweb); one GPU host / TPU VM")
+def chat_d20_base() -> Config:
+    m = _d20()
+    m.dtype = "bfloat16"
+    return Config(
+        model=m,
+        data=DataConfig(source="shards", tokenizer="bpe:65536", shards="fineweb_edu/shard_*.npy",
+                        seq_len=2048, batch_size=256, sampling="sequential", segment_on_bos=True),
+        optim=OptimConfig(lr=2e-3, min_lr=2e-4, schedule="wsd", warmup_steps=200,
+                          b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0),
+        train=TrainConfig(steps=21400, grad_accum=8, eval_every=500, eval_batches=20,
+                          log_every=10, sample_tokens=64),
+        eval=EvalConfig(tasks="hellaswag", every=2000, limit=1000, final_limit=10042),
+        mesh=MeshConfig(data=-1),
+        checkpoint=CheckpointConfig(every=1000, keep=3),
+    )
+
+
+@register("chat_d20_sft", "SFT of chat_d20_base on a SmolTalk-style mixture (GSM8K, arithmetic, "
+          "spelling, identity, MMLU, Dolly, Alpaca); one GPU host / TPU VM")
+def chat_d20_sft() -> Config:
+    m = _d20()
+    m.dtype = "bfloat16"
+    return Config(
+        stage="sft", init_from="chat_d20_base",
+        model=m,
+        data=DataConfig(tokenizer="parent", seq_len=2048, batch_size=32),
+        optim=OptimConfig(lr=2e-4, min_lr=0.0, schedule="cosine", warmup_steps=50,
+                          b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0),
+        sft=SFTConfig(mixture="identity:1,arithmetic:2,spelling:1,gsm8k:2,mmlu:1,dolly:3,"
+                              "alpaca:3", buffer=256),
+        eval=EvalConfig(tasks=TINY_EVAL + ",hellaswag", limit=200, final_limit=1000,
+                        batch_size=128),
+        train=TrainConfig(steps=2000, eval_every=200, log_every=10, sample_tokens=0),
+        checkpoint=CheckpointConfig(every=500, keep=2),
+    )
+
+
+@register("grpo_gsm8k_d20", "GRPO on GSM8K from chat_d20_sft (nanochat's chat_rl at d20 scale)")
+def grpo_gsm8k_d20() -> Config:
+    m = _d20()
+    m.dtype = "bfloat16"
+    return Config(
+        stage="grpo", init_from="chat_d20_sft",
+        model=m,
+        data=DataConfig(tokenizer="parent", seq_len=1024, batch_size=256),
+        optim=OptimConfig(lr=1e-5, min_lr=1e-5, schedule="constant", warmup_steps=0,
+                          b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0),
+        rl=RLConfig(task="gsm8k", prompts=16, samples=16, max_new_tokens=512, std_norm=False),
+        eval=EvalConfig(tasks="gsm8k", every=60, limit=400, final_limit=1319, batch_size=256),
+        train=TrainConfig(steps=467, eval_every=60, log_every=1, sample_tokens=0),
+        checkpoint=CheckpointConfig(every=60, keep=2),
+    )

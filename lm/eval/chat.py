@@ -1,0 +1,128 @@
+"""Chat-model evaluation: the task library's graders through the sampling engine.
+
+Generative tasks (GSM8K, arithmetic, spelling, identity): each held-out conversation's prompt
+(`render_for_completion`) is answered greedily with tools on, the reply is parsed and graded by
+the task; a reply keeps the chat format when it ends with `<|assistant_end|>` within its budget.
+Categorical tasks (MMLU, ARC, HellaSwag): the argmax over the answer letters' logits at the
+assistant's first position (nanochat's categorical eval).
+
+Keys of the result: `eval/<task>` (accuracy in [0, 1]), `eval/format` (over every generative
+reply), `eval/chatcore` (mean over tasks of (acc - baseline) / (1 - baseline)), and per task the
+number of items (`eval/<task>_n`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from lm import conversation as chat
+from lm import tasks as task_lib
+from lm.eval.likelihood import last_logits
+from lm.sampling import Engine, ToolTokens
+
+
+def test_indices(size: int, limit: int, seed: int = 0) -> list[int]:
+    """A fixed spread of `limit` held-out items (a seeded permutation's first ones), so that a
+    small limit does not read one MMLU subject only."""
+    if limit >= size:
+        return list(range(size))
+    return sorted(np.random.default_rng(seed).permutation(size)[:limit].tolist())
+
+
+def _stop_ids(tok) -> list[int]:
+    return [tok.special_id("<|assistant_end|>"), int(tok.bos_id)]
+
+
+def generate_replies(engine: Engine, tok, convs: Sequence[dict], *, max_new_tokens: int,
+                     batch_size: int, temperature: float = 0.0, seed: int = 0,
+                     n: int = 1) -> list[dict]:
+    """Per conversation (× n samples): {'tokens', 'forced', 'parts', 'text', 'format_ok'}."""
+    end = tok.special_id("<|assistant_end|>")
+    out: list[dict] = []
+    for b in range(0, len(convs), batch_size):
+        group = convs[b:b + batch_size]
+        prompts = [chat.render_for_completion(c, tok) for c in group]
+        budget = max(1, min(max_new_tokens, engine.cfg.block_size - max(map(len, prompts))))
+        g = engine.generate(prompts, n=n, max_new_tokens=budget, temperature=temperature,
+                            seed=seed, sample_ids=list(range(b * n, (b + len(group)) * n)),
+                            stop_tokens=_stop_ids(tok))
+        for r in range(len(group) * n):
+            ids = g.row(r)
+            parts = chat.parse_reply(ids, tok)
+            out.append({"tokens": ids, "forced": g.forced[r, :len(ids)].tolist(),
+                        "logprobs": g.logprobs[r, :len(ids)].tolist(), "parts": parts,
+                        "text": chat.reply_text(parts),
+                        "format_ok": bool(g.stopped[r] and ids and ids[-1] == end)})
+    return out
+
+
+def categorical_predictions(params, cfg, tok, convs: Sequence[dict], *, batch_size: int
+                            ) -> list[str]:
+    """The letter with the highest logit at the assistant's first position, per conversation."""
+    letters = convs[0]["letters"] if convs else []
+    ids = [tok.encode(l) for l in letters]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(f"answer letters {letters} are not single tokens for this tokenizer")
+    prompts = [chat.render_for_completion(c, tok) for c in convs]
+    cols = [i[0] for i in ids]
+    logits = last_logits(params, cfg, prompts, batch_size=batch_size, columns=cols)
+    out = []
+    for c, row in zip(convs, logits):
+        k = len(c["letters"])
+        out.append(c["letters"][int(np.argmax(row[:k]))])
+    return out
+
+
+def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_size: int = 64,
+                   max_new_tokens: int = 0, samples: int = 0, progress: bool = False,
+                   engine: Optional[Engine] = None) -> tuple[dict, list[dict]]:
+    """(metrics, sample conversations) over the held-out split of each named task."""
+    from tqdm.auto import tqdm
+    engine = engine or Engine(params, cfg, tokenizer=tok, tools=ToolTokens.from_tokenizer(tok))
+    metrics: dict[str, float] = {}
+    shown: list[dict] = []
+    fmt_ok = fmt_n = 0
+    centred = []
+    bar = tqdm(total=len(names), disable=not progress, desc="eval", leave=False)
+    for name in names:
+        task = task_lib.get(name)
+        size = task.size("test")
+        idx = test_indices(limit if size is None else size, limit)
+        convs = [task.example("test", i) for i in idx]
+        if not convs:
+            continue
+        if task.kind == "categorical":
+            preds = categorical_predictions(params, cfg, tok, convs, batch_size=batch_size)
+            correct = [p == c["gold"] for p, c in zip(preds, convs)]
+            replies = [{"text": p, "format_ok": True} for p in preds]
+        elif task.kind == "generative":
+            budget = max_new_tokens or task.max_new_tokens()
+            replies = generate_replies(engine, tok, convs, max_new_tokens=budget,
+                                       batch_size=batch_size)
+            correct = []
+            for c, r in zip(convs, replies):
+                try:
+                    correct.append(bool(task.evaluate(c, r["text"])))
+                except Exception:  # noqa: BLE001 - a grader failure counts as wrong, not fatal
+                    correct.append(False)
+            fmt_ok += sum(r["format_ok"] for r in replies)
+            fmt_n += len(replies)
+        else:
+            raise ValueError(f"task {name!r} ({task.kind}) has no grader; evaluate it by loss")
+        acc = float(np.mean(correct))
+        metrics[f"eval/{name}"] = acc
+        metrics[f"eval/{name}_n"] = len(correct)
+        if task.baseline < 1:
+            centred.append((acc - task.baseline) / (1 - task.baseline))
+        for c, r, ok in list(zip(convs, replies, correct))[:samples]:
+            shown.append({"task": name, "prompt": c["messages"][-2]["content"]
+                          if c["messages"][-1]["role"] == "assistant" else c["messages"][-1]["content"],
+                          "reply": r["text"], "correct": ok, "format_ok": r["format_ok"]})
+        bar.update(1)
+    bar.close()
+    if fmt_n:
+        metrics["eval/format"] = fmt_ok / fmt_n
+    if centred:
+        metrics["eval/chatcore"] = float(np.mean(centred))
+    return metrics, shown

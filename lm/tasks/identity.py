@@ -1,0 +1,65 @@
+"""Identity ("knowledge of self"): synthetic conversations about the assistant's name, maker,
+nature, abilities and limits, generated from the editable `identity.json` beside this file.
+
+The `test` split asks only the held-out phrasings of each topic; a reply is correct when it
+contains one of the topic's keywords. Infinite and seeded (varied casing and punctuation).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from functools import cached_property
+
+from lm.conversation import conversation
+from lm.tasks.base import Task
+
+DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "identity.json")
+
+
+class Identity(Task):
+    name = "identity"
+    kind = "generative"
+
+    def __init__(self, seed: int = 0, path: str = DEFAULT_FILE):
+        self.seed, self.path = seed, path
+
+    @cached_property
+    def spec(self) -> dict:
+        with open(self.path, encoding="utf-8") as f:
+            spec = json.load(f)
+        fill = {k: spec[k] for k in ("name", "maker", "home")}
+
+        def sub(s: str, capital: bool = False) -> str:
+            s = s.format(**fill)
+            return s[0].upper() + s[1:] if capital and s else s
+        for t in spec["topics"]:
+            for k in ("train", "test", "answers", "keywords"):
+                t[k] = [sub(x, capital=k == "answers") for x in t[k]]
+            if set(t["train"]) & set(t["test"]):
+                raise ValueError(f"{self.path}: topic {t['topic']!r} has phrasings in both splits")
+        return spec
+
+    def size(self, split: str):
+        self._check_split(split)
+        return None
+
+    def example(self, split: str, i: int) -> dict:
+        self._check_split(split)
+        rng = random.Random(f"identity/{self.seed}/{split}/{i}")
+        topic = rng.choice(self.spec["topics"])
+        q = rng.choice(topic[split])
+        r = rng.random()
+        if r < 0.15:
+            q = q.lower()
+        elif r < 0.25:
+            q = q.rstrip("?!.")
+        return conversation(q, rng.choice(topic["answers"]), task=self.name,
+                            topic=topic["topic"], keywords=topic["keywords"])
+
+    def evaluate(self, conv: dict, reply: str) -> bool:
+        text = reply.lower()
+        return any(k.lower() in text for k in conv["keywords"])
+
+    def max_new_tokens(self) -> int:
+        return 96

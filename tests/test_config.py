@@ -1,0 +1,70 @@
+"""Configs: every numeric field is range-checked with an error naming the key; overrides parse
+with the field's type."""
+import dataclasses
+import typing
+
+import pytest
+
+import experiments
+from lm.config import Config, ConfigError, apply_overrides
+
+
+def _sections(cfg: Config):
+    yield "", cfg
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            yield f.name, v
+
+
+def _numeric(tp) -> bool:
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return any(a in (int, float) for a in args)
+
+
+def test_every_numeric_field_has_a_range():
+    missing = []
+    for name, section in _sections(Config()):
+        hints = typing.get_type_hints(type(section))
+        for f in dataclasses.fields(section):
+            if _numeric(hints[f.name]) and "range" not in f.metadata:
+                missing.append(f"{name}.{f.name}")
+    assert not missing, f"numeric fields without num(..., lo, hi): {missing}"
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.steps=-5", "train.steps must be >= 1, got -5"),
+    ("train.steps=0", "train.steps"),
+    ("data.batch_size=0", "data.batch_size must be >= 1"),
+    ("optim.lr=-1e-3", "optim.lr must be >= 0"),
+    ("optim.b2=1.0", r"optim.b2 must be in \[0, 1\)"),
+    ("train.eval_every=0", "train.eval_every"),
+    ("model.dropout=1.5", "model.dropout"),
+    ("model.norm_eps=0", "model.norm_eps must be > 0"),
+    ("mesh.data=0", "mesh.data must be >= 1 or -1"),
+    ("checkpoint.keep=0", "checkpoint.keep"),
+    ("optim.lr=nan", "optim.lr"),
+    ("optim.min_lr=1.0", "optim.min_lr"),
+])
+def test_out_of_range_values_are_named_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(experiments.get("shakespeare_char_cpu"), [override])
+
+
+def test_in_range_values_pass():
+    cfg = apply_overrides(experiments.get("shakespeare_char_cpu"),
+                          ["train.steps=7", "mesh.data=-1", "model.n_kv_head=2", "optim.min_lr=0",
+                           "optim.lr=0"])
+    assert cfg.train.steps == 7 and cfg.model.n_kv_head == 2
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.stepz=3", "unknown config key"),
+    ("model.mlp=tanh", "choose one of"),
+    ("model.kernels=fast", "choose one of"),
+    ("train.steps=abc", "expected an int"),
+    ("train", "key=value"),
+])
+def test_bad_keys_and_types(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(experiments.get("shakespeare_char_cpu"), [override])
