@@ -45,35 +45,6 @@ def pick_mode(mode: str, stage: str, tok) -> str:
     return "chat" if stage in CHAT_STAGES and has_chat_tokens(tok) else "completion"
 
 
-class TextStream:
-    """Incremental detokenizer: whole UTF-8 characters only (BPE); in chat mode tool calls are
-    shown as `<<expr=result>>`, other special tokens are hidden."""
-
-    def __init__(self, tok, chat: bool):
-        self.tok, self.chat = tok, chat
-        self.dec = tok.stream_decoder() if hasattr(tok, "stream_decoder") else None
-        specials = getattr(tok, "special_tokens", {}) or {}
-        self.special = {int(i): s for s, i in dict(specials).items()}
-        self.shown = {"<|python_start|>": "<<", "<|python_end|>": "=", "<|output_end|>": ">>"}
-
-    def push(self, ids) -> str:
-        out = []
-        for i in ids:
-            if i in self.special:
-                if self.dec is not None:
-                    out.append(self.dec.flush())
-                name = self.special[i]
-                out.append(self.shown.get(name, "") if self.chat else name)
-            elif self.dec is not None:
-                out.append(self.dec.push(int(i)))
-            else:
-                out.append(self.tok.decode([int(i)]))
-        return "".join(out)
-
-    def flush(self) -> str:
-        return self.dec.flush() if self.dec is not None else ""
-
-
 class Session:
     """One conversation (chat mode) or a series of independent prompts (completion mode)."""
 
@@ -112,7 +83,7 @@ class Session:
             prompt = ([self.bos] if self.bos is not None else []) + list(self.tok.encode(text))
             stops = [self.bos] if self.bos is not None else []
         prompt = self._fit(prompt or [0])
-        out = TextStream(self.tok, self.mode == "chat")
+        out = chat_format.TextStream(self.tok, chat=self.mode == "chat")
         gen: list[int] = []
         it = self.engine.stream([prompt], chunk=self.chunk, seed=self.seed,
                                 sample_ids=[self.turn], stop_tokens=stops, **self.sampling)

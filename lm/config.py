@@ -170,6 +170,7 @@ class DataConfig:
     sampling: Literal["random", "sequential"] = "random"   # nanoGPT random windows, or strided
     segment_on_bos: bool = False          # packed documents: no attention across BOS boundaries
     shards: str = ""                      # glob of token shards (source='shards')
+    val_shards: str = ""                  # glob of held-out shards ('' = the stream's last part)
     seed: int = num(1337, 0)
 
 

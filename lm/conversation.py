@@ -229,3 +229,35 @@ def conversation(user: str, assistant: Any = None, system: Optional[str] = None,
     if assistant is not None:
         msgs.append({"role": "assistant", "content": assistant})
     return {"messages": msgs, **extra}
+
+
+class TextStream:
+    """Incremental detokenizer for streamed replies: whole UTF-8 characters only. With
+    `chat=True`, tool calls show as `<<expr=result>>` (as `reply_text` writes them) and other
+    special tokens are hidden; otherwise special tokens show by name."""
+
+    SHOWN = {"<|python_start|>": "<<", "<|python_end|>": "=", "<|output_end|>": ">>"}
+
+    def __init__(self, tok, chat: bool = True):
+        self.tok, self.chat = tok, chat
+        self.dec = tok.stream_decoder() if hasattr(tok, "stream_decoder") else None
+        specials = getattr(tok, "special_tokens", {}) or {}
+        self.special = {int(i): s for s, i in dict(specials).items()}
+
+    def push(self, ids) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i in self.special:
+                if self.dec is not None:
+                    out.append(self.dec.flush())
+                name = self.special[i]
+                out.append(self.SHOWN.get(name, "") if self.chat else name)
+            elif self.dec is not None:
+                out.append(self.dec.push(i))
+            else:
+                out.append(self.tok.decode([i]))
+        return "".join(out)
+
+    def flush(self) -> str:
+        return self.dec.flush() if self.dec is not None else ""

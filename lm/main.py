@@ -33,12 +33,22 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=None, help="where runs/<experiment>/<time>/ goes (default .)")
     p.add_argument("--run_dir", default=None, help="exact run directory (overrides --workdir)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop_after", type=int, default=None,
+                   help="stop after this many steps as if interrupted (a checkpoint; --resume "
+                        "continues exactly)")
+    g = p.add_argument_group("several hosts (one process per host; see WORKSPACE.md)")
+    g.add_argument("--coordinator", default=None,
+                   help="host:port of process 0 (or $LM_COORDINATOR_ADDRESS)")
+    g.add_argument("--num_processes", type=int, default=None, help="(or $LM_NUM_PROCESSES)")
+    g.add_argument("--process_id", type=int, default=None, help="(or $LM_PROCESS_ID)")
     a = p.parse_args(argv)
 
-    import os
-    if os.environ.get("LM_DISTRIBUTED") == "1":  # multi-host: one process per host
-        import jax
-        jax.distributed.initialize()
+    from lm import parallel
+    try:
+        parallel.init_distributed(a.coordinator, a.num_processes, a.process_id)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import experiments
     from lm.config import ConfigError, apply_overrides
@@ -90,7 +100,7 @@ def _run(a, cfg, model, train) -> int:
         return 0
 
     summary = train.run(cfg, run_dir=a.run_dir, workdir=a.workdir, resume=a.resume,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, stop_after=a.stop_after)
     print(json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=2, default=str))
     if "sample" in summary:
         print("---- sample ----")

@@ -78,6 +78,57 @@ def configure_cpu_devices(n: int) -> int:
     return have
 
 
+# ---- several hosts --------------------------------------------------------------------------------
+
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> bool:
+    """`jax.distributed.initialize` for runs on several hosts (one process each).
+
+    The coordinator address, process count and id come from the arguments, else from
+    $LM_COORDINATOR_ADDRESS / $LM_NUM_PROCESSES / $LM_PROCESS_ID; with none of them and
+    LM_DISTRIBUTED=1, JAX detects the cluster itself (Cloud TPU, Slurm, ...). CPU processes use
+    gloo collectives. Returns whether this is a multi-process run.
+    """
+    env = os.environ
+    coordinator = coordinator or env.get("LM_COORDINATOR_ADDRESS")
+    if num_processes is None and env.get("LM_NUM_PROCESSES"):
+        num_processes = int(env["LM_NUM_PROCESSES"])
+    if process_id is None and env.get("LM_PROCESS_ID"):
+        process_id = int(env["LM_PROCESS_ID"])
+    given = [x is not None for x in (coordinator, num_processes, process_id)]
+    if not any(given):
+        if env.get("LM_DISTRIBUTED") == "1":
+            jax.distributed.initialize()          # auto-detected cluster
+            return True
+        return False
+    if not all(given):
+        raise ValueError("several hosts need all of --coordinator HOST:PORT, --num_processes N "
+                         "and --process_id I (or LM_COORDINATOR_ADDRESS, LM_NUM_PROCESSES, "
+                         "LM_PROCESS_ID)")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"--process_id {process_id} must be in [0, {num_processes})")
+    if env.get("JAX_PLATFORMS", "").startswith("cpu") or _cpu_only():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return True
+
+
+def _cpu_only() -> bool:
+    """No accelerator plugin installed (the CPU jaxlib only): multi-process CPU runs need gloo."""
+    import importlib.util
+    return not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin",
+                                                           "libtpu", "jax_rocm60_plugin"))
+
+
+def shared_choice(value: int) -> int:
+    """Process 0's `value` on every process (e.g. the run directory's timestamp)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(devices if devices is not None else jax.devices())
     fsdp = cfg.fsdp

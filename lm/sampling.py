@@ -144,6 +144,8 @@ class DecodeState:
     tokens: Array           # [R, N] int32 generated tokens
     logprobs: Array         # [R, N] f32 log p(token) under the model (temperature 1)
     forced: Array           # [R, N] bool the token was forced (tool output), not sampled
+    top_ids: Array          # [R, N, K] int32 the K most likely tokens at each step (K may be 0)
+    top_logprobs: Array     # [R, N, K] f32 their log-probs (temperature 1)
     sampler: Sampler
     tools: Optional[ToolState]   # None: no tool calls
     limit: Array            # int32 scalar: a row ends when it holds this many tokens (the final
@@ -215,8 +217,8 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array,
         if st.tools is not None:
             forced_tok, forced = tool_use.next_forced(st.tools)
             tok = jnp.where(forced, forced_tok, tok)
-        logp = (jnp.take_along_axis(logits, tok[:, None], axis=1)[:, 0]
-                - jax.nn.logsumexp(logits, axis=-1))
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        logp = jnp.take_along_axis(logits, tok[:, None], axis=1)[:, 0] - lse
 
         at = (rows, jnp.where(run, st.n_gen, N))                       # N: dropped
         n_gen = st.n_gen + run.astype(jnp.int32)
@@ -233,6 +235,12 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array,
             tokens=st.tokens.at[at].set(tok, mode="drop"),
             logprobs=st.logprobs.at[at].set(logp, mode="drop"),
             forced=st.forced.at[at].set(forced, mode="drop"), tools=tools)
+        K = st.top_ids.shape[-1]
+        if K:                                   # static: only when top log-probs are asked for
+            top_v, top_i = jax.lax.top_k(logits, K)
+            st = st.replace(top_ids=st.top_ids.at[at].set(top_i, mode="drop"),
+                            top_logprobs=st.top_logprobs.at[at].set(top_v - lse[:, None],
+                                                                    mode="drop"))
         return st, i + 1
 
     state, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
@@ -241,7 +249,8 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array,
 
 def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Array,
                      max_new: Array, stop: Array, limit: Array, sampler: Sampler,
-                     tools: Optional[ToolTokens], n: int, N: int, Q: int) -> DecodeState:
+                     tools: Optional[ToolTokens], n: int, N: int, Q: int,
+                     K: int = 0) -> DecodeState:
     cache = kvcache.repeat_rows(cache, n)
     pending = jnp.repeat(pending, n, axis=0)
     R = pending.shape[0]
@@ -252,12 +261,13 @@ def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Ar
         n_gen=jnp.zeros((R,), jnp.int32), max_new=max_new, stop=stop, done=max_new <= 0,
         stopped=jnp.zeros((R,), bool), tokens=jnp.zeros((R, N), jnp.int32),
         logprobs=jnp.zeros((R, N), jnp.float32), forced=jnp.zeros((R, N), bool),
+        top_ids=jnp.zeros((R, N, K), jnp.int32), top_logprobs=jnp.zeros((R, N, K), jnp.float32),
         sampler=sampler.repeat(n), tools=None if tools is None else tool_use.init(tools, R, Q),
         limit=limit, n=n)
 
 
 # n == 1 donates the prefilled cache straight into the state; n > 1 builds new (repeated) buffers.
-_STATIC = ("tools", "n", "N", "Q")
+_STATIC = ("tools", "n", "N", "Q", "K")
 _init_state_donate = jax.jit(_init_state_impl, static_argnames=_STATIC, donate_argnames=("cache",))
 _init_state_copy = jax.jit(_init_state_impl, static_argnames=_STATIC)
 
@@ -275,6 +285,16 @@ def _grow(cache: KVCache, max_len: int) -> KVCache:
     return kvcache.grow(cache, max_len)
 
 
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _insert_rows(state: DecodeState, sub: DecodeState, slots: Array) -> DecodeState:
+    """`sub`'s rows written into `state` at `slots` (every per-row leaf; the scalar limit stays)."""
+    limit = state.limit
+    rows = lambda a, b: a.at[slots].set(b)
+    out = jax.tree.map(rows, state.replace(limit=jnp.zeros((state.tokens.shape[0],))),
+                       sub.replace(limit=jnp.zeros((sub.tokens.shape[0],))))
+    return out.replace(limit=limit)
+
+
 # ------------------------------------------------------------------------------------ results
 
 @dataclasses.dataclass
@@ -288,6 +308,8 @@ class Generation:
     done: np.ndarray          # [R] bool: finished (stop token, max_new_tokens or full cache)
     stopped: np.ndarray       # [R] bool: ended by a stop token (the last token)
     prompt_index: np.ndarray  # [R] int32
+    top_ids: Optional[np.ndarray] = None        # [R, N, K] (K = start(top_logprobs=K))
+    top_logprobs: Optional[np.ndarray] = None   # [R, N, K]
 
     @property
     def mask(self) -> np.ndarray:
@@ -394,8 +416,13 @@ class Engine:
     def start(self, prompts: Prompts, *, n: int = 1, max_new_tokens: Union[int, Sequence[int]] = 64,
               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
               sample_ids: Optional[Sequence[int]] = None,
-              stop_tokens: Union[Sequence[int], Sequence[Sequence[int]]] = ()) -> DecodeState:
-        """Prefill the prompts (one forward call) and build the decode state for P*n rows."""
+              stop_tokens: Union[Sequence[int], Sequence[Sequence[int]]] = (),
+              top_logprobs: int = 0, cache_len: Optional[int] = None,
+              out_len: Optional[int] = None) -> DecodeState:
+        """Prefill the prompts (one forward call) and build the decode state for P*n rows.
+
+        `top_logprobs`: record the K most likely tokens at every step. `cache_len` / `out_len`:
+        fixed cache and output sizes (a full-size, non-growing cache), as `open_slots` uses."""
         prompts = _as_prompts(prompts)
         P = len(prompts)
         R = P * n
@@ -403,7 +430,7 @@ class Engine:
         if (lens < 1).any():
             raise ValueError("every prompt needs at least one token (e.g. BOS)")
         budget = np.broadcast_to(np.asarray(max_new_tokens, np.int32), (P,))
-        S = self.cache_len(int(lens.max()), int(budget.max()))
+        S = cache_len or self.cache_len(int(lens.max()), int(budget.max()))
         if int(lens.max()) > S:
             raise ValueError(f"a prompt of {int(lens.max())} tokens does not fit the cache "
                              f"({S} slots; block_size {self.cfg.block_size})")
@@ -411,10 +438,10 @@ class Engine:
         toks = np.zeros((P, T), np.int32)
         for i, p in enumerate(prompts):
             toks[i, :len(p)] = p
-        cache = _new_cache(self.cfg, P, self.buffer_len(int(lens.max()), S))
+        cache = _new_cache(self.cfg, P, S if cache_len else self.buffer_len(int(lens.max()), S))
         cache, toks, lens = self._shard_rows((cache, jnp.asarray(toks), jnp.asarray(lens)))
         cache, pending = prefill(self.params, self.cfg, cache, toks, lens)
-        stop = _stop_array(stop_tokens, P)
+        stop = _stop_array(stop_tokens, P, STOP_WIDTH if cache_len else None)
         ids = (np.arange(R, dtype=np.int32) if sample_ids is None
                else np.asarray(sample_ids, np.int32))
         if ids.shape != (R,):
@@ -426,7 +453,8 @@ class Engine:
         state = init(cache, pending, jnp.asarray(seed, jnp.uint32), jnp.asarray(ids),
                      jnp.asarray(np.repeat(budget, n)), jnp.asarray(np.repeat(stop, n, 0)),
                      jnp.asarray(S, jnp.int32), sampler, n=n,
-                     tools=self.tools, N=bucket(int(budget.max()), self.min_buffer), Q=self.Q)
+                     tools=self.tools, N=out_len or bucket(int(budget.max()), self.min_buffer),
+                     Q=self.Q, K=int(top_logprobs))
         limit = state.limit            # a scalar: replicated, not row-sharded
         return self._shard_rows(state.replace(limit=None)).replace(limit=limit)
 
@@ -479,14 +507,46 @@ class Engine:
     def result(state: DecodeState) -> Generation:
         """The state's outputs on the host (rows in prompt-major order)."""
         h = jax.device_get({k: getattr(state, k) for k in
-                            ("tokens", "logprobs", "forced", "n_gen", "done", "stopped")})
+                            ("tokens", "logprobs", "forced", "n_gen", "done", "stopped",
+                             "top_ids", "top_logprobs")})
         R, N = h["tokens"].shape
         valid = np.arange(N)[None, :] < h["n_gen"][:, None]
         return Generation(tokens=np.where(valid, h["tokens"], 0),
                           logprobs=np.where(valid, h["logprobs"], 0.0),
                           forced=h["forced"] & valid, lengths=h["n_gen"], done=h["done"],
                           stopped=h["stopped"],
-                          prompt_index=np.arange(R, dtype=np.int32) // state.n)
+                          prompt_index=np.arange(R, dtype=np.int32) // state.n,
+                          top_ids=h["top_ids"], top_logprobs=h["top_logprobs"])
+
+    # -- slots: rows that join and leave a running batch (continuous batching) ------------------
+    def open_slots(self, rows: int, *, out_len: int, top_logprobs: int = 0,
+                   cache_len: Optional[int] = None) -> DecodeState:
+        """A decode state of `rows` empty (finished) slots with a full-size cache of `cache_len`
+        slots (default: the model's context) and room for `out_len` new tokens per row. Requests
+        join with `admit` between decode calls and leave when done; `decode` runs them all."""
+        S = cache_len or self._limit()
+        st = self.start([[0]] * rows, max_new_tokens=0, temperature=0.0, cache_len=S,
+                        out_len=out_len, top_logprobs=top_logprobs)
+        return st
+
+    def admit(self, state: DecodeState, slots: Sequence[int], prompts: Prompts, **kw
+              ) -> DecodeState:
+        """Prefill `prompts` (one per slot; `start`'s keyword arguments, per prompt where they
+        take lists) and put them into `slots` of a running slot state (donates `state`)."""
+        S, N, K = state.cache.max_len, state.tokens.shape[1], state.top_ids.shape[-1]
+        sub = self.start(prompts, cache_len=S, out_len=N, top_logprobs=K, **kw)
+        k_max = max(state.sampler.k_max, sub.sampler.k_max)     # one static candidate count
+        state = state.replace(sampler=state.sampler.replace(k_max=k_max))
+        sub = sub.replace(sampler=sub.sampler.replace(k_max=k_max))
+        return _insert_rows(state, sub, jnp.asarray(np.asarray(slots, np.int32)))
+
+    @staticmethod
+    def cancel(state: DecodeState, slots: Sequence[int]) -> DecodeState:
+        """Finish `slots` now (a client went away): they stop running and can be reused."""
+        if not len(slots):
+            return state
+        return state.replace(done=state.done.at[jnp.asarray(np.asarray(slots, np.int32))]
+                             .set(True))
 
     # -- host loops ----------------------------------------------------------------------------
     def stream(self, prompts: Prompts, *, chunk: int = 16, **kw) -> Iterator[Chunk]:
@@ -540,7 +600,10 @@ def _as_prompts(prompts: Prompts) -> list[list[int]]:
     return [list(map(int, p)) for p in prompts]
 
 
-def _stop_array(stop_tokens, P: int) -> np.ndarray:
+STOP_WIDTH = 8   # stop ids per row in fixed-shape (slot) states
+
+
+def _stop_array(stop_tokens, P: int, width: Optional[int] = None) -> np.ndarray:
     """[P, NS] int32, -1 padded: one list for all prompts, or one list per prompt."""
     st = list(stop_tokens)
     if st and not isinstance(st[0], (int, np.integer)):
@@ -549,7 +612,10 @@ def _stop_array(stop_tokens, P: int) -> np.ndarray:
         per = [list(map(int, s)) for s in st]
     else:
         per = [list(map(int, st))] * P
-    width = bucket(max((len(s) for s in per), default=1), 4)
+    longest = max((len(s) for s in per), default=1)
+    if width is not None and longest > width:
+        raise ValueError(f"at most {width} stop tokens per row, got {longest}")
+    width = width or bucket(longest, 4)
     out = np.full((P, width), -1, np.int32)
     for i, s in enumerate(per):
         out[i, :len(s)] = s

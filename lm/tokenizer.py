@@ -488,8 +488,10 @@ def gpt2_bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def _gpt2_ranks(encoder_json: str, vocab_bpe: str) -> dict[bytes, int]:
-    """Ranks from encoder.json (token -> id), checked against vocab.bpe (the merge order)."""
+def _gpt2_ranks(encoder_json: str, vocab_bpe: str,
+                specials: Sequence[str] = (GPT2_ENDOFTEXT,)) -> dict[bytes, int]:
+    """Ranks from encoder.json (token -> id, `specials` left out), checked against vocab.bpe
+    (the merge order)."""
     for p in (encoder_json, vocab_bpe):
         if not os.path.exists(p):
             raise FileNotFoundError(f"GPT-2 tokenizer file not found: {p}")
@@ -504,8 +506,8 @@ def _gpt2_ranks(encoder_json: str, vocab_bpe: str) -> dict[bytes, int]:
 
     with open(encoder_json, encoding="utf-8") as f:
         encoder = json.load(f)
-    ranks = {to_bytes(s): i for s, i in encoder.items() if s != GPT2_ENDOFTEXT}
-    if encoder.get(GPT2_ENDOFTEXT) != len(ranks):
+    ranks = {to_bytes(s): i for s, i in encoder.items() if s not in specials}
+    if GPT2_ENDOFTEXT in encoder and encoder[GPT2_ENDOFTEXT] != len(ranks):
         raise ValueError(f"{encoder_json}: expected {GPT2_ENDOFTEXT} right after the "
                          f"{len(ranks)} merge ranks, got {encoder.get(GPT2_ENDOFTEXT)}")
     with open(vocab_bpe, encoding="utf-8") as f:

@@ -319,9 +319,12 @@ def new_run_dir(cfg: Config, workdir: Optional[str], resume: bool) -> str:
         from lm.checkpoint import has_checkpoint
         runs = sorted(d for d in os.listdir(root)
                       if has_checkpoint(os.path.join(root, d, "checkpoints")))
-        if runs:
-            return os.path.join(root, runs[-1])
-    return os.path.join(root, time.strftime("%Y%m%d-%H%M%S"))
+        if runs:   # several processes: process 0's choice, so they cannot disagree
+            pick = parallel.shared_choice(len(runs) - 1)
+            return os.path.join(root, runs[pick])
+    # decided once, by process 0, and shared: a start straddling a second gives one directory
+    stamp = parallel.shared_choice(int(time.time()))
+    return os.path.join(root, time.strftime("%Y%m%d-%H%M%S", time.localtime(stamp)))
 
 
 def stack_batches(batches) -> list[Batch]:
@@ -434,11 +437,13 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     stage = stages.build(cfg, tokenizer=tokenizer, parent=parent)
     c = compile_steps(cfg, loss_fn or stages.loss_fn(cfg))
 
+    main = jax.process_index() == 0       # several processes: one writes the run's files
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    stage.tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
-    runs.write_lineage(run_dir, parent)
+    if main:
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            f.write(cfg.to_json())
+        stage.tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
+        runs.write_lineage(run_dir, parent)
     devices = (f"{c.mesh.devices.size} {c.mesh.devices.flat[0].platform} device(s), "
                f"{c.parallelism} mesh {dict(c.mesh.shape)}")
     if progress:
@@ -467,7 +472,8 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
             state = c.device_state(jax.tree.map(jnp.asarray, host)) if c.parallelism == "pmap" \
                 else jax.device_put(host, c.state_sharding)
 
-    writer = MetricsWriter(run_dir)
+    writer = MetricsWriter(run_dir) if main else NullWriter()
+    progress = progress and main
     loop = Loop(cfg, c, run_dir, writer, progress)
     fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(cfg)
@@ -501,7 +507,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     last_train = None
     try:
         for step in range(start, end):
-            batch = c.put_batch(stage.next_batch(state))
+            batch = c.put_batch(stage.next_batch(loop, state))
             state, metrics = c.train_step(state, batch)
             done = step + 1
             if done % cfg.train.log_every == 0 or done == end:
@@ -548,12 +554,34 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
             summary.update(ev)
             if progress:
                 print(f"final (step {final_step}): " + _fmt(ev))
-        summary.update(stage.finish(loop, state))
+        if main:
+            summary.update(stage.finish(loop, state))
         summary["wall_s"] = time.perf_counter() - t_start
     writer.close()
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump({k: v for k, v in summary.items() if k != "sample"}, f, indent=2, default=str)
+    if main:
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump({k: v for k, v in summary.items() if k != "sample"}, f, indent=2,
+                      default=str)
+    if final_step == steps and not interrupted and main:
+        try:
+            from lm import report
+            summary["report"] = report.write(run_dir)
+        except ImportError as e:   # matplotlib missing: the run itself is complete
+            print(f"(no report card: {e})")
     return summary
+
+
+class NullWriter:
+    """The metrics writer of processes other than 0 (they log nothing)."""
+
+    def write(self, step, **metrics):
+        return {"step": int(step), **metrics}
+
+    def write_text(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
 
 
 def _fmt(ev: dict) -> str:

@@ -106,13 +106,20 @@ def load_token_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) ->
     """Token streams for training and validation (with `tokenizer`, e.g. a parent run's,
     instead of building one from `cfg.tokenizer`)."""
     if cfg.source == "shards":
+        from lm.data.shards import ShardStream, StreamView
         files = sorted(glob.glob(cfg.shards))
         if not files:
-            raise FileNotFoundError(f"data.shards: no token shards match {cfg.shards!r}")
+            raise FileNotFoundError(f"data.shards: no token shards match {cfg.shards!r} (make "
+                                    f"them with tools.prepare_fineweb or tools.process_web)")
         tok = tokenizer or build_tokenizer(cfg, text="")
-        stream = np.concatenate([np.load(f, mmap_mode="r") for f in files])
+        stream = ShardStream(files)          # memory-mapped: no copy, any size
+        if cfg.val_shards:
+            val_files = sorted(glob.glob(cfg.val_shards))
+            if not val_files:
+                raise FileNotFoundError(f"data.val_shards: no shards match {cfg.val_shards!r}")
+            return TokenSplits(stream, ShardStream(val_files), tok)
         n = int(len(stream) * cfg.train_split)
-        return TokenSplits(stream[:n], stream[n:], tok)
+        return TokenSplits(StreamView(stream, 0, n), StreamView(stream, n, len(stream)), tok)
     from lm.data.corpus import CORPORA
     if cfg.source in CORPORA:
         return corpus_splits(cfg, tokenizer)

@@ -114,7 +114,8 @@ class BestFitPacker:
             self.buffer.append(i)
 
     def row(self) -> dict[str, np.ndarray]:
-        """One packed row: tokens, mask, positions, segment ids (all [row_len])."""
+        """One packed row: tokens, mask, positions, segment ids (all [row_len]) and `used`, the
+        number of non-padding tokens."""
         self._fill()
         R = self.row_len
         tokens = np.full(R, self.pad_id, np.int32)
@@ -148,7 +149,8 @@ class BestFitPacker:
             self._fill()
         seg[used:] = k                # padding: its own segment
         self.stats.rows += 1
-        return {"tokens": tokens, "mask": mask, "positions": pos, "segment_ids": seg}
+        return {"tokens": tokens, "mask": mask, "positions": pos, "segment_ids": seg,
+                "used": used}
 
 
 def rows_to_batch(rows: list[dict]) -> dict[str, np.ndarray]:

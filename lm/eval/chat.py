@@ -76,8 +76,10 @@ def categorical_predictions(params, cfg, tok, convs: Sequence[dict], *, batch_si
 
 def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_size: int = 64,
                    max_new_tokens: int = 0, samples: int = 0, progress: bool = False,
-                   engine: Optional[Engine] = None) -> tuple[dict, list[dict]]:
-    """(metrics, sample conversations) over the held-out split of each named task."""
+                   engine: Optional[Engine] = None, lengths: bool = False
+                   ) -> tuple[dict, list[dict]]:
+    """(metrics, sample conversations) over the held-out split of each named task. `lengths`:
+    also the mean reply length in tokens (`eval/<task>_tokens`) of generative tasks."""
     from tqdm.auto import tqdm
     engine = engine or Engine(params, cfg, tokenizer=tok, tools=ToolTokens.from_tokenizer(tok))
     metrics: dict[str, float] = {}
@@ -108,6 +110,8 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
                     correct.append(False)
             fmt_ok += sum(r["format_ok"] for r in replies)
             fmt_n += len(replies)
+            if lengths:
+                metrics[f"eval/{name}_tokens"] = float(np.mean([len(r["tokens"]) for r in replies]))
         else:
             raise ValueError(f"task {name!r} ({task.kind}) has no grader; evaluate it by loss")
         acc = float(np.mean(correct))
@@ -126,3 +130,26 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
     if centred:
         metrics["eval/chatcore"] = float(np.mean(centred))
     return metrics, shown
+
+
+def pass_at_k(engine: Engine, tok, task, *, limit: int, k: int, temperature: float = 1.0,
+              batch_size: int = 64, seed: int = 1) -> float:
+    """Fraction of held-out problems with at least one correct reply among k samples."""
+    size = task.size("test")
+    convs = [task.example("test", i) for i in test_indices(limit if size is None else size, limit)]
+    per_call = max(1, batch_size // k)
+    solved = []
+    for b in range(0, len(convs), per_call):
+        group = convs[b:b + per_call]
+        replies = generate_replies(engine, tok, group, max_new_tokens=task.max_new_tokens(),
+                                   batch_size=len(group), temperature=temperature,
+                                   seed=seed + b, n=k)
+        for j, c in enumerate(group):
+            ok = False
+            for r in replies[j * k:(j + 1) * k]:
+                try:
+                    ok = ok or bool(task.evaluate(c, r["text"]))
+                except Exception:  # noqa: BLE001 - a grader failure counts as wrong
+                    pass
+            solved.append(ok)
+    return float(np.mean(solved)) if solved else 0.0

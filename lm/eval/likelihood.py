@@ -58,11 +58,24 @@ def _batches(lengths: Sequence[int], batch_size: int, limit: int):
     return groups
 
 
+def on_mesh(params, mesh):
+    """Parameters replicated over `mesh` and a function placing [B, ...] batches row-sharded on
+    it (scoring then runs data-parallel, like training); without a mesh, both are the identity."""
+    if mesh is None:
+        return params, jnp.asarray
+    from lm import parallel
+    params = jax.device_put(params, parallel.replicated(mesh))
+    sh = parallel.batch_sharding(mesh)
+    return params, lambda x: jax.device_put(np.asarray(x), sh)
+
+
 def loglikelihood(params, cfg: ModelConfig, requests: Sequence[tuple[list[int], list[int]]], *,
-                  batch_size: int = 32, progress: Optional[Callable[[int], None]] = None
-                  ) -> list[tuple[float, bool]]:
+                  batch_size: int = 32, progress: Optional[Callable[[int], None]] = None,
+                  mesh=None) -> list[tuple[float, bool]]:
     """(sum of log p(continuation tokens), all of them greedy) per (context ids, continuation ids)
-    request. The context must be non-empty (start documents with BOS / endoftext)."""
+    request. The context must be non-empty (start documents with BOS / endoftext). With `mesh`,
+    batches are split over its devices (batch_size must divide evenly)."""
+    params, put = on_mesh(params, mesh)
     limit = cfg.block_size
     seqs, starts = [], []
     for ctx, cont in requests:
@@ -79,7 +92,7 @@ def loglikelihood(params, cfg: ModelConfig, requests: Sequence[tuple[list[int], 
         toks = np.zeros((batch_size, L + 1), np.int32)
         for r, i in enumerate(idx):
             toks[r, :len(seqs[i])] = seqs[i]
-        lp, greedy = jax.device_get(_token_logprobs(params, cfg, jnp.asarray(toks)))
+        lp, greedy = jax.device_get(_token_logprobs(params, cfg, put(toks)))
         for r, i in enumerate(idx):
             a, b = starts[i] - 1, len(seqs[i]) - 1        # positions predicting the continuation
             out[i] = (float(lp[r, a:b].sum()), bool(greedy[r, a:b].all()))
@@ -89,8 +102,10 @@ def loglikelihood(params, cfg: ModelConfig, requests: Sequence[tuple[list[int], 
 
 
 def last_logits(params, cfg: ModelConfig, prompts: Sequence[list[int]], *,
-                batch_size: int = 32, columns: Optional[Sequence[int]] = None) -> np.ndarray:
+                batch_size: int = 32, columns: Optional[Sequence[int]] = None,
+                mesh=None) -> np.ndarray:
     """[N, V] (or [N, len(columns)]) logits at each prompt's last token."""
+    params, put = on_mesh(params, mesh)
     limit = cfg.block_size
     prompts = [list(p)[-limit:] for p in prompts]
     width = cfg.vocab_size if columns is None else len(columns)
@@ -102,7 +117,31 @@ def last_logits(params, cfg: ModelConfig, prompts: Sequence[list[int]], *,
         for r, i in enumerate(idx):
             toks[r, :len(prompts[i])] = prompts[i]
             lens[r] = len(prompts[i])
-        logits = np.asarray(_last_logits(params, cfg, jnp.asarray(toks), jnp.asarray(lens)))
+        logits = np.asarray(_last_logits(params, cfg, put(toks), put(lens)))
         for r, i in enumerate(idx):
             out[i] = logits[r] if cols is None else logits[r, cols]
     return out
+
+
+def text_nats(params, cfg: ModelConfig, stream: np.ndarray, token_bytes: np.ndarray, *,
+              batch_size: int = 16, mesh=None) -> tuple[float, float, int]:
+    """(sum of nats, sum of bytes, tokens) of a token stream scored in non-overlapping windows of
+    the model's context (each window's first token is context only); special-token targets are
+    left out (`lm.losses.bpb_sums`)."""
+    from lm.losses import bpb_sums
+    params, put = on_mesh(params, mesh)
+    T = cfg.block_size
+    n_win = max(1, (len(stream) - 1) // T)
+    tb = np.asarray(token_bytes)
+    nats = nbytes = count = 0.0
+    for b in range(0, n_win, batch_size):
+        toks = np.zeros((batch_size, T + 1), np.int32)
+        valid = np.zeros((batch_size, T), np.float32)
+        for r, w in enumerate(range(b, min(b + batch_size, n_win))):
+            piece = np.asarray(stream[w * T:w * T + T + 1], np.int32)
+            toks[r, :len(piece)] = piece
+            valid[r, :len(piece) - 1] = 1
+        lp, _ = jax.device_get(_token_logprobs(params, cfg, put(toks)))
+        a, c, k = bpb_sums(-np.asarray(lp, np.float64), toks[:, 1:], tb, valid)
+        nats, nbytes, count = nats + float(a), nbytes + float(c), count + int(k)
+    return nats, nbytes, int(count)

@@ -5,7 +5,7 @@ A stage supplies
     loss_fn(cfg)                   the objective, `(params, batch, rng) -> (loss, metrics)`
     abstract_batch(cfg)            the batch's shapes (AOT compilation, `--dry_run`)
     Stage(cfg, tokenizer, parent)  at run time:
-        .next_batch(state)         the next training batch (numpy); RL samples with state.params
+        .next_batch(loop, state)   the next training batch (numpy); RL samples with state.params
         .data_state() / .set_data_state(d)   the data position saved in every checkpoint
         .evaluate(loop, state, step, final) -> metrics row (validation loss, task accuracies)
         .log_metrics()             extra counters logged with the training metrics

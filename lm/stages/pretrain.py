@@ -46,7 +46,7 @@ class Stage:
             from lm.eval import benchmarks
             benchmarks.check_names(self.bench)
 
-    def next_batch(self, state) -> dict:
+    def next_batch(self, loop, state) -> dict:
         return next(self.train_it)
 
     def data_state(self) -> dict:

@@ -53,7 +53,7 @@ class Stage:
         self.tasks = list(parse_weights(cfg.eval.tasks, key="eval.tasks"))
         self.samples: list[dict] = []
 
-    def next_batch(self, state) -> dict:
+    def next_batch(self, loop, state) -> dict:
         return next(self.batches)
 
     def data_state(self) -> dict:

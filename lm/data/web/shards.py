@@ -25,7 +25,8 @@ from typing import Optional
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-INDEX = "index.json"
+from lm.data.shards import (INDEX, read_index, save_atomic as _save_atomic,  # noqa: F401
+                            token_dtype, write_json_atomic as _write_json_atomic)
 
 
 _TOKENIZERS: dict = {}
@@ -40,23 +41,6 @@ def build_tokenizer(spec: str):
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = load_tokenizer(spec) if os.path.exists(spec) else named_tokenizer(spec)
     return _TOKENIZERS[key]
-
-
-def token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
-
-
-def _save_atomic(path: str, arr: np.ndarray) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 class TokenizeDocs(PipelineStep):
@@ -177,11 +161,6 @@ class ShardWriter(PipelineStep):
             "layout": "each document is [bos] + tokens; documents shuffled across the whole run",
         }
         _write_json_atomic(os.path.join(self.output_dir, INDEX), index)
-
-
-def read_index(shards_dir: str) -> dict:
-    with open(os.path.join(shards_dir, INDEX), encoding="utf-8") as f:
-        return json.load(f)
 
 
 def data_config(shards_dir: str, **overrides):
