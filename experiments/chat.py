@@ -18,7 +18,10 @@ TINY_EVAL = "identity,arithmetic_easy,spelling,gsm8k,mmlu,arc_easy,arc_challenge
 
 
 def _tiny_model():
-    return modern(vocab_size=4096, block_size=512, n_layer=6, n_head=4, n_embd=256)
+    # the modern family with SwiGLU and no soft-cap: Qwen3's architecture, so every run of the
+    # chain exports to transformers (lm.interop.hf) and is cross-checked with lm-eval
+    return modern(vocab_size=4096, block_size=512, n_layer=6, n_head=4, n_embd=256,
+                  mlp="swiglu", logit_softcap=0.0)
 
 
 @register("chat_tiny_base", "base model of the CPU chat chain: a 4,096-token BPE with the chat "
@@ -30,9 +33,9 @@ def chat_tiny_base() -> Config:
                         segment_on_bos=True),
         optim=OptimConfig(lr=3e-3, min_lr=3e-4, schedule="cosine", warmup_steps=100, b1=0.9,
                           b2=0.95, weight_decay=0.1, grad_clip=1.0),
-        train=TrainConfig(steps=700, eval_every=175, eval_batches=16, log_every=10,
+        train=TrainConfig(steps=950, eval_every=190, eval_batches=16, log_every=10,
                           sample_tokens=200, sample_prompt="Once upon a time"),
-        checkpoint=CheckpointConfig(every=200, keep=2),
+        checkpoint=CheckpointConfig(every=190, keep=2),
     )
 
 
@@ -45,9 +48,10 @@ def chat_tiny_sft() -> Config:
         data=DataConfig(tokenizer="parent", seq_len=512, batch_size=16),
         optim=OptimConfig(lr=1e-3, min_lr=1e-5, schedule="cosine", warmup_steps=30, b1=0.9,
                           b2=0.95, weight_decay=0.0, grad_clip=1.0),
-        sft=SFTConfig(),
+        sft=SFTConfig(mixture="identity:1,arithmetic_easy:3,arithmetic:1,spelling:2,gsm8k:0.5,"
+                              "mmlu:0.2,dolly:0.25,alpaca:0.25"),
         eval=EvalConfig(tasks=TINY_EVAL, every=0, limit=64, final_limit=200, batch_size=100),
-        train=TrainConfig(steps=500, eval_every=100, log_every=10, sample_tokens=0),
+        train=TrainConfig(steps=800, eval_every=200, log_every=10, sample_tokens=0),
         checkpoint=CheckpointConfig(every=250, keep=2),
     )
 

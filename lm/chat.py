@@ -164,4 +164,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from lm.host import use_fast_allocator
+    use_fast_allocator("lm.chat")
     sys.exit(main())

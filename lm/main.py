@@ -109,4 +109,6 @@ def _run(a, cfg, model, train) -> int:
 
 
 if __name__ == "__main__":
+    from lm.host import use_fast_allocator
+    use_fast_allocator("lm.main")
     sys.exit(main())

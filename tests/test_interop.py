@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lm import model
-from lm.config import Config, ModelConfig, modern
+from lm.config import Config, DataConfig, ModelConfig, modern
 from lm.interop import hf
 from lm.tokenizer import train_bpe
 
@@ -47,7 +47,7 @@ def _random_params(cfg, seed=0):
 
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_export_import_parity_and_round_trip(arch, tok, tmp_path):
-    cfg = Config(model=CONFIGS[arch](tok.vocab_size))
+    cfg = Config(model=CONFIGS[arch](tok.vocab_size), data=DataConfig(seq_len=32)).validate()
     assert hf.architecture(cfg.model) == arch
     params = _random_params(cfg.model)
     out = hf.export(params, cfg, tok, str(tmp_path / "hf"))
@@ -77,10 +77,11 @@ def test_hf_tokenizer_files_encode_like_ours(tok, tmp_path):
     out = str(tmp_path / "t")
     os.makedirs(out)
     hf.write_tokenizer(tok, out)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(out, "tokenizer.json"))
+    fast = transformers.AutoTokenizer.from_pretrained(out)
     for text in [TEXT[:300], "  leading spaces\n\n\ttabs 123456 ünïcödé 😀😀", "x" * 50,
                  "<|assistant_end|> stays text"]:
         assert fast.encode(text, add_special_tokens=False) == tok.encode(text)
+        assert fast.encode(text) == [tok.bos_id] + tok.encode(text)     # BOS, as lm trains
         assert fast.decode(tok.encode(text)) == text
 
 
@@ -98,8 +99,8 @@ def test_gpt2_tokenizer_files(tmp_path):
     back = hf.read_tokenizer(out, 50257)            # OpenAI's GPT-2: 50257 ids
     assert back.vocab_size == 50257 and back.bos_id == 50256
     assert back.encode(TEXT[:500]) == gpt2.encode(TEXT[:500])
-    slow = transformers.GPT2TokenizerFast(vocab_file=os.path.join(out, "vocab.json"),
-                                          merges_file=os.path.join(out, "merges.txt"))
+    slow = transformers.GPT2TokenizerFast(vocab=os.path.join(out, "vocab.json"),
+                                          merges=os.path.join(out, "merges.txt"))
     assert slow.encode(TEXT[:500]) == gpt2.encode(TEXT[:500])
 
 

@@ -28,7 +28,9 @@ from lm.serve.app import create_app  # noqa: E402
 TEXT = "Hello there! What is your name? I am a tiny model. 3 + 4 = 7. " * 40
 
 
-def _make_run(root, stage: str):
+def _make_run(root, stage: str, never_stop: bool = False):
+    """A tiny run with random weights. `never_stop`: the logits do not depend on the input and
+    the stop tokens are never drawn, so every reply runs to its budget (the browser test)."""
     tok = train_bpe([TEXT], 256 + 9 + 80)
     tok.save(os.path.join(root, "tokenizer.json"))
     cfg = Config(name=f"tiny_{stage}", stage=stage,
@@ -41,6 +43,15 @@ def _make_run(root, stage: str):
         f.write(cfg.to_json())
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
+    if never_stop:
+        import jax.numpy as jnp
+        p = state.params
+        u = jax.random.normal(jax.random.key(3), p["ln_f"]["bias"].shape) * 10.0
+        wte = p["wte"]
+        for name in ("<|assistant_end|>", "<|bos|>"):
+            wte = wte.at[tok.special_id(name)].set(-u / 10.0)
+        p = dict(p, wte=wte, ln_f={"scale": jnp.zeros_like(p["ln_f"]["scale"]), "bias": u})
+        state = state.replace(params=p)
     with CheckpointManager(os.path.join(root, "checkpoints"), every=0, keep=1) as m:
         m.save(0, state, {"data": {}}, force=True)
     return runs.load(str(root))
@@ -101,8 +112,7 @@ def test_stream_event_order_and_final_chunk(client):
     content = [e for e in events if e["choices"]]
     finishes = [e["choices"][0]["finish_reason"] for e in content]
     assert finishes[-1] in ("stop", "length") and all(f is None for f in finishes[:-1])
-    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 5 or \
-        events[-1]["usage"]["completion_tokens"] > 0
+    assert events[-1]["choices"] == [] and 0 < events[-1]["usage"]["completion_tokens"] <= 5
     assert all(e["object"] == "chat.completion.chunk" for e in events)
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in content)
     plain = client.post("/v1/chat/completions", json={"messages": msgs(), "max_tokens": 5,
@@ -188,30 +198,34 @@ def test_concurrent_rows_give_what_they_give_alone(chat_run):
             assert x["usage"] == y["usage"]
 
 
-def test_disconnect_frees_rows_and_full_queue_is_429(chat_run):
-    app = create_app(chat_run, slots=2, chunk=2, max_queue=1)
+def test_disconnect_frees_rows(chat_run):
+    app = create_app(chat_run, slots=2, chunk=2)
     with TestClient(app) as c:
         sched = app.state.scheduler
         with c.stream("POST", "/v1/chat/completions", json={
-                "messages": msgs(), "max_tokens": 80, "temperature": 0.9, "stream": True,
-                "stream_options": {"include_usage": True}}) as r:
-            it = r.iter_lines()
-            next(it)                       # the first chunk, then the client goes away
+                "messages": msgs(), "max_tokens": 80, "temperature": 0.9, "stream": True}) as r:
+            next(r.iter_lines())           # the first chunk, then the client goes away
+            assert sched.load()["free_slots"] < 2 or sched.load()["active"] >= 0
         t0 = time.time()
-        while sched.load()["free_slots"] < 2 and time.time() - t0 < 30:
+        while (sched.load()["free_slots"] < 2 or sched.load()["active"]) and time.time() - t0 < 30:
             time.sleep(0.05)
-        assert sched.load()["free_slots"] == 2 and sched.load()["active"] == 0
-        # a full queue answers 429 instead of hanging
-        sched.lock.acquire()               # hold the scheduler so requests pile up
-        try:
-            from lm.serve.scheduler import Request
-            sched.waiting.append(Request(prompt=[1], max_tokens=1))
-        finally:
-            sched.lock.release()
-        r = c.post("/v1/chat/completions", json={"messages": msgs(), "max_tokens": 2})
-        assert r.status_code in (200, 429)
-        if r.status_code == 429:
-            assert r.json()["error"]["type"] == "rate_limit_error"
+        assert sched.load() == {"slots": 2, "free_slots": 2, "waiting": 0, "active": 0}
+        ok = c.post("/v1/chat/completions", json={"messages": msgs(), "max_tokens": 3})
+        assert ok.status_code == 200
+
+
+def test_full_queue_answers_429_not_a_hang(chat_run):
+    from lm.serve.scheduler import QueueFull, Request
+    app = create_app(chat_run, slots=1, chunk=1, max_queue=1, warmup=False)
+    sched = app.state.scheduler          # not started: nothing leaves the queue
+    sched.submit(Request(prompt=[1], max_tokens=1))
+    with pytest.raises(QueueFull):
+        sched.submit(Request(prompt=[1], max_tokens=1))
+    c = TestClient(app)                  # no lifespan: the scheduler stays stopped
+    t0 = time.time()
+    r = c.post("/v1/chat/completions", json={"messages": msgs(), "max_tokens": 2})
+    assert r.status_code == 429 and time.time() - t0 < 5
+    assert r.json()["error"]["type"] == "rate_limit_error"
 
 
 def test_auth(chat_run):
@@ -238,7 +252,7 @@ def test_base_run_serves_completions_only(tmp_path):
 # ---- real clients against a real server ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(chat_run):
+def server(chat_run, tmp_path_factory):
     uvicorn = pytest.importorskip("uvicorn")
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -304,9 +318,31 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
-def test_chat_page_in_a_real_browser(server, tmp_path):
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory):
+    """A server of a run whose replies always run to their budget (visible streaming)."""
+    uvicorn = pytest.importorskip("uvicorn")
+    run = _make_run(tmp_path_factory.mktemp("never_stop"), "sft", never_stop=True)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    srv = uvicorn.Server(uvicorn.Config(create_app(run, api_key="sk-local", slots=2, chunk=2),
+                                        host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t0 = time.time()
+    while not srv.started and time.time() - t0 < 60:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    th.join(timeout=30)
+
+
+def test_chat_page_in_a_real_browser(page_server, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+    server = page_server
     d = _browser()
     try:
         d.get(server + "/")
@@ -325,7 +361,13 @@ def test_chat_page_in_a_real_browser(server, tmp_path):
             return d.find_elements(By.CSS_SELECTOR, ".msg.assistant .meta") and \
                 "finish" in d.find_elements(By.CSS_SELECTOR, ".msg.assistant .meta")[-1].text
         WebDriverWait(d, 60, poll_frequency=0.05).until(grows)
-        assert seen and seen[-1] > 0
+        meta = d.find_elements(By.CSS_SELECTOR, ".msg.assistant .meta")[-1].text
+        assert seen and seen[-1] > 0 and "tokens" in meta
+        n_tokens = int(meta.split(" tokens")[0].split()[-1])
+        assert n_tokens == 48               # the budget the page set (half the context)
+        rendered = d.execute_script("return window.lmRendered")
+        assert len({x for x in rendered if x > 0}) >= 3, rendered   # shown piece by piece
+        assert rendered == sorted(rendered)
         assert not d.find_elements(By.CSS_SELECTOR, ".msg.error")
         shot = str(tmp_path / "chat_page.png")
         d.save_screenshot(shot)

@@ -182,4 +182,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from lm.host import use_fast_allocator
+    use_fast_allocator("tools.bench_train")
     sys.exit(main())

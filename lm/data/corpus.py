@@ -3,8 +3,9 @@ each with its canonical download) plus task-format conversations.
 
 `chat_tiny`: the English text of the data folder — TinyStories, Project Gutenberg books (headers
 stripped), WikiText-2 valid, the FineWeb-Edu sample, Common Crawl (Dolma) texts, tinyshakespeare
-— plus GSM8K training problems and generated arithmetic word problems rendered in the chat format
-(with calculator calls). Held out from training, for validation and the evaluation harness'
+— plus task-format text: GSM8K training problems, generated arithmetic word problems and
+spelling/counting questions (training templates and words only) rendered in the chat format, with
+calculator calls. Held out from training, for validation and the evaluation harness'
 bits per byte: TinyStories' validation file, tinyshakespeare's last 10%, WikiText-2 test (never
 read here), one FineWeb-Edu document in five, and GSM8K's test problems.
 
@@ -97,7 +98,8 @@ def cc_texts() -> list[str]:
     return out
 
 
-def chat_tiny(arithmetic_problems: int = 12000) -> tuple[list[Doc], list[Doc]]:
+def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000
+              ) -> tuple[list[Doc], list[Doc]]:
     from lm import tasks
     shakespeare = _read("tinyshakespeare")
     cut = int(len(shakespeare) * 0.9)
@@ -112,9 +114,11 @@ def chat_tiny(arithmetic_problems: int = 12000) -> tuple[list[Doc], list[Doc]]:
     train += chunks(shakespeare[:cut], 2000)
     gsm = tasks.get("gsm8k")
     train += [gsm.example("train", i) for i in range(gsm.size("train"))]
-    levels = ["arithmetic_easy", "arithmetic", "arithmetic_hard"]
+    levels = ["arithmetic_easy", "arithmetic_easy", "arithmetic", "arithmetic_hard"]
     for i in range(arithmetic_problems):
-        train.append(tasks.get(levels[i % 3]).example("train", 1_000_000 + i))
+        train.append(tasks.get(levels[i % 4]).example("train", 1_000_000 + i))
+    spelling = tasks.get("spelling")
+    train += [spelling.example("train", 1_000_000 + i) for i in range(spelling_problems)]
     val: list[Doc] = []
     val += tinystories("tinystories_val")[:200]
     val += chunks(shakespeare[cut:], 2000)

@@ -49,6 +49,8 @@ def _train_split_bpe(cfg: DataConfig, vocab: int, text: Optional[str] = None,
     corpus' training documents), cached under tokenizer_dir()."""
     from lm.tokenizer import tokenizer_path, train_bpe
     name = f"{cfg.source}_train_bpe{vocab}"
+    if docs is not None:          # a corpus: its content is in the name (a changed corpus retrains)
+        name = f"{cfg.source}_{corpus_digest(docs)}_train_bpe{vocab}"
     path = tokenizer_path(name)
     if os.path.exists(path):
         return load_tokenizer(path)
@@ -136,6 +138,17 @@ def cache_dir() -> str:
         "cache")
 
 
+def corpus_digest(docs: list) -> str:
+    """A short hash of a corpus' documents (texts and conversations)."""
+    import hashlib
+    import json
+    h = hashlib.blake2b(digest_size=6)
+    for d in docs:
+        h.update((d if isinstance(d, str) else json.dumps(d, sort_keys=True)).encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
 def tokenize_docs(tok: Tokenizer, docs: list, seed: int) -> np.ndarray:
     """Documents shuffled (seeded) and concatenated: `[bos] + encode(text)` per text, the chat
     rendering per conversation."""
@@ -155,7 +168,7 @@ def tokenize_docs(tok: Tokenizer, docs: list, seed: int) -> np.ndarray:
 
 def corpus_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> TokenSplits:
     """A named corpus (`lm.data.corpus`): its training and validation documents tokenized,
-    cached by (corpus, tokenizer, seed)."""
+    cached by (corpus content, tokenizer, seed)."""
     import hashlib
     import json
     from lm.data.corpus import CORPORA
@@ -164,13 +177,14 @@ def corpus_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> Tok
         raise ValueError(f"data.source={cfg.source!r} needs a BPE tokenizer with <|bos|> "
                          f"(e.g. data.tokenizer=bpe:4096)")
     meta = tok.to_dict() if hasattr(tok, "to_dict") else {"kind": tok.kind}
-    key = hashlib.sha256(json.dumps([cfg.source, meta, cfg.seed], sort_keys=True,
+    train_docs, val_docs = CORPORA[cfg.source]()
+    key = hashlib.sha256(json.dumps([cfg.source, meta, cfg.seed, corpus_digest(train_docs),
+                                     corpus_digest(val_docs)], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir(), f"{cfg.source}-{key}.npz")
     if os.path.exists(path):
         z = np.load(path)
         return TokenSplits(z["train"], z["val"], tok)
-    train_docs, val_docs = CORPORA[cfg.source]()
     train = tokenize_docs(tok, train_docs, cfg.seed)
     val = tokenize_docs(tok, val_docs, cfg.seed + 1)
     os.makedirs(cache_dir(), exist_ok=True)

@@ -144,4 +144,6 @@ def evaluate(run, todo: dict, *, limit: int = 0, batch_size: int = 32,
 
 
 if __name__ == "__main__":
+    from lm.host import use_fast_allocator
+    use_fast_allocator("lm.eval")
     sys.exit(main())

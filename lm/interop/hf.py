@@ -259,7 +259,17 @@ def write_tokenizer(tok, out: str) -> None:
                "invert": False},
               {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                "use_regex": False}]},
-          "post_processor": None,
+          # HF's default add_special_tokens=True prepends BOS, as lm trains (documents start
+          # with BOS) and as lm's likelihood scorer does
+          "post_processor": {"type": "TemplateProcessing",
+                             "single": [{"SpecialToken": {"id": tok.bos_token, "type_id": 0}},
+                                        {"Sequence": {"id": "A", "type_id": 0}}],
+                             "pair": [{"SpecialToken": {"id": tok.bos_token, "type_id": 0}},
+                                      {"Sequence": {"id": "A", "type_id": 0}},
+                                      {"Sequence": {"id": "B", "type_id": 1}}],
+                             "special_tokens": {tok.bos_token: {
+                                 "id": tok.bos_token, "ids": [int(tok.bos_id)],
+                                 "tokens": [tok.bos_token]}}},
           "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
                       "use_regex": True},
           "model": {"type": "BPE", "dropout": None, "unk_token": None,
@@ -271,8 +281,11 @@ def write_tokenizer(tok, out: str) -> None:
     bos = tok.bos_token
     with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos,
+                   "add_bos_token": True,
                    "eos_token": bos, "unk_token": None, "add_prefix_space": False,
-                   "model_max_length": 1 << 30, "clean_up_tokenization_spaces": False}, f)
+                   "model_max_length": 1 << 30, "clean_up_tokenization_spaces": False,
+                   # text that spells a special token is text (lm's injection boundary)
+                   "split_special_tokens": True}, f)
     with open(os.path.join(out, "special_tokens_map.json"), "w") as f:
         json.dump({"bos_token": bos, "eos_token": bos}, f)
 
@@ -355,7 +368,7 @@ def load_folder(folder: str):
             raise InteropError(f"{folder}: lm_config.json does not match config.json")
     else:
         cfg = Config(name=os.path.basename(os.path.abspath(folder)), model=m)
-        cfg.data.seq_len = min(cfg.data.seq_len, m.block_size)
+    cfg.data.seq_len = min(cfg.data.seq_len, cfg.model.block_size)
     params = from_hf(sd, cfg.model)
     tok = read_tokenizer(folder, cfg.model.vocab_size)
     cfg.data.tokenizer = "imported"

@@ -46,4 +46,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from lm.host import use_fast_allocator
+    use_fast_allocator("lm.serve")
     sys.exit(main())

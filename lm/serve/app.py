@@ -14,6 +14,9 @@ import os
 import time
 from typing import Any, Optional
 
+from fastapi import FastAPI, Request as HTTPRequest
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
 from lm import conversation as chat
 from lm.serve.scheduler import QueueFull, Request, Scheduler
 
@@ -192,8 +195,6 @@ def completion_logprobs(tok, items: list[dict]) -> dict:
 def create_app(run, *, api_key: Optional[str] = None, slots: int = 16, chunk: int = 8,
                max_queue: int = 64, warmup: bool = True):
     """The FastAPI app serving `run` (an `lm.runs.Run`); its scheduler starts with the app."""
-    from fastapi import FastAPI, Request as HTTPRequest
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from lm.chat import CHAT_STAGES, has_chat_tokens
     from lm.sampling import Engine, ToolTokens
 
@@ -218,13 +219,15 @@ def create_app(run, *, api_key: Optional[str] = None, slots: int = 16, chunk: in
         sched.stop()
 
     def _warmup():
+        """Compile prefill and decode for greedy and for the chat page's default sampling."""
         loop = asyncio.new_event_loop()
         bos = getattr(tok, "bos_id", 0) or 0
-        req = Request(prompt=[int(bos)], max_tokens=2, temperature=0.0, chat=chat_ok,
-                      stop_ids=())
-        req.loop, req.events = loop, asyncio.Queue()
-        sched.submit(req)
-        loop.run_until_complete(_drain(req))
+        for settings in (dict(temperature=0.0), dict(temperature=0.7, top_k=50)):
+            req = Request(prompt=[int(bos)], max_tokens=2, chat=chat_ok, stop_ids=(),
+                          **settings)
+            req.loop, req.events = loop, asyncio.Queue()
+            sched.submit(req)
+            loop.run_until_complete(_drain(req))
         loop.close()
 
     async def _drain(req):

@@ -5,14 +5,12 @@ Difficulty: `steps` (operations per problem) and `max_number` (size of the numbe
 levels: `arithmetic_easy` (1–2 steps, numbers up to 20), `arithmetic` (1–3 steps, up to 100),
 `arithmetic_hard` (2–3 steps, up to 1000). Infinite and seeded: example i of a split is always the
 same problem. The `test` split uses templates (sentence frames) that the `train` split never
-shows, not just new numbers, so held-out accuracy measures reading, not recall.
+shows, not just new numbers, so held-out accuracy measures reading, not recall: every kind of
+clause (the start, each operation's event, the question) has phrasings of its own in each split.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Callable
-
 from lm.conversation import conversation
 from lm.tasks.base import Task, final_number, same_number
 from lm.tools_calc import calculate
@@ -28,91 +26,73 @@ BOXES = [("box", "boxes"), ("bag", "bags"), ("basket", "baskets"), ("jar", "jars
          ("drawer", "drawers"), ("bucket", "buckets"), ("crate", "crates"), ("tin", "tins")]
 
 
-@dataclass(frozen=True)
-class Template:
-    """A problem frame: `ops` names the operations in order (the step count), `question` and
-    `steps` are format strings over the numbers a, b, c, d, the names and the items; each step
-    is (text before, expression, text after). Results r1, r2, ... are available to later steps."""
-    ops: tuple[str, ...]
-    question: str
-    steps: tuple[tuple[str, str, str], ...]
-
-
-def T(ops: str, question: str, *steps) -> Template:
-    return Template(tuple(ops.split()), question, tuple(steps))
-
-
-# Templates the train split uses ...
-TRAIN = [
-    T("add", "{n1} has {a} {it}. {He} buys {b} more {it}. How many {it} does {n1} have now?",
-      ("{n1} has {a} + {b} = ", "{a}+{b}", " {it} now.")),
-    T("add", "{n1} picked {a} {it} in the morning and {b} {it} in the afternoon. How many {it} did {n1} pick in all?",
-      ("{n1} picked {a} + {b} = ", "{a}+{b}", " {it} in all.")),
-    T("add", "There are {a} {it} on the table and {b} {it} on the shelf. How many {it} are there altogether?",
-      ("Altogether there are {a} + {b} = ", "{a}+{b}", " {it}.")),
-    T("sub", "{n1} had {a} {it}. {He} gave {b} of them to {n2}. How many {it} does {n1} have left?",
-      ("{n1} has {a} - {b} = ", "{a}-{b}", " {it} left.")),
-    T("sub", "A {box} holds {a} {it}. {n1} takes out {b} {it}. How many {it} are still in the {box}?",
-      ("The {box} still holds {a} - {b} = ", "{a}-{b}", " {it}.")),
-    T("sub", "{n1} has {a} {it} and {n2} has {b} {it}. How many more {it} does {n1} have than {n2}?",
-      ("{n1} has {a} - {b} = ", "{a}-{b}", " more {it}.")),
-    T("mul", "{n1} has {a} {boxes} with {b} {it} in each {box}. How many {it} does {n1} have?",
-      ("{n1} has {a} * {b} = ", "{a}*{b}", " {it}.")),
-    T("mul", "Each of {a} children brings {b} {it} to school. How many {it} do they bring in total?",
-      ("They bring {a} * {b} = ", "{a}*{b}", " {it} in total.")),
-    T("div", "{n1} shares {a} {it} equally among {b} friends. How many {it} does each friend get?",
-      ("Each friend gets {a} / {b} = ", "{a}/{b}", " {it}.")),
-    T("div", "{a} {it} are packed into {boxes} of {b}. How many {boxes} are needed?",
-      ("That makes {a} / {b} = ", "{a}/{b}", " {boxes}.")),
-    T("add add", "{n1} has {a} {it}. {He} finds {b} more and then gets {c} from {n2}. How many {it} does {n1} have now?",
-      ("First, {a} + {b} = ", "{a}+{b}", " {it}."), (" Then {r1} + {c} = ", "{r1}+{c}", " {it} now.")),
-    T("add sub", "{n1} had {a} {it}. {He} bought {b} more and then lost {c}. How many {it} does {n1} have now?",
-      ("After buying, {n1} has {a} + {b} = ", "{a}+{b}", " {it}."), (" After losing some, {r1} - {c} = ", "{r1}-{c}", " {it}.")),
-    T("sub add", "A {box} had {a} {it}. {n1} took {b} out and {n2} put {c} in. How many {it} are in the {box} now?",
-      ("After {n1}, there are {a} - {b} = ", "{a}-{b}", " {it}."), (" After {n2}, there are {r1} + {c} = ", "{r1}+{c}", " {it}.")),
-    T("mul add", "{n1} buys {a} packs of {it} with {b} in each pack, and {c} loose {it}. How many {it} does {n1} buy?",
-      ("The packs hold {a} * {b} = ", "{a}*{b}", " {it}."), (" With the loose ones, {r1} + {c} = ", "{r1}+{c}", " {it}.")),
-    T("mul sub", "{n1} has {a} rows of {b} {it}. {He} gives away {c} {it}. How many {it} are left?",
-      ("The rows hold {a} * {b} = ", "{a}*{b}", " {it}."), (" After giving some away, {r1} - {c} = ", "{r1}-{c}", " {it} are left.")),
-    T("add mul", "{n1} has {a} red {it} and {b} blue {it}. {n2} has {c} times as many. How many {it} does {n2} have?",
-      ("{n1} has {a} + {b} = ", "{a}+{b}", " {it}."), (" {n2} has {r1} * {c} = ", "{r1}*{c}", " {it}.")),
-    T("sub sub", "{n1} had {a} {it}. {He} gave {b} to {n2} and {c} to {n3}. How many {it} does {n1} have left?",
-      ("After giving {n2} some, {a} - {b} = ", "{a}-{b}", " {it}."), (" After giving {n3} some, {r1} - {c} = ", "{r1}-{c}", " {it} are left.")),
-    T("div add", "{n1} splits {a} {it} into {b} equal piles and adds {c} {it} to one pile. How many {it} are in that pile?",
-      ("Each pile has {a} / {b} = ", "{a}/{b}", " {it}."), (" That pile now has {r1} + {c} = ", "{r1}+{c}", " {it}.")),
-    T("add add add", "{n1} collects {a} {it} on Monday, {b} on Tuesday, {c} on Wednesday and {d} on Thursday. How many {it} does {n1} collect?",
-      ("Monday and Tuesday: {a} + {b} = ", "{a}+{b}", "."), (" With Wednesday: {r1} + {c} = ", "{r1}+{c}", "."), (" With Thursday: {r2} + {d} = ", "{r2}+{d}", " {it}.")),
-    T("mul add sub", "{n1} buys {a} bags with {b} {it} each, gets {c} more from {n2}, then eats {d}. How many {it} are left?",
-      ("The bags hold {a} * {b} = ", "{a}*{b}", " {it}."), (" With {n2}'s, {r1} + {c} = ", "{r1}+{c}", "."), (" After eating, {r2} - {d} = ", "{r2}-{d}", " {it} are left.")),
-    T("add sub sub", "A class has {a} {it}. The teacher brings {b} more. The students use {c} in the morning and {d} in the afternoon. How many {it} are left?",
-      ("With the new ones, {a} + {b} = ", "{a}+{b}", " {it}."), (" After the morning, {r1} - {c} = ", "{r1}-{c}", "."), (" After the afternoon, {r2} - {d} = ", "{r2}-{d}", " {it} are left.")),
-    T("add mul sub", "{n1} has {a} {it} and gets {b} more. Then the collection grows to {c} times its size, and {n1} gives away {d}. How many {it} are left?",
-      ("First, {a} + {b} = ", "{a}+{b}", " {it}."), (" Then {r1} * {c} = ", "{r1}*{c}", "."), (" After giving some away, {r2} - {d} = ", "{r2}-{d}", " {it} are left.")),
-]
-
-# ... and templates only the test split uses (new sentence frames for the same operations).
-TEST = [
-    T("add", "In a {box} there are {a} {it}. {n1} puts {b} more {it} into it. What is the total number of {it} in the {box}?",
-      ("The {box} holds {a} + {b} = ", "{a}+{b}", " {it}.")),
-    T("sub", "{n1} starts the day with {a} {it} and loses {b} of them on the way home. How many {it} are left at the end of the day?",
-      ("{n1} is left with {a} - {b} = ", "{a}-{b}", " {it}.")),
-    T("mul", "A shop sells {it} in packs of {b}. {n1} buys {a} packs. How many {it} is that?",
-      ("That is {a} * {b} = ", "{a}*{b}", " {it}.")),
-    T("div", "There are {a} {it} to hand out and {b} kids want the same number each. How many does every kid receive?",
-      ("Every kid receives {a} / {b} = ", "{a}/{b}", " {it}.")),
-    T("add sub", "On a shelf sit {a} {it}. Someone adds {b} {it}, then {n1} removes {c}. How many {it} sit on the shelf in the end?",
-      ("After adding, {a} + {b} = ", "{a}+{b}", " {it}."), (" After {n1} removes some, {r1} - {c} = ", "{r1}-{c}", " {it}.")),
-    T("mul add", "{n1} fills {a} {boxes} with {b} {it} apiece and keeps {c} extra {it} aside. How many {it} are there in total?",
-      ("The {boxes} hold {a} * {b} = ", "{a}*{b}", " {it}."), (" With the extra ones, {r1} + {c} = ", "{r1}+{c}", " {it}.")),
-    T("sub sub", "A baker made {a} {it}. {b} were sold before noon and {c} after noon. How many {it} did the baker not sell?",
-      ("Before noon, {a} - {b} = ", "{a}-{b}", " were left."), (" After noon, {r1} - {c} = ", "{r1}-{c}", " {it} were not sold.")),
-    T("add add", "{n1} reads {a} pages on Saturday, {b} pages on Sunday and {c} pages on Monday. How many pages does {n1} read over the three days?",
-      ("Saturday and Sunday: {a} + {b} = ", "{a}+{b}", " pages."), (" With Monday, {r1} + {c} = ", "{r1}+{c}", " pages.")),
-    T("mul sub", "{n1} plants {a} rows with {b} {it} in every row, but {c} of them do not grow. How many {it} grow?",
-      ("{n1} plants {a} * {b} = ", "{a}*{b}", " {it}."), (" Of those, {r1} - {c} = ", "{r1}-{c}", " grow.")),
-    T("add add add", "Four friends bring {it} to a party: {n1} brings {a}, {n2} brings {b}, {n3} brings {c} and {n4} brings {d}. How many {it} are at the party?",
-      ("{n1} and {n2}: {a} + {b} = ", "{a}+{b}", "."), (" With {n3}: {r1} + {c} = ", "{r1}+{c}", "."), (" With {n4}: {r2} + {d} = ", "{r2}+{d}", " {it}.")),
-]
+# A problem is a start clause, one event clause per operation after the first, and a question;
+# each kind of clause has phrasings only the train split uses and phrasings only the test split
+# uses, so no held-out problem reads like a training one. {x} is the operation's number.
+START = {
+    "train": ["{n1} has {a} {it}.", "{n1} owns {a} {it}.", "{n1} starts with {a} {it}.",
+              "There are {a} {it} in {n1}'s {box}.", "{n1} collected {a} {it}.",
+              "{n1} had {a} {it} this morning.", "A {box} holds {a} {it}.",
+              "{n1} keeps {a} {it} in a {box}.", "{n1} was given {a} {it}."],
+    "test": ["In {n1}'s room there are {a} {it}.", "{n1} counts {a} {it} on the table.",
+             "At first, {n1} has exactly {a} {it}.", "{n1}'s {box} is filled with {a} {it}."],
+}
+ADD = {
+    "train": ["{He} buys {x} more.", "{He} finds {x} more {it}.", "{n2} gives {him} {x} more.",
+              "{He} gets {x} more from {n2}.", "{He} picks up {x} more.",
+              "{x} more {it} are added.", "{He} wins {x} more {it}.",
+              "{n2} brings {x} more {it}.", "{He} makes {x} more."],
+    "test": ["{n2} hands {him} another {x}.", "{He} adds {x} extra {it} to the pile.",
+             "{He} receives {x} additional {it}.", "{x} new {it} arrive."],
+}
+SUB = {
+    "train": ["{He} gives {x} to {n2}.", "{He} loses {x} of them.", "{He} eats {x} of them.",
+              "{He} sells {x}.", "{x} of them break.", "{He} throws away {x}.",
+              "{n2} takes {x} of them.", "{He} uses {x} of them.", "{He} gives away {x}."],
+    "test": ["{x} of the {it} go missing.", "{He} donates {x} to a friend.",
+             "{n2} borrows {x} and keeps them.", "{He} drops {x} on the way home."],
+}
+MUL_START = {
+    "train": ["{n1} has {a} {boxes} with {b} {it} in each.",
+              "There are {a} {boxes}, and each one holds {b} {it}.",
+              "{n1} buys {a} packs of {it} with {b} in every pack.",
+              "{n1} makes {a} rows of {it} with {b} in each row.",
+              "Each of {a} children has {b} {it}."],
+    "test": ["{n1} stacks {a} piles of {it}, {b} in every pile.",
+             "{a} bags sit on a shelf, each with {b} {it} inside."],
+}
+DIV = {
+    "train": ["{He} shares them equally among {x} friends.",
+              "{He} splits them into {x} equal groups.",
+              "{He} puts them into {x} {boxes} with the same number in each."],
+    "test": ["{He} hands them out evenly to {x} classmates.",
+             "{He} divides them fairly between {x} kids."],
+}
+ASK_NOW = {   # after adding or multiplying (or a mixed sequence ending with an addition)
+    "train": ["How many {it} does {n1} have now?", "How many {it} are there now?",
+              "How many {it} are there in total?", "How many {it} does {n1} have in the end?",
+              "What is the number of {it} now?"],
+    "test": ["What is the total number of {it} at the end?",
+             "Count the {it}: how many are there altogether?"],
+}
+ASK_LEFT = {  # after taking some away
+    "train": ["How many {it} are left?", "How many {it} does {n1} have left?",
+              "How many {it} are still there?", "How many {it} remain?"],
+    "test": ["How many {it} remain after all that?", "What number of {it} is left over?"],
+}
+ASK_EACH = {
+    "train": ["How many {it} does each one get?", "How many {it} are in each group?"],
+    "test": ["How many {it} end up in every share?"],
+}
+THEN = ["Then", "After that", "Later", "Next"]
+OPS = {"add": ("+", "Adding the new ones: "), "sub": ("-", "Taking away: "),
+       "mul": ("*", "Multiplying: "), "div": ("/", "Sharing: ")}
+# operation sequences by step count (a 'mul' only starts a problem, a 'div' only ends one)
+SEQUENCES = {1: [("add",), ("sub",), ("mul",), ("div",)],
+             2: [("add", "add"), ("add", "sub"), ("sub", "add"), ("sub", "sub"), ("mul", "add"),
+                 ("mul", "sub"), ("add", "div")],
+             3: [("add", "add", "sub"), ("mul", "add", "sub"), ("add", "sub", "add"),
+                 ("sub", "add", "add"), ("mul", "sub", "add"), ("add", "add", "div")]}
 
 LEVELS = {  # name: (allowed step counts, largest number)
     "arithmetic_easy": ((1, 2), 20),
@@ -121,72 +101,93 @@ LEVELS = {  # name: (allowed step counts, largest number)
 }
 
 
-def _numbers(ops: tuple[str, ...], rng: random.Random, top: int) -> dict:
-    """Numbers for the operations, so that every intermediate result is a whole number >= 0."""
+def _numbers(ops: tuple[str, ...], rng: random.Random, top: int) -> list[int]:
+    """[a, x1, x2, ...] such that every intermediate result is a whole number >= 0."""
     small = max(2, min(12, top // 2))
     for _ in range(1000):
-        vals = {"a": rng.randint(2, top)}
-        acc = vals["a"]
-        for k, op in enumerate(ops):
-            name = "bcd"[k]
+        if ops[0] == "mul":
+            vals = [rng.randint(2, small), rng.randint(2, small)]
+            acc, rest = vals[0] * vals[1], ops[1:]
+        elif ops[0] == "div":
+            vals, rest, acc = [rng.randint(2, top)], ops, None
+            acc = vals[0]
+        else:
+            vals, rest = [rng.randint(2, top)], ops
+            acc = vals[0]
+        ok = True
+        for op in rest:
             if op == "add":
                 v = rng.randint(1, top)
                 acc += v
             elif op == "sub":
                 if acc < 2:
+                    ok = False
                     break
                 v = rng.randint(1, acc - 1)
                 acc -= v
-            elif op == "mul":
-                if k == 0:          # a x b: keep one factor small
-                    vals["a"] = rng.randint(2, small)
-                    acc = vals["a"]
-                v = rng.randint(2, small)
-                acc *= v
-            else:                    # div: a is a multiple of b
-                v = rng.randint(2, small)
-                if k == 0:
-                    q = rng.randint(1, max(1, top // v))
-                    vals["a"] = q * v
-                    acc = q
-                else:
-                    if acc % v:
-                        break
-                    acc //= v
-            vals[name] = v
-        else:
+            else:                                   # div: exact
+                divisors = [d for d in range(2, min(small, acc) + 1) if acc % d == 0]
+                if not divisors:
+                    ok = False
+                    break
+                v = rng.choice(divisors)
+                acc //= v
+            vals.append(v)
+        if ok:
             return vals
     raise RuntimeError(f"could not draw numbers for {ops}")
 
 
-def problem(t: Template, rng: random.Random, top: int) -> tuple[str, list[dict], str]:
-    """(question, answer parts with calculator calls, final number) for template `t`."""
-    vals = _numbers(t.ops, rng, top)
+def problem(ops: tuple[str, ...], split: str, rng: random.Random, top: int
+            ) -> tuple[str, list[dict], str]:
+    """(question, answer parts with calculator calls, final number)."""
+    vals = _numbers(ops, rng, top)
     he = rng.choice(["He", "She"])
-    names = rng.sample(NAMES[he], 1) + rng.sample(NAMES["He"] + NAMES["She"], 4)
-    names = [names[0]] + [n for n in names[1:] if n != names[0]][:3]
-    slots = dict(vals, n1=names[0], n2=names[1], n3=names[2], n4=names[3], He=he,
+    n1 = rng.choice(NAMES[he])
+    others = [n for n in NAMES["He"] + NAMES["She"] if n != n1]
+    slots = dict(n1=n1, n2=rng.choice(others), He=he, him="him" if he == "He" else "her",
                  it=rng.choice(ITEMS))
     slots["box"], slots["boxes"] = rng.choice(BOXES)
+    pick = lambda pool: rng.choice(pool[split])
+    sentences = []
+    if ops[0] == "mul":
+        sentences.append(pick(MUL_START).format(a=vals[0], b=vals[1], **slots))
+        first, rest, nums = vals[0], ops[1:], vals[2:]
+        steps = [("mul", vals[0], vals[1])]
+    else:
+        sentences.append(pick(START).format(a=vals[0], **slots))
+        first, rest, nums, steps = vals[0], ops, vals[1:], []
+    for k, (op, x) in enumerate(zip(rest, nums)):
+        pool = {"add": ADD, "sub": SUB, "div": DIV}[op]
+        clause = pick(pool).format(x=x, **slots)
+        if k or ops[0] == "mul" or len(rest) > 1:
+            clause = rng.choice(THEN) + ", " + clause[0].lower() + clause[1:] \
+                if not clause.startswith(tuple(NAMES["He"] + NAMES["She"])) else \
+                rng.choice(THEN) + ", " + clause
+        sentences.append(clause)
+        steps.append((op, None, x))
+    ask = {"div": ASK_EACH, "sub": ASK_LEFT}.get(ops[-1], ASK_NOW)
+    sentences.append(pick(ask).format(**slots))
     parts: list[dict] = []
-    result = ""
-    for k, (before, expr, after) in enumerate(t.steps):
-        e = expr.format(**slots)
-        result = calculate(e)
-        slots[f"r{k + 1}"] = result
-        parts.append({"type": "text", "text": before.format(**slots)})
-        parts.append({"type": "python", "text": e})
+    acc = first
+    for op, left, right in steps:
+        left = acc if left is None else left
+        sym, lead = OPS[op]
+        expr = f"{left}{sym}{right}"
+        result = calculate(expr)
+        parts.append({"type": "text", "text": f"{lead}{left} {sym} {right} = "})
+        parts.append({"type": "python", "text": expr})
         parts.append({"type": "output", "text": result})
-        parts.append({"type": "text", "text": result + after.format(**slots)})
-    parts[-1]["text"] += f"\n#### {result}"
-    # merge adjacent text parts
+        parts.append({"type": "text", "text": f"{result} {slots['it']}.\n"})
+        acc = int(result)
+    parts[-1]["text"] += f"#### {acc}"
     merged: list[dict] = []
     for p in parts:
         if merged and p["type"] == "text" and merged[-1]["type"] == "text":
             merged[-1] = {"type": "text", "text": merged[-1]["text"] + p["text"]}
         else:
             merged.append(p)
-    return t.question.format(**slots), merged, result
+    return " ".join(sentences), merged, str(acc)
 
 
 class Arithmetic(Task):
@@ -197,8 +198,7 @@ class Arithmetic(Task):
             raise ValueError(f"unknown arithmetic level {name!r}; known: {sorted(LEVELS)}")
         self.name, self.seed = name, seed
         steps, self.top = LEVELS[name]
-        self.templates = {split: [t for t in pool if len(t.ops) in steps]
-                          for split, pool in (("train", TRAIN), ("test", TEST))}
+        self.sequences = [seq for n in steps for seq in SEQUENCES[n]]
 
     def size(self, split: str):
         self._check_split(split)
@@ -207,8 +207,7 @@ class Arithmetic(Task):
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
         rng = random.Random(f"{self.name}/{self.seed}/{split}/{i}")
-        t = rng.choice(self.templates[split])
-        question, parts, result = problem(t, rng, self.top)
+        question, parts, result = problem(rng.choice(self.sequences), split, rng, self.top)
         return conversation(question, parts, task=self.name, answer=result)
 
     def evaluate(self, conv: dict, reply: str) -> bool:

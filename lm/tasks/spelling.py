@@ -1,5 +1,5 @@
 """Spelling and counting ("How many r are in strawberry?"): the reply spells the word letter by
-letter, then counts with the calculator (`'strawberry'.count('r')`) and ends with `#### N`.
+letter, then counts with the calculator (`' strawberry'.count('r')`) and ends with `#### N`.
 
 Words come from the TinyStories training text (lower-case words of 3–14 letters seen at least
 twice); about one word in five, chosen by a stable hash, belongs to the `test` split only, so
@@ -16,15 +16,17 @@ from lm.conversation import conversation
 from lm.data import sources
 from lm.tasks.base import Task, TaskDataError, final_number, held_out, same_number
 
+# the word always follows a space, so its tokens in the question are the ones the reply copies
+# into the calculator call (`' strawberry'.count('r')`)
 QUESTIONS = [
     "How many {l} are in {w}?",
-    "How many times does the letter {l} appear in \"{w}\"?",
+    "How many times does the letter {l} appear in the word {w}?",
     "Count the letter {l} in the word {w}.",
     "How many {l}'s does the word {w} have?",
-    "In the word \"{w}\", how many times do you see the letter {l}?",
+    "In the word {w}, how many times do you see the letter {l}?",
     "Can you tell me how many '{l}' there are in {w}?",
     "how many {l} in {w}",
-    "What is the number of {l}'s in \"{w}\"?",
+    "What is the number of {l}'s in the word {w}?",
 ]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -36,14 +38,14 @@ def words_from_text(text: str, min_count: int = 2) -> list[str]:
 
 def answer_parts(word: str, letter: str) -> tuple[list[dict], str]:
     n = str(word.count(letter))
-    expr = f"'{word}'.count('{letter}')"
+    expr = f"' {word}'.count('{letter}')"          # the space keeps the word's own tokens
     return [
         {"type": "text", "text": f"Let me spell it: {'-'.join(word)}.\n"
                                  f"Now I count the letter {letter} with the calculator: "},
         {"type": "python", "text": expr},
         {"type": "output", "text": n},
         {"type": "text", "text": f"\nThere {'is' if n == '1' else 'are'} {n} {letter}'s in "
-                                 f"\"{word}\".\n#### {n}"},
+                                 f"the word {word}.\n#### {n}"},
     ], n
 
 
