@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from lm.config import (CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig,
-                       OptimConfig, TrainConfig, gpt2_preset, modern)
+from lm.config import (CheckpointConfig, Config, DataConfig, EvalConfig, MeshConfig,
+                       ModelConfig, OptimConfig, TrainConfig, gpt2_preset, modern)
 
 from experiments import register
 
@@ -62,13 +62,20 @@ def shakespeare_char() -> Config:
 
 
 @register("gpt2_124m", "GPT-2 (124M) reproduction (build-nanogpt/llm.c): FineWeb-Edu 10B, ~0.5M "
-          "tokens/step, 19,073 steps (accelerators)")
+          "tokens/step, 19,073 steps, HellaSwag every 250 (accelerators)")
 def gpt2_124m() -> Config:
+    """Shards from `python -m tools.prepare_fineweb --subset sample-10BT --out
+    data/fineweb_edu10B` (GPT-2 tokenizer; val_*.npy held out). Published targets: val loss
+    ~3.28 on FineWeb-Edu at 10B tokens (llm.c / build-nanogpt), HellaSwag acc_norm 0.30-0.33
+    (OpenAI's GPT-2 124M: 0.294)."""
     return Config(
         # vocab padded 50257 -> 50304 (a multiple of 128), as build-nanogpt does.
         model=dataclasses.replace(gpt2_preset("gpt2"), vocab_size=50304, dtype="bfloat16"),
-        data=DataConfig(source="shards", tokenizer="gpt2", shards="fineweb_edu10B/*.npy",
+        data=DataConfig(source="shards", tokenizer="gpt2",
+                        shards="data/fineweb_edu10B/shard_*.npy",
+                        val_shards="data/fineweb_edu10B/val_*.npy",
                         seq_len=1024, batch_size=512, sampling="sequential"),
+        eval=EvalConfig(tasks="hellaswag", every=250, limit=10042, batch_size=64),
         optim=OptimConfig(lr=6e-4, min_lr=6e-5, schedule="cosine", warmup_steps=715, b1=0.9,
                           b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0),
         train=TrainConfig(steps=19073, grad_accum=8, eval_every=250, eval_batches=20,

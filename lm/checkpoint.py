@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +69,33 @@ def _abstract(tree):
     return jax.tree_util.tree_map_with_path(leaf, tree)
 
 
+def _is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
 def _dir_bytes(path: str) -> int:
     total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
+    for f in epath.Path(path).rglob("*"):
+        try:
+            if f.is_file():
+                total += f.stat().length
+        except OSError:
+            pass
     return total
 
 
 def _has_items(step_dir: str) -> bool:
-    return all(os.path.isdir(os.path.join(step_dir, item)) for item in (_STATE, _EXTRA))
+    return all((epath.Path(step_dir) / item).is_dir() for item in (_STATE, _EXTRA))
 
 
 def has_checkpoint(directory: str) -> bool:
-    """Whether `directory` holds at least one complete step folder (no orbax call, no waiting)."""
-    if not os.path.isdir(directory):
+    """Whether `directory` (a local path or a gs:// URL) holds at least one complete step folder
+    (no orbax call, no waiting)."""
+    d = epath.Path(directory)
+    if not d.is_dir():
         return False
-    return any(_STEP_DIR.match(n) and not _STEP_DIR.match(n).group(2)
-               and _has_items(os.path.join(directory, n)) for n in os.listdir(directory))
+    return any(_STEP_DIR.match(p.name) and not _STEP_DIR.match(p.name).group(2)
+               and _has_items(str(p)) for p in d.iterdir())
 
 
 def describe(directory: str) -> list[dict]:
@@ -98,20 +105,22 @@ def describe(directory: str) -> list[dict]:
     not verified, only a restore does that), tmp (an unfinished save), bytes, extra (the JSON dict,
     or None if unreadable/absent).
     """
-    if not os.path.isdir(directory):
+    d = epath.Path(directory)
+    if not d.is_dir():
         return []
     rows = []
-    for name in os.listdir(directory):
+    for entry in d.iterdir():
+        name = entry.name
         m = _STEP_DIR.match(name)
-        path = os.path.join(directory, name)
-        if not m or not os.path.isdir(path):
+        path = str(entry)
+        if not m or not entry.is_dir():
             continue
         tmp = m.group(2) is not None
         extra = None
-        if os.path.isdir(os.path.join(path, _EXTRA)):
+        if (entry / _EXTRA).is_dir():
             try:
                 extra = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-                    os.path.join(path, _EXTRA))
+                    str(entry / _EXTRA))
             except Exception:  # noqa: BLE001 - a listing must not fail on one bad folder
                 extra = None
         rows.append({"step": int(m.group(1)), "path": path, "complete": not tmp and _has_items(path),
@@ -126,7 +135,8 @@ class CheckpointManager:
     def __init__(self, directory: str, *, every: int, keep: int):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.directory = os.path.abspath(os.fspath(directory))
+        directory = os.fspath(directory)   # a local path or a URL orbax can write (gs://...)
+        self.directory = directory if _is_url(directory) else os.path.abspath(directory)
         self.every = int(every)  # <= 0: only forced saves
         self.keep = int(keep)
         self._good: set[int] = set()  # steps saved or successfully restored by this manager
@@ -147,7 +157,7 @@ class CheckpointManager:
 
     # ----------------------------------------------------------------------------------- queries
     def _step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+        return str(epath.Path(self.directory) / str(step))
 
     def _listed_steps(self) -> list[int]:
         """Finalized step folders as orbax sees them on disk (complete or not)."""

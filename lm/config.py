@@ -211,12 +211,15 @@ class TrainConfig:
     seed: int = num(1337, 0)
     sample_tokens: int = num(300, 0)      # text sample at the end (0 = none)
     sample_prompt: str = "\n"
+    time_limit_s: float = num(0.0, 0)     # end training after this long (0 = off); the final
+                                          # evaluation still runs (equal-wall-time ablations)
 
 
 @dataclass
 class CheckpointConfig:
     every: int = num(1000, 0)             # save every N steps (0: only at the end)
     keep: int = num(3, 1)
+    dir: str = ""                         # '' = <run dir>/checkpoints; or a path / gs:// bucket
 
 
 @dataclass

@@ -53,14 +53,33 @@ class Run:
         return self.config.stage
 
 
-def latest_run(experiment: str, workdir: Optional[str] = None) -> Optional[str]:
+def checkpoint_dir(run_dir: str, cfg: Optional[Config] = None) -> str:
+    """Where a run's checkpoints live: `<run dir>/checkpoints`, or, with `checkpoint.dir` set (a
+    path or a gs:// bucket), `<checkpoint.dir>/<experiment>/<timestamp>`."""
+    if cfg is None:
+        path = os.path.join(run_dir, "config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            cfg_dir, name = saved.get("checkpoint", {}).get("dir", ""), saved.get("name", "")
+        else:
+            cfg_dir, name = "", ""
+    else:
+        cfg_dir, name = cfg.checkpoint.dir, cfg.name
+    if not cfg_dir:
+        return os.path.join(run_dir, "checkpoints")
+    return "/".join([cfg_dir.rstrip("/"), name, os.path.basename(os.path.normpath(run_dir))])
+
+
+def latest_run(experiment: str, workdir: Optional[str] = None,
+               cfg: Optional[Config] = None) -> Optional[str]:
     """The newest `runs/<experiment>/<timestamp>` under `workdir` that holds a checkpoint."""
     from lm.checkpoint import has_checkpoint
     root = os.path.join(workdir or ".", "runs", experiment)
     if not os.path.isdir(root):
         return None
-    runs = sorted(d for d in os.listdir(root)
-                  if has_checkpoint(os.path.join(root, d, "checkpoints")))
+    runs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+                  and has_checkpoint(checkpoint_dir(os.path.join(root, d), cfg)))
     return os.path.join(root, runs[-1]) if runs else None
 
 
@@ -71,7 +90,7 @@ def resolve(spec: str, *, workdir: Optional[str] = None, step: Optional[int] = N
     path = os.path.abspath(os.path.expanduser(spec))
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "config.json")):
-            return RunRef(path, os.path.join(path, "checkpoints"), step)
+            return RunRef(path, checkpoint_dir(path), step)
         base = os.path.basename(path.rstrip("/"))
         if base.isdigit() and os.path.exists(os.path.join(path, "..", "..", "config.json")):
             ckpt = os.path.dirname(path)
@@ -88,7 +107,7 @@ def resolve(spec: str, *, workdir: Optional[str] = None, step: Optional[int] = N
             raise RunError(f"experiment {spec!r} has no run with a checkpoint under "
                            f"{os.path.join(workdir or '.', 'runs', spec)}; train it first: "
                            f"python -m lm.main --experiment {spec}")
-        return RunRef(found, os.path.join(found, "checkpoints"), step)
+        return RunRef(found, checkpoint_dir(found), step)
     raise RunError(f"{spec!r} is not a run directory, a checkpoint directory, or a registered "
                    f"experiment (see python -m lm.main --list)")
 
@@ -126,9 +145,9 @@ def abstract_params(cfg: Config):
 def restore_state(ref: RunRef, target, step: Optional[int] = None):
     """(step, state, extra) of the run's checkpoint restored onto `target` (an abstract pytree
     with shardings), or RunError."""
-    from lm.checkpoint import CheckpointManager
-    if not os.path.isdir(ref.ckpt_dir):
-        raise RunError(f"{ref.run_dir} has no checkpoints/ folder")
+    from lm.checkpoint import CheckpointManager, has_checkpoint
+    if not has_checkpoint(ref.ckpt_dir):
+        raise RunError(f"{ref.run_dir} has no checkpoint (in {ref.ckpt_dir})")
     # every=0: never saves; a huge keep: never garbage-collects.
     with CheckpointManager(ref.ckpt_dir, every=0, keep=1 << 30) as mgr:
         out = mgr.restore(target, step if step is not None else ref.step)

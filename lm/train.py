@@ -317,8 +317,9 @@ def new_run_dir(cfg: Config, workdir: Optional[str], resume: bool) -> str:
     root = os.path.join(workdir or ".", "runs", cfg.name)
     if resume and os.path.isdir(root):
         from lm.checkpoint import has_checkpoint
-        runs = sorted(d for d in os.listdir(root)
-                      if has_checkpoint(os.path.join(root, d, "checkpoints")))
+        from lm.runs import checkpoint_dir
+        runs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+                      and has_checkpoint(checkpoint_dir(os.path.join(root, d), cfg)))
         if runs:   # several processes: process 0's choice, so they cannot disagree
             pick = parallel.shared_choice(len(runs) - 1)
             return os.path.join(root, runs[pick])
@@ -327,10 +328,13 @@ def new_run_dir(cfg: Config, workdir: Optional[str], resume: bool) -> str:
     return os.path.join(root, time.strftime("%Y%m%d-%H%M%S", time.localtime(stamp)))
 
 
-def stack_batches(batches) -> list[Batch]:
+def stack_batches(batches, micro: int = 1) -> list[Batch]:
     """Batches with the same shapes stacked on a leading axis, in groups of at most
-    EVAL_GROUP (one `eval_step` call each)."""
+    EVAL_GROUP (one `eval_step` call each); `micro` > 1 first splits each batch into that many
+    micro-batches (as training's `grad_accum`: evaluation holds no more at once than a step)."""
     batches = list(batches)
+    if micro > 1:
+        batches = [{k: v[j::micro] for k, v in b.items()} for b in batches for j in range(micro)]
     return [{k: np.stack([b[k] for b in batches[i:i + EVAL_GROUP]]) for k in batches[0]}
             for i in range(0, len(batches), EVAL_GROUP)]
 
@@ -420,7 +424,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     # Everything that can fail on bad input (parent run, data, tokenizer, compilation) comes
     # before the run directory exists, so a failed start leaves nothing behind.
     run_dir = run_dir or new_run_dir(cfg, workdir, resume)
-    resuming = resume and _has_ckpt(run_dir)
+    resuming = resume and _has_ckpt(run_dir, cfg)
     parent = None
     if cfg.init_from:
         if resuming and os.path.exists(os.path.join(run_dir, "lineage.json")):
@@ -449,7 +453,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     if progress:
         print(f"{cfg.name} ({cfg.stage}): {devices}" +
               (f", from {parent.run_dir} step {parent.step}" if parent is not None else ""))
-    ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), every=cfg.checkpoint.every,
+    ckpt = CheckpointManager(runs.checkpoint_dir(run_dir, cfg), every=cfg.checkpoint.every,
                              keep=cfg.checkpoint.keep)
     state, start = None, 0
     if resume:
@@ -505,6 +509,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     t_start = time.perf_counter()
     t_last, step_last = t_start, start
     last_train = None
+    out_of_time = False
     try:
         for step in range(start, end):
             batch = c.put_batch(stage.next_batch(loop, state))
@@ -537,6 +542,13 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
                 interrupted = True
                 bar.write(f"interrupted at step {done}: saving a checkpoint, then exiting")
                 break
+            limit = cfg.train.time_limit_s
+            if limit and done < steps:     # process 0's clock decides for every process
+                over = parallel.shared_choice(int(time.perf_counter() - t_start >= limit))
+                if over:
+                    out_of_time = True
+                    bar.write(f"train.time_limit_s ({limit:g} s) reached at step {done}")
+                    break
     finally:
         bar.close()
         if prev is not None:
@@ -546,8 +558,10 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     save(final_step, force=True)
     ckpt.wait()
     ckpt.close()
-    summary.update(final_step=final_step, interrupted=interrupted, train=last_train)
-    if final_step == steps and not interrupted:
+    summary.update(final_step=final_step, interrupted=interrupted, train=last_train,
+                   out_of_time=out_of_time)
+    complete = (final_step == steps or out_of_time) and not interrupted
+    if complete:
         ev = stage.evaluate(loop, state, final_step, final=True)
         if ev:
             writer.write(final_step, final=True, **ev)
@@ -562,7 +576,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump({k: v for k, v in summary.items() if k != "sample"}, f, indent=2,
                       default=str)
-    if final_step == steps and not interrupted and main:
+    if complete and main:
         try:
             from lm import report
             summary["report"] = report.write(run_dir)
@@ -589,6 +603,7 @@ def _fmt(ev: dict) -> str:
                      for k, v in ev.items() if not k.endswith("_n"))
 
 
-def _has_ckpt(run_dir: str) -> bool:
+def _has_ckpt(run_dir: str, cfg: Config) -> bool:
     from lm.checkpoint import has_checkpoint
-    return has_checkpoint(os.path.join(run_dir, "checkpoints"))
+    from lm.runs import checkpoint_dir
+    return has_checkpoint(checkpoint_dir(run_dir, cfg))

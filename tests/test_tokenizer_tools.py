@@ -99,3 +99,26 @@ def test_bench_tokenizer_json_keys(capsys):
         assert r[key] > 0
     assert r["trained_vocab_size"] == r["peer_trained_vocab_size"] == 512
     assert len(CHAT_SPECIAL_TOKENS) == 9
+
+
+def test_show_tokens_colours_a_conversation_by_its_loss_mask(tmp_path, capsys):
+    from lm.tokenizer import train_bpe
+    tok = train_bpe(["What is 2+3? It is 5. " * 30], 256 + 9 + 30)
+    tpath = str(tmp_path / "t.json")
+    tok.save(tpath)
+    conv = {"messages": [{"role": "user", "content": "What is 2+3?"},
+                         {"role": "assistant", "content": [
+                             {"type": "python", "text": "2+3"}, {"type": "output", "text": "5"},
+                             {"type": "text", "text": "It is 5."}]}]}
+    cpath = tmp_path / "c.json"
+    cpath.write_text(json.dumps(conv))
+    assert show_tokens.main(["--tokenizer", tpath, "--conversation", str(cpath),
+                             "--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "[<|python_start|>]" in out and "<|output_start|>5<|output_end|>" in out
+    assert "[<|assistant_end|>]" in out and "<|assistant_start|>[" in out
+    assert "What" in out and "[What" not in out          # the user's text is not trained
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"messages": [{"role": "assistant", "content": "x"}]}))
+    assert show_tokens.main(["--tokenizer", tpath, "--conversation", str(bad)]) == 2
+    assert "turn 0" in capsys.readouterr().err

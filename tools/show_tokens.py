@@ -1,6 +1,8 @@
 """See how a tokenizer cuts text: tokens as alternating coloured spans, their ids, and the count.
 
     python -m tools.show_tokens "Hello world! 😀 <|assistant_start|>"
+    python -m tools.show_tokens --tokenizer T.json --conversation conv.json   # the SFT loss mask
+    python -m tools.show_tokens --tokenizer T.json --task arithmetic_easy      # a task's example
     python -m tools.show_tokens --tokenizer runs/tokenizers/shakespeare_train_bpe2048.json --file x.txt
     echo "some text" | python -m tools.show_tokens --html tokens.html
 
@@ -78,6 +80,36 @@ body{{font-family:system-ui,sans-serif;margin:2em;max-width:60em}}
 """
 
 
+MASK_STYLE = {1: "30;48;5;120", 0: "37;48;5;240"}      # trained: green, not trained: grey
+
+
+def render_masked(pieces, mask, color: bool = True) -> str:
+    """Tokens coloured by the SFT loss mask: green where the model is trained, grey elsewhere
+    (without colours: trained tokens in [brackets])."""
+    out = []
+    for (_, text, _), m in zip(pieces, mask):
+        vis = _visible(text)
+        if not color:
+            out.append(f"[{vis}]" if m else vis)
+        else:
+            out.append("\n".join(f"\x1b[{MASK_STYLE[int(m)]}m{line}\x1b[0m" if line else ""
+                                 for line in vis.split("\n")))
+    return "".join(out)
+
+
+def show_conversation(tok, conv: dict, color: bool) -> int:
+    from lm import conversation as chat
+    try:
+        ids, mask = chat.render(conv, tok)
+    except chat.ConversationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(render_masked(token_pieces(tok, ids), mask, color))
+    print(f"{len(ids)} tokens, {sum(mask)} trained (mask 1"
+          f"{': green' if color else ': [bracketed]'}), {len(ids) - sum(mask)} not trained")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Show how a tokenizer splits text (the Tiktokenizer view, in a terminal).")
@@ -91,7 +123,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-color", action="store_true",
                     help="separate tokens with │ instead of colours (default when not a terminal)")
     ap.add_argument("--no-ids", action="store_true", help="don't print the list of ids")
+    ap.add_argument("--conversation", metavar="JSON",
+                    help="render a conversation file (lm.conversation schema) with its loss mask")
+    ap.add_argument("--task", help="render a task's training example with its loss mask")
+    ap.add_argument("--index", type=int, default=0, help="which example of --task")
     args = ap.parse_args(argv)
+
+    if args.conversation or args.task:
+        from lm.tokenizer import load_tokenizer
+        try:
+            tok = load_tokenizer(args.tokenizer)
+        except Exception as e:  # noqa: BLE001
+            print(f"error: cannot load tokenizer {args.tokenizer!r}: {e}", file=sys.stderr)
+            return 2
+        color = not args.no_color and sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
+        if args.conversation:
+            import json
+            try:
+                with open(args.conversation, encoding="utf-8") as f:
+                    conv = json.load(f)
+            except (OSError, ValueError) as e:
+                print(f"error: cannot read {args.conversation}: {e}", file=sys.stderr)
+                return 2
+        else:
+            from lm import tasks
+            try:
+                conv = tasks.get(args.task).example("train", args.index)
+            except (KeyError, tasks.TaskDataError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        return show_conversation(tok, conv, color)
 
     if args.text:
         text = " ".join(args.text)

@@ -206,7 +206,7 @@ class Stage:
             for name in self.eval_tasks:
                 out[f"eval/{name}_pass@{cfg.rl.pass_k}"] = pass_at_k(
                     self._engine(params), self.tokenizer, task_lib.get(name),
-                    limit=min(limit, 128), k=cfg.rl.pass_k, temperature=cfg.rl.temperature,
+                    limit=min(limit, 64), k=cfg.rl.pass_k, temperature=cfg.rl.temperature,
                     batch_size=cfg.eval.batch_size)
         if final:
             self.samples = shown

@@ -38,7 +38,7 @@ class Stage:
         bos = getattr(self.tokenizer, "bos_id", None) if cfg.data.segment_on_bos else None
         self.train_it, val_iter = pipeline.make_iterators(
             cfg.data, self.splits, eval_batches=cfg.train.eval_batches, bos_id=bos)
-        self.val_groups = train.stack_batches(val_iter())
+        self.val_groups = train.stack_batches(val_iter(), micro=cfg.train.grad_accum)
         self.token_bytes = np.asarray(self.tokenizer.token_bytes())
         from lm.tasks import parse_weights
         self.bench = list(parse_weights(cfg.eval.tasks, key="eval.tasks"))

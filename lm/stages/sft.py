@@ -48,7 +48,8 @@ class Stage:
             val = SFTBatches(tokenizer, held, split="test", seq_len=d.seq_len,
                              batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed + 1)
             n_batches = max(1, cfg.sft.val_rows // d.batch_size)
-            self.val_groups = train.stack_batches([next(val) for _ in range(n_batches)])
+            self.val_groups = train.stack_batches([next(val) for _ in range(n_batches)],
+                                                   micro=cfg.train.grad_accum)
         self.token_bytes = np.asarray(tokenizer.token_bytes())
         self.tasks = list(parse_weights(cfg.eval.tasks, key="eval.tasks"))
         self.samples: list[dict] = []
