@@ -48,7 +48,7 @@ def chat_tiny_sft() -> Config:
         data=DataConfig(tokenizer="parent", seq_len=512, batch_size=16),
         optim=OptimConfig(lr=1e-3, min_lr=1e-5, schedule="cosine", warmup_steps=30, b1=0.9,
                           b2=0.95, weight_decay=0.0, grad_clip=1.0),
-        sft=SFTConfig(mixture="identity:1,arithmetic_easy:3,arithmetic:1,spelling:2,gsm8k:0.5,"
+        sft=SFTConfig(mixture="identity:1.5,arithmetic_easy:3,arithmetic:1,spelling:2,gsm8k:0.5,"
                               "mmlu:0.2,dolly:0.25,alpaca:0.25"),
         eval=EvalConfig(tasks=TINY_EVAL, every=0, limit=64, final_limit=200, batch_size=100),
         train=TrainConfig(steps=800, eval_every=200, log_every=10, sample_tokens=0),
@@ -62,14 +62,16 @@ def grpo_arith_tiny() -> Config:
     return Config(
         stage="grpo", init_from="chat_tiny_sft",
         model=_tiny_model(),
-        data=DataConfig(tokenizer="parent", seq_len=512, batch_size=128),
-        optim=OptimConfig(lr=1e-5, min_lr=1e-5, schedule="constant", warmup_steps=0,
+        # rows of 256 tokens hold a prompt (<= ~90 tokens) and a reply of up to 160
+        data=DataConfig(tokenizer="parent", seq_len=256, batch_size=128),
+        optim=OptimConfig(lr=5e-5, min_lr=5e-5, schedule="constant", warmup_steps=0,
                           b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0),
         rl=RLConfig(task="arithmetic_easy", prompts=16, samples=8, max_new_tokens=160),
-        eval=EvalConfig(tasks="arithmetic_easy", every=20, limit=128, final_limit=400,
+        eval=EvalConfig(tasks="arithmetic_easy", every=25, limit=200, final_limit=400,
                         batch_size=128),
-        train=TrainConfig(steps=100, eval_every=20, log_every=1, sample_tokens=0),
-        checkpoint=CheckpointConfig(every=50, keep=2),
+        train=TrainConfig(steps=150, eval_every=25, log_every=1, sample_tokens=0,
+                          time_limit_s=1500),
+        checkpoint=CheckpointConfig(every=25, keep=2),
     )
 
 
@@ -80,6 +82,39 @@ def grpo_spelling_tiny() -> Config:
     cfg.rl.max_new_tokens = 128
     cfg.eval.tasks = "spelling"
     return cfg
+
+
+def _ablation(**rl) -> Config:
+    """grpo_arith_tiny at a fixed wall-time budget, evaluated once at the end (the README's
+    ablation table: run each with --set train.seed=S --set data.seed=S for S in 1, 2)."""
+    cfg = grpo_arith_tiny()
+    for k, v in rl.items():
+        setattr(cfg.rl, k, v)
+    cfg.train.steps = 10_000
+    cfg.train.time_limit_s = 600
+    cfg.eval.every = 0
+    cfg.checkpoint.every = 0
+    return cfg
+
+
+@register("grpo_arith_nanochat", "ablation (a): nanochat's setting - r - mean, no std, no KL, "
+          "on-policy, token-mean; 600 s")
+def grpo_arith_nanochat() -> Config:
+    return _ablation(std_norm=False, kl="none", updates=1, aggregation="token_mean")
+
+
+@register("grpo_arith_grpo", "ablation (b): GRPO - std-normalised advantages, k3 KL (beta 0.04) "
+          "to the SFT policy, 2 clipped updates per batch, sequence-mean; 600 s")
+def grpo_arith_grpo() -> Config:
+    return _ablation(std_norm=True, kl="k3", beta=0.04, updates=2, clip_eps=0.2,
+                     aggregation="seq_mean_token_mean")
+
+
+@register("grpo_arith_dapo", "ablation (c): DAPO-style - token-mean, clip-higher (0.2/0.28), no "
+          "KL, 2 clipped updates per batch; 600 s")
+def grpo_arith_dapo() -> Config:
+    return _ablation(std_norm=True, kl="none", updates=2, clip_eps=0.2, clip_eps_high=0.28,
+                     aggregation="token_mean")
 
 
 # ---- accelerator scale ------------------------------------------------------------------------

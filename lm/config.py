@@ -85,7 +85,7 @@ class ModelConfig:
     init_std: float = num(0.02, 0, lo_open=True)
     remat: bool = False                  # recompute each block in the backward pass
     # backend kernels (lm/kernels.py): auto = XLA:CPU layouts on CPU, plain JAX elsewhere
-    kernels: Literal["auto", "plain", "xla_cpu"] = "auto"
+    kernels: Literal["auto", "plain", "xla_cpu", "onednn"] = "auto"
 
     @property
     def compute_dtype(self):

@@ -141,7 +141,7 @@ class Attention(nn.Module):
                  cache: Optional[tuple[Array, Array]] = None, deterministic: bool = True):
         c = self.cfg
         N, K, H, D, dt = c.n_head, c.kv_heads, c.head_dim, c.n_embd, c.compute_dtype
-        impl = kernels.resolve(c.kernels)
+        impl = kernels.resolve_for(c)
         qkv = Linear((N + 2 * K) * H, ("embed", "heads"), c.bias, c.init_std, dt, impl,
                      name="c_attn")(x_BTD)
         q_BTNH = rearrange(qkv[..., :N * H], "b t (n h) -> b t n h", n=N)
@@ -177,7 +177,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BTD: Array, deterministic: bool = True) -> Array:
         c = self.cfg
-        dt, impl = c.compute_dtype, kernels.resolve(c.kernels)
+        dt, impl = c.compute_dtype, kernels.resolve_for(c)
         width = 2 * c.hidden if c.mlp == "swiglu" else c.hidden
         h_BTF = Linear(width, ("embed", "mlp"), c.bias, c.init_std, dt, impl, name="c_fc")(x_BTD)
         if c.mlp == "swiglu":

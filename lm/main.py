@@ -68,8 +68,11 @@ def main(argv=None) -> int:
     from lm import model, parallel, train
     from lm.data.sources import DataUnavailableError
     from lm.tasks import TaskDataError
-    parallel.configure_cpu_devices(cfg.mesh.cpu_devices or parallel.auto_cpu_devices(
-        max(cfg.data.batch_size // cfg.train.grad_accum, 1)))
+    from lm import kernels
+    # the oneDNN custom call (bf16 on a CPU with bf16 hardware) runs on one device, multi-threaded
+    auto = 1 if kernels.needs_single_device(cfg.model) else parallel.auto_cpu_devices(
+        max(cfg.data.batch_size // cfg.train.grad_accum, 1))
+    parallel.configure_cpu_devices(cfg.mesh.cpu_devices or auto)
     try:
         return _run(a, cfg, model, train)
     except (ValueError, FileNotFoundError, DataUnavailableError, TaskDataError) as e:

@@ -85,11 +85,11 @@ class Transformer(nn.Module):
 
         x_ND = x_BTD.reshape(B * T, -1)
         if c.tie_embeddings:
-            logits_NV = kernels.tied_logits(x_ND, wte.astype(dt), kernels.resolve(c.kernels),
+            logits_NV = kernels.tied_logits(x_ND, wte.astype(dt), kernels.resolve_for(c),
                                             head_DV)
         else:
             logits_NV = Linear(c.vocab_size, ("embed", "vocab"), use_bias=False, std=c.init_std,
-                               dtype=dt, impl=kernels.resolve(c.kernels), name="lm_head")(x_ND)
+                               dtype=dt, impl=kernels.resolve_for(c), name="lm_head")(x_ND)
         logits_BTV = logits_NV.reshape(B, T, -1).astype(jnp.float32)
         if c.logit_softcap > 0:
             logits_BTV = c.logit_softcap * jnp.tanh(logits_BTV / c.logit_softcap)

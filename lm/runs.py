@@ -205,6 +205,28 @@ def check_compatible(parent: Run, cfg: Config) -> None:
                        f"config's ({'; '.join(diffs) or 'parameter shapes differ'})")
 
 
+def save_run(run_dir: str, cfg: Config, tokenizer, params=None, *, step: int = 0,
+             extra: Optional[dict] = None) -> str:
+    """Write a self-contained run directory: config.json, tokenizer.json and a checkpoint of a
+    fresh TrainState holding `params` (the model's random init if None). For imported weights,
+    tools and tests: the result loads, trains, samples, evaluates and serves like any run."""
+    from lm import train
+    from lm.checkpoint import CheckpointManager
+    from lm.optim import make_optimizer
+    os.makedirs(run_dir, exist_ok=True)
+    tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
+    cfg.validate()
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    tx = make_optimizer(cfg.optim, cfg.train.steps)
+    state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
+    if params is not None:
+        state = state.replace(params=jax.tree.map(jax.numpy.asarray, params))
+    with CheckpointManager(checkpoint_dir(run_dir, cfg), every=0, keep=1) as mgr:
+        mgr.save(step, state, {"data": {}, **(extra or {})}, force=True)
+    return run_dir
+
+
 def write_lineage(run_dir: str, parent: Optional[Run]) -> None:
     if parent is None:
         return

@@ -278,6 +278,7 @@ def _new_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
 
 
 _head_copy = jax.jit(kernels.head_copy)
+_to_bf16 = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.bfloat16), p))
 
 
 @functools.partial(jax.jit, static_argnames=("max_len",))   # a bigger buffer: nothing to donate
@@ -355,6 +356,10 @@ class Engine:
     `head_copy_rows` (default: `lm.kernels.head_copy_rows` of the model's kernels; 0 = never):
     with a tied head, batches of at least this many rows decode through a [D, V] copy of wte,
     made once per engine and params object.
+
+    `weights="bfloat16"`: decode with a bfloat16 copy of the parameters (made once per params
+    object) and a bfloat16 cache: half the bytes read per token, and on a CPU with bf16 hardware
+    the layers' matmuls go through oneDNN (`lm.kernels`). Log-probs stay float32.
     """
 
     def __init__(self, params, cfg: ModelConfig, *, tokenizer=None,
@@ -363,8 +368,13 @@ class Engine:
                  max_tool_tokens: int = 64, max_len: Optional[int] = None, len_multiple: int = 32,
                  min_buffer: int = 16, mesh: Optional[jax.sharding.Mesh] = None,
                  batch_axes: Sequence[str] = ("data",), grow_cache: bool = True,
-                 head_copy_rows: Optional[int] = None):
-        self.params, self.cfg = params, cfg
+                 head_copy_rows: Optional[int] = None, weights: Optional[str] = None):
+        if weights not in (None, "float32", "bfloat16"):
+            raise ValueError(f"weights: {weights!r} is not one of None, 'float32', 'bfloat16'")
+        if weights is not None:       # decode in this dtype (weights and cache), params untouched
+            cfg = dataclasses.replace(cfg, dtype=weights)
+        self.params, self.cfg, self.weights = params, cfg, weights
+        self._lowp = None
         self.tools = tools
         if tools is not None and tool_fn is None:
             if tokenizer is None:
@@ -378,7 +388,7 @@ class Engine:
         self.min_buffer = min_buffer
         self.mesh, self.batch_axes = mesh, tuple(batch_axes)
         self.grow_cache = grow_cache
-        self.impl = kernels.resolve(cfg.kernels)
+        self.impl = kernels.resolve_for(cfg)
         if head_copy_rows is None:
             head_copy_rows = kernels.head_copy_rows(self.impl)
         self.head_copy_rows, self._head_DV = int(head_copy_rows), None
@@ -440,7 +450,7 @@ class Engine:
             toks[i, :len(p)] = p
         cache = _new_cache(self.cfg, P, S if cache_len else self.buffer_len(int(lens.max()), S))
         cache, toks, lens = self._shard_rows((cache, jnp.asarray(toks), jnp.asarray(lens)))
-        cache, pending = prefill(self.params, self.cfg, cache, toks, lens)
+        cache, pending = prefill(self.run_params(), self.cfg, cache, toks, lens)
         stop = _stop_array(stop_tokens, P, STOP_WIDTH if cache_len else None)
         ids = (np.arange(R, dtype=np.int32) if sample_ids is None
                else np.asarray(sample_ids, np.int32))
@@ -487,11 +497,20 @@ class Engine:
         head = None
         if (self.cfg.tie_embeddings and self.head_copy_rows
                 and state.tokens.shape[0] >= self.head_copy_rows):
-            wte = self.params["wte"]
+            wte = self.run_params()["wte"]
             if self._head_DV is None or self._head_DV[0] is not wte:   # params may be swapped
                 self._head_DV = (wte, _head_copy(wte))
             head = self._head_DV[1]
-        return decode(self.params, self.cfg, state, jnp.asarray(steps, jnp.int32), head)
+        return decode(self.run_params(), self.cfg, state, jnp.asarray(steps, jnp.int32), head)
+
+    def run_params(self):
+        """The parameters the engine computes with: `params`, or their bfloat16 copy (made once
+        per params object) when the engine decodes with bfloat16 weights."""
+        if self.weights != "bfloat16":
+            return self.params
+        if self._lowp is None or self._lowp[0] is not self.params:
+            self._lowp = (self.params, _to_bf16(self.params))
+        return self._lowp[1]
 
     def serve_tools(self, state: DecodeState, host: Optional[dict] = None) -> DecodeState:
         """Answer every parked row's tool call (`lm.tool_use.serve`). `host`: the state's

@@ -47,7 +47,7 @@ def lm_loss(cfg: Config) -> LossFn:
                              segment_ids_BT=batch.get("segment_ids"),
                              dropout_rng=rng if mcfg.dropout > 0 else None)
         return losses.cross_entropy(logits, batch["targets"], batch.get("weights"), z,
-                                    kernels.resolve(mcfg.kernels))
+                                    kernels.resolve_for(mcfg))
     return loss_fn
 
 
@@ -60,7 +60,7 @@ def lm_eval_sums(cfg: Config):
     def fn(params, batch, token_bytes_V):
         logits = model.apply(params, mcfg, batch["inputs"], positions_BT=batch.get("positions"),
                              segment_ids_BT=batch.get("segment_ids"))
-        logp, _ = losses.token_logprobs(logits, batch["targets"], kernels.resolve(mcfg.kernels))
+        logp, _ = losses.token_logprobs(logits, batch["targets"], kernels.resolve_for(mcfg))
         nats, nbytes, count = losses.bpb_sums(-logp, batch["targets"], token_bytes_V,
                                               batch.get("weights"))
         return {"nats": nats, "bytes": nbytes.astype(jnp.float32),
@@ -275,11 +275,11 @@ _PEAK_BF16 = {  # per chip, dense
 }
 
 
-def measure_matmul_flops(n: int = 1024, reps: int = 5, dtype=jnp.float32) -> float:
-    """Measured FLOP/s of one jitted n×n matmul on the default device (the best of reps: the
-    machine's capability, so that a noisy moment does not inflate MFU)."""
+def measure_matmul_flops(n: int = 1024, reps: int = 5, dtype=jnp.float32, fn=None) -> float:
+    """Measured FLOP/s of one jitted n×n matmul (`fn(a, b)`, default `a @ b`) on the default
+    device (the best of reps: the machine's capability, so a noisy moment does not inflate MFU)."""
     a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
+    f = jax.jit(fn or (lambda x, y: x @ y))
     f(a, a).block_until_ready()
     times = []
     for _ in range(reps):
@@ -392,6 +392,17 @@ def _reset_schedule_counts(opt_state):
     return jax.tree.map(reset, opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
 
 
+def single_device_kernels(cfg: Config) -> Config:
+    """The oneDNN custom call is not partitioned over a mesh: on a mesh of several devices the
+    step uses XLA's dot instead (`mesh.cpu_devices=1` keeps oneDNN, as lm.main's auto does)."""
+    n = parallel.make_mesh(cfg.mesh).devices.size
+    if n > 1 and kernels.resolve_for(cfg.model) == "onednn":
+        print(f"model.kernels: the oneDNN bf16 kernel runs on one CPU device; this mesh has {n}, "
+              f"so the step uses XLA's dot (set mesh.cpu_devices=1 for oneDNN)")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kernels="xla_cpu"))
+    return cfg
+
+
 def _load_parent(cfg: Config, workdir: Optional[str]):
     """(parent Run, its tokenizer) for `cfg.init_from`, checked against `cfg`."""
     from lm import runs
@@ -421,6 +432,7 @@ def run(cfg: Config, *, run_dir: Optional[str] = None, workdir: Optional[str] = 
     from lm.logs import MetricsWriter
 
     cfg.validate()
+    cfg = single_device_kernels(cfg)
     # Everything that can fail on bad input (parent run, data, tokenizer, compilation) comes
     # before the run directory exists, so a failed start leaves nothing behind.
     run_dir = run_dir or new_run_dir(cfg, workdir, resume)

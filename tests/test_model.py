@@ -191,3 +191,56 @@ def test_forward_mode_works_through_the_plain_path(cfg):
     with pytest.raises(TypeError):     # and the CPU kernels really are reverse-mode only
         c_cpu = dataclasses.replace(cfg, kernels="xla_cpu")
         jax.jvp(lambda p: model.apply(p, c_cpu, tokens), (params,), (tangent,))
+
+
+def _onednn_or_skip():
+    from lm import cpu
+    if not cpu.cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 matrix hardware (AVX512-BF16 / AMX): the oneDNN path "
+                    "is not selected here")
+    if cpu.load() is None:
+        pytest.fail(f"the oneDNN kernel should build on this machine: {cpu.load_error()}")
+
+
+@pytest.mark.parametrize("shape", [(33, 64, 48), (1, 128, 256), (256, 96, 8)])
+def test_onednn_matmul_equals_the_plain_path_gradients_included(shape):
+    """bf16 matmuls through oneDNN: the value and both gradients of XLA's bf16 dot, to bf16
+    precision, on random shapes (including transposed operands in the backward)."""
+    _onednn_or_skip()
+    M, D, F = shape
+    rng = np.random.default_rng(M)
+    x = jnp.asarray(rng.normal(size=(M, D)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(D, F)) * 0.1, jnp.bfloat16)
+    g = jnp.asarray(rng.normal(size=(M, F)), jnp.float32)
+    f = lambda impl: jax.jit(jax.value_and_grad(
+        lambda x, w: jnp.sum(kernels.matmul(x, w, impl).astype(jnp.float32) * g), (0, 1)))
+    (v1, (dx1, dw1)), (v2, (dx2, dw2)) = f("onednn")(x, w), f("plain")(x, w)
+    ref = np.asarray(x, np.float32) @ np.asarray(w, np.float32)
+    out = np.asarray(kernels.matmul(x, w, "onednn"), np.float32)
+    np.testing.assert_allclose(out, ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+    assert float(v1) == pytest.approx(float(v2), rel=2e-2, abs=1e-2)
+    for a, b in ((dx1, dx2), (dw1, dw2)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2 * np.abs(b).max())
+    # and the tied head
+    wte = jnp.asarray(rng.normal(size=(F, D)) * 0.1, jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(kernels.tied_logits(x, wte, "onednn"), np.float32),
+                               np.asarray(x, np.float32) @ np.asarray(wte, np.float32).T,
+                               rtol=2e-2, atol=2e-2 * float(jnp.abs(x).max()))
+
+
+def test_onednn_model_gradients_match_xla_bf16():
+    _onednn_or_skip()
+    cfg = dataclasses.replace(TINY_MODERN, dtype="bfloat16")
+    tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, cfg.vocab_size)
+    params = model.init(cfg, jax.random.key(0))
+
+    def grads(impl):
+        c = dataclasses.replace(cfg, kernels=impl)
+        loss = lambda p: jnp.mean(jax.nn.logsumexp(model.apply(p, c, tokens), -1))
+        return jax.grad(loss)(params)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads("onednn")),
+                            jax.tree.leaves(grads("xla_cpu"))):
+        np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-3, err_msg=str(path))
+    assert kernels.resolve("auto", "bfloat16") == "onednn"
+    assert kernels.resolve("auto", "float32") == "xla_cpu"

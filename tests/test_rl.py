@@ -144,27 +144,16 @@ def test_reward_that_raises_is_counted_not_fatal():
 @pytest.fixture(scope="module")
 def tiny_parent(tmp_path_factory):
     """A tiny 'sft' run with random weights and a BPE tokenizer with the chat tokens."""
-    import os
-    from lm import train
-    from lm.checkpoint import CheckpointManager
+    from lm import runs
     from lm.config import Config, DataConfig
-    from lm.optim import make_optimizer
     from lm.tokenizer import train_bpe
     root = str(tmp_path_factory.mktemp("sft_parent"))
     tok = train_bpe(["Emily has 3 apples and buys 2 more. 3 + 2 = 5 apples. #### 5 "] * 60,
                     256 + 9 + 80)
-    tok.save(os.path.join(root, "tokenizer.json"))
     cfg = Config(name="tiny_sft", stage="sft", init_from="x",
                  model=ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1,
-                                   n_head=2, n_embd=32),
-                 data=DataConfig(tokenizer=os.path.join(root, "tokenizer.json"))).validate()
-    with open(os.path.join(root, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
-    with CheckpointManager(os.path.join(root, "checkpoints"), every=0, keep=1) as m:
-        m.save(0, state, {"data": {}}, force=True)
-    return root
+                                   n_head=2, n_embd=32), data=DataConfig(tokenizer="parent"))
+    return runs.save_run(root, cfg, tok)
 
 
 def _grpo_cfg(parent, vocab, **rl):

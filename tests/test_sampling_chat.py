@@ -2,14 +2,11 @@
 mode from the run's stage, renders turns with lm.conversation, and shows what the engine wrote."""
 import os
 
-import jax
 import pytest
 
-from lm import chat, runs, train
+from lm import chat, runs
 from lm import conversation as C
-from lm.checkpoint import CheckpointManager
 from lm.config import Config, DataConfig, ModelConfig, TrainConfig
-from lm.optim import make_optimizer
 from lm.sampling import Engine
 from lm.tokenizer import train_bpe
 
@@ -19,20 +16,13 @@ TEXT = ("the quick brown fox jumps over the lazy dog. " * 20
 
 def _run(root, name: str, stage: str):
     tok = train_bpe([TEXT], 300)
-    tok.save(os.path.join(root, "tokenizer.json"))
     cfg = Config(name=name, stage=stage, init_from="x" if stage != "pretrain" else "",
                  model=ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2,
                                    n_head=2, n_embd=32),
                  data=DataConfig(tokenizer="/nonexistent/only-in-the-run.json", seq_len=32,
                                  batch_size=2),
-                 train=TrainConfig(steps=3)).validate()
-    with open(os.path.join(root, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
-    with CheckpointManager(os.path.join(root, "checkpoints"), every=1, keep=1) as m:
-        m.save(3, state, {"data": {}}, force=True)
-    return str(root)
+                 train=TrainConfig(steps=3))
+    return runs.save_run(str(root), cfg, tok, step=3)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,8 @@ import jax
 import pytest
 
 from lm import conversation as chat
-from lm import runs, train
-from lm.checkpoint import CheckpointManager
+from lm import runs
 from lm.config import Config, DataConfig, ModelConfig
-from lm.optim import make_optimizer
 from lm.tokenizer import train_bpe
 
 fastapi = pytest.importorskip("fastapi", reason="serving deps: pip install -r requirements-serve.txt")
@@ -32,29 +30,23 @@ def _make_run(root, stage: str, never_stop: bool = False):
     """A tiny run with random weights. `never_stop`: the logits do not depend on the input and
     the stop tokens are never drawn, so every reply runs to its budget (the browser test)."""
     tok = train_bpe([TEXT], 256 + 9 + 80)
-    tok.save(os.path.join(root, "tokenizer.json"))
     cfg = Config(name=f"tiny_{stage}", stage=stage,
                  init_from="parent" if stage != "pretrain" else "",
                  model=ModelConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=1, n_head=2,
                                    n_embd=32),
                  data=DataConfig(tokenizer=os.path.join(root, "tokenizer.json"), seq_len=32,
-                                 batch_size=2)).validate()
-    with open(os.path.join(root, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
+                                 batch_size=2))
+    params = None
     if never_stop:
         import jax.numpy as jnp
-        p = state.params
+        from lm import model
+        p = model.init(cfg.model, jax.random.key(0))
         u = jax.random.normal(jax.random.key(3), p["ln_f"]["bias"].shape) * 10.0
         wte = p["wte"]
         for name in ("<|assistant_end|>", "<|bos|>"):
             wte = wte.at[tok.special_id(name)].set(-u / 10.0)
-        p = dict(p, wte=wte, ln_f={"scale": jnp.zeros_like(p["ln_f"]["scale"]), "bias": u})
-        state = state.replace(params=p)
-    with CheckpointManager(os.path.join(root, "checkpoints"), every=0, keep=1) as m:
-        m.save(0, state, {"data": {}}, force=True)
-    return runs.load(str(root))
+        params = dict(p, wte=wte, ln_f={"scale": jnp.zeros_like(p["ln_f"]["scale"]), "bias": u})
+    return runs.load(runs.save_run(str(root), cfg, tok, params))
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 from training, a few SFT steps lowering the masked loss, and init_from errors."""
 import dataclasses
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +132,8 @@ def test_graders_on_right_and_wrong_replies():
     idt = tasks.get("identity")
     c = next(idt.example("test", i) for i in range(200) if idt.example("test", i)["topic"] == "name")
     assert idt.evaluate(c, "Hi, I'm Lumen!") and not idt.evaluate(c, "I am ChatGPT.")
+    c = next(idt.example("test", i) for i in range(200) if idt.example("test", i)["topic"] == "what")
+    assert idt.evaluate(c, "I'm an AI.") and not idt.evaluate(c, "I said hello again.")  # words
     mc = {"letters": ["A", "B", "C", "D"], "gold": "C"}
     from lm.tasks.multiple_choice import MultipleChoice
     assert MultipleChoice().evaluate(mc, "C") and not MultipleChoice().evaluate(mc, "B")
@@ -142,16 +145,32 @@ def test_generated_held_out_splits_are_disjoint_from_training():
         train_q = {t.example("train", i)["messages"][0]["content"] for i in range(300)}
         test_q = {t.example("test", i)["messages"][0]["content"] for i in range(300)}
         assert not train_q & test_q
-    # different sentence frames, not just new numbers: each kind of clause has phrasings of its
-    # own in each split
+    # different templates, not just new numbers: openings and questions have phrasings of their
+    # own in each split, so every held-out problem starts and ends in a frame training never shows
     from lm.tasks import arithmetic as A
-    for pool in (A.START, A.ADD, A.SUB, A.MUL_START, A.DIV, A.ASK_NOW, A.ASK_LEFT, A.ASK_EACH):
+    framed = (A.START, A.MUL_START, A.ASK_NOW, A.ASK_LEFT, A.ASK_EACH)
+    for pool in framed:
         assert pool["test"] and not set(pool["train"]) & set(pool["test"])
-    t = Arithmetic("arithmetic_easy")
-    for i in range(200):
-        q = t.example("test", i)["messages"][0]["content"]
-        assert not any(tr.split("{")[0] and q.startswith(tr.split("{")[0])
-                       for tr in A.START["train"] if not tr.startswith("{"))
+
+    slot = {"n1": "[A-Z][a-z]+", "n2": "[A-Z][a-z]+", "He": "(?:He|She)", "him": "(?:him|her)",
+            "a": r"\d+", "b": r"\d+", "x": r"\d+", "it": "[a-z]+(?: [a-z]+)?",
+            "box": "[a-z]+", "boxes": "[a-z]+"}
+
+    def frame(template):   # a template as a regex: its fixed words, each slot's kind of value
+        return re.compile("^" + re.sub(r"\\\{(\w+)\\\}", lambda m: slot[m.group(1)],
+                                       re.escape(template)) + "$")
+    assert frame(A.START["train"][0]).match("Emily has 3 toy cars.")
+    train_open = [frame(f) for f in A.START["train"] + A.MUL_START["train"]]
+    train_ask = [frame(f) for p in framed[2:] for f in p["train"]]
+    for level in ("arithmetic_easy", "arithmetic_hard"):
+        t = Arithmetic(level)
+        for i in range(200):
+            sents = re.split(r"(?<=[.?]) ", t.example("test", i)["messages"][0]["content"])
+            assert not any(f.match(sents[0]) for f in train_open), sents[0]
+            assert not any(f.match(sents[-1]) for f in train_ask), sents[-1]
+            sents = re.split(r"(?<=[.?]) ", t.example("train", i)["messages"][0]["content"])
+            assert any(f.match(sents[0]) for f in train_open), sents[0]      # the regexes work
+            assert any(f.match(sents[-1]) for f in train_ask), sents[-1]
     idt = tasks.get("identity")
     tr = {idt.example("train", i)["messages"][0]["content"].lower().rstrip("?!.") for i in range(500)}
     te = {idt.example("test", i)["messages"][0]["content"].lower().rstrip("?!.") for i in range(500)}
@@ -197,21 +216,12 @@ def tiny_sft_cfg(parent: str, tok_vocab: int) -> Config:
 @pytest.fixture(scope="module")
 def parent_run(tok, tmp_path_factory):
     """A 'base' run: a fresh tiny model saved as a run directory with the BPE tokenizer."""
-    from lm.checkpoint import CheckpointManager
-    from lm.optim import make_optimizer
     root = str(tmp_path_factory.mktemp("parent"))
-    tok_path = os.path.join(root, "tokenizer.json")
-    tok.save(tok_path)
     cfg = Config(name="tiny_base", model=ModelConfig(vocab_size=tok.vocab_size, block_size=128,
                                                      n_layer=1, n_head=2, n_embd=32),
-                 data=DataConfig(tokenizer=tok_path, seq_len=64, batch_size=2)).validate()
-    with open(os.path.join(root, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
-    with CheckpointManager(os.path.join(root, "checkpoints"), every=1, keep=1) as m:
-        m.save(1, state, {"data": {}}, force=True)
-    return root
+                 data=DataConfig(tokenizer=os.path.join(root, "tokenizer.json"), seq_len=64,
+                                 batch_size=2))
+    return runs.save_run(root, cfg, tok, step=1)
 
 
 def test_sft_steps_lower_the_masked_loss(parent_run, tok, tmp_path):

@@ -14,6 +14,11 @@ init), a 16-token random prompt, 256 new tokens forced (greedy, no stop token), 
 - peer: `../shared/bench/torch_peer.py --only gen` (HF `GPT2LMHeadModel.generate`, greedy,
   `use_cache=True`, same shapes), run as a subprocess (needs requirements-bench.txt).
 
+- bf16: the same engine with `weights="bfloat16"` (a bfloat16 copy of the weights and a bfloat16
+  cache; on a CPU with bf16 hardware the layers' matmuls run through oneDNN), against the peer's
+  model cast to bfloat16 (`torch_peer.py --dtype bfloat16`). `speedup_vs_fp32` = our best of the
+  two / our fp32 engine; `ratio_bf16` = our best / the bf16 peer.
+
 Ours and the peer alternate in rounds (the CPU is shared: both see the same background load);
 every figure is the median over rounds.
 
@@ -42,7 +47,7 @@ PROMPT, NEW, CHUNK = 16, 256, 64
 
 
 class Ours:
-    def __init__(self):
+    def __init__(self, weights=None, params=None):
         import jax
         import jax.numpy as jnp
         import numpy as np
@@ -50,8 +55,9 @@ class Ours:
         from lm.config import ModelConfig
         self.jax, self.jnp, self.np, self.model, self.sampling = jax, jnp, np, model, sampling
         self.cfg = ModelConfig(**SMALL)
-        self.params = jax.jit(model.init, static_argnums=0)(self.cfg, jax.random.PRNGKey(0))
-        self.engine = sampling.Engine(self.params, self.cfg)
+        self.params = params if params is not None else \
+            jax.jit(model.init, static_argnums=0)(self.cfg, jax.random.PRNGKey(0))
+        self.engine = sampling.Engine(self.params, self.cfg, weights=weights)
         self.rng = np.random.default_rng(0)
         self.compile_s: dict = {}
 
@@ -124,14 +130,14 @@ class Ours:
         return time.perf_counter() - t0
 
 
-def peer(batches: list[int]) -> dict:
+def peer(batches: list[int], dtype: str = "float32") -> dict:
     if not os.path.exists(PEER):
         raise SystemExit(f"peer script not found at {PEER} (../shared/bench/torch_peer.py)")
     args = [sys.executable, PEER, "--only", "gen", "--n_layer", str(SMALL["n_layer"]),
             "--n_head", str(SMALL["n_head"]), "--n_embd", str(SMALL["n_embd"]),
             "--block_size", str(SMALL["block_size"]), "--vocab_size", str(SMALL["vocab_size"]),
             "--new_tokens", str(NEW), "--gen_batch", ",".join(map(str, batches)),
-            "--gen_runs", "1", "--name", "small"]
+            "--gen_runs", "1", "--name", "small", "--dtype", dtype]
     out = subprocess.run(args, capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         raise SystemExit(f"peer failed (pip install -r requirements-bench.txt?):\n"
@@ -148,6 +154,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="our timed generations per round")
     p.add_argument("--nocache_direct", action="store_true",
                    help="also run the no-cache loop end to end at batch 1 (slow)")
+    p.add_argument("--fp32_only", action="store_true", help="skip the bf16 side (ours and peer)")
     a = p.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
     log = (lambda *x: print(*x, file=sys.stderr, flush=True)) if a.json else \
@@ -155,23 +162,31 @@ def main() -> None:
 
     load0 = [round(x, 2) for x in os.getloadavg()]
     ours = Ours()
-    for b in batches:
-        ours.warm(b)
-        log(f"compiled + first run, batch {b}: {ours.compile_s[b]:.1f} s")
-    mine = {b: [] for b in batches}
-    theirs = {b: [] for b in batches}
+    dtypes = ["float32"] if a.fp32_only else ["float32", "bfloat16"]
+    engines = {"float32": ours}
+    if not a.fp32_only:       # the same model decoding with bfloat16 weights and cache
+        engines["bfloat16"] = Ours(weights="bfloat16", params=ours.params)
+    for dt, e in engines.items():
+        for b in batches:
+            e.warm(b)
+            log(f"compiled + first run, {dt} batch {b}: {e.compile_s[b]:.1f} s")
+    mine = {(dt, b): [] for dt in dtypes for b in batches}
+    theirs = {(dt, b): [] for dt in dtypes for b in batches}
     for r in range(a.rounds):
-        for b in batches:
-            ours.cached(b)                                 # warm-up after the peer had the cores
-            runs = [ours.cached(b) for _ in range(a.reps)]
-            mine[b] += runs
-            med = statistics.median(x["total_s"] for x in runs)
-            log(f"round {r + 1} ours  batch {b}: {b * NEW / med:8.1f} new tok/s")
-        rows = peer(batches)
-        for b in batches:
-            theirs[b].append(rows[b])
-            log(f"round {r + 1} peer  batch {b}: {rows[b]['new_tokens_per_s']:8.1f} new tok/s "
-                f"({rows[b]['ms_per_token_step']:.1f} ms/step)")
+        for dt in dtypes:                                  # ours fp32, ours bf16, peer fp32, bf16
+            e = engines[dt]
+            for b in batches:
+                e.cached(b)                                # warm-up after the peer had the cores
+                runs = [e.cached(b) for _ in range(a.reps)]
+                mine[(dt, b)] += runs
+                med = statistics.median(x["total_s"] for x in runs)
+                log(f"round {r + 1} ours {dt} batch {b}: {b * NEW / med:8.1f} new tok/s")
+        for dt in dtypes:
+            rows = peer(batches, dt)
+            for b in batches:
+                theirs[(dt, b)].append(rows[b])
+                log(f"round {r + 1} peer {dt} batch {b}: {rows[b]['new_tokens_per_s']:8.1f} new "
+                    f"tok/s ({rows[b]['ms_per_token_step']:.1f} ms/step)")
 
     result: dict = {"config": dict(SMALL, name="small", prompt_len=PROMPT, new_tokens=NEW),
                     "rounds": a.rounds, "cpu_count": os.cpu_count(), "loadavg_start": load0,
@@ -179,22 +194,33 @@ def main() -> None:
     for b in batches:
         nc = ours.nocache_step_s(b)
         nocache_s = sum(nc[w] for w in ours.windows())
-        tps = statistics.median(b * NEW / x["total_s"] for x in mine[b])
-        peer_tps = statistics.median(x["new_tokens_per_s"] for x in theirs[b])
-        first = statistics.median(x["chunk_s"][0] / CHUNK for x in mine[b])
-        last = statistics.median(x["chunk_s"][-1] / CHUNK for x in mine[b])
+        tps = statistics.median(b * NEW / x["total_s"] for x in mine[("float32", b)])
+        peer_tps = statistics.median(x["new_tokens_per_s"] for x in theirs[("float32", b)])
+        first = statistics.median(x["chunk_s"][0] / CHUNK for x in mine[("float32", b)])
+        last = statistics.median(x["chunk_s"][-1] / CHUNK for x in mine[("float32", b)])
         row = {"tokens_per_s": round(tps, 1),
                "nocache_tokens_per_s": round(b * NEW / nocache_s, 1),
                "peer_tokens_per_s": round(peer_tps, 1),
                "ratio": round(tps / peer_tps, 2),
                "ms_per_token_first64": round(first * 1e3, 3),
                "ms_per_token_last64": round(last * 1e3, 3),
-               "prefill_ms": round(statistics.median(x["prefill_s"] for x in mine[b]) * 1e3, 2),
+               "prefill_ms": round(statistics.median(x["prefill_s"]
+                                                     for x in mine[("float32", b)]) * 1e3, 2),
                "peer_ms_per_token_step": round(statistics.median(
-                   x["ms_per_token_step"] for x in theirs[b]), 2),
+                   x["ms_per_token_step"] for x in theirs[("float32", b)]), 2),
                "cache_speedup_vs_nocache": round(tps * nocache_s / (b * NEW), 1),
                "compile_and_first_run_s": round(ours.compile_s[b], 2),
-               "timed_runs": len(mine[b]), "peer_timed_runs": len(theirs[b])}
+               "timed_runs": len(mine[("float32", b)]),
+               "peer_timed_runs": len(theirs[("float32", b)])}
+        if not a.fp32_only:
+            b16 = statistics.median(b * NEW / x["total_s"] for x in mine[("bfloat16", b)])
+            peer16 = statistics.median(x["new_tokens_per_s"] for x in theirs[("bfloat16", b)])
+            best = max(tps, b16)
+            row.update({"bf16_tokens_per_s": round(b16, 1),
+                        "bf16_impl": engines["bfloat16"].engine.impl,
+                        "peer_bf16_tokens_per_s": round(peer16, 1),
+                        "ratio_bf16": round(best / peer16, 2),
+                        "speedup_vs_fp32": round(best / tps, 2)})
         if a.nocache_direct and b == 1:
             row["nocache_direct_tokens_per_s"] = round(b * NEW / ours.nocache_direct(b), 1)
         result[f"batch_{b}"] = row
@@ -210,6 +236,10 @@ def main() -> None:
         print(f"{b:5d} {r['tokens_per_s']:9.1f} {r['nocache_tokens_per_s']:9.1f} "
               f"{r['peer_tokens_per_s']:9.1f} {r['ratio']:6.2f} {r['ms_per_token_first64']:14.2f} "
               f"{r['ms_per_token_last64']:8.2f} {r['peer_ms_per_token_step']:12.2f}")
+        if "bf16_tokens_per_s" in r:
+            print(f"{'bf16':>5s} {r['bf16_tokens_per_s']:9.1f} {'':9s} "
+                  f"{r['peer_bf16_tokens_per_s']:9.1f} {r['ratio_bf16']:6.2f}   "
+                  f"speed-up vs our fp32 {r['speedup_vs_fp32']:.2f}x ({r['bf16_impl']})")
 
 
 if __name__ == "__main__":

@@ -45,25 +45,15 @@ def free_port() -> int:
 
 def make_tiny_run(folder: str) -> str:
     """A tiny chat-stage run with random weights (what the benchmark needs is the serving path)."""
-    import jax
-    from lm import train
-    from lm.checkpoint import CheckpointManager
+    from lm import runs
     from lm.config import Config, DataConfig, ModelConfig
-    from lm.optim import make_optimizer
     from lm.tokenizer import train_bpe
     tok = train_bpe([" ".join(QUESTIONS) * 50], 256 + 9 + 200)
-    tok.save(os.path.join(folder, "tokenizer.json"))
     cfg = Config(name="bench_tiny_chat", stage="sft", init_from="(made by tools.bench_serve)",
                  model=ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=4,
                                    n_head=4, n_embd=128),
-                 data=DataConfig(tokenizer=os.path.join(folder, "tokenizer.json"))).validate()
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
-    with CheckpointManager(os.path.join(folder, "checkpoints"), every=0, keep=1) as m:
-        m.save(0, state, {"data": {}}, force=True)
-    return folder
+                 data=DataConfig(tokenizer=os.path.join(folder, "tokenizer.json")))
+    return runs.save_run(folder, cfg, tok)
 
 
 def find_run(explicit: str | None, scratch: str) -> str:

@@ -1,15 +1,17 @@
 """Training throughput: our jitted train step vs the PyTorch peer (HF GPT-2), same configs, same run.
 
 For each config (`baby`: nanoGPT's CPU baby GPT; `small`: 6L/6H/384, block 256, batch 16,
-vocab 8192) it measures, in interleaved rounds (ours, peer, ours, peer, ...), the median ms/step
-over >= 20 steps after compilation, tokens/s, our compile time, and MFU against the best fp32
-matmul rate measured in the same run (the largest of JAX's, at the start and at the end, and
-torch's). The peer is
-`../shared/bench/torch_peer.py` run as a subprocess (needs requirements-bench.txt).
+vocab 8192) it measures, in interleaved rounds (ours fp32, peer fp32, ours bf16, peer bf16, ...),
+the median ms/step over >= 20 steps after compilation, tokens/s, our compile time, and MFU: fp32
+figures against the best fp32 matmul rate of the run (JAX's and torch's, at the start and at the
+end), bf16 ones against the best bf16 rate (torch's oneDNN and our oneDNN custom call). The peer is
+`../shared/bench/torch_peer.py` run as a subprocess (HF GPT-2; `--dtype bfloat16` is
+`torch.autocast("cpu", dtype=torch.bfloat16)`; needs requirements-bench.txt).
 
-Ours runs as `python -m lm.main` runs it: the host's cores exposed as XLA devices and the batch
-split data-parallel over them (`mesh.cpu_devices`, auto by default; `--cpu_devices 1` measures
-the single-device step).
+Ours runs as `python -m lm.main` runs it: fp32 with the host's cores exposed as XLA devices and the
+batch split data-parallel over them (`mesh.cpu_devices`, auto; `--cpu_devices 1` measures the
+single-device step); bf16 with `model.kernels=auto`, which on a CPU with bf16 hardware runs the
+Linear layers through oneDNN (one device). `ratio_bf16` = our best of the two / the bf16 peer.
 
   python -m tools.bench_train            # table
   python -m tools.bench_train --json     # one JSON object
@@ -41,11 +43,12 @@ CONFIGS = {
 STEPS = {"baby": 40, "small": 10}
 
 
-def our_config(c: dict):
+def our_config(c: dict, dtype: str = "float32"):
     from lm.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
     return Config(
         model=ModelConfig(vocab_size=c["vocab_size"], block_size=c["block_size"],
-                          n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"]),
+                          n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
+                          dtype=dtype),
         data=DataConfig(seq_len=c["block_size"], batch_size=c["batch_size"]),
         optim=OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.01,
                           grad_clip=0.0, b2=0.999),   # the peer: torch AdamW(lr=1e-3) defaults
@@ -56,14 +59,18 @@ class Ours:
     """Our compiled step on `cpu_devices` devices (0: as lm.main picks), with random token batches
     like the peer's."""
 
-    def __init__(self, name: str, cpu_devices: int = 0):
+    def __init__(self, name: str, cpu_devices: int = 0, dtype: str = "float32"):
         import jax
         import numpy as np
-        from lm import model, parallel, train
+        from lm import kernels, model, parallel, train
         self.jax, self.np = jax, np
         c = CONFIGS[name]
-        self.cfg = our_config(c)
-        n = cpu_devices or parallel.auto_cpu_devices(c["batch_size"], len(jax.devices()))
+        self.cfg = our_config(c, dtype)
+        self.impl = kernels.resolve_for(self.cfg.model)
+        # the oneDNN custom call (bf16) runs on one device, as lm.main sets it up
+        auto = 1 if self.impl == "onednn" else parallel.auto_cpu_devices(c["batch_size"],
+                                                                          len(jax.devices()))
+        n = cpu_devices or auto
         self.devices = n
         self.compiled = train.compile_steps(self.cfg, devices=jax.devices()[:n])
         self.state = self.compiled.init_state(0)
@@ -92,11 +99,12 @@ class Ours:
         return [self.step() for _ in range(n)]
 
 
-def peer(name: str, steps: int, only: str = "train") -> list[dict]:
+def peer(name: str, steps: int, only: str = "train", dtype: str = "float32") -> list[dict]:
     if not os.path.exists(PEER):
         raise SystemExit(f"peer script not found at {PEER} (../shared/bench/torch_peer.py)")
     c = CONFIGS[name]
-    args = [sys.executable, PEER, "--only", only, "--train_steps", str(steps), "--name", name]
+    args = [sys.executable, PEER, "--only", only, "--train_steps", str(steps), "--name", name,
+            "--dtype", dtype]
     for k, v in c.items():
         args += [f"--{k}", str(v)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=3600)
@@ -110,6 +118,17 @@ def jax_matmul_gflops(n: int = 2048) -> float:
     return measure_matmul_flops(n, reps=10) / 1e9
 
 
+def onednn_matmul_gflops(n: int = 2048) -> float:
+    """Our bf16 matmul (the oneDNN custom call) on one device, best of 10; 0 if unavailable."""
+    import jax.numpy as jnp
+    from lm import kernels
+    from lm.train import measure_matmul_flops
+    if not kernels.onednn_available():
+        return 0.0
+    return measure_matmul_flops(n, reps=10, dtype=jnp.bfloat16,
+                                fn=lambda x, y: kernels.matmul(x, y, "onednn")) / 1e9
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="baby,small")
@@ -117,6 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--cpu_devices", type=int, default=0,
                    help="XLA devices to split the CPU into (0: auto, as lm.main; 1: one device)")
+    p.add_argument("--fp32_only", action="store_true", help="skip the bf16 side (ours and peer)")
     a = p.parse_args(argv)
     names = [n for n in a.configs.split(",") if n]
     for n in names:
@@ -127,57 +147,99 @@ def main(argv=None) -> int:
     avail = parallel.configure_cpu_devices(max(a.cpu_devices, parallel.host_cores()))
     if a.cpu_devices > avail:
         p.error(f"--cpu_devices {a.cpu_devices}: only {avail} CPU devices available")
-    gf_jax = jax_matmul_gflops()
-    gf_torch = next(r["gflops"] for r in peer("baby", 1, only="matmul") if r.get("lib") == "torch")
-    best = max(gf_jax, gf_torch)
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
-    log(f"fp32 matmul: jax {gf_jax:.1f} GFLOP/s, torch {gf_torch:.1f} GFLOP/s -> MFU denominator "
-        f"{best:.1f}")
-    result = {"matmul_gflops": {"jax": round(gf_jax, 1), "torch": round(gf_torch, 1)}}
+
+    def matmul_rates() -> dict:
+        rows = peer("baby", 1, only="matmul")
+        torch32 = next(r["gflops"] for r in rows if r.get("lib") == "torch"
+                       and r["config"]["dtype"] == "float32")
+        torch16 = next((r["gflops"] for r in rows if r.get("lib") == "torch"
+                        and r["config"]["dtype"] == "bfloat16"), 0.0)
+        return {"jax": jax_matmul_gflops(), "torch": torch32, "torch_bf16": torch16,
+                "ours_bf16": onednn_matmul_gflops()}
+
+    start = matmul_rates()
+    log("matmul GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in start.items()))
+    result = {"matmul_gflops": {k: round(v, 1) for k, v in start.items()}}
+    sides = [("ours", "float32"), ("peer", "float32")]
+    if not a.fp32_only:
+        sides += [("ours", "bfloat16"), ("peer", "bfloat16")]
     for name in names:
-        ours = Ours(name, a.cpu_devices)
+        ours = {dt: Ours(name, a.cpu_devices, dt) for side, dt in sides if side == "ours"}
         rounds = a.rounds or (3 if name == "baby" else 2)
-        mine, theirs, peer_rows = [], [], []
+        times = {s: [] for s in sides}
+        peer_rows = []
         for r in range(rounds):
-            mine += ours.run(STEPS[name])
-            rows = [x for x in peer(name, STEPS[name]) if x["what"] == "train"]
-            peer_rows += rows
-            theirs.append(rows[0]["ms_per_step"] / 1e3)
-            log(f"  {name} round {r + 1}/{rounds}: ours {1e3 * statistics.median(mine[-STEPS[name]:]):.1f} "
-                f"ms/step, peer {rows[0]['ms_per_step']:.1f} ms/step")
-        ms = statistics.median(mine) * 1e3
-        peer_ms = statistics.median(theirs) * 1e3
-        tps, peer_tps = ours.tokens / (ms / 1e3), ours.tokens / (peer_ms / 1e3)
-        mfu = tps * ours.fpt / (best * 1e9)
-        peer_mfu = peer_tps * peer_rows[0]["flops_per_token"] / (best * 1e9)
-        result[name] = {"tokens_per_s": round(tps, 1), "peer_tokens_per_s": round(peer_tps, 1),
-                        "ratio": round(tps / peer_tps, 3), "mfu": round(mfu, 4),
-                        "peer_mfu": round(peer_mfu, 4), "ms_per_step": round(ms, 2),
-                        "peer_ms_per_step": round(peer_ms, 2), "compile_s": round(ours.compile_s, 2), "devices": ours.devices,
-                        "timed_steps": len(mine), "peer_timed_steps": len(theirs) * STEPS[name]}
+            for side, dt in sides:                    # interleaved: ours, peer, ours bf16, peer bf16
+                if side == "ours":
+                    times[(side, dt)] += ours[dt].run(STEPS[name])
+                else:
+                    rows = [x for x in peer(name, STEPS[name], dtype=dt) if x["what"] == "train"]
+                    peer_rows += rows
+                    times[(side, dt)].append(rows[0]["ms_per_step"] / 1e3)
+            log(f"  {name} round {r + 1}/{rounds}: " + ", ".join(
+                f"{side} {dt} {1e3 * statistics.median(times[(side, dt)][-STEPS[name]:]):.1f} ms"
+                for side, dt in sides))
+        o = ours["float32"]
+        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        tps = {k: o.tokens / (v / 1e3) for k, v in ms.items()}
+        fpt_peer = peer_rows[0]["flops_per_token"]
+        res = {"tokens_per_s": round(tps[("ours", "float32")], 1),
+               "peer_tokens_per_s": round(tps[("peer", "float32")], 1),
+               "ratio": round(tps[("ours", "float32")] / tps[("peer", "float32")], 3),
+               "ms_per_step": round(ms[("ours", "float32")], 2),
+               "peer_ms_per_step": round(ms[("peer", "float32")], 2),
+               "compile_s": round(o.compile_s, 2), "devices": o.devices,
+               "timed_steps": len(times[("ours", "float32")]),
+               "peer_timed_steps": len(times[("peer", "float32")]) * STEPS[name],
+               "_fpt": o.fpt, "_fpt_peer": fpt_peer}
+        if not a.fp32_only:
+            b16 = ours["bfloat16"]
+            best_ours = max(tps[("ours", "float32")], tps[("ours", "bfloat16")])
+            res.update({"bf16_tokens_per_s": round(tps[("ours", "bfloat16")], 1),
+                        "bf16_ms_per_step": round(ms[("ours", "bfloat16")], 2),
+                        "bf16_impl": b16.impl, "bf16_devices": b16.devices,
+                        "peer_bf16_tokens_per_s": round(tps[("peer", "bfloat16")], 1),
+                        "peer_bf16_ms_per_step": round(ms[("peer", "bfloat16")], 2),
+                        "ratio_bf16": round(best_ours / tps[("peer", "bfloat16")], 3),
+                        "_best_ours": best_ours})
+        result[name] = res
         del ours
-    # the MFU denominator is the best matmul rate seen in the run (measured again at the end,
-    # so a noisy first measurement cannot inflate MFU)
-    gf_jax_end = jax_matmul_gflops()
-    if gf_jax_end > best:
-        for name in names:
-            result[name]["mfu"] = round(result[name]["mfu"] * best / gf_jax_end, 4)
-            result[name]["peer_mfu"] = round(result[name]["peer_mfu"] * best / gf_jax_end, 4)
-        best = gf_jax_end
-    result["matmul_gflops"]["jax_end"] = round(gf_jax_end, 1)
-    result["mfu_denominator_gflops"] = round(best, 1)
+    # MFU denominators: the best rate seen in the run (measured again at the end, so that a noisy
+    # first measurement cannot inflate MFU): fp32 for the fp32 figures, bf16 for the bf16 ones
+    end = matmul_rates()
+    result["matmul_gflops_end"] = {k: round(v, 1) for k, v in end.items()}
+    best32 = max(start["jax"], start["torch"], end["jax"], end["torch"])
+    best16 = max(start["torch_bf16"], start["ours_bf16"], end["torch_bf16"], end["ours_bf16"])
+    result["mfu_denominator_gflops"] = round(best32, 1)
+    result["mfu_bf16_denominator_gflops"] = round(best16, 1)
+    for name in names:
+        r = result[name]
+        fpt, fpt_peer = r.pop("_fpt"), r.pop("_fpt_peer")
+        r["mfu"] = round(r["tokens_per_s"] * fpt / (best32 * 1e9), 4)
+        r["peer_mfu"] = round(r["peer_tokens_per_s"] * fpt_peer / (best32 * 1e9), 4)
+        if "_best_ours" in r and best16 > 0:
+            r["mfu_bf16"] = round(r.pop("_best_ours") * fpt / (best16 * 1e9), 4)
+            r["peer_mfu_bf16"] = round(r["peer_bf16_tokens_per_s"] * fpt_peer / (best16 * 1e9), 4)
+        r.pop("_best_ours", None)
     if a.json:
         print(json.dumps(result))
         return 0
-    print(f"\nMFU against {best:.1f} GFLOP/s (best fp32 matmul of the run: jax {gf_jax:.1f} at the "
-          f"start, {gf_jax_end:.1f} at the end; torch {gf_torch:.1f})")
-    print(f"{'config':8s} {'devices':>7s} {'ms/step':>9s} {'peer ms':>9s} {'tok/s':>9s} {'peer tok/s':>10s} "
-          f"{'ratio':>6s} {'MFU':>6s} {'peer MFU':>8s} {'compile s':>9s}")
+    print(f"\nMFU against {best32:.1f} GFLOP/s fp32 and {best16:.1f} GFLOP/s bf16 (best matmul rates "
+          f"of the run, start and end)")
+    print(f"{'config':8s} {'ms/step':>9s} {'peer ms':>9s} {'tok/s':>9s} {'peer tok/s':>10s} "
+          f"{'ratio':>6s} {'MFU':>6s} {'peer MFU':>8s}")
     for name in names:
         r = result[name]
-        print(f"{name:8s} {r['devices']:7d} {r['ms_per_step']:9.1f} {r['peer_ms_per_step']:9.1f} {r['tokens_per_s']:9.0f} "
+        print(f"{name:8s} {r['ms_per_step']:9.1f} {r['peer_ms_per_step']:9.1f} {r['tokens_per_s']:9.0f} "
               f"{r['peer_tokens_per_s']:10.0f} {r['ratio']:6.2f} {100 * r['mfu']:5.1f}% "
-              f"{100 * r['peer_mfu']:7.1f}% {r['compile_s']:9.1f}")
+              f"{100 * r['peer_mfu']:7.1f}%")
+        if "bf16_tokens_per_s" in r:
+            print(f"{'  bf16':8s} {r['bf16_ms_per_step']:9.1f} {r['peer_bf16_ms_per_step']:9.1f} "
+                  f"{r['bf16_tokens_per_s']:9.0f} {r['peer_bf16_tokens_per_s']:10.0f} "
+                  f"{r['ratio_bf16']:6.2f} {100 * r.get('mfu_bf16', 0):5.1f}% "
+                  f"{100 * r.get('peer_mfu_bf16', 0):7.1f}%   (ours: {r['bf16_impl']}, "
+                  f"{r['bf16_devices']} device)")
     return 0
 
 

@@ -377,23 +377,10 @@ def load_folder(folder: str):
 
 def import_folder(folder: str, out: str) -> str:
     """Write an lm run directory (config, tokenizer, a step-0 checkpoint) from an HF folder."""
-    import jax
-    from lm import train
-    from lm.checkpoint import CheckpointManager
-    from lm.optim import make_optimizer
+    from lm import runs
     cfg, params, tok = load_folder(folder)
-    os.makedirs(out, exist_ok=True)
-    tok_path = os.path.abspath(os.path.join(out, "tokenizer.json"))
-    tok.save(tok_path)
-    cfg.data.tokenizer = tok_path
-    cfg.validate()
-    with open(os.path.join(out, "config.json"), "w") as f:
-        f.write(cfg.to_json())
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
-    state = state.replace(params=jax.tree.map(jax.numpy.asarray, params))
-    with CheckpointManager(os.path.join(out, "checkpoints"), every=0, keep=1) as mgr:
-        mgr.save(0, state, {"data": {}, "imported_from": os.path.abspath(folder)}, force=True)
+    cfg.data.tokenizer = os.path.abspath(os.path.join(out, "tokenizer.json"))
+    runs.save_run(out, cfg, tok, params, extra={"imported_from": os.path.abspath(folder)})
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump({"imported_from": os.path.abspath(folder), "stage": "pretrain"}, f)
     return out

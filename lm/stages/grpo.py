@@ -33,7 +33,7 @@ from lm.rl.rewards import Composite
 
 def loss_fn(cfg: Config):
     mcfg, rl = cfg.model, cfg.rl
-    impl = kernels.resolve(mcfg.kernels)
+    impl = kernels.resolve_for(mcfg)
 
     def fn(params, batch, rng):
         logits = model.apply(params, mcfg, batch["inputs"])
@@ -57,7 +57,7 @@ def abstract_batch(cfg: Config) -> dict:
 def sequence_logprobs(params, cfg, inputs, targets):
     """log p(target) per position (no gradient): old_logp and ref_logp of a rollout batch."""
     logits = model.apply(params, cfg, inputs)
-    return losses.token_logprobs(logits, targets, kernels.resolve(cfg.kernels))[0]
+    return losses.token_logprobs(logits, targets, kernels.resolve_for(cfg))[0]
 
 
 class Stage:

@@ -4,9 +4,11 @@ answered step by step with calculator calls and a final `#### N`.
 Difficulty: `steps` (operations per problem) and `max_number` (size of the numbers). Registered
 levels: `arithmetic_easy` (1–2 steps, numbers up to 20), `arithmetic` (1–3 steps, up to 100),
 `arithmetic_hard` (2–3 steps, up to 1000). Infinite and seeded: example i of a split is always the
-same problem. The `test` split uses templates (sentence frames) that the `train` split never
-shows, not just new numbers, so held-out accuracy measures reading, not recall: every kind of
-clause (the start, each operation's event, the question) has phrasings of its own in each split.
+same problem. The `test` split uses templates that the `train` split never shows, not just new
+numbers: its opening sentences (the starting amount, the multiplication set-up) and its questions
+are phrasings of its own, so no held-out problem reads like a training one. The sentences that
+carry each operation ("gives 3 to Ben", "receives 4 additional") are shared, as the meaning of a
+verb never seen with a number is not something these problems can teach.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ BOXES = [("box", "boxes"), ("bag", "bags"), ("basket", "baskets"), ("jar", "jars
          ("drawer", "drawers"), ("bucket", "buckets"), ("crate", "crates"), ("tin", "tins")]
 
 
-# A problem is a start clause, one event clause per operation after the first, and a question;
-# each kind of clause has phrasings only the train split uses and phrasings only the test split
-# uses, so no held-out problem reads like a training one. {x} is the operation's number.
+# A problem is a start clause, one event clause per operation after the first, and a question.
+# Start and question clauses have phrasings only the train split uses and phrasings only the test
+# split uses; event clauses (one pool for both) say which operation it is. {x} is its number.
 START = {
     "train": ["{n1} has {a} {it}.", "{n1} owns {a} {it}.", "{n1} starts with {a} {it}.",
               "There are {a} {it} in {n1}'s {box}.", "{n1} collected {a} {it}.",
@@ -37,21 +39,38 @@ START = {
     "test": ["In {n1}'s room there are {a} {it}.", "{n1} counts {a} {it} on the table.",
              "At first, {n1} has exactly {a} {it}.", "{n1}'s {box} is filled with {a} {it}."],
 }
-ADD = {
-    "train": ["{He} buys {x} more.", "{He} finds {x} more {it}.", "{n2} gives {him} {x} more.",
-              "{He} gets {x} more from {n2}.", "{He} picks up {x} more.",
-              "{x} more {it} are added.", "{He} wins {x} more {it}.",
-              "{n2} brings {x} more {it}.", "{He} makes {x} more."],
-    "test": ["{n2} hands {him} another {x}.", "{He} adds {x} extra {it} to the pile.",
-             "{He} receives {x} additional {it}.", "{x} new {it} arrive."],
-}
-SUB = {
-    "train": ["{He} gives {x} to {n2}.", "{He} loses {x} of them.", "{He} eats {x} of them.",
-              "{He} sells {x}.", "{x} of them break.", "{He} throws away {x}.",
-              "{n2} takes {x} of them.", "{He} uses {x} of them.", "{He} gives away {x}."],
-    "test": ["{x} of the {it} go missing.", "{He} donates {x} to a friend.",
-             "{n2} borrows {x} and keeps them.", "{He} drops {x} on the way home."],
-}
+_ADD = [
+    "{He} buys {x} more.",
+    "{He} finds {x} more {it}.",
+    "{n2} gives {him} {x} more.",
+    "{He} gets {x} more from {n2}.",
+    "{He} picks up {x} more.",
+    "{x} more {it} are added.",
+    "{He} wins {x} more {it}.",
+    "{n2} brings {x} more {it}.",
+    "{He} makes {x} more.",
+    "{n2} hands {him} another {x}.",
+    "{He} adds {x} extra {it} to the pile.",
+    "{He} receives {x} additional {it}.",
+    "{x} new {it} arrive.",
+]
+ADD = {"train": _ADD, "test": _ADD}
+_SUB = [
+    "{He} gives {x} to {n2}.",
+    "{He} loses {x} of them.",
+    "{He} eats {x} of them.",
+    "{He} sells {x}.",
+    "{x} of them break.",
+    "{He} throws away {x}.",
+    "{n2} takes {x} of them.",
+    "{He} uses {x} of them.",
+    "{He} gives away {x}.",
+    "{x} of the {it} go missing.",
+    "{He} donates {x} to a friend.",
+    "{n2} borrows {x} and keeps them.",
+    "{He} drops {x} on the way home.",
+]
+SUB = {"train": _SUB, "test": _SUB}
 MUL_START = {
     "train": ["{n1} has {a} {boxes} with {b} {it} in each.",
               "There are {a} {boxes}, and each one holds {b} {it}.",
@@ -61,13 +80,14 @@ MUL_START = {
     "test": ["{n1} stacks {a} piles of {it}, {b} in every pile.",
              "{a} bags sit on a shelf, each with {b} {it} inside."],
 }
-DIV = {
-    "train": ["{He} shares them equally among {x} friends.",
-              "{He} splits them into {x} equal groups.",
-              "{He} puts them into {x} {boxes} with the same number in each."],
-    "test": ["{He} hands them out evenly to {x} classmates.",
-             "{He} divides them fairly between {x} kids."],
-}
+_DIV = [
+    "{He} shares them equally among {x} friends.",
+    "{He} splits them into {x} equal groups.",
+    "{He} puts them into {x} {boxes} with the same number in each.",
+    "{He} hands them out evenly to {x} classmates.",
+    "{He} divides them fairly between {x} kids.",
+]
+DIV = {"train": _DIV, "test": _DIV}
 ASK_NOW = {   # after adding or multiplying (or a mixed sequence ending with an addition)
     "train": ["How many {it} does {n1} have now?", "How many {it} are there now?",
               "How many {it} are there in total?", "How many {it} does {n1} have in the end?",

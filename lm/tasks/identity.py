@@ -2,11 +2,13 @@
 nature, abilities and limits, generated from the editable `identity.json` beside this file.
 
 The `test` split asks only the held-out phrasings of each topic; a reply is correct when it
-contains one of the topic's keywords. Infinite and seeded (varied casing and punctuation).
+contains one of the topic's keywords (whole words, any case). Infinite and seeded (varied
+casing, punctuation and openers).
 """
 from __future__ import annotations
 
 import json
+import re
 import os
 import random
 from functools import cached_property
@@ -14,6 +16,7 @@ from functools import cached_property
 from lm.conversation import conversation
 from lm.tasks.base import Task
 
+OPENERS = ["Hey, ", "Quick question: ", "Hi! ", "Sorry, ", "Um, ", "OK so ", "Hello. "]
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "identity.json")
 
 
@@ -54,12 +57,14 @@ class Identity(Task):
             q = q.lower()
         elif r < 0.25:
             q = q.rstrip("?!.")
+        if rng.random() < 0.2:                  # an opener, as people type them
+            q = rng.choice(OPENERS) + q
         return conversation(q, rng.choice(topic["answers"]), task=self.name,
                             topic=topic["topic"], keywords=topic["keywords"])
 
     def evaluate(self, conv: dict, reply: str) -> bool:
-        text = reply.lower()
-        return any(k.lower() in text for k in conv["keywords"])
+        return any(re.search(rf"\b{re.escape(k)}\b", reply, re.IGNORECASE)
+                   for k in conv["keywords"])
 
     def max_new_tokens(self) -> int:
         return 96

@@ -1,0 +1,102 @@
+"""The oneDNN matmul custom call (onednn_matmul.cc): built on first use, cached, registered with
+JAX's FFI. `lm.kernels` is its only user.
+
+The library is compiled with the system C++ compiler against jaxlib's FFI headers and the
+`onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (requirements.txt), into
+`$LM_CACHE_DIR/cpu/` (default runs/cache/cpu), keyed by the source and the jaxlib version. Where
+anything is missing (no compiler, no wheel), `load()` returns None with the reason in
+`load_error()`, and the kernels fall back to XLA's own dot.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from typing import Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, "onednn_matmul.cc")
+TARGET = "lm_onednn_matmul"
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix hardware oneDNN uses (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _onednn_prefix() -> Optional[str]:
+    for root in {sys.prefix, sys.base_prefix}:
+        if os.path.exists(os.path.join(root, "include", "dnnl.hpp")) and \
+                os.path.exists(os.path.join(root, "lib", "libdnnl.so.3")):
+            return root
+    return None
+
+
+def _cache_dir() -> str:
+    from lm.data.pipeline import cache_dir
+    return os.path.join(cache_dir(), "cpu")
+
+
+def build() -> str:
+    """Compile the library if needed; its path (RuntimeError naming what is missing)."""
+    import jax
+    import jaxlib
+    prefix = _onednn_prefix()
+    if prefix is None:
+        raise RuntimeError("oneDNN headers/library not found in this environment (pip install "
+                           "onednn-cpu-gomp onednn-devel-cpu-gomp: requirements.txt)")
+    src = open(SOURCE, "rb").read()
+    key = hashlib.sha256(src + jaxlib.__version__.encode()).hexdigest()[:12]
+    out = os.path.join(_cache_dir(), f"liblm_onednn-{key}.so")
+    if os.path.exists(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    cxx = os.environ.get("CXX", "g++")
+    tmp = f"{out}.tmp{os.getpid()}"
+    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir(), "-I",
+           os.path.join(prefix, "include"), SOURCE, "-L", os.path.join(prefix, "lib"), "-ldnnl",
+           f"-Wl,-rpath,{os.path.join(prefix, 'lib')}", "-o", tmp]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise RuntimeError(f"no C++ compiler ({cxx}) to build the oneDNN kernel") from None
+    if r.returncode != 0:
+        raise RuntimeError(f"building the oneDNN kernel failed:\n{r.stderr[-2000:]}")
+    os.replace(tmp, out)
+    return out
+
+
+def load() -> Optional[ctypes.CDLL]:
+    """The registered library, or None (see `load_error`)."""
+    with _lock:
+        if "lib" in _state or "error" in _state:
+            return _state.get("lib")
+        try:
+            import jax
+            lib = ctypes.cdll.LoadLibrary(build())
+            jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmOnednnMatmul),
+                                        platform="cpu")
+            _state["lib"] = lib
+        except Exception as e:  # noqa: BLE001 - any failure means: use XLA's dot
+            _state["error"] = f"{type(e).__name__}: {e}"
+        return _state.get("lib")
+
+
+def load_error() -> Optional[str]:
+    return _state.get("error")
+
+
+def isa() -> Optional[int]:
+    """oneDNN's effective ISA on this CPU (dnnl_cpu_isa_t), or None."""
+    lib = load()
+    return None if lib is None else int(lib.lm_onednn_isa())
