@@ -74,13 +74,21 @@ def _is_url(path: str) -> bool:
 
 
 def _dir_bytes(path: str) -> int:
-    total = 0
-    for f in epath.Path(path).rglob("*"):
+    """Bytes under `path`, walked one level at a time (gs:// paths refuse recursive globs)."""
+    total, todo = 0, [epath.Path(path)]
+    while todo:
         try:
-            if f.is_file():
-                total += f.stat().length
+            children = list(todo.pop().iterdir())
         except OSError:
-            pass
+            continue
+        for f in children:
+            try:
+                if f.is_dir():
+                    todo.append(f)
+                elif f.is_file():
+                    total += f.stat().length
+            except OSError:
+                pass
     return total
 
 

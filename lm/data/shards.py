@@ -73,6 +73,14 @@ class ShardStream:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[0:len(self)]
+        return out.astype(dtype) if dtype is not None else out
+
     def __getitem__(self, key):
         if isinstance(key, slice):
             start, stop, step = key.indices(len(self))
@@ -103,11 +111,26 @@ class StreamView:
     def __len__(self) -> int:
         return self.stop - self.start
 
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[0:len(self)]
+        return out.astype(dtype) if dtype is not None else out
+
     def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= k < len(self):
+                raise IndexError(f"index {key} out of range for {len(self)} tokens")
+            return self.stream[self.start + k]
         if not isinstance(key, slice):
-            raise TypeError("StreamView supports slices only")
-        a, b, _ = key.indices(len(self))
-        return self.stream[self.start + a:self.start + b]
+            raise TypeError(f"StreamView index must be an int or a slice, got {type(key).__name__}")
+        a, b, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("StreamView supports contiguous slices only")
+        return self.stream[self.start + a:self.start + max(a, b)]
 
 
 def glob_files(pattern: str) -> list[str]:

@@ -80,7 +80,8 @@ class Stage:
             raise ValueError(f"rl.task={rl.task!r} is {self.task.kind}; RL needs a generative "
                              f"task with a grader")
         self.reward = Composite(rl.rewards)
-        self.ref_params = parent.params
+        # its own buffers: the train state starts from the same arrays and the step donates them
+        self.ref_params = jax.tree.map(jnp.copy, parent.params)
         self.rollout_index = 0          # rollout batches made so far (the data position)
         self.updates_left = 0
         self.batch = None

@@ -10,6 +10,7 @@ them sees at inference what it saw in training.
 from __future__ import annotations
 
 import json
+import sys
 from functools import cached_property
 
 from lm.conversation import conversation
@@ -51,6 +52,9 @@ class GSM8K(Task):
         try:
             return _read(sources.fetch("gsm8k_test")), "test.jsonl"
         except sources.DataUnavailableError:
+            print(f"gsm8k: test.jsonl unavailable (offline); the held-out split is the last "
+                  f"{TRAIN_HOLDOUT} problems of train.jsonl, which training never uses",
+                  file=sys.stderr)
             return self._train_all[-TRAIN_HOLDOUT:], f"train.jsonl[-{TRAIN_HOLDOUT}:]"
 
     @property
