@@ -66,7 +66,7 @@ def grpo_arith_tiny() -> Config:
         data=DataConfig(tokenizer="parent", seq_len=256, batch_size=128),
         optim=OptimConfig(lr=5e-5, min_lr=5e-5, schedule="constant", warmup_steps=0,
                           b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0),
-        rl=RLConfig(task="arithmetic_easy", prompts=16, samples=8, max_new_tokens=160),
+        rl=RLConfig(task="arithmetic_easy", split="rl", prompts=16, samples=8, max_new_tokens=160),
         eval=EvalConfig(tasks="arithmetic_easy", every=25, limit=200, final_limit=400,
                         batch_size=128),
         train=TrainConfig(steps=150, eval_every=25, log_every=1, sample_tokens=0,
@@ -78,7 +78,7 @@ def grpo_arith_tiny() -> Config:
 @register("grpo_spelling_tiny", "GRPO on spelling/counting from chat_tiny_sft (held-out words)")
 def grpo_spelling_tiny() -> Config:
     cfg = grpo_arith_tiny()
-    cfg.rl.task = "spelling"
+    cfg.rl.task, cfg.rl.split = "spelling", "train"
     cfg.rl.max_new_tokens = 128
     cfg.eval.tasks = "spelling"
     return cfg

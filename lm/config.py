@@ -247,7 +247,8 @@ class EvalConfig:
 @dataclass
 class RLConfig:
     """GRPO-style RL (stage `grpo`) against verifiable rewards; every variant is a setting."""
-    task: str = "arithmetic_easy"         # the lm.tasks task whose train split gives the prompts
+    task: str = "arithmetic_easy"         # the lm.tasks task whose `split` gives the prompts
+    split: str = "train"                  # arithmetic keeps "rl": phrasings neither SFT nor eval use
     rewards: str = "correct:1"            # reward:weight,... (lm.rl.rewards names)
     prompts: int = num(16, 1)             # P prompts per rollout batch
     samples: int = num(8, 1)              # G samples per prompt (the group)

@@ -215,3 +215,10 @@ def test_grpo_config_errors(tiny_parent):
     cfg.rl.task = "mmlu"
     with pytest.raises(ValueError, match="generative"):
         grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)
+    for split, ok in (("test", False), ("dev", False), ("rl", True), ("train", True)):
+        cfg = _grpo_cfg(tiny_parent, parent.tokenizer.vocab_size, split=split)
+        if ok:
+            assert grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent).prompts(0)
+        else:
+            with pytest.raises(ValueError, match="held out for evaluation"):
+                grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)

@@ -150,7 +150,8 @@ def test_generated_held_out_splits_are_disjoint_from_training():
     from lm.tasks import arithmetic as A
     framed = (A.START, A.MUL_START, A.ASK_NOW, A.ASK_LEFT, A.ASK_EACH)
     for pool in framed:
-        assert pool["test"] and not set(pool["train"]) & set(pool["test"])
+        a, b, c = (set(pool[k]) for k in ("train", "rl", "test"))
+        assert b and c and not (a & b or a & c or b & c)
 
     slot = {"n1": "[A-Z][a-z]+", "n2": "[A-Z][a-z]+", "He": "(?:He|She)", "him": "(?:him|her)",
             "a": r"\d+", "b": r"\d+", "x": r"\d+", "it": "[a-z]+(?: [a-z]+)?",
@@ -162,12 +163,17 @@ def test_generated_held_out_splits_are_disjoint_from_training():
     assert frame(A.START["train"][0]).match("Emily has 3 toy cars.")
     train_open = [frame(f) for f in A.START["train"] + A.MUL_START["train"]]
     train_ask = [frame(f) for p in framed[2:] for f in p["train"]]
+    rl_open = [frame(f) for f in A.START["rl"] + A.MUL_START["rl"]]
+    rl_ask = [frame(f) for p in framed[2:] for f in p["rl"]]
     for level in ("arithmetic_easy", "arithmetic_hard"):
         t = Arithmetic(level)
         for i in range(200):
             sents = re.split(r"(?<=[.?]) ", t.example("test", i)["messages"][0]["content"])
+            assert not any(f.match(sents[0]) for f in train_open + rl_open), sents[0]
+            assert not any(f.match(sents[-1]) for f in train_ask + rl_ask), sents[-1]
+            sents = re.split(r"(?<=[.?]) ", t.example("rl", i)["messages"][0]["content"])
+            assert any(f.match(sents[0]) for f in rl_open), sents[0]
             assert not any(f.match(sents[0]) for f in train_open), sents[0]
-            assert not any(f.match(sents[-1]) for f in train_ask), sents[-1]
             sents = re.split(r"(?<=[.?]) ", t.example("train", i)["messages"][0]["content"])
             assert any(f.match(sents[0]) for f in train_open), sents[0]      # the regexes work
             assert any(f.match(sents[-1]) for f in train_ask), sents[-1]

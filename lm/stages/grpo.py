@@ -1,6 +1,6 @@
 """RL with verifiable rewards (GRPO and its variants) on the sampling engine.
 
-Each rollout batch: P prompts from the task's train split × G samples each (`rl.temperature`,
+Each rollout batch: P prompts from the task's `rl.split` × G samples each (`rl.temperature`,
 `top_k`, `top_p`), tools on; the engine flags its forced tool-output tokens, which (with prompts
 and padding) get no gradient. Rewards come from the task's grader (`lm.rl.rewards`), advantages
 are group-relative (`lm.rl.loss.advantages`), and the log-probs of the sampled tokens under the
@@ -79,6 +79,10 @@ class Stage:
         if self.task.kind != "generative":
             raise ValueError(f"rl.task={rl.task!r} is {self.task.kind}; RL needs a generative "
                              f"task with a grader")
+        if rl.split == "test" or rl.split not in self.task.splits:
+            raise ValueError(f"rl.split={rl.split!r}: {rl.task} has splits "
+                             f"{[x for x in self.task.splits if x != 'test']} to practise on "
+                             f"(test is held out for evaluation)")
         self.reward = Composite(rl.rewards)
         # its own buffers: the train state starts from the same arrays and the step donates them
         self.ref_params = jax.tree.map(jnp.copy, parent.params)
@@ -90,7 +94,7 @@ class Stage:
         self.engine = None
         self.eval_tasks = list(task_lib.parse_weights(cfg.eval.tasks, key="eval.tasks")) or \
             [rl.task]
-        sample = [chat.render_for_completion(self.task.example("train", i), tokenizer)
+        sample = [chat.render_for_completion(self.task.example(rl.split, i), tokenizer)
                   for i in range(32)]
         if max(map(len, sample)) + rl.max_new_tokens + 1 > d.seq_len:
             raise ValueError(f"grpo: prompts of up to {max(map(len, sample))} tokens plus "
@@ -122,11 +126,12 @@ class Stage:
     def prompts(self, k: int) -> list[dict]:
         """The P training conversations of rollout batch k (deterministic)."""
         P = self.cfg.rl.prompts
-        size = self.task.size("train")
+        split = self.cfg.rl.split
+        size = self.task.size(split)
         if size is None:
-            return [self.task.example("train", k * P + j) for j in range(P)]
+            return [self.task.example(split, k * P + j) for j in range(P)]
         rng = np.random.default_rng((self.cfg.data.seed, k))
-        return [self.task.example("train", int(i)) for i in rng.integers(0, size, P)]
+        return [self.task.example(split, int(i)) for i in rng.integers(0, size, P)]
 
     def rollouts(self, params, k: int) -> tuple[dict, dict]:
         from lm.eval.chat import generate_replies

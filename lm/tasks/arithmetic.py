@@ -6,7 +6,9 @@ levels: `arithmetic_easy` (1–2 steps, numbers up to 20), `arithmetic` (1–3 s
 `arithmetic_hard` (2–3 steps, up to 1000). Infinite and seeded: example i of a split is always the
 same problem. The `test` split uses templates that the `train` split never shows, not just new
 numbers: its opening sentences (the starting amount, the multiplication set-up) and its questions
-are phrasings of its own, so no held-out problem reads like a training one. The sentences that
+are phrasings of its own, so no held-out problem reads like a training one. A third split, `rl`,
+has phrasings of its own too: RL practises on problems that read like neither SFT's nor the
+held-out ones, so a held-out gain after RL is a gain on unseen frames. The sentences that
 carry each operation ("gives 3 to Ben", "receives 4 additional") are shared, as the meaning of a
 verb never seen with a number is not something these problems can teach.
 """
@@ -29,8 +31,8 @@ BOXES = [("box", "boxes"), ("bag", "bags"), ("basket", "baskets"), ("jar", "jars
 
 
 # A problem is a start clause, one event clause per operation after the first, and a question.
-# Start and question clauses have phrasings only the train split uses and phrasings only the test
-# split uses; event clauses (one pool for both) say which operation it is. {x} is its number.
+# Start and question clauses have phrasings of their own in each split (train, rl, test); event
+# clauses (one pool for all) say which operation it is. {x} is its number.
 START = {
     "train": ["{n1} has {a} {it}.", "{n1} owns {a} {it}.", "{n1} starts with {a} {it}.",
               "There are {a} {it} in {n1}'s {box}.", "{n1} collected {a} {it}.",
@@ -38,6 +40,8 @@ START = {
               "{n1} keeps {a} {it} in a {box}.", "{n1} was given {a} {it}."],
     "test": ["In {n1}'s room there are {a} {it}.", "{n1} counts {a} {it} on the table.",
              "At first, {n1} has exactly {a} {it}.", "{n1}'s {box} is filled with {a} {it}."],
+    "rl": ["{n1} is holding {a} {it}.", "{n1} brought {a} {it} to school.",
+           "{n1} got {a} {it} as a birthday present.", "Inside a {box} lie {a} {it}."],
 }
 _ADD = [
     "{He} buys {x} more.",
@@ -54,7 +58,7 @@ _ADD = [
     "{He} receives {x} additional {it}.",
     "{x} new {it} arrive.",
 ]
-ADD = {"train": _ADD, "test": _ADD}
+ADD = {"train": _ADD, "rl": _ADD, "test": _ADD}
 _SUB = [
     "{He} gives {x} to {n2}.",
     "{He} loses {x} of them.",
@@ -70,7 +74,7 @@ _SUB = [
     "{n2} borrows {x} and keeps them.",
     "{He} drops {x} on the way home.",
 ]
-SUB = {"train": _SUB, "test": _SUB}
+SUB = {"train": _SUB, "rl": _SUB, "test": _SUB}
 MUL_START = {
     "train": ["{n1} has {a} {boxes} with {b} {it} in each.",
               "There are {a} {boxes}, and each one holds {b} {it}.",
@@ -79,6 +83,8 @@ MUL_START = {
               "Each of {a} children has {b} {it}."],
     "test": ["{n1} stacks {a} piles of {it}, {b} in every pile.",
              "{a} bags sit on a shelf, each with {b} {it} inside."],
+    "rl": ["{n1} fills {a} {boxes}, putting {b} {it} into each.",
+           "{a} shelves carry {b} {it} apiece."],
 }
 _DIV = [
     "{He} shares them equally among {x} friends.",
@@ -87,22 +93,25 @@ _DIV = [
     "{He} hands them out evenly to {x} classmates.",
     "{He} divides them fairly between {x} kids.",
 ]
-DIV = {"train": _DIV, "test": _DIV}
+DIV = {"train": _DIV, "rl": _DIV, "test": _DIV}
 ASK_NOW = {   # after adding or multiplying (or a mixed sequence ending with an addition)
     "train": ["How many {it} does {n1} have now?", "How many {it} are there now?",
               "How many {it} are there in total?", "How many {it} does {n1} have in the end?",
               "What is the number of {it} now?"],
     "test": ["What is the total number of {it} at the end?",
              "Count the {it}: how many are there altogether?"],
+    "rl": ["How many {it} does {n1} own at this point?", "So how many {it} is that?"],
 }
 ASK_LEFT = {  # after taking some away
     "train": ["How many {it} are left?", "How many {it} does {n1} have left?",
               "How many {it} are still there?", "How many {it} remain?"],
     "test": ["How many {it} remain after all that?", "What number of {it} is left over?"],
+    "rl": ["How many {it} does {n1} still hold?", "How many {it} are there afterwards?"],
 }
 ASK_EACH = {
     "train": ["How many {it} does each one get?", "How many {it} are in each group?"],
     "test": ["How many {it} end up in every share?"],
+    "rl": ["How many {it} go to each of them?"],
 }
 THEN = ["Then", "After that", "Later", "Next"]
 OPS = {"add": ("+", "Adding the new ones: "), "sub": ("-", "Taking away: "),
@@ -212,6 +221,7 @@ def problem(ops: tuple[str, ...], split: str, rng: random.Random, top: int
 
 class Arithmetic(Task):
     kind = "generative"
+    splits = ("train", "rl", "test")
 
     def __init__(self, name: str = "arithmetic_easy", seed: int = 0):
         if name not in LEVELS:

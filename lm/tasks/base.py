@@ -2,6 +2,7 @@
 grade of a reply (for evaluation and for RL rewards).
 
     task.size("train" | "test") -> int, or None for generated tasks (infinite, seeded)
+    task.splits                  ("train", "test"), or more (arithmetic keeps an "rl" split)
     task.example(split, i) -> conversation dict (lm.conversation), deterministic in (split, i)
     task.evaluate(conv, reply) -> bool       reply: the assistant's text (`reply_text` form)
     task.reward(conv, reply) -> float        default: 1.0 if evaluate else 0.0
@@ -27,6 +28,7 @@ class Task:
     name: str = "task"
     kind: str = "generative"          # 'generative' | 'categorical' | 'open' (training only)
     baseline: float = 0.0             # accuracy of random guessing (ChatCORE centring)
+    splits: tuple = SPLITS
 
     def size(self, split: str) -> Optional[int]:
         raise NotImplementedError
@@ -45,8 +47,8 @@ class Task:
         return 128
 
     def _check_split(self, split: str) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"{self.name}: unknown split {split!r} (splits: {list(SPLITS)})")
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: unknown split {split!r} (splits: {list(self.splits)})")
 
 
 # ---- helpers shared by the tasks -------------------------------------------------------------------
