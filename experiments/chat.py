@@ -93,27 +93,27 @@ def _ablation(**rl) -> Config:
     for k, v in rl.items():
         setattr(cfg.rl, k, v)
     cfg.train.steps = 10_000
-    cfg.train.time_limit_s = 360
+    cfg.train.time_limit_s = 240
     cfg.eval.every = 0
     cfg.checkpoint.every = 0
     return cfg
 
 
 @register("grpo_arith_nanochat", "ablation (a): nanochat's setting - r - mean, no std, no KL, "
-          "on-policy, token-mean; 360 s")
+          "on-policy, token-mean; 240 s")
 def grpo_arith_nanochat() -> Config:
     return _ablation(std_norm=False, kl="none", updates=1, aggregation="token_mean")
 
 
 @register("grpo_arith_grpo", "ablation (b): GRPO - std-normalised advantages, k3 KL (beta 0.04) "
-          "to the SFT policy, 2 clipped updates per batch, sequence-mean; 360 s")
+          "to the SFT policy, 2 clipped updates per batch, sequence-mean; 240 s")
 def grpo_arith_grpo() -> Config:
     return _ablation(std_norm=True, kl="k3", beta=0.04, updates=2, clip_eps=0.2,
                      aggregation="seq_mean_token_mean")
 
 
 @register("grpo_arith_dapo", "ablation (c): DAPO-style - token-mean, clip-higher (0.2/0.28), no "
-          "KL, 2 clipped updates per batch; 360 s")
+          "KL, 2 clipped updates per batch; 240 s")
 def grpo_arith_dapo() -> Config:
     return _ablation(std_norm=True, kl="none", updates=2, clip_eps=0.2, clip_eps_high=0.28,
                      aggregation="token_mean")
