@@ -108,10 +108,14 @@ def final_evals(run_dir: str) -> dict:
 
 
 def plot_chain(chain: list[tuple[str, dict]], path: str) -> bool:
-    """Bar chart of the accuracy keys shared along the chain (base -> SFT -> RL)."""
+    """Bar chart of each task's held-out accuracy along the chain (base -> SFT -> RL). The
+    aggregates (format, chatcore) average over each run's own task set, so they stay in the
+    report's table, not here; a run with no task accuracies gets no bar."""
+    aggregates = ("eval/format", "eval/chatcore")
     keys = sorted({k for _, ev in chain for k in ev if k.startswith("eval/") and
-                   not k.endswith(("_tokens",)) and "@" not in k})
-    if not keys or len(chain) < 1:
+                   not k.endswith(("_tokens",)) and "@" not in k and k not in aggregates})
+    chain = [(label, ev) for label, ev in chain if any(k in ev for k in keys)]
+    if not keys or not chain:
         return False
     import numpy as np
     plt = _plt()

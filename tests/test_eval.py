@@ -131,3 +131,23 @@ def test_parity_with_lm_evaluation_harness(data_env, tmp_path):
         assert abs(r["acc_ours"] - r["acc_ref"]) <= 0.005 and \
             abs(r["acc_norm_ours"] - r["acc_norm_ref"]) <= 0.005, (task, r)
         assert r["max_abs_ll_diff"] < 1e-2
+
+
+def test_report_chain_reads_runs_and_plots_only_task_accuracies(tmp_path):
+    import json
+    from lm import report
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 10, "loss": 2.0}, {"step": 10, "final": True, "eval/spelling": 0.5,
+            "eval/spelling_n": 200, "eval/format": 0.9, "val_loss": 1.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval.json").write_text(json.dumps({"likelihood": {"arc_easy": {"acc": 0.3,
+                                   "acc_norm": 0.35}}, "chat": {}, "bpb": {}}))
+    ev = report.final_evals(str(run))
+    assert ev == {"eval/spelling": 0.5, "eval/format": 0.9, "val_loss": 1.5,
+                  "lm_eval/arc_easy/acc": 0.3, "lm_eval/arc_easy/acc_norm": 0.35}
+    # aggregates alone (format, chatcore: means over each run's own tasks) make no chart
+    assert not report.plot_chain([("sft", {"eval/format": 0.9, "eval/chatcore": 0.3})],
+                                 str(tmp_path / "none.png"))
+    assert report.plot_chain([("base", {"val_loss": 3.0}), ("sft", ev)], str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 1000 and not (tmp_path / "none.png").exists()
