@@ -41,7 +41,11 @@ START = {
     "test": ["In {n1}'s room there are {a} {it}.", "{n1} counts {a} {it} on the table.",
              "At first, {n1} has exactly {a} {it}.", "{n1}'s {box} is filled with {a} {it}."],
     "rl": ["{n1} is holding {a} {it}.", "{n1} brought {a} {it} to school.",
-           "{n1} got {a} {it} as a birthday present.", "Inside a {box} lie {a} {it}."],
+           "{n1} got {a} {it} as a birthday present.", "Inside a {box} lie {a} {it}.",
+           "{n1} bought {a} {it} at the market.", "{n1} received {a} {it} from a neighbour.",
+           "{n1} saved {a} {it} over the summer.", "There were {a} {it} on {n1}'s desk.",
+           "{n1} won {a} {it} at the fair.", "{n1}'s shelf has {a} {it} on it.",
+           "{n1} picked {a} {it} from the garden.", "{n1} found {a} {it} in the attic."],
 }
 _ADD = [
     "{He} buys {x} more.",
@@ -84,7 +88,11 @@ MUL_START = {
     "test": ["{n1} stacks {a} piles of {it}, {b} in every pile.",
              "{a} bags sit on a shelf, each with {b} {it} inside."],
     "rl": ["{n1} fills {a} {boxes}, putting {b} {it} into each.",
-           "{a} shelves carry {b} {it} apiece."],
+           "{a} shelves carry {b} {it} apiece.",
+           "{n1} sets out {a} trays with {b} {it} on each.",
+           "{n1} orders {a} {boxes} of {it}, and every one contains {b}.",
+           "There are {a} tables with {b} {it} on each table.",
+           "{a} friends each bring {b} {it}."],
 }
 _DIV = [
     "{He} shares them equally among {x} friends.",
@@ -100,18 +108,21 @@ ASK_NOW = {   # after adding or multiplying (or a mixed sequence ending with an 
               "What is the number of {it} now?"],
     "test": ["What is the total number of {it} at the end?",
              "Count the {it}: how many are there altogether?"],
-    "rl": ["How many {it} does {n1} own at this point?", "So how many {it} is that?"],
+    "rl": ["How many {it} does {n1} own at this point?", "So how many {it} is that?",
+           "How many {it} does {n1} end up with?", "What is {n1}'s count of {it} now?",
+           "Find the number of {it} {n1} has."],
 }
 ASK_LEFT = {  # after taking some away
     "train": ["How many {it} are left?", "How many {it} does {n1} have left?",
               "How many {it} are still there?", "How many {it} remain?"],
     "test": ["How many {it} remain after all that?", "What number of {it} is left over?"],
-    "rl": ["How many {it} does {n1} still hold?", "How many {it} are there afterwards?"],
+    "rl": ["How many {it} does {n1} still hold?", "How many {it} are there afterwards?",
+           "How many {it} does {n1} keep in the end?", "How many {it} has {n1} got after that?"],
 }
 ASK_EACH = {
     "train": ["How many {it} does each one get?", "How many {it} are in each group?"],
     "test": ["How many {it} end up in every share?"],
-    "rl": ["How many {it} go to each of them?"],
+    "rl": ["How many {it} go to each of them?", "How many {it} are in one group?"],
 }
 THEN = ["Then", "After that", "Later", "Next"]
 OPS = {"add": ("+", "Adding the new ones: "), "sub": ("-", "Taking away: "),
