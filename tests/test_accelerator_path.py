@@ -144,7 +144,9 @@ def test_gpt2_124m_recipe_at_toy_size(inputs, tmp_path, data_env):
 
 
 def test_device_check_script_logic_on_cpu(tmp_path):
-    env = dict(os.environ, LM_DEVICE_CHECK_SMOKE="1", OUT=str(tmp_path), PYTHONPATH=ROOT)
+    # the script calls `python3`: the interpreter running these tests, activated or not
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    env = dict(os.environ, LM_DEVICE_CHECK_SMOKE="1", OUT=str(tmp_path), PYTHONPATH=ROOT, PATH=path)
     env.pop("XLA_FLAGS", None)
     r = subprocess.run(["bash", "tools/device_check.sh"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
