@@ -59,7 +59,19 @@ def read_index(shards_dir: str) -> dict:
         return json.load(f)
 
 
-class ShardStream:
+class _TokenArray:
+    """What numpy asks of a 1-D token array: `size` and `np.asarray(x)` (reads it all)."""
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[0:len(self)]
+        return out.astype(dtype) if dtype is not None else out
+
+
+class ShardStream(_TokenArray):
     """Several 1-D token arrays as one stream: len() and slicing, files memory-mapped."""
 
     def __init__(self, files: Sequence[str]):
@@ -72,14 +84,6 @@ class ShardStream:
 
     def __len__(self) -> int:
         return int(self.starts[-1])
-
-    @property
-    def size(self) -> int:
-        return len(self)
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[0:len(self)]
-        return out.astype(dtype) if dtype is not None else out
 
     def __getitem__(self, key):
         if isinstance(key, slice):
@@ -101,7 +105,7 @@ class ShardStream:
         raise TypeError(f"ShardStream index must be an int or a slice, got {type(key).__name__}")
 
 
-class StreamView:
+class StreamView(_TokenArray):
     """tokens[start:stop] of a stream, without copying (a train/val split of a ShardStream)."""
 
     def __init__(self, stream, start: int, stop: int):
@@ -110,14 +114,6 @@ class StreamView:
 
     def __len__(self) -> int:
         return self.stop - self.start
-
-    @property
-    def size(self) -> int:
-        return len(self)
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[0:len(self)]
-        return out.astype(dtype) if dtype is not None else out
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
