@@ -73,16 +73,33 @@ def test_export_import_parity_and_round_trip(arch, tok, tmp_path):
     np.testing.assert_allclose(got, ours, atol=1e-5)
 
 
-def test_hf_tokenizer_files_encode_like_ours(tok, tmp_path):
+# years and amounts: digit merges ("18", "86", "188") make a digit run's split visible
+NUMBERS = " ".join(str(y) for y in range(1800, 2030)) + " 19000 km, 250000 people. " * 3
+
+
+@pytest.fixture(scope="module")
+def digit_tok():
+    return train_bpe([TEXT, NUMBERS], 256 + 9 + 200)
+
+
+def test_hf_tokenizer_files_encode_like_ours(digit_tok, tmp_path):
+    tok = digit_tok
     out = str(tmp_path / "t")
     os.makedirs(out)
     hf.write_tokenizer(tok, out)
     fast = transformers.AutoTokenizer.from_pretrained(out)
     for text in [TEXT[:300], "  leading spaces\n\n\ttabs 123456 ünïcödé 😀😀", "x" * 50,
-                 "<|assistant_end|> stays text"]:
+                 "<|assistant_end|> stays text", "In 1886, 19000 km; as of 2020 (1838-1842)."]:
         assert fast.encode(text, add_special_tokens=False) == tok.encode(text)
         assert fast.encode(text) == [tok.bos_id] + tok.encode(text)     # BOS, as lm trains
         assert fast.decode(tok.encode(text)) == text
+
+
+def test_a_tokenizer_json_that_splits_differently_is_refused(digit_tok, tmp_path, monkeypatch):
+    # Oniguruma reads GPT-4's possessive `\p{N}{1,3}+` as "repeated": "1886" stays one piece
+    monkeypatch.setattr(hf, "onig_pattern", lambda p: p)
+    with pytest.raises(hf.InteropError, match="does not encode like lm's tokenizer"):
+        hf.write_tokenizer(digit_tok, str(tmp_path))
 
 
 def test_gpt2_tokenizer_files(tmp_path):

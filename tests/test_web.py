@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import zlib
 
 import numpy as np
@@ -312,8 +313,13 @@ def test_shards_read_back_by_trainer_loader(shared_data, tmp_path):
 def _cli(args, env_extra=None, check=True):
     env = dict(os.environ)
     env.update(env_extra or {})
-    r = subprocess.run([sys.executable, "-m", "tools.process_web", *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=240, start_new_session=True)
+    try:
+        r = subprocess.run([sys.executable, "-m", "tools.process_web", *args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=240, start_new_session=True)
+    except subprocess.TimeoutExpired as e:  # say where it stopped
+        tail = lambda b: (b.decode(errors="replace") if isinstance(b, bytes) else b or "")[-4000:]
+        raise AssertionError(f"process_web still running after 240 s:\n{tail(e.stdout)}\n"
+                             f"{tail(e.stderr)}") from None
     if check and r.returncode != 0:
         raise AssertionError(f"process_web failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     return r
@@ -430,3 +436,26 @@ def test_web_tiny_experiment_points_at_pipeline_output(local_run, monkeypatch):
     monkeypatch.setenv("LM_WEB_TINY", os.path.join(local_run[0], "missing"))
     with pytest.raises(FileNotFoundError, match="process_web"):
         experiments.get("web_tiny")
+
+
+def test_ray_worker_hook_gives_forked_children_the_default_sigterm():
+    # a process with a SIGTERM handler that swallows the signal (as a Ray worker's can, for a
+    # child of datatrove's pool) forks; with the hook the child dies of SIGTERM, without it lives
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        from lm.data.web.recipe import ray_worker_setup
+        signal.signal(signal.SIGTERM, lambda *a: None)
+        if sys.argv[1] == "hook":
+            ray_worker_setup()
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(3)
+            os._exit(7)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
+    """)
+    got = {m: subprocess.run([sys.executable, "-c", code, m], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60).stdout.strip() for m in ("hook", "plain")}
+    assert got == {"hook": "True", "plain": "False"}

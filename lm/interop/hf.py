@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -234,6 +235,35 @@ def _merges(tok) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def onig_pattern(pattern: str) -> str:
+    """Our split regex for `tokenizers` (Oniguruma, Ruby syntax). There a possessive interval
+    `{n,m}+` means "the interval, repeated": GPT-4's `\p{N}{1,3}+` would keep "1886" whole
+    instead of splitting "188" | "6". A plain interval gives the same split as the possessive one
+    here, since nothing follows it in its branch."""
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", pattern)
+
+
+# digit runs, whitespace runs, contractions, punctuation, newlines, non-Latin letters, emoji
+_PROBE = ("In 1886, 19000 km; 2020/2017 and 1234567 items.\n\n  It's    'll\t\tx\r\n"
+          "Ünïcödé 東京 😀😀 -- ... ?!\n   end  ")
+
+
+def _check_tokenizer_json(tok, path: str) -> None:
+    """The written tokenizer.json must split and merge as `tok` does (tokenizers' regex engine is
+    not ours), else an error naming the first piece that differs."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return
+    theirs = Tokenizer.from_file(path).encode(_PROBE, add_special_tokens=False).ids
+    ours = list(tok.encode(_PROBE))
+    if theirs != ours:
+        i = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise InteropError(f"tokenizer.json does not encode like lm's tokenizer (split pattern "
+                           f"{tok.pattern!r}): at token {i}, lm {tok.decode(ours[i:i + 3])!r}, "
+                           f"tokenizers {tok.decode(theirs[i:i + 3])!r}")
+
+
 def write_tokenizer(tok, out: str) -> None:
     from lm.tokenizer import GPT2_SPLIT_PATTERN, gpt2_bytes_to_unicode
     tok.save(os.path.join(out, "lm_tokenizer.json"))
@@ -255,7 +285,7 @@ def write_tokenizer(tok, out: str) -> None:
                            for s, i in sorted(specials.items(), key=lambda kv: kv[1])],
           "normalizer": None,
           "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-              {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated",
+              {"type": "Split", "pattern": {"Regex": onig_pattern(tok.pattern)}, "behavior": "Isolated",
                "invert": False},
               {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                "use_regex": False}]},
@@ -278,6 +308,7 @@ def write_tokenizer(tok, out: str) -> None:
                     "vocab": vocab, "merges": merges}}
     with open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tj, f, ensure_ascii=False)
+    _check_tokenizer_json(tok, os.path.join(out, "tokenizer.json"))
     bos = tok.bos_token
     with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos,

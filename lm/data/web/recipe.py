@@ -356,14 +356,40 @@ class _Progress:
         return False
 
 
+def ray_worker_setup() -> None:
+    """Ray worker hook: processes forked from a Ray worker get the default SIGTERM action.
+
+    datatrove's Ray job runs its ranks in a `multiprocess` pool forked inside the actor, and the
+    pool's teardown stops idle children with SIGTERM. A child that inherits Ray's SIGTERM handler
+    can survive it and the pool's join then waits forever (seen here on about one run in three of
+    tests/test_web_ray.py: a stage whose tasks were all complete never returned)."""
+    import os
+    import signal
+
+    def _default_sigterm():
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except (ValueError, OSError):  # not the main thread: leave it
+            pass
+
+    os.register_at_fork(after_in_child=_default_sigterm)
+
+
 def _ensure_ray(cfg: RecipeConfig):
     import ray
 
     if not ray.is_initialized():
+        # the hook runs before a worker has the driver's import path: give it lm's checkout
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))))
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        env = {"worker_process_setup_hook": "lm.data.web.recipe.ray_worker_setup",
+               "env_vars": {"PYTHONPATH": path}}
         if cfg.ray_address:
-            ray.init(address=cfg.ray_address, log_to_driver=False)
+            ray.init(address=cfg.ray_address, log_to_driver=False, runtime_env=env)
         else:
-            ray.init(num_cpus=max(1, cfg.workers), include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=max(1, cfg.workers), include_dashboard=False, log_to_driver=False,
+                     runtime_env=env)
 
 
 def run(cfg: RecipeConfig) -> dict:
