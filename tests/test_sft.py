@@ -1,5 +1,6 @@
 """SFT: best-fit packing invariants, resumable packing, task graders, held-out splits disjoint
 from training, a few SFT steps lowering the masked loss, and init_from errors."""
+import json
 import dataclasses
 import os
 import re
@@ -267,3 +268,19 @@ def test_init_from_errors(parent_run, tok, tmp_path):
         runs.resolve("no_such_experiment_or_dir")
     with pytest.raises(ConfigError, match="starts from a parent run"):
         Config(stage="sft").validate()
+
+
+def test_identity_frames_times_cores_never_produce_a_held_out_phrasing(tmp_path):
+    from lm.tasks.identity import Identity
+    spec = {"name": "N", "maker": "M", "home": "H", "frames": ["Tell me {q}.", "Can you say {q}?"],
+            "topics": [{"topic": "maker", "keywords": ["M"], "train": ["Who made you?"],
+                        "test": ["tell me, WHO made you"], "answers": ["{maker}."],
+                        "cores": ["who built you", "who made you"]}]}
+    path = tmp_path / "identity.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="'Tell me who made you.' is also a held-out"):
+        Identity(path=str(path)).spec
+    spec["topics"][0]["cores"] = ["who built you"]
+    path.write_text(json.dumps(spec))
+    train = Identity(path=str(path)).spec["topics"][0]["train"]
+    assert train == ["Who made you?", "Tell me who built you.", "Can you say who built you?"]

@@ -1,16 +1,17 @@
 """Identity ("knowledge of self"): synthetic conversations about the assistant's name, maker,
 nature, abilities and limits, generated from the editable `identity.json` beside this file.
 
-The `test` split asks only the held-out phrasings of each topic; a reply is correct when it
-contains one of the topic's keywords (whole words, any case). Infinite and seeded (varied
-casing, punctuation and openers).
+Train phrasings are the listed ones plus every `frames` x `cores` combination (the frame of a
+question is shared by all topics, so it never gives the topic away). The `test` split asks only
+the held-out phrasings of each topic; a reply is correct when it contains one of the topic's
+keywords (whole words, any case). Infinite and seeded (varied casing, punctuation and openers).
 """
 from __future__ import annotations
 
 import json
-import re
 import os
 import random
+import re
 from functools import cached_property
 
 from lm.conversation import conversation
@@ -36,11 +37,17 @@ class Identity(Task):
         def sub(s: str, capital: bool = False) -> str:
             s = s.format(**fill)
             return s[0].upper() + s[1:] if capital and s else s
+        norm = lambda q: re.sub(r"[^a-z0-9' ]", "", q.lower()).strip()
+        test = {norm(q) for t in spec["topics"] for q in t["test"]}
         for t in spec["topics"]:
             for k in ("train", "test", "answers", "keywords"):
                 t[k] = [sub(x, capital=k == "answers") for x in t[k]]
-            if set(t["train"]) & set(t["test"]):
-                raise ValueError(f"{self.path}: topic {t['topic']!r} has phrasings in both splits")
+            framed = [f.format(q=c) for c in t.get("cores", []) for f in spec.get("frames", [])]
+            t["train"] = list(dict.fromkeys(t["train"] + [sub(q, capital=True) for q in framed]))
+            both = [q for q in t["train"] if norm(q) in test]
+            if both:
+                raise ValueError(f"{self.path}: topic {t['topic']!r}: {both[0]!r} is also a "
+                                 "held-out (test) phrasing")
         return spec
 
     def size(self, split: str):
