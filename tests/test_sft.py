@@ -1,7 +1,7 @@
 """SFT: best-fit packing invariants, resumable packing, task graders, held-out splits disjoint
 from training, a few SFT steps lowering the masked loss, and init_from errors."""
-import json
 import dataclasses
+import json
 import os
 import re
 
