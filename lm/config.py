@@ -207,6 +207,9 @@ class TrainConfig:
     grad_accum: int = num(1, 1)
     eval_every: int = num(250, 1)
     eval_batches: int = num(200, 1)       # nanoGPT's eval_iters
+    # batches for the evaluations before the last one (0 or more than eval_batches: all of
+    # them); the final val_loss is always over eval_batches, the interim ones over its first ones
+    interim_eval_batches: int = num(0, 0)
     log_every: int = num(10, 1)
     seed: int = num(1337, 0)
     sample_tokens: int = num(300, 0)      # text sample at the end (0 = none)

@@ -38,7 +38,11 @@ class Stage:
         bos = getattr(self.tokenizer, "bos_id", None) if cfg.data.segment_on_bos else None
         self.train_it, val_iter = pipeline.make_iterators(
             cfg.data, self.splits, eval_batches=cfg.train.eval_batches, bos_id=bos)
-        self.val_groups = train.stack_batches(val_iter(), micro=cfg.train.grad_accum)
+        val = list(val_iter())
+        self.val_groups = train.stack_batches(val, micro=cfg.train.grad_accum)
+        n = cfg.train.interim_eval_batches
+        self.interim_groups = train.stack_batches(val[:n], micro=cfg.train.grad_accum) \
+            if 0 < n < len(val) else self.val_groups
         self.token_bytes = np.asarray(self.tokenizer.token_bytes())
         from lm.tasks import parse_weights
         self.bench = list(parse_weights(cfg.eval.tasks, key="eval.tasks"))
@@ -62,7 +66,8 @@ class Stage:
         out = {}
         if loop.due(step, self.cfg.train.eval_every) or final:
             out.update(train.evaluate(loop.compiled, loop.compiled.eval_params(state),
-                                      self.val_groups, self.token_bytes))
+                                      self.val_groups if final else self.interim_groups,
+                                      self.token_bytes))
         if self.bench and (loop.due(step, self.cfg.eval.every) or final):
             from lm.eval import benchmarks
             limit = (self.cfg.eval.final_limit or self.cfg.eval.limit) if final else \
