@@ -258,7 +258,8 @@ def _check_tokenizer_json(tok, path: str) -> None:
     theirs = Tokenizer.from_file(path).encode(_PROBE, add_special_tokens=False).ids
     ours = list(tok.encode(_PROBE))
     if theirs != ours:
-        i = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        i = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b),
+                 min(len(ours), len(theirs)))
         raise InteropError(f"tokenizer.json does not encode like lm's tokenizer (split pattern "
                            f"{tok.pattern!r}): at token {i}, lm {tok.decode(ours[i:i + 3])!r}, "
                            f"tokenizers {tok.decode(theirs[i:i + 3])!r}")
@@ -285,8 +286,8 @@ def write_tokenizer(tok, out: str) -> None:
                            for s, i in sorted(specials.items(), key=lambda kv: kv[1])],
           "normalizer": None,
           "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-              {"type": "Split", "pattern": {"Regex": onig_pattern(tok.pattern)}, "behavior": "Isolated",
-               "invert": False},
+              {"type": "Split", "pattern": {"Regex": onig_pattern(tok.pattern)},
+               "behavior": "Isolated", "invert": False},
               {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
                "use_regex": False}]},
           # HF's default add_special_tokens=True prepends BOS, as lm trains (documents start

@@ -37,13 +37,14 @@ class Identity(Task):
         def sub(s: str, capital: bool = False) -> str:
             s = s.format(**fill)
             return s[0].upper() + s[1:] if capital and s else s
-        norm = lambda q: re.sub(r"[^a-z0-9' ]", "", q.lower()).strip()
-        test = {norm(q) for t in spec["topics"] for q in t["test"]}
         for t in spec["topics"]:
             for k in ("train", "test", "answers", "keywords"):
                 t[k] = [sub(x, capital=k == "answers") for x in t[k]]
             framed = [f.format(q=c) for c in t.get("cores", []) for f in spec.get("frames", [])]
             t["train"] = list(dict.fromkeys(t["train"] + [sub(q, capital=True) for q in framed]))
+        norm = lambda q: re.sub(r"[^a-z0-9' ]", "", q.lower()).strip()
+        test = {norm(q) for t in spec["topics"] for q in t["test"]}
+        for t in spec["topics"]:
             both = [q for q in t["train"] if norm(q) in test]
             if both:
                 raise ValueError(f"{self.path}: topic {t['topic']!r}: {both[0]!r} is also a "

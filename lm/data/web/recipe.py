@@ -361,9 +361,7 @@ def ray_worker_setup() -> None:
 
     datatrove's Ray job runs its ranks in a `multiprocess` pool forked inside the actor, and the
     pool's teardown stops idle children with SIGTERM. A child that inherits Ray's SIGTERM handler
-    can survive it and the pool's join then waits forever (seen here on about one run in three of
-    tests/test_web_ray.py: a stage whose tasks were all complete never returned)."""
-    import os
+    can survive it, and the pool's join (so the stage, all its tasks done) then waits forever."""
     import signal
 
     def _default_sigterm():
