@@ -378,8 +378,8 @@ def _ensure_ray(cfg: RecipeConfig):
 
     if not ray.is_initialized():
         # the hook runs before a worker has the driver's import path: give it lm's checkout
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__)))))
+        import lm
+        root = os.path.dirname(os.path.dirname(os.path.abspath(lm.__file__)))
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         env = {"worker_process_setup_hook": "lm.data.web.recipe.ray_worker_setup",
                "env_vars": {"PYTHONPATH": path}}
