@@ -8,10 +8,12 @@ and otherwise read as architecture. `ModelConfig.kernels` picks it:
 - `xla_cpu`: the same arithmetic laid out for XLA:CPU (hand-written backward passes that keep
   gradients in the weights' own layout, a one-hot target select, a two-reduction argmax, a [D, V]
   copy of the tied head for batched decode). Reverse-mode only where a custom VJP is used.
-- `onednn`: `xla_cpu`, with the Linear layers' bf16 matmuls (forward and backward) run by oneDNN
-  through a JAX FFI custom call (`lm/cpu`): on CPUs with bf16 hardware (AVX512-BF16, AMX) oneDNN
-  uses it, where XLA:CPU's bf16 dot is slower than its fp32 one. Needs one CPU device (the custom
-  call is not partitioned over a mesh).
+- `onednn`: `xla_cpu`, with the bf16 matmuls run through JAX FFI custom calls (`lm/cpu`), where
+  XLA:CPU's bf16 dot is slower than its fp32 one: the Linear layers and the tied head (forward and
+  backward) and causal attention's batched matmuls by oneDNN, which uses the CPU's bf16 hardware
+  (AVX512-BF16, AMX); decode-sized products (<= 8 rows) by a few-row AVX512-BF16 kernel of ours,
+  which also serves decoding with bf16 weights and fp32 activations. Needs one CPU device (the
+  custom calls are not partitioned over a mesh).
 - `auto` (default): on the CPU, `onednn` for bf16 compute on a CPU with bf16 hardware (when the
   kernel builds), else `xla_cpu`; `plain` on accelerators.
 
@@ -19,11 +21,13 @@ Why each one exists, with the measurements: docs/performance.md ("The kernel sea
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Impl = Literal["plain", "xla_cpu", "onednn"]
@@ -90,26 +94,64 @@ def _matmul_cpu_bwd(res, g_MF):
 _matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
 
 
-def _onednn(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:
+def _view(shape, perm) -> tuple[np.ndarray, np.ndarray]:
+    """Logical dims and element strides of a row-major array of `shape` read through `perm`."""
+    strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1]
+    return (np.array([shape[p] for p in perm], np.int64),
+            np.array([strides[p] for p in perm], np.int64))
+
+
+def onednn_mm(a: Array, b: Array, a_perm, b_perm, out_shape, out_perm=None,
+              out_dtype=None) -> Array:
+    """oneDNN's (batched) matmul of strided views, no copies: the array of `out_shape` whose
+    `out_perm` view is (`a` viewed through `a_perm`) @ (`b` viewed through `b_perm`). Views are
+    `[..., M, K]`, `[..., K, N]`, `[..., M, N]` with the same leading (batch) dims."""
     from lm import cpu
     if cpu.load() is None:
         raise RuntimeError(f"the oneDNN kernel is unavailable: {cpu.load_error()}")
+    out_perm = tuple(range(len(out_shape))) if out_perm is None else out_perm
+    ad, as_ = _view(a.shape, a_perm)
+    bd, bs = _view(b.shape, b_perm)
+    cd, cs = _view(out_shape, out_perm)
+    out = jax.ShapeDtypeStruct(tuple(out_shape), out_dtype or a.dtype)
+    return jax.ffi.ffi_call("lm_onednn_matmul", out)(
+        a, b, a_dims=ad, a_strides=as_, b_dims=bd, b_strides=bs, c_dims=cd, c_strides=cs)
+
+
+def _onednn(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:
+    """op(a) @ op(b) of 2-D arrays, a transposed operand read in place."""
     M = a.shape[1] if trans_a else a.shape[0]
     N = b.shape[0] if trans_b else b.shape[1]
-    return jax.ffi.ffi_call("lm_onednn_matmul", jax.ShapeDtypeStruct((M, N), a.dtype))(
-        a, b, trans_a=trans_a, trans_b=trans_b)
+    return onednn_mm(a, b, (1, 0) if trans_a else (0, 1), (1, 0) if trans_b else (0, 1), (M, N))
 
 
-@jax.custom_vjp
-def _matmul_onednn(x_MD: Array, w_DF: Array) -> Array:
-    return _onednn(x_MD, w_DF)
+SMALL_M = 8     # at most this many rows: the few-row kernel (docs/performance.md, decode in bf16)
 
 
-def _matmul_onednn_fwd(x_MD, w_DF):
-    return _onednn(x_MD, w_DF), (x_MD, w_DF)
+def _small_m_ok(x_MD: Array) -> bool:
+    from lm import cpu
+    return x_MD.shape[0] <= SMALL_M and cpu.cpu_has_avx512_bf16()
 
 
-def _matmul_onednn_bwd(res, g_MF):
+def _forward_onednn(x_MD: Array, w_DF: Array, out_dtype) -> Array:
+    """x @ w of bf16 operands: the few-row AVX512-BF16 kernel for decode-sized x, else oneDNN."""
+    if _small_m_ok(x_MD):
+        out = jax.ShapeDtypeStruct((x_MD.shape[0], w_DF.shape[1]), jnp.float32)
+        return jax.ffi.ffi_call("lm_small_m_matmul", out)(x_MD, w_DF).astype(out_dtype)
+    return onednn_mm(x_MD, w_DF, (0, 1), (0, 1), (x_MD.shape[0], w_DF.shape[1]),
+                     out_dtype=out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_onednn(x_MD: Array, w_DF: Array, out_dtype) -> Array:
+    return _forward_onednn(x_MD, w_DF, out_dtype)
+
+
+def _matmul_onednn_fwd(x_MD, w_DF, out_dtype):
+    return _forward_onednn(x_MD, w_DF, out_dtype), (x_MD, w_DF)
+
+
+def _matmul_onednn_bwd(out_dtype, res, g_MF):
     x_MD, w_DF = res
     g_MF = g_MF.astype(x_MD.dtype)
     # dx = g·Wᵀ and dW = xᵀ·g (W's own layout), transposes read in place by oneDNN
@@ -120,12 +162,75 @@ _matmul_onednn.defvjp(_matmul_onednn_fwd, _matmul_onednn_bwd)
 
 
 def matmul(x_MD: Array, w_DF: Array, impl: Impl = "plain") -> Array:
-    """x @ w."""
-    if impl == "onednn" and x_MD.dtype == jnp.bfloat16 and w_DF.dtype == jnp.bfloat16:
-        return _matmul_onednn(x_MD, w_DF)
+    """x @ w in x's dtype (w cast to it). On the onednn path a bfloat16 w is read as stored: with
+    bfloat16 x (bf16 training) and with float32 x (decode with bf16 weights: x is rounded to
+    bf16 for the product, the output stays float32); a 3-D w is `pack`ed (decode only)."""
+    bf16 = jnp.bfloat16
+    if w_DF.ndim == 3:                          # packed by `decode_weights` (onednn path only)
+        return _packed_matmul(x_MD, w_DF, x_MD.dtype)
+    if impl == "onednn" and x_MD.dtype == bf16:
+        return _matmul_onednn(x_MD, w_DF.astype(bf16), bf16)
+    if impl == "onednn" and x_MD.dtype == jnp.float32 and w_DF.dtype == bf16:
+        return _matmul_onednn(x_MD.astype(bf16), w_DF, jnp.float32)
+    w_DF = w_DF.astype(x_MD.dtype)
     if impl in ("xla_cpu", "onednn"):
         return _matmul_cpu(x_MD, w_DF)
     return jnp.dot(x_MD, w_DF)
+
+
+def pack(w_KN: Array) -> Array:
+    """A [K, N] weight (N a multiple of 32) as the packed decode kernel reads it: bf16
+    [N/32, ceil(K/2), 64], each 32-column group's (row 2k, row 2k+1) pairs contiguous."""
+    K, N = w_KN.shape
+    w = w_KN.astype(jnp.bfloat16)
+    if K % 2:
+        w = jnp.concatenate([w, jnp.zeros((1, N), w.dtype)])
+    w = w.reshape(w.shape[0] // 2, 2, N // 32, 32)             # [K2, 2, G, 32]
+    return jnp.transpose(w, (2, 0, 3, 1)).reshape(N // 32, w.shape[0], 64)
+
+
+def packable(w: Array, impl: Impl) -> bool:
+    """Whether decode with bf16 weights packs this 2-D weight (`pack`) on this CPU."""
+    from lm import cpu
+    return (impl == "onednn" and w.ndim == 2 and w.shape[1] % 32 == 0
+            and cpu.cpu_has_avx512_bf16())
+
+
+PACKED = "kernel_packed"    # a Linear's packed kernel, in place of its "kernel" (`decode_weights`)
+
+
+def decode_weights(params, impl: Impl):
+    """The parameters a decode with bf16 weights reads: every leaf in bf16, and on the onednn
+    path each Linear's "kernel" packed for the few-row kernel (`pack`), stored as `PACKED`
+    (`layers.Linear` reads it; `matmul` takes it as it is). Inference only: no gradient."""
+    def walk(tree):
+        if not isinstance(tree, dict):
+            return jnp.asarray(tree).astype(jnp.bfloat16)
+        out = {}
+        for k, v in tree.items():
+            if k == "kernel" and not isinstance(v, dict) and packable(v, impl):
+                out[PACKED] = pack(v)
+            else:
+                out[k] = walk(v)
+        return out
+    return walk(params)
+
+
+def _packed_matmul(x_MK: Array, wp: Array, out_dtype) -> Array:
+    out = jax.ShapeDtypeStruct((x_MK.shape[0], wp.shape[0] * 32), jnp.float32)
+    return jax.ffi.ffi_call("lm_packed_matmul", out)(x_MK.astype(jnp.bfloat16), wp).astype(
+        out_dtype)
+
+
+def lowp_weights_config(cfg):
+    """The config a decode with bfloat16 weights computes with: on a CPU with the bf16 kernels,
+    float32 activations and cache with the matmuls reading bf16 weights (XLA:CPU's elementwise
+    and attention work is slower in bf16 than in fp32); elsewhere bfloat16 compute."""
+    import dataclasses
+    if cfg.kernels in ("auto", "onednn") and jax.default_backend() == "cpu" and \
+            onednn_available():
+        return dataclasses.replace(cfg, dtype="float32", kernels="onednn")
+    return dataclasses.replace(cfg, dtype="bfloat16")
 
 
 # ---- the tied output head: [N, D] @ wteᵀ ---------------------------------------------------------
@@ -176,7 +281,7 @@ def tied_logits(x_ND: Array, wte_VD: Array, impl: Impl = "plain",
     """x @ wteᵀ. `head_DV`, if given, is `head_copy(wte)` (inference only: no gradient reaches
     wte through it)."""
     if head_DV is not None:
-        return jnp.dot(x_ND, head_DV.astype(x_ND.dtype))
+        return matmul(x_ND, head_DV, impl)
     if impl == "onednn" and x_ND.dtype == jnp.bfloat16 and wte_VD.dtype == jnp.bfloat16:
         return _tied_onednn(x_ND, wte_VD)
     if impl in ("xla_cpu", "onednn"):
@@ -184,15 +289,18 @@ def tied_logits(x_ND: Array, wte_VD: Array, impl: Impl = "plain",
     return jnp.dot(x_ND, wte_VD.T)
 
 
-def head_copy(wte_VD: Array) -> Array:
-    """The tied head as a [D, V] array (a copy of wteᵀ)."""
-    return jnp.asarray(wte_VD).T
+def head_copy(wte_VD: Array, impl: Impl = "plain") -> Array:
+    """The tied head as a [D, V] array (a copy of wteᵀ); `pack`ed where `decode_weights` packs
+    (a bf16 wte on the onednn path)."""
+    w = jnp.asarray(wte_VD).T
+    return pack(w) if wte_VD.dtype == jnp.bfloat16 and packable(w, impl) else w
 
 
 def head_copy_rows(impl: Impl) -> int:
     """Decode batches of at least this many rows read the tied head through `head_copy` (0:
-    never): XLA:CPU's batched (M >= 2) matmul is faster on the [D, V] layout."""
-    return 2 if impl in ("xla_cpu", "onednn") else 0
+    never): XLA:CPU's batched (M >= 2) matmul is faster on the [D, V] layout, and the few-row
+    bf16 kernel reads [K, N] weights."""
+    return {"xla_cpu": 2, "onednn": 1}.get(impl, 0)
 
 
 # ---- log-softmax target pick and argmax ----------------------------------------------------------
@@ -216,3 +324,68 @@ def argmax(x: Array, impl: Impl = "plain") -> Array:
     m = jnp.max(x, axis=-1, keepdims=True)
     idx = jnp.min(jnp.where(x == m, jnp.arange(V, dtype=jnp.int32), V), axis=-1)
     return jnp.minimum(idx, V - 1)      # all-NaN row: no element equals the max
+
+
+# ---- causal self-attention (training and full-sequence forward) ----------------------------------
+
+def causal_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array, scale: float,
+                     impl: Impl = "plain") -> Array:
+    """softmax(q kᵀ · scale, causal) v per head, softmax in float32. On the onednn path, bf16
+    multi-head attention runs its four batched matmuls (and the backward's) through oneDNN,
+    reading the [B, T, heads, H] activations in place; else `jax.nn.dot_product_attention`."""
+    if impl == "onednn" and q_BTNH.dtype == jnp.bfloat16 and \
+            q_BTNH.shape[2] == k_BTKH.shape[2] and k_BTKH.dtype == v_BTKH.dtype == jnp.bfloat16:
+        return _attention_onednn(q_BTNH, k_BTKH, v_BTKH, scale)
+    # JAX's opt-in softmax rule (backward p·(g − Σ g·p)): better memory and stability, and no
+    # slow reduce on XLA:CPU (docs/performance.md).
+    with jax.softmax_custom_jvp(True):
+        return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True, scale=scale)
+
+
+_HEADS = (0, 2, 1, 3)      # [B, T, N, H] read as [B, N, T, H]
+
+
+def _scores(a_BTNH, b_BTNH):
+    """a bᵀ per (batch, head): [B, N, T, T] in float32."""
+    B, T, N, _ = a_BTNH.shape
+    return onednn_mm(a_BTNH, b_BTNH, _HEADS, (0, 2, 3, 1), (B, N, T, b_BTNH.shape[1]),
+                     out_dtype=jnp.float32)
+
+
+def _apply(p_BNTS, v_BSNH, transpose_p=False):
+    """p v per (batch, head) (pᵀ v with `transpose_p`), written as [B, T, N, H]."""
+    B, S, N, H = v_BSNH.shape
+    T = p_BNTS.shape[3] if transpose_p else p_BNTS.shape[2]
+    return onednn_mm(p_BNTS, v_BSNH, (0, 1, 3, 2) if transpose_p else (0, 1, 2, 3), _HEADS,
+                     (B, T, N, H), out_perm=_HEADS)
+
+
+def _attention_onednn_fwd(q, k, v, scale):
+    T = q.shape[1]
+    s_BNTS = _scores(q, k) * scale
+    causal = jnp.tril(jnp.ones((T, T), bool))
+    s_BNTS = jnp.where(causal, s_BNTS, jnp.finfo(jnp.float32).min)
+    p_BNTS = jax.nn.softmax(s_BNTS, axis=-1).astype(jnp.bfloat16)
+    o = _apply(p_BNTS, v)
+    return o, (q, k, v, p_BNTS, o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention_onednn(q, k, v, scale):
+    return _attention_onednn_fwd(q, k, v, scale)[0]
+
+
+def _attention_onednn_bwd(scale, res, do):
+    q, k, v, p_BNTS, o = res
+    do = do.astype(q.dtype)
+    dv = _apply(p_BNTS, do, transpose_p=True)
+    dp_BNTS = _scores(do, v)
+    delta_BNT1 = jnp.einsum("btnh,btnh->bnt", do.astype(jnp.float32),
+                            o.astype(jnp.float32))[..., None]
+    ds_BNTS = (p_BNTS.astype(jnp.float32) * (dp_BNTS - delta_BNT1) * scale).astype(q.dtype)
+    dq = _apply(ds_BNTS, k)
+    dk = _apply(ds_BNTS, q, transpose_p=True)
+    return dq, dk, dv
+
+
+_attention_onednn.defvjp(_attention_onednn_fwd, _attention_onednn_bwd)

@@ -37,11 +37,13 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        w = self.param("kernel", nn.with_logical_partitioning(normal(self.std), self.axes),
-                       (x.shape[-1], self.features), jnp.float32)
+        if self.has_variable("params", kernels.PACKED):       # decode with packed bf16 weights
+            w = self.get_variable("params", kernels.PACKED)
+        else:
+            w = self.param("kernel", nn.with_logical_partitioning(normal(self.std), self.axes),
+                           (x.shape[-1], self.features), jnp.float32)
         # as one 2-D matmul [B*T, D] @ [D, F] (faster on XLA:CPU than keeping the batch dims)
-        y = kernels.matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), w.astype(self.dtype),
-                           self.impl)
+        y = kernels.matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), w, self.impl)
         y = y.reshape(*x.shape[:-1], self.features)
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
@@ -157,13 +159,14 @@ class Attention(nn.Module):
         if cache is not None:
             y_BTNH, new_cache = cached_attention(q_BTNH, k_BTKH, v_BTKH, positions_BT, mask,
                                                  cache, H ** -0.5, dt)
+        elif mask is None:
+            y_BTNH = kernels.causal_attention(q_BTNH.astype(dt), k_BTKH.astype(dt),
+                                              v_BTKH.astype(dt), H ** -0.5, impl)
         else:
-            # JAX's opt-in softmax rule (backward p·(g − Σ g·p)): better memory and stability,
-            # and no slow reduce on XLA:CPU (docs/performance.md).
-            with jax.softmax_custom_jvp(True):
+            with jax.softmax_custom_jvp(True):      # see kernels.causal_attention
                 y_BTNH = jax.nn.dot_product_attention(
                     q_BTNH.astype(dt), k_BTKH.astype(dt), v_BTKH.astype(dt), mask=mask,
-                    is_causal=mask is None, scale=H ** -0.5)
+                    scale=H ** -0.5)
         y_BTD = rearrange(y_BTNH, "b t n h -> b t (n h)")
         y_BTD = Linear(D, ("heads", "embed"), c.bias, residual_std(c), dt, impl,
                        name="c_proj")(y_BTD)

@@ -277,8 +277,8 @@ def _new_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
     return kvcache.init(cfg, batch, max_len)
 
 
-_head_copy = jax.jit(kernels.head_copy)
-_to_bf16 = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.bfloat16), p))
+_head_copy = jax.jit(kernels.head_copy, static_argnums=1)
+_decode_weights = jax.jit(kernels.decode_weights, static_argnums=1)
 
 
 @functools.partial(jax.jit, static_argnames=("max_len",))   # a bigger buffer: nothing to donate
@@ -358,8 +358,9 @@ class Engine:
     made once per engine and params object.
 
     `weights="bfloat16"`: decode with a bfloat16 copy of the parameters (made once per params
-    object) and a bfloat16 cache: half the bytes read per token, and on a CPU with bf16 hardware
-    the layers' matmuls go through oneDNN (`lm.kernels`). Log-probs stay float32.
+    object): half the bytes read per token. On a CPU with bf16 hardware the matmuls read them
+    through the bf16 kernels while activations and the cache stay float32; elsewhere compute and
+    cache are bfloat16 (`lm.kernels.lowp_weights_config`). Log-probs stay float32.
     """
 
     def __init__(self, params, cfg: ModelConfig, *, tokenizer=None,
@@ -371,7 +372,9 @@ class Engine:
                  head_copy_rows: Optional[int] = None, weights: Optional[str] = None):
         if weights not in (None, "float32", "bfloat16"):
             raise ValueError(f"weights: {weights!r} is not one of None, 'float32', 'bfloat16'")
-        if weights is not None:       # decode in this dtype (weights and cache), params untouched
+        if weights == "bfloat16":     # params untouched; see `kernels.lowp_weights_config`
+            cfg = kernels.lowp_weights_config(cfg)
+        elif weights is not None:
             cfg = dataclasses.replace(cfg, dtype=weights)
         self.params, self.cfg, self.weights = params, cfg, weights
         self._lowp = None
@@ -499,17 +502,18 @@ class Engine:
                 and state.tokens.shape[0] >= self.head_copy_rows):
             wte = self.run_params()["wte"]
             if self._head_DV is None or self._head_DV[0] is not wte:   # params may be swapped
-                self._head_DV = (wte, _head_copy(wte))
+                self._head_DV = (wte, _head_copy(wte, self.impl))
             head = self._head_DV[1]
         return decode(self.run_params(), self.cfg, state, jnp.asarray(steps, jnp.int32), head)
 
     def run_params(self):
         """The parameters the engine computes with: `params`, or their bfloat16 copy (made once
-        per params object) when the engine decodes with bfloat16 weights."""
+        per params object, `lm.kernels.decode_weights`) when the engine decodes with bfloat16
+        weights."""
         if self.weights != "bfloat16":
             return self.params
         if self._lowp is None or self._lowp[0] is not self.params:
-            self._lowp = (self.params, _to_bf16(self.params))
+            self._lowp = (self.params, _decode_weights(self.params, self.impl))
         return self._lowp[1]
 
     def serve_tools(self, state: DecodeState, host: Optional[dict] = None) -> DecodeState:

@@ -229,9 +229,86 @@ def test_onednn_matmul_equals_the_plain_path_gradients_included(shape):
                                rtol=2e-2, atol=2e-2 * float(jnp.abs(x).max()))
 
 
-def test_onednn_model_gradients_match_xla_bf16():
+@pytest.mark.parametrize("shape", [(1, 384, 1152), (3, 385, 100), (8, 64, 33), (12, 96, 70),
+                                   (5, 1536, 64)])
+def test_few_row_bf16_kernel_equals_float32_products_of_the_bf16_values(shape):
+    """The decode-sized (<= 8 rows, larger in blocks of 8) AVX512-BF16 kernel, with float32 x
+    (bf16 weights) and bf16 x: odd K, N off the 32-column grid, M past 8."""
     _onednn_or_skip()
-    cfg = dataclasses.replace(TINY_MODERN, dtype="bfloat16")
+    from lm import cpu
+    if not cpu.cpu_has_avx512_bf16():
+        pytest.skip("no AVX512-BF16 on this CPU: the few-row kernel is not selected here")
+    M, K, N = shape
+    rng = np.random.default_rng(K)
+    x = jnp.asarray(rng.normal(size=(M, K)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(K, N)) * 0.1, jnp.bfloat16)
+    xb = np.asarray(x.astype(jnp.bfloat16), np.float32)
+    ref = xb @ np.asarray(w, np.float32)          # exact products of the bf16 values, f32 sums
+    small = jax.jit(lambda x, w: jax.ffi.ffi_call(
+        "lm_small_m_matmul", jax.ShapeDtypeStruct((M, N), jnp.float32))(x, w))
+    out = np.asarray(small(x.astype(jnp.bfloat16), w))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    mixed = jax.jit(lambda x, w: kernels.matmul(x, w, "onednn"))(x, w)
+    assert mixed.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(mixed), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("shape", [(1, 384, 1152), (2, 33, 64), (8, 64, 96), (13, 160, 32)])
+def test_packed_decode_weights_give_the_products_of_the_bf16_values(shape):
+    """`kernels.pack` + the packed kernel (decode with bf16 weights): odd K (a zero pad row),
+    1-8 rows and more (blocks of 8); `decode_weights` packs the Linear kernels only."""
+    _onednn_or_skip()
+    from lm import cpu
+    if not cpu.cpu_has_avx512_bf16():
+        pytest.skip("no AVX512-BF16 on this CPU: weights are not packed here")
+    M, K, N = shape
+    rng = np.random.default_rng(K + M)
+    x = jnp.asarray(rng.normal(size=(M, K)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(K, N)) * 0.1, jnp.bfloat16)
+    ref = np.asarray(x.astype(jnp.bfloat16), np.float32) @ np.asarray(w, np.float32)
+    wp = kernels.pack(w)
+    assert wp.shape == (N // 32, (K + 1) // 2, 64) and wp.dtype == jnp.bfloat16
+    out = jax.jit(lambda x, wp: kernels.matmul(x, wp, "onednn"))(x, wp)
+    assert out.dtype == jnp.float32 and out.shape == (M, N)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    params = model.init(TINY, jax.random.key(0))
+    dw = kernels.decode_weights(params, "onednn")
+    assert dw["h_0"]["attn"]["c_attn"][kernels.PACKED].ndim == 3   # 32 -> 96 outputs: packed
+    assert "kernel" not in dw["h_0"]["attn"]["c_attn"]
+    assert dw["wte"].shape == params["wte"].shape and dw["wte"].dtype == jnp.bfloat16
+    assert dw["h_0"]["attn"]["c_attn"]["bias"].ndim == 1
+    assert all(x.ndim <= 2 for x in jax.tree.leaves(kernels.decode_weights(params, "xla_cpu")))
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 4, 8), (3, 37, 2, 16), (1, 64, 6, 64)])
+def test_onednn_causal_attention_equals_xla_bf16_gradients_included(shape):
+    """bf16 causal attention through oneDNN's batched matmuls (strided head views): value and
+    the three gradients of XLA's bf16 attention, and causal (a later key never changes an
+    earlier output)."""
+    _onednn_or_skip()
+    B, T, N, H = shape
+    rng = np.random.default_rng(T)
+    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16) for _ in range(3))
+    g = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    f = lambda impl: jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(
+        kernels.causal_attention(q, k, v, H ** -0.5, impl).astype(jnp.float32) * g), (0, 1, 2)))
+    (v1, g1), (v2, g2) = f("onednn")(q, k, v), f("xla_cpu")(q, k, v)
+    assert float(v1) == pytest.approx(float(v2), rel=2e-2, abs=2e-2 * float(jnp.abs(g).sum()) / g.size)
+    for a, b in zip(g1, g2):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, rtol=3e-2, atol=3e-2 * np.abs(b).max())
+    o = kernels.causal_attention(q, k, v, H ** -0.5, "onednn")
+    k2 = k.at[:, -1].set(0)
+    o2 = kernels.causal_attention(q, k2, v, H ** -0.5, "onednn")
+    np.testing.assert_array_equal(np.asarray(o[:, :-1], np.float32),
+                                  np.asarray(o2[:, :-1], np.float32))
+    assert not np.array_equal(np.asarray(o[:, -1], np.float32), np.asarray(o2[:, -1], np.float32))
+
+
+@pytest.mark.parametrize("base", ["modern_gqa", "gpt2_mha"])
+def test_onednn_model_gradients_match_xla_bf16(base):
+    _onednn_or_skip()
+    cfg = dataclasses.replace(TINY_MODERN if base == "modern_gqa" else TINY, dtype="bfloat16")
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, cfg.vocab_size)
     params = model.init(cfg, jax.random.key(0))
 

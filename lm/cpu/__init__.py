@@ -20,6 +20,8 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "onednn_matmul.cc")
 TARGET = "lm_onednn_matmul"
+SMALL_M_TARGET = "lm_small_m_matmul"   # few-row bf16 matmul (AVX512-BF16)
+PACKED_TARGET = "lm_packed_matmul"     # the same, weights packed for decode (lm.kernels.pack)
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -32,6 +34,16 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_has_avx512_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 (the few-row kernel's instructions)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags.split()
 
 
 def _onednn_prefix() -> Optional[str]:
@@ -56,14 +68,16 @@ def build() -> str:
         raise RuntimeError("oneDNN headers/library not found in this environment (pip install "
                            "onednn-cpu-gomp onednn-devel-cpu-gomp: requirements.txt)")
     src = open(SOURCE, "rb").read()
-    key = hashlib.sha256(src + jaxlib.__version__.encode()).hexdigest()[:12]
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC"]
+    key = hashlib.sha256(src + jaxlib.__version__.encode() + " ".join(flags).encode()
+                         ).hexdigest()[:12]
     out = os.path.join(_cache_dir(), f"liblm_onednn-{key}.so")
     if os.path.exists(out):
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
     cxx = os.environ.get("CXX", "g++")
     tmp = f"{out}.tmp{os.getpid()}"
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir(), "-I",
+    cmd = [cxx, *flags, "-I", jax.ffi.include_dir(), "-I",
            os.path.join(prefix, "include"), SOURCE, "-L", os.path.join(prefix, "lib"), "-ldnnl",
            f"-Wl,-rpath,{os.path.join(prefix, 'lib')}", "-o", tmp]
     try:
@@ -85,6 +99,10 @@ def load() -> Optional[ctypes.CDLL]:
             import jax
             lib = ctypes.cdll.LoadLibrary(build())
             jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmOnednnMatmul),
+                                        platform="cpu")
+            jax.ffi.register_ffi_target(SMALL_M_TARGET, jax.ffi.pycapsule(lib.LmSmallMMatmul),
+                                        platform="cpu")
+            jax.ffi.register_ffi_target(PACKED_TARGET, jax.ffi.pycapsule(lib.LmPackedMatmul),
                                         platform="cpu")
             _state["lib"] = lib
         except Exception as e:  # noqa: BLE001 - any failure means: use XLA's dot
