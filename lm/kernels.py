@@ -11,9 +11,9 @@ and otherwise read as architecture. `ModelConfig.kernels` picks it:
 - `onednn`: `xla_cpu`, with the bf16 matmuls run through JAX FFI custom calls (`lm/cpu`), where
   XLA:CPU's bf16 dot is slower than its fp32 one: the Linear layers and the tied head (forward and
   backward) and causal attention's batched matmuls by oneDNN, which uses the CPU's bf16 hardware
-  (AVX512-BF16, AMX); decode-sized products (<= 8 rows) by a few-row AVX512-BF16 kernel of ours,
-  which also serves decoding with bf16 weights and fp32 activations. Needs one CPU device (the
-  custom calls are not partitioned over a mesh).
+  (AVX512-BF16, AMX); decoding with bf16 weights (fp32 activations) reads them `pack`ed through a
+  few-row AVX512-BF16 kernel of ours. Needs one CPU device (the custom calls are not partitioned
+  over a mesh).
 - `auto` (default): on the CPU, `onednn` for bf16 compute on a CPU with bf16 hardware (when the
   kernel builds), else `xla_cpu`; `plain` on accelerators.
 
@@ -125,19 +125,7 @@ def _onednn(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) ->
     return onednn_mm(a, b, (1, 0) if trans_a else (0, 1), (1, 0) if trans_b else (0, 1), (M, N))
 
 
-SMALL_M = 8     # at most this many rows: the few-row kernel (docs/performance.md, decode in bf16)
-
-
-def _small_m_ok(x_MD: Array) -> bool:
-    from lm import cpu
-    return x_MD.shape[0] <= SMALL_M and cpu.cpu_has_avx512_bf16()
-
-
 def _forward_onednn(x_MD: Array, w_DF: Array, out_dtype) -> Array:
-    """x @ w of bf16 operands: the few-row AVX512-BF16 kernel for decode-sized x, else oneDNN."""
-    if _small_m_ok(x_MD):
-        out = jax.ShapeDtypeStruct((x_MD.shape[0], w_DF.shape[1]), jnp.float32)
-        return jax.ffi.ffi_call("lm_small_m_matmul", out)(x_MD, w_DF).astype(out_dtype)
     return onednn_mm(x_MD, w_DF, (0, 1), (0, 1), (x_MD.shape[0], w_DF.shape[1]),
                      out_dtype=out_dtype)
 
@@ -161,13 +149,15 @@ def _matmul_onednn_bwd(out_dtype, res, g_MF):
 _matmul_onednn.defvjp(_matmul_onednn_fwd, _matmul_onednn_bwd)
 
 
-def matmul(x_MD: Array, w_DF: Array, impl: Impl = "plain") -> Array:
+def matmul(x_MD: Array, w_DF: Array, impl: Impl = "plain", n: int | None = None) -> Array:
     """x @ w in x's dtype (w cast to it). On the onednn path a bfloat16 w is read as stored: with
-    bfloat16 x (bf16 training) and with float32 x (decode with bf16 weights: x is rounded to
-    bf16 for the product, the output stays float32); a 3-D w is `pack`ed (decode only)."""
+    bfloat16 x (bf16 training) and with float32 x (x rounded to bf16 for the product, the output
+    float32). A 3-D w is `pack`ed (decode only): `n` is then its true width (packing pads to
+    32-column groups)."""
     bf16 = jnp.bfloat16
     if w_DF.ndim == 3:                          # packed by `decode_weights` (onednn path only)
-        return _packed_matmul(x_MD, w_DF, x_MD.dtype)
+        y = _packed_matmul(x_MD, w_DF, x_MD.dtype)
+        return y if n is None else y[:, :n]
     if impl == "onednn" and x_MD.dtype == bf16:
         return _matmul_onednn(x_MD, w_DF.astype(bf16), bf16)
     if impl == "onednn" and x_MD.dtype == jnp.float32 and w_DF.dtype == bf16:
@@ -179,21 +169,19 @@ def matmul(x_MD: Array, w_DF: Array, impl: Impl = "plain") -> Array:
 
 
 def pack(w_KN: Array) -> Array:
-    """A [K, N] weight (N a multiple of 32) as the packed decode kernel reads it: bf16
-    [N/32, ceil(K/2), 64], each 32-column group's (row 2k, row 2k+1) pairs contiguous."""
+    """A [K, N] weight as the few-row decode kernel reads it: bf16 [ceil(N/32), ceil(K/2), 64],
+    each 32-column group's (row 2k, row 2k+1) pairs contiguous (zero-padded to whole groups)."""
     K, N = w_KN.shape
-    w = w_KN.astype(jnp.bfloat16)
-    if K % 2:
-        w = jnp.concatenate([w, jnp.zeros((1, N), w.dtype)])
-    w = w.reshape(w.shape[0] // 2, 2, N // 32, 32)             # [K2, 2, G, 32]
-    return jnp.transpose(w, (2, 0, 3, 1)).reshape(N // 32, w.shape[0], 64)
+    K2, G = -(-K // 2), -(-N // 32)
+    w = jnp.pad(w_KN.astype(jnp.bfloat16), ((0, 2 * K2 - K), (0, 32 * G - N)))
+    w = w.reshape(K2, 2, G, 32)
+    return jnp.transpose(w, (2, 0, 3, 1)).reshape(G, K2, 64)
 
 
 def packable(w: Array, impl: Impl) -> bool:
     """Whether decode with bf16 weights packs this 2-D weight (`pack`) on this CPU."""
     from lm import cpu
-    return (impl == "onednn" and w.ndim == 2 and w.shape[1] % 32 == 0
-            and cpu.cpu_has_avx512_bf16())
+    return impl == "onednn" and w.ndim == 2 and cpu.cpu_has_avx512_bf16()
 
 
 PACKED = "kernel_packed"    # a Linear's packed kernel, in place of its "kernel" (`decode_weights`)
@@ -281,7 +269,7 @@ def tied_logits(x_ND: Array, wte_VD: Array, impl: Impl = "plain",
     """x @ wteᵀ. `head_DV`, if given, is `head_copy(wte)` (inference only: no gradient reaches
     wte through it)."""
     if head_DV is not None:
-        return matmul(x_ND, head_DV, impl)
+        return matmul(x_ND, head_DV, impl, n=wte_VD.shape[0])
     if impl == "onednn" and x_ND.dtype == jnp.bfloat16 and wte_VD.dtype == jnp.bfloat16:
         return _tied_onednn(x_ND, wte_VD)
     if impl in ("xla_cpu", "onednn"):

@@ -43,7 +43,8 @@ class Linear(nn.Module):
             w = self.param("kernel", nn.with_logical_partitioning(normal(self.std), self.axes),
                            (x.shape[-1], self.features), jnp.float32)
         # as one 2-D matmul [B*T, D] @ [D, F] (faster on XLA:CPU than keeping the batch dims)
-        y = kernels.matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), w, self.impl)
+        y = kernels.matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), w, self.impl,
+                           n=self.features)
         y = y.reshape(*x.shape[:-1], self.features)
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,

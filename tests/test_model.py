@@ -229,34 +229,12 @@ def test_onednn_matmul_equals_the_plain_path_gradients_included(shape):
                                rtol=2e-2, atol=2e-2 * float(jnp.abs(x).max()))
 
 
-@pytest.mark.parametrize("shape", [(1, 384, 1152), (3, 385, 100), (8, 64, 33), (12, 96, 70),
-                                   (5, 1536, 64)])
-def test_few_row_bf16_kernel_equals_float32_products_of_the_bf16_values(shape):
-    """The decode-sized (<= 8 rows, larger in blocks of 8) AVX512-BF16 kernel, with float32 x
-    (bf16 weights) and bf16 x: odd K, N off the 32-column grid, M past 8."""
-    _onednn_or_skip()
-    from lm import cpu
-    if not cpu.cpu_has_avx512_bf16():
-        pytest.skip("no AVX512-BF16 on this CPU: the few-row kernel is not selected here")
-    M, K, N = shape
-    rng = np.random.default_rng(K)
-    x = jnp.asarray(rng.normal(size=(M, K)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(K, N)) * 0.1, jnp.bfloat16)
-    xb = np.asarray(x.astype(jnp.bfloat16), np.float32)
-    ref = xb @ np.asarray(w, np.float32)          # exact products of the bf16 values, f32 sums
-    small = jax.jit(lambda x, w: jax.ffi.ffi_call(
-        "lm_small_m_matmul", jax.ShapeDtypeStruct((M, N), jnp.float32))(x, w))
-    out = np.asarray(small(x.astype(jnp.bfloat16), w))
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-    mixed = jax.jit(lambda x, w: kernels.matmul(x, w, "onednn"))(x, w)
-    assert mixed.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(mixed), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
-
-
-@pytest.mark.parametrize("shape", [(1, 384, 1152), (2, 33, 64), (8, 64, 96), (13, 160, 32)])
+@pytest.mark.parametrize("shape", [(1, 384, 1152), (2, 33, 64), (8, 64, 70), (13, 161, 32),
+                                   (5, 1536, 200)])
 def test_packed_decode_weights_give_the_products_of_the_bf16_values(shape):
-    """`kernels.pack` + the packed kernel (decode with bf16 weights): odd K (a zero pad row),
-    1-8 rows and more (blocks of 8); `decode_weights` packs the Linear kernels only."""
+    """`kernels.pack` + the few-row kernel (decode with bf16 weights): odd K, N off the 32-column
+    grid (zero padding), 1-8 rows and more (blocks of 8); `decode_weights` packs the Linear
+    kernels only."""
     _onednn_or_skip()
     from lm import cpu
     if not cpu.cpu_has_avx512_bf16():
@@ -267,8 +245,8 @@ def test_packed_decode_weights_give_the_products_of_the_bf16_values(shape):
     w = jnp.asarray(rng.normal(size=(K, N)) * 0.1, jnp.bfloat16)
     ref = np.asarray(x.astype(jnp.bfloat16), np.float32) @ np.asarray(w, np.float32)
     wp = kernels.pack(w)
-    assert wp.shape == (N // 32, (K + 1) // 2, 64) and wp.dtype == jnp.bfloat16
-    out = jax.jit(lambda x, wp: kernels.matmul(x, wp, "onednn"))(x, wp)
+    assert wp.shape == (-(-N // 32), (K + 1) // 2, 64) and wp.dtype == jnp.bfloat16
+    out = jax.jit(lambda x, wp: kernels.matmul(x, wp, "onednn", n=N))(x, wp)
     assert out.dtype == jnp.float32 and out.shape == (M, N)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     params = model.init(TINY, jax.random.key(0))

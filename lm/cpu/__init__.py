@@ -20,8 +20,7 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "onednn_matmul.cc")
 TARGET = "lm_onednn_matmul"
-SMALL_M_TARGET = "lm_small_m_matmul"   # few-row bf16 matmul (AVX512-BF16)
-PACKED_TARGET = "lm_packed_matmul"     # the same, weights packed for decode (lm.kernels.pack)
+PACKED_TARGET = "lm_packed_matmul"   # few-row bf16 matmul, weights packed (lm.kernels.pack)
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -99,8 +98,6 @@ def load() -> Optional[ctypes.CDLL]:
             import jax
             lib = ctypes.cdll.LoadLibrary(build())
             jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmOnednnMatmul),
-                                        platform="cpu")
-            jax.ffi.register_ffi_target(SMALL_M_TARGET, jax.ffi.pycapsule(lib.LmSmallMMatmul),
                                         platform="cpu")
             jax.ffi.register_ffi_target(PACKED_TARGET, jax.ffi.pycapsule(lib.LmPackedMatmul),
                                         platform="cpu")

@@ -138,107 +138,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LmOnednnMatmul, Matmul,
                                   .Attr<ffi::Span<const int64_t>>("c_dims")
                                   .Attr<ffi::Span<const int64_t>>("c_strides"));
 
-// ---- few-row bf16 matmul (decode): y[M, N] = x[M, K] @ w[K, N], M <= 8 --------------------------
+// ---- few-row bf16 matmul (decode): y[M, N] = x[M, K] @ w, w packed, M <= 8 per pass ------------
 //
 // oneDNN packs the weights on every call, which costs more than the product itself at the 1-8
-// rows of a decode step. This kernel reads w in its stored [K, N] layout: rows k and k+1 are
-// interleaved in registers into the (k, k+1) pairs AVX512-BF16's dot product takes, so the
-// weights are read once, at half the bytes of fp32.
+// rows of a decode step. The engine packs its bf16 decode weights once (lm.kernels.pack):
+// wp[g, kp, c, :] = (w[2kp, 32g + c], w[2kp + 1, 32g + c]), so each 32-column group's pairs lie in
+// one contiguous run that AVX512-BF16's dot products read straight, in column order, and a step
+// streams every weight once, at half the bytes of fp32.
 
 #include <immintrin.h>
 
 namespace {
-
-constexpr int64_t kPairsPerBlock = 16;   // 32 rows of w per pass over the columns
-
-// Running sums of x[:, kb-block] @ w[kb-block, cols] for G 32-column groups from column n0, kept
-// in `acc` (M rows of `stride` floats) in the registers' lane order. `last` masks the final group.
-template <int M, int G>
-__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline
-void Groups(const uint16_t* x, const uint16_t* w, float* acc, int64_t K, int64_t N,
-            int64_t stride, int64_t kb, int64_t ke, int64_t n0, int64_t col0, __mmask32 last) {
-  const int64_t K2 = K / 2;
-  __m512 s[M][G][2];
-#pragma GCC unroll 8
-  for (int m = 0; m < M; ++m)
-#pragma GCC unroll 4
-    for (int g = 0; g < G; ++g) {
-      const float* p = acc + m * stride + col0 + 32 * g;
-      s[m][g][0] = kb ? _mm512_loadu_ps(p) : _mm512_setzero_ps();
-      s[m][g][1] = kb ? _mm512_loadu_ps(p + 16) : _mm512_setzero_ps();
-    }
-  for (int64_t kp = kb; kp < ke; ++kp) {
-    const bool tail = kp == K2;                          // odd K: the last row pairs with zeros
-    const uint16_t* r0 = w + (2 * kp) * N + n0;
-    const uint16_t* r1 = r0 + N;
-    __m512bh xb[M];
-#pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) {
-      const uint32_t pair = tail ? uint32_t(x[m * K + 2 * kp])
-                                 : *reinterpret_cast<const uint32_t*>(x + m * K + 2 * kp);
-      xb[m] = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-    }
-#pragma GCC unroll 4
-    for (int g = 0; g < G; ++g) {
-      const __mmask32 mk = g == G - 1 ? last : ~__mmask32(0);
-      const __m512i a = _mm512_maskz_loadu_epi16(mk, r0 + 32 * g);
-      const __m512i b = tail ? _mm512_setzero_si512() : _mm512_maskz_loadu_epi16(mk, r1 + 32 * g);
-      const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(a, b);  // cols 0-3, 8-11, 16-19, 24-27
-      const __m512bh hi = (__m512bh)_mm512_unpackhi_epi16(a, b);  // cols 4-7, 12-15, 20-23, 28-31
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m) {
-        s[m][g][0] = _mm512_dpbf16_ps(s[m][g][0], lo, xb[m]);
-        s[m][g][1] = _mm512_dpbf16_ps(s[m][g][1], hi, xb[m]);
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int m = 0; m < M; ++m)
-#pragma GCC unroll 4
-    for (int g = 0; g < G; ++g) {
-      float* p = acc + m * stride + col0 + 32 * g;
-      _mm512_storeu_ps(p, s[m][g][0]);
-      _mm512_storeu_ps(p + 16, s[m][g][1]);
-    }
-}
-
-// y[:, c0:c1] for M rows, accumulating over K in blocks of rows so that each pass reads the
-// blocks' rows as contiguous runs (a column-block-at-a-time walk strides through every row and
-// misses the TLB and the prefetchers). `acc` (M x pad32(c1 - c0) floats) holds the running sums;
-// they are put back into column order at the end.
-template <int M, int G>
-__attribute__((target("avx512f,avx512bw,avx512bf16")))
-void SmallMRange(const uint16_t* x, const uint16_t* w, float* y, int64_t K, int64_t N,
-                 int64_t c0, int64_t c1, float* acc) {
-  const int64_t ncols = c1 - c0, n32 = (ncols + 31) / 32, stride = n32 * 32;
-  const int64_t npairs = K / 2 + (K & 1), full = n32 / G * G;
-  const int64_t rem = ncols - 32 * (n32 - 1);            // columns in the last 32-group
-  const __mmask32 last = rem >= 32 ? ~__mmask32(0) : ((__mmask32(1) << rem) - 1);
-  for (int64_t kb = 0; kb < npairs; kb += kPairsPerBlock) {
-    const int64_t ke = std::min(npairs, kb + kPairsPerBlock);
-    for (int64_t g0 = 0; g0 < full; g0 += G)
-      Groups<M, G>(x, w, acc, K, N, stride, kb, ke, c0 + 32 * g0, 32 * g0,
-                   g0 + G == n32 ? last : ~__mmask32(0));
-    for (int64_t g0 = full; g0 < n32; ++g0)
-      Groups<M, 1>(x, w, acc, K, N, stride, kb, ke, c0 + 32 * g0, 32 * g0,
-                   g0 + 1 == n32 ? last : ~__mmask32(0));
-  }
-  // lane order to column order: out[0..15] = lo[0..3] hi[0..3] lo[4..7] hi[4..7], then 16..31
-  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-  const __m512i second =
-      _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-  for (int64_t g = 0; g < n32; ++g) {
-    const __mmask32 mk = g == n32 - 1 ? last : ~__mmask32(0);
-    for (int m = 0; m < M; ++m) {
-      const float* p = acc + m * stride + 32 * g;
-      const __m512 lo = _mm512_loadu_ps(p), hi = _mm512_loadu_ps(p + 16);
-      float* out = y + m * N + c0 + 32 * g;
-      _mm512_mask_storeu_ps(out, __mmask16(mk & 0xFFFF), _mm512_permutex2var_ps(lo, first, hi));
-      _mm512_mask_storeu_ps(out + 16, __mmask16(mk >> 16),
-                            _mm512_permutex2var_ps(lo, second, hi));
-    }
-  }
-}
 
 // Column chunks are shared out over XLA's intra-op thread pool when each gets enough work to
 // pay for a hand-off (OpenMP's own threads would compete with XLA's for the same cores).
@@ -255,64 +165,6 @@ struct Chunks {
     }
   }
 };
-
-template <int M>
-void SmallM(const uint16_t* x, const uint16_t* w, float* y, int64_t K, int64_t N,
-            ffi::ThreadPool& pool) {
-  constexpr int G = M <= 2 ? 4 : (M <= 4 ? 2 : 1);   // 8-16 accumulators in registers
-  const int64_t n32 = (N + 31) / 32;
-  const int64_t by_work = std::max<int64_t>(1, M * K * N / kMinMacsPerChunk);
-  const int64_t count = std::min<int64_t>(
-      {std::max<int64_t>(1, pool.num_threads()), n32, by_work});
-  const int64_t per = (n32 + count - 1) / count * 32;   // columns per chunk, 32-aligned
-  std::vector<float> acc(static_cast<size_t>(M) * (n32 + count) * 32);
-  auto job = std::make_shared<Chunks>();
-  job->count = count;
-  float* buf = acc.data();
-  job->run = [=](int64_t t) {
-    const int64_t c0 = t * per, c1 = std::min(N, c0 + per);
-    if (c0 < c1) SmallMRange<M, G>(x, w, y, K, N, c0, c1, buf + M * (c0 + 32 * t));
-  };
-  // the caller works too and takes any chunk no pool thread has started, so a busy pool only
-  // costs parallelism; a task that starts late finds no chunk left and returns
-  for (int64_t t = 1; t < count; ++t) pool.Schedule([job] { job->Work(); });
-  job->Work();
-  while (job->done.load(std::memory_order_acquire) < count) _mm_pause();
-}
-
-ffi::Error SmallMMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
-                        ffi::ResultBuffer<ffi::F32> y) {
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || yd.size() != 2 || xd[1] != wd[0] ||
-      yd[0] != xd[0] || yd[1] != wd[1])
-    return ffi::Error::InvalidArgument("small_m_matmul: shapes do not match");
-  const int64_t M = xd[0], K = xd[1], N = wd[1];
-  auto* xp = reinterpret_cast<const uint16_t*>(x.untyped_data());
-  auto* wp = reinterpret_cast<const uint16_t*>(w.untyped_data());
-  float* yp = y->typed_data();
-  for (int64_t m0 = 0; m0 < M; m0 += 8) {     // more than 8 rows: blocks of 8
-    const int64_t rows = std::min<int64_t>(8, M - m0);
-    const uint16_t* xr = xp + m0 * K;
-    float* yr = yp + m0 * N;
-    switch (rows) {
-      case 1: SmallM<1>(xr, wp, yr, K, N, pool); break;
-      case 2: SmallM<2>(xr, wp, yr, K, N, pool); break;
-      case 3: SmallM<3>(xr, wp, yr, K, N, pool); break;
-      case 4: SmallM<4>(xr, wp, yr, K, N, pool); break;
-      case 5: SmallM<5>(xr, wp, yr, K, N, pool); break;
-      case 6: SmallM<6>(xr, wp, yr, K, N, pool); break;
-      case 7: SmallM<7>(xr, wp, yr, K, N, pool); break;
-      default: SmallM<8>(xr, wp, yr, K, N, pool); break;
-    }
-  }
-  return ffi::Error::Success();
-}
-
-// ---- the same product with w packed for decode ---------------------------------------------------
-//
-// wp[g, kp, c, :] = (w[2kp, 32g + c], w[2kp + 1, 32g + c]): each 32-column group's pairs lie in
-// one contiguous run that its AVX512-BF16 dot products read straight, in column order. The engine
-// packs its bf16 decode weights once (lm.kernels.pack); a step then streams every weight once.
 
 template <int M, int G>
 __attribute__((target("avx512f,avx512bw,avx512bf16")))
@@ -407,13 +259,6 @@ ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buf
 }
 
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LmSmallMMatmul, SmallMMatmul,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LmPackedMatmul, PackedMatmul,
                               ffi::Ffi::Bind()
