@@ -210,6 +210,34 @@ def _packed_matmul(x_MK: Array, wp: Array, out_dtype) -> Array:
         out_dtype)
 
 
+@jax.custom_vjp
+def _bias_onednn(y_MF: Array, b_F: Array) -> Array:
+    return y_MF + b_F.astype(y_MF.dtype)
+
+
+def _bias_onednn_fwd(y_MF, b_F):
+    return _bias_onednn(y_MF, b_F), b_F
+
+
+def _bias_onednn_bwd(b_F, g_MF):
+    # Σ over rows as ones·g through oneDNN (f32 sums of the bf16 gradient): XLA:CPU's own
+    # reduction, next to the custom calls, runs as a slow reduce-window tree (docs/performance.md)
+    g_MF = g_MF.astype(jnp.bfloat16)
+    ones_1M = jnp.ones((1, g_MF.shape[0]), jnp.bfloat16)
+    db = onednn_mm(ones_1M, g_MF, (0, 1), (0, 1), (1, g_MF.shape[1]), out_dtype=jnp.float32)
+    return g_MF, db[0].astype(b_F.dtype)
+
+
+_bias_onednn.defvjp(_bias_onednn_fwd, _bias_onednn_bwd)
+
+
+def add_bias(y_MF: Array, b_F: Array, impl: Impl = "plain") -> Array:
+    """y + b (b cast to y's dtype) for a Linear's [rows, F] output."""
+    if impl == "onednn" and y_MF.dtype == jnp.bfloat16:
+        return _bias_onednn(y_MF, b_F)
+    return y_MF + b_F.astype(y_MF.dtype)
+
+
 def lowp_weights_config(cfg):
     """The config a decode with bfloat16 weights computes with: on a CPU with the bf16 kernels,
     float32 activations and cache with the matmuls reading bf16 weights (XLA:CPU's elementwise

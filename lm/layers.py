@@ -45,13 +45,12 @@ class Linear(nn.Module):
         # as one 2-D matmul [B*T, D] @ [D, F] (faster on XLA:CPU than keeping the batch dims)
         y = kernels.matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), w, self.impl,
                            n=self.features)
-        y = y.reshape(*x.shape[:-1], self.features)
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                 (self.axes[1],)),
                            (self.features,), jnp.float32)
-            y = y + b.astype(self.dtype)
-        return y
+            y = kernels.add_bias(y, b, self.impl)
+        return y.reshape(*x.shape[:-1], self.features)
 
 
 class Norm(nn.Module):
