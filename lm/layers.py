@@ -183,6 +183,9 @@ class MLP(nn.Module):
         dt, impl = c.compute_dtype, kernels.resolve_for(c)
         width = 2 * c.hidden if c.mlp == "swiglu" else c.hidden
         h_BTF = Linear(width, ("embed", "mlp"), c.bias, c.init_std, dt, impl, name="c_fc")(x_BTD)
+        # the activation in float32 (cast back to dt): XLA:CPU's bf16 elementwise code is several
+        # times slower than its fp32 code (docs/performance.md); the same bytes move either way
+        h_BTF = h_BTF.astype(jnp.float32)
         if c.mlp == "swiglu":
             gate, up = jnp.split(h_BTF, 2, axis=-1)
             h_BTF = jax.nn.silu(gate) * up
@@ -190,6 +193,7 @@ class MLP(nn.Module):
             h_BTF = jax.nn.gelu(h_BTF, approximate=True)
         else:
             h_BTF = jnp.square(jax.nn.relu(h_BTF))
+        h_BTF = h_BTF.astype(dt)
         y_BTD = Linear(c.n_embd, ("mlp", "embed"), c.bias, residual_std(c), dt, impl,
                        name="c_proj")(h_BTF)
         return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic)
