@@ -81,11 +81,23 @@ class ModelConfig:
     tie_embeddings: bool = True
     logit_softcap: float = num(0.0, 0)   # 0 = off; else logits = c*tanh(logits/c)
     dropout: float = num(0.0, 0, 1, hi_open=True)
-    dtype: Literal["float32", "bfloat16"] = "float32"   # compute dtype; parameters stay float32
+    # compute dtype; parameters stay float32. auto: bfloat16 on a CPU host with lm's bf16 kernels
+    # (lm.kernels.bf16_kernels_expected), float32 elsewhere; resolved when the config is made
+    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     init_std: float = num(0.02, 0, lo_open=True)
     remat: bool = False                  # recompute each block in the backward pass
     # backend kernels (lm/kernels.py): auto = XLA:CPU layouts on CPU, plain JAX elsewhere
     kernels: Literal["auto", "plain", "xla_cpu", "onednn"] = "auto"
+
+    def __post_init__(self):
+        self.resolve_auto_dtype()
+
+    def resolve_auto_dtype(self) -> None:
+        """dtype "auto" -> "bfloat16" where bf16 compute is faster than fp32 on this host (a CPU
+        with the bf16 kernels, docs/performance.md), else "float32"."""
+        if self.dtype == "auto":
+            from lm import kernels
+            self.dtype = "bfloat16" if kernels.bf16_kernels_expected() else "float32"
 
     @property
     def compute_dtype(self):
@@ -110,6 +122,7 @@ class ModelConfig:
         return 4 * self.n_embd
 
     def validate(self, prefix: str = "model") -> None:
+        self.resolve_auto_dtype()             # an override may have set "auto" after __init__
         check_ranges(self, prefix)
         if self.n_embd % self.n_head:
             raise ConfigError(f"{prefix}.n_embd ({self.n_embd}) must be divisible by "

@@ -60,16 +60,22 @@ def onednn_available() -> bool:
     return cpu.cpu_has_bf16() and cpu.load() is not None
 
 
-def needs_single_device(cfg) -> bool:
-    """Whether a config runs the oneDNN custom call, which a CPU mesh of several devices cannot
-    partition (checked before JAX starts: no backend query)."""
+def bf16_kernels_expected() -> bool:
+    """Whether this host will run bf16 through the onednn path: a CPU-only JAX, bf16 hardware
+    and the oneDNN wheel (checked before JAX starts: no backend query, no build)."""
     from lm import cpu
-    if cfg.dtype != "bfloat16" or cfg.kernels not in ("auto", "onednn"):
-        return False
     if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] not in ("", "cpu"):
         return False
     from lm.parallel import _cpu_only
     return _cpu_only() and cpu.cpu_has_bf16() and cpu._onednn_prefix() is not None
+
+
+def needs_single_device(cfg) -> bool:
+    """Whether a config runs the oneDNN custom calls, which a CPU mesh of several devices cannot
+    partition (checked before JAX starts)."""
+    if cfg.dtype != "bfloat16" or cfg.kernels not in ("auto", "onednn"):
+        return False
+    return bf16_kernels_expected()
 
 
 # ---- matmul of a Linear layer: [M, D] @ [D, F] ---------------------------------------------------

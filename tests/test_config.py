@@ -6,7 +6,7 @@ import typing
 import pytest
 
 import experiments
-from lm.config import Config, ConfigError, apply_overrides
+from lm.config import Config, ConfigError, ModelConfig, apply_overrides
 
 
 def _sections(cfg: Config):
@@ -68,3 +68,21 @@ def test_in_range_values_pass():
 def test_bad_keys_and_types(override, match):
     with pytest.raises(ConfigError, match=match):
         apply_overrides(experiments.get("shakespeare_char_cpu"), [override])
+
+
+def test_auto_dtype_is_bf16_exactly_where_the_bf16_kernels_run(monkeypatch):
+    """The main job's `model.dtype=auto`: bfloat16 on a CPU host with lm's bf16 kernels, float32
+    elsewhere; resolved at construction and when an override sets it."""
+    from lm import kernels
+    for here in (True, False):
+        monkeypatch.setattr(kernels, "bf16_kernels_expected", lambda here=here: here)
+        want = "bfloat16" if here else "float32"
+        assert experiments.get("shakespeare_char_cpu").model.dtype == want
+        cfg = apply_overrides(experiments.get("shakespeare_char"), ["model.dtype=auto"])
+        assert cfg.model.dtype == want
+        assert ModelConfig(dtype="auto").dtype == want
+    # pinned dtypes are kept as given
+    cfg = apply_overrides(experiments.get("shakespeare_char_cpu"), ["model.dtype=float32"])
+    assert cfg.model.dtype == "float32"
+    with pytest.raises(ConfigError, match="choose one of"):
+        apply_overrides(experiments.get("shakespeare_char_cpu"), ["model.dtype=fp16"])

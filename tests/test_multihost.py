@@ -12,7 +12,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "data.seq_len=32",
         "data.batch_size=8", "train.steps=8", "train.eval_every=4", "train.eval_batches=2",
-        "train.log_every=1", "checkpoint.every=2", "train.sample_tokens=0"]
+        "train.log_every=1", "checkpoint.every=2", "train.sample_tokens=0", "model.dtype=float32"]
 
 
 def _port() -> int:

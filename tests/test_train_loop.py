@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "data.seq_len=32",
         "data.batch_size=8", "train.steps=12", "train.eval_every=6", "train.eval_batches=2",
         "train.log_every=1", "checkpoint.every=4", "checkpoint.keep=5", "mesh.data=1",
-        "train.sample_tokens=20"]
+        "train.sample_tokens=20", "model.dtype=float32"]
 
 
 def tiny(*extra):
