@@ -21,6 +21,7 @@ Why each one exists, with the measurements: docs/performance.md ("The kernel sea
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Literal
@@ -248,7 +249,6 @@ def lowp_weights_config(cfg):
     """The config a decode with bfloat16 weights computes with: on a CPU with the bf16 kernels,
     float32 activations and cache with the matmuls reading bf16 weights (XLA:CPU's elementwise
     and attention work is slower in bf16 than in fp32); elsewhere bfloat16 compute."""
-    import dataclasses
     if cfg.kernels in ("auto", "onednn") and jax.default_backend() == "cpu" and \
             onednn_available():
         return dataclasses.replace(cfg, dtype="float32", kernels="onednn")
@@ -320,8 +320,8 @@ def head_copy(wte_VD: Array, impl: Impl = "plain") -> Array:
 
 def head_copy_rows(impl: Impl) -> int:
     """Decode batches of at least this many rows read the tied head through `head_copy` (0:
-    never): XLA:CPU's batched (M >= 2) matmul is faster on the [D, V] layout, and the few-row
-    bf16 kernel reads [K, N] weights."""
+    never): XLA:CPU's batched (M >= 2) matmul is faster on the [D, V] layout; on the onednn path
+    every batch size reads it (`pack`ed when the weights are bf16)."""
     return {"xla_cpu": 2, "onednn": 1}.get(impl, 0)
 
 
