@@ -14,9 +14,10 @@ init), a 16-token random prompt, 256 new tokens forced (greedy, no stop token), 
 - peer: `../shared/bench/torch_peer.py --only gen` (HF `GPT2LMHeadModel.generate`, greedy,
   `use_cache=True`, same shapes), run as a subprocess (needs requirements-bench.txt).
 
-- bf16: the same engine with `weights="bfloat16"` (a bfloat16 copy of the weights and a bfloat16
-  cache; on a CPU with bf16 hardware the layers' matmuls run through oneDNN), against the peer's
-  model cast to bfloat16 (`torch_peer.py --dtype bfloat16`). `speedup_vs_fp32` = our best of the
+- bf16: the same engine with `weights="bfloat16"` (a bfloat16 copy of the weights; on a CPU with
+  lm's bf16 kernels they are packed for the few-row AVX512-BF16 matmul and activations and cache
+  stay float32, see `lm.kernels.lowp_weights_config`), against the peer's model cast to bfloat16
+  (`torch_peer.py --dtype bfloat16`). `speedup_vs_fp32` = our best of the
   two / our fp32 engine; `ratio_bf16` = our best / the bf16 peer.
 
 Ours and the peer alternate in rounds (the CPU is shared: both see the same background load);

@@ -11,7 +11,8 @@ end), bf16 ones against the best bf16 rate (torch's oneDNN and our oneDNN custom
 Ours runs as `python -m lm.main` runs it: fp32 with the host's cores exposed as XLA devices and the
 batch split data-parallel over them (`mesh.cpu_devices`, auto; `--cpu_devices 1` measures the
 single-device step); bf16 with `model.kernels=auto`, which on a CPU with bf16 hardware runs the
-Linear layers through oneDNN (one device). `ratio_bf16` = our best of the two / the bf16 peer.
+matmuls (Linear layers, tied head, attention) through oneDNN (one device). `ratio_bf16` = our best
+of the two / the bf16 peer.
 
   python -m tools.bench_train            # table
   python -m tools.bench_train --json     # one JSON object
