@@ -10,6 +10,7 @@ anything is missing (no compiler, no wheel), `load()` returns None with the reas
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import subprocess
@@ -25,24 +26,24 @@ _lock = threading.Lock()
 _state: dict = {}
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 matrix hardware oneDNN uses (AVX512-BF16 or AMX-BF16)."""
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "")
+            return frozenset(next((ln for ln in f if ln.startswith("flags")), "").split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix hardware oneDNN uses (AVX512-BF16 or AMX-BF16)."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
 
 
 def cpu_has_avx512_bf16() -> bool:
-    """Whether this CPU has AVX512-BF16 (the few-row kernel's instructions)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags.split()
+    """Whether this CPU has AVX512-BF16 (the few-row decode kernel's instructions)."""
+    return "avx512_bf16" in _cpu_flags()
 
 
 def _onednn_prefix() -> Optional[str]:
