@@ -125,25 +125,22 @@ def onednn_mm(a: Array, b: Array, a_perm, b_perm, out_shape, out_perm=None,
         a, b, a_dims=ad, a_strides=as_, b_dims=bd, b_strides=bs, c_dims=cd, c_strides=cs)
 
 
-def _onednn(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:
+def _onednn(a: Array, b: Array, trans_a: bool = False, trans_b: bool = False,
+            out_dtype=None) -> Array:
     """op(a) @ op(b) of 2-D arrays, a transposed operand read in place."""
     M = a.shape[1] if trans_a else a.shape[0]
     N = b.shape[0] if trans_b else b.shape[1]
-    return onednn_mm(a, b, (1, 0) if trans_a else (0, 1), (1, 0) if trans_b else (0, 1), (M, N))
-
-
-def _forward_onednn(x_MD: Array, w_DF: Array, out_dtype) -> Array:
-    return onednn_mm(x_MD, w_DF, (0, 1), (0, 1), (x_MD.shape[0], w_DF.shape[1]),
+    return onednn_mm(a, b, (1, 0) if trans_a else (0, 1), (1, 0) if trans_b else (0, 1), (M, N),
                      out_dtype=out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _matmul_onednn(x_MD: Array, w_DF: Array, out_dtype) -> Array:
-    return _forward_onednn(x_MD, w_DF, out_dtype)
+    return _onednn(x_MD, w_DF, out_dtype=out_dtype)
 
 
 def _matmul_onednn_fwd(x_MD, w_DF, out_dtype):
-    return _forward_onednn(x_MD, w_DF, out_dtype), (x_MD, w_DF)
+    return _onednn(x_MD, w_DF, out_dtype=out_dtype), (x_MD, w_DF)
 
 
 def _matmul_onednn_bwd(out_dtype, res, g_MF):
@@ -231,7 +228,7 @@ def _bias_onednn_bwd(b_F, g_MF):
     # reduction, next to the custom calls, runs as a slow reduce-window tree (docs/performance.md)
     g_MF = g_MF.astype(jnp.bfloat16)
     ones_1M = jnp.ones((1, g_MF.shape[0]), jnp.bfloat16)
-    db = onednn_mm(ones_1M, g_MF, (0, 1), (0, 1), (1, g_MF.shape[1]), out_dtype=jnp.float32)
+    db = _onednn(ones_1M, g_MF, out_dtype=jnp.float32)
     return g_MF, db[0].astype(b_F.dtype)
 
 
