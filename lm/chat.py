@@ -21,28 +21,16 @@ import sys
 from typing import Iterator, Optional
 
 from lm import conversation as chat_format
-from lm import sampling
-
-CHAT_STAGES = ("sft", "grpo")
-
-
-def has_chat_tokens(tok) -> bool:
-    get = getattr(tok, "special_id", None)
-    if get is None:
-        return False
-    try:
-        return all(get(name) is not None for name in chat_format.CHAT_TOKENS)
-    except (KeyError, ValueError):
-        return False
+from lm import process, runs, sampling, stages
 
 
 def pick_mode(mode: str, stage: str, tok) -> str:
-    """chat for fine-tuned runs (by their stage, not their name), completion for base runs."""
-    if mode == "chat" and not has_chat_tokens(tok):
+    """chat for runs of a chat stage (by their stage, not their name), completion for base runs."""
+    if mode == "chat" and tok.chat is None:
         raise SystemExit("chat mode needs a tokenizer with the chat special tokens")
     if mode != "auto":
         return mode
-    return "chat" if stage in CHAT_STAGES and has_chat_tokens(tok) else "completion"
+    return "chat" if stages.is_chat(stage) and tok.chat is not None else "completion"
 
 
 class Session:
@@ -55,9 +43,9 @@ class Session:
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                              max_new_tokens=min(max_new_tokens, cfg.model.block_size - 1))
         self.seed, self.turn, self.chunk, self.system = seed, 0, chunk, system
-        tool_ids = sampling.ToolTokens.from_tokenizer(tok) if (mode == "chat" and tools) else None
+        tool_ids = tok.chat if (mode == "chat" and tools) else None
         self.engine = sampling.Engine(params, cfg.model, tokenizer=tok, tools=tool_ids)
-        self.bos = getattr(tok, "bos_id", None)
+        self.bos = tok.bos_id
         self.reset()
 
     def reset(self) -> None:
@@ -78,7 +66,7 @@ class Session:
         if self.mode == "chat":
             self.messages.append({"role": "user", "content": text})
             prompt = chat_format.render_for_completion({"messages": self.messages}, self.tok)
-            stops = [self.tok.special_id("<|assistant_end|>"), self.bos]
+            stops = list(self.tok.chat.stops)
         else:
             prompt = ([self.bos] if self.bos is not None else []) + list(self.tok.encode(text))
             stops = [self.bos] if self.bos is not None else []
@@ -120,7 +108,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not (a.run or a.checkpoint):
         p.error("give --run RUN_DIR (or an experiment name) or --checkpoint CHECKPOINT_DIR")
 
-    from lm import runs
+    process.configure_devices(rows=1)          # the engine runs on one device
     try:
         run = runs.load(a.run or a.checkpoint, step=a.step)
     except runs.RunError as e:
@@ -164,6 +152,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from lm.host import use_fast_allocator
-    use_fast_allocator("lm.chat")
     sys.exit(main())

@@ -14,6 +14,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+import jax.numpy as jnp
+
+from lm import tasks
+
 
 class ConfigError(ValueError):
     pass
@@ -57,6 +61,27 @@ def check_ranges(obj, prefix: str) -> None:
             raise ConfigError(f"{prefix}.{f.name} must be {_range_text(*spec)}, got {v!r}")
 
 
+def parse_weights(spec: str, known, *, key: str, kind: str = "task") -> dict[str, float]:
+    """'name:weight,name:weight' (a bare name weighs 1) -> {name: weight}, every name in `known`
+    (a `kind`: task, reward) and every weight a number >= 0, else ConfigError naming `key`."""
+    out: dict[str, float] = {}
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, _, w = item.partition(":")
+        name = name.strip()
+        if name not in known:
+            raise ConfigError(f"{key}: unknown {kind} {name!r}; known: {sorted(known)}")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise ConfigError(f"{key}: weight of {name!r} must be a number, got {w!r}") from None
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise ConfigError(f"{key}: weight of {name!r} must be a finite number >= 0, got {w!r}")
+        out[name] = weight
+    return out
+
+
 @dataclass(unsafe_hash=True)
 class ModelConfig:
     """One config for both families: GPT-2 exactly, and the modern options.
@@ -82,27 +107,20 @@ class ModelConfig:
     logit_softcap: float = num(0.0, 0)   # 0 = off; else logits = c*tanh(logits/c)
     dropout: float = num(0.0, 0, 1, hi_open=True)
     # compute dtype; parameters stay float32. auto: bfloat16 on a CPU host with lm's bf16 kernels
-    # (lm.kernels.bf16_kernels_expected), float32 elsewhere; resolved when the config is made
+    # (lm.kernels.bf16_kernels_expected), float32 elsewhere; decided at the entry points
+    # (lm.process.resolve), so a saved config.json holds the dtype the run used
     dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     init_std: float = num(0.02, 0, lo_open=True)
     remat: bool = False                  # recompute each block in the backward pass
     # backend kernels (lm/kernels.py): auto = XLA:CPU layouts on CPU, plain JAX elsewhere
     kernels: Literal["auto", "plain", "xla_cpu", "onednn"] = "auto"
 
-    def __post_init__(self):
-        self.resolve_auto_dtype()
-
-    def resolve_auto_dtype(self) -> None:
-        """dtype "auto" -> "bfloat16" where bf16 compute is faster than fp32 on this host (a CPU
-        with the bf16 kernels, docs/performance.md), else "float32"."""
-        if self.dtype == "auto":
-            from lm import kernels
-            self.dtype = "bfloat16" if kernels.bf16_kernels_expected() else "float32"
-
     @property
     def compute_dtype(self):
         """The dtype activations (and the KV cache) are computed in."""
-        import jax.numpy as jnp
+        if self.dtype == "auto":
+            raise ConfigError("model.dtype='auto' is decided for the host at the entry point "
+                              "(lm.process.resolve(cfg)) before a model is built")
         return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
 
     @property
@@ -122,7 +140,6 @@ class ModelConfig:
         return 4 * self.n_embd
 
     def validate(self, prefix: str = "model") -> None:
-        self.resolve_auto_dtype()             # an override may have set "auto" after __init__
         check_ranges(self, prefix)
         if self.n_embd % self.n_head:
             raise ConfigError(f"{prefix}.n_embd ({self.n_embd}) must be divisible by "
@@ -307,17 +324,10 @@ class Config:
         self.model.validate()
         for name in ("data", "optim", "mesh", "train", "checkpoint", "sft", "eval", "rl"):
             check_ranges(getattr(self, name), name)
-        if self.stage in ("sft", "grpo") and not self.init_from:
-            raise ConfigError(f"stage {self.stage!r} starts from a parent run: set init_from "
-                              f"(a run dir, a checkpoint dir, or an experiment name)")
-        from lm.tasks import NAMES, parse_weights
-        try:
-            parse_weights(self.sft.mixture, key="sft.mixture")
-            parse_weights(self.eval.tasks, key="eval.tasks")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if self.rl.task not in NAMES:
-            raise ConfigError(f"rl.task: unknown task {self.rl.task!r}; known: {list(NAMES)}")
+        parse_weights(self.sft.mixture, tasks.NAMES, key="sft.mixture")
+        parse_weights(self.eval.tasks, tasks.NAMES, key="eval.tasks")
+        if self.rl.task not in tasks.NAMES:
+            raise ConfigError(f"rl.task: unknown task {self.rl.task!r}; known: {list(tasks.NAMES)}")
         if self.data.seq_len > self.model.block_size:
             raise ConfigError(f"data.seq_len ({self.data.seq_len}) exceeds model.block_size "
                               f"({self.model.block_size})")

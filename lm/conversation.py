@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Sequence
 
+from lm.tokenizer import CHAT_SPECIAL_TOKENS, ChatTokens, Tokenizer
+
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "python", "output")
-CHAT_TOKENS = ("<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-               "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
+CHAT_TOKENS = CHAT_SPECIAL_TOKENS[1:]     # the chat set after <|bos|>
 
 
 class ConversationError(ValueError):
@@ -98,21 +99,12 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
     return msgs
 
 
-class _Ids:
-    """The chat special-token ids of a tokenizer (checked once)."""
-
-    def __init__(self, tok):
-        get = getattr(tok, "special_id", None)
-        if get is None:
-            raise ConversationError("the chat format needs a tokenizer with the chat special "
-                                    "tokens (a BPE tokenizer; not 'char')")
-        try:
-            self.bos = int(tok.bos_id)
-            (self.user_start, self.user_end, self.assistant_start, self.assistant_end,
-             self.python_start, self.python_end, self.output_start,
-             self.output_end) = (int(get(t)) for t in CHAT_TOKENS)
-        except (KeyError, ValueError) as e:
-            raise ConversationError(f"the tokenizer lacks a chat special token: {e}") from None
+def chat_tokens(tok: Tokenizer) -> ChatTokens:
+    """The tokenizer's chat special tokens, or ConversationError (the char tokenizer has none)."""
+    if tok.chat is None:
+        raise ConversationError("the chat format needs a tokenizer with the chat special tokens "
+                                "(a BPE tokenizer; not 'char')")
+    return tok.chat
 
 
 def _merged(msgs: list[dict]) -> list[dict]:
@@ -129,7 +121,7 @@ def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[i
     With `max_tokens`, a longer rendering raises ConversationError (callers drop and count it:
     a conversation is never cut)."""
     msgs = _merged(validate(conv))
-    t = _Ids(tok)
+    t = chat_tokens(tok)
     ids, mask = [t.bos], [0]
 
     def add(new: Iterable[int], m: int):
@@ -169,13 +161,13 @@ def render_for_completion(conv: dict, tok) -> list[int]:
     if msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]
     ids, _ = render({"messages": msgs}, tok)
-    return ids + [_Ids(tok).assistant_start]
+    return ids + [chat_tokens(tok).assistant_start]
 
 
 def parse_reply(ids: Sequence[int], tok) -> list[dict]:
     """Generated assistant tokens back into parts (text / python / output), up to
     `<|assistant_end|>`; an unterminated call or output keeps what was written."""
-    t = _Ids(tok)
+    t = chat_tokens(tok)
     parts: list[dict] = []
     kind, buf = "text", []
 
@@ -240,24 +232,20 @@ class TextStream:
 
     def __init__(self, tok, chat: bool = True):
         self.tok, self.chat = tok, chat
-        self.dec = tok.stream_decoder() if hasattr(tok, "stream_decoder") else None
-        specials = getattr(tok, "special_tokens", {}) or {}
-        self.special = {int(i): s for s, i in dict(specials).items()}
+        self.dec = tok.stream_decoder()
+        self.special = {int(i): s for s, i in tok.special_tokens.items()}
 
     def push(self, ids) -> str:
         out = []
         for i in ids:
             i = int(i)
             if i in self.special:
-                if self.dec is not None:
-                    out.append(self.dec.flush())
+                out.append(self.dec.flush())
                 name = self.special[i]
                 out.append(self.SHOWN.get(name, "") if self.chat else name)
-            elif self.dec is not None:
-                out.append(self.dec.push(i))
             else:
-                out.append(self.tok.decode([i]))
+                out.append(self.dec.push(i))
         return "".join(out)
 
     def flush(self) -> str:
-        return self.dec.flush() if self.dec is not None else ""
+        return self.dec.flush()

@@ -1,7 +1,9 @@
 """The one seam for backend-specific kernels: each fast path beside its plain-JAX meaning.
 
 `model.py`, `layers.py`, `losses.py` and `sampling.py` call these functions with an `impl` name
-and otherwise read as architecture. `ModelConfig.kernels` picks it:
+and otherwise read as architecture: the model's CPU layouts live here too (a Linear's weight and
+2-D product, the MLP's nonlinearity in fp32, the tied head's [D, V] copy and packed bf16 decode
+weights, both carried in the parameters a decode reads). `ModelConfig.kernels` picks `impl`:
 
 - `plain`: straight JAX (`jnp.dot`, `x @ wteᵀ`, `take_along_axis`, `jnp.argmax`). Every transform
   works, `jax.jvp` / `jax.jacfwd` included. What accelerators get by default.
@@ -15,7 +17,7 @@ and otherwise read as architecture. `ModelConfig.kernels` picks it:
   few-row AVX512-BF16 kernel of ours. Needs one CPU device (the custom calls are not partitioned
   over a mesh).
 - `auto` (default): on the CPU, `onednn` for bf16 compute on a CPU with bf16 hardware (when the
-  kernel builds), else `xla_cpu`; `plain` on accelerators.
+  kernel builds) in a one-device process, else `xla_cpu`; `plain` on accelerators.
 
 Why each one exists, with the measurements: docs/performance.md ("The kernel seam").
 """
@@ -26,9 +28,12 @@ import functools
 import os
 from typing import Literal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lm import cpu, parallel
 
 Array = jax.Array
 Impl = Literal["plain", "xla_cpu", "onednn"]
@@ -36,16 +41,18 @@ CHOICES = ("auto", "plain", "xla_cpu", "onednn")
 
 
 def resolve(choice: str, dtype: str = "float32") -> Impl:
-    """The implementation a config's `kernels` choice (with its compute `dtype`) means on this
-    process's default backend."""
+    """The implementation a config's `kernels` choice (with its compute `dtype`) means in this
+    process: `auto` is `plain` off the CPU, `onednn` for bf16 on a one-device CPU process whose
+    CPU has bf16 hardware and the built kernel (lm.process gives the oneDNN path one device),
+    else `xla_cpu`."""
     if choice not in CHOICES:
         raise ValueError(f"kernels: {choice!r} is not one of {list(CHOICES)}")
     if choice == "auto":
         if jax.default_backend() != "cpu":
             return "plain"
-        return "onednn" if dtype == "bfloat16" and onednn_available() else "xla_cpu"
+        one_device = jax.device_count() == 1
+        return "onednn" if dtype == "bfloat16" and one_device and onednn_available() else "xla_cpu"
     if choice == "onednn" and not onednn_available():
-        from lm import cpu
         raise RuntimeError(f"kernels=onednn: the oneDNN kernel is unavailable ({cpu.load_error()})")
     return choice  # type: ignore[return-value]
 
@@ -57,18 +64,15 @@ def resolve_for(cfg) -> Impl:
 
 def onednn_available() -> bool:
     """A CPU with bf16 hardware and the oneDNN custom call built and registered."""
-    from lm import cpu
     return cpu.cpu_has_bf16() and cpu.load() is not None
 
 
 def bf16_kernels_expected() -> bool:
     """Whether this host will run bf16 through the onednn path: a CPU-only JAX, bf16 hardware
     and the oneDNN wheel (checked before JAX starts: no backend query, no build)."""
-    from lm import cpu
     if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] not in ("", "cpu"):
         return False
-    from lm.parallel import _cpu_only
-    return _cpu_only() and cpu.cpu_has_bf16() and cpu._onednn_prefix() is not None
+    return parallel.cpu_only() and cpu.cpu_has_bf16() and cpu.onednn_prefix() is not None
 
 
 def needs_single_device(cfg) -> bool:
@@ -77,6 +81,62 @@ def needs_single_device(cfg) -> bool:
     if cfg.dtype != "bfloat16" or cfg.kernels not in ("auto", "onednn"):
         return False
     return bf16_kernels_expected()
+
+
+# ---- the model's layouts: a Linear's weight and product, the MLP's nonlinearity, the tied head ----
+
+def weight(module: nn.Module, name: str, init, shape) -> Array:
+    """A Linear's kernel: the packed decode layout when the parameters hold one
+    (`decode_weights`, stored as `<name>_packed`), else its float32 parameter."""
+    packed = f"{name}_packed"
+    if module.has_variable("params", packed):
+        return module.get_variable("params", packed)
+    return module.param(name, init, shape, jnp.float32)
+
+
+def dense(x: Array, w: Array, b, dtype, impl: Impl, features: int) -> Array:
+    """x @ w (+ b) over x's last axis in `dtype`, computed as one 2-D matmul [rows, D] @ [D, F]
+    (faster on XLA:CPU than keeping the batch dims)."""
+    y = matmul(x.reshape(-1, x.shape[-1]).astype(dtype), w, impl, n=features)
+    if b is not None:
+        y = add_bias(y, b, impl)
+    return y.reshape(*x.shape[:-1], features)
+
+
+def elementwise(fn, x: Array, impl: Impl) -> Array:
+    """fn(x) in x's dtype; on XLA:CPU computed in float32 and cast back (its bf16 elementwise
+    code is several times slower than its fp32 code, docs/performance.md)."""
+    if impl in ("xla_cpu", "onednn"):
+        return fn(x.astype(jnp.float32)).astype(x.dtype)
+    return fn(x)
+
+
+HEAD = "head_DV"    # a [D, V] copy of the tied head in decode parameters (`with_head_copy`)
+
+
+def tied_head(module: nn.Module, x_ND: Array, wte_VD: Array, dtype, impl: Impl) -> Array:
+    """x @ wteᵀ in `dtype`, through the [D, V] copy when the parameters hold one (inference only:
+    no gradient reaches wte through it)."""
+    if module.has_variable("params", HEAD):
+        return matmul(x_ND, module.get_variable("params", HEAD), impl, n=wte_VD.shape[0])
+    return tied_logits(x_ND, wte_VD.astype(dtype), impl)
+
+
+def with_head_copy(params, impl: Impl):
+    """Decode parameters that read the tied head through `head_copy` (see `head_copy_rows`)."""
+    return {**params, HEAD: head_copy(params["wte"], impl)}
+
+
+def decode_config(cfg, weights: str | None):
+    """The model config a decode computes with: `weights` None keeps it; "float32" / "bfloat16"
+    set the compute dtype, bfloat16 weights on a CPU with the bf16 kernels computing in float32
+    with the matmuls reading bf16 weights (XLA:CPU's elementwise and attention work is slower in
+    bf16 than in fp32)."""
+    if weights not in (None, "float32", "bfloat16"):
+        raise ValueError(f"weights: {weights!r} is not one of None, 'float32', 'bfloat16'")
+    if weights == "bfloat16":
+        return lowp_weights_config(cfg)
+    return cfg if weights is None else dataclasses.replace(cfg, dtype=weights)
 
 
 # ---- matmul of a Linear layer: [M, D] @ [D, F] ---------------------------------------------------
@@ -113,7 +173,6 @@ def onednn_mm(a: Array, b: Array, a_perm, b_perm, out_shape, out_perm=None,
     """oneDNN's (batched) matmul of strided views, no copies: the array of `out_shape` whose
     `out_perm` view is (`a` viewed through `a_perm`) @ (`b` viewed through `b_perm`). Views are
     `[..., M, K]`, `[..., K, N]`, `[..., M, N]` with the same leading (batch) dims."""
-    from lm import cpu
     if cpu.load() is None:
         raise RuntimeError(f"the oneDNN kernel is unavailable: {cpu.load_error()}")
     out_perm = tuple(range(len(out_shape))) if out_perm is None else out_perm
@@ -184,11 +243,10 @@ def pack(w_KN: Array) -> Array:
 
 def packable(w: Array, impl: Impl) -> bool:
     """Whether decode with bf16 weights packs this 2-D weight (`pack`) on this CPU."""
-    from lm import cpu
     return impl == "onednn" and w.ndim == 2 and cpu.cpu_has_avx512_bf16()
 
 
-PACKED = "kernel_packed"    # a Linear's packed kernel, in place of its "kernel" (`decode_weights`)
+PACKED = "kernel_packed"    # a Linear's packed kernel, in place of its "kernel" (`weight`)
 
 
 def decode_weights(params, impl: Impl):
@@ -295,12 +353,8 @@ def _tied_onednn_bwd(res, g_NV):
 _tied_onednn.defvjp(_tied_onednn_fwd, _tied_onednn_bwd)
 
 
-def tied_logits(x_ND: Array, wte_VD: Array, impl: Impl = "plain",
-                head_DV: Array | None = None) -> Array:
-    """x @ wteᵀ. `head_DV`, if given, is `head_copy(wte)` (inference only: no gradient reaches
-    wte through it)."""
-    if head_DV is not None:
-        return matmul(x_ND, head_DV, impl, n=wte_VD.shape[0])
+def tied_logits(x_ND: Array, wte_VD: Array, impl: Impl = "plain") -> Array:
+    """x @ wteᵀ."""
     if impl == "onednn" and x_ND.dtype == jnp.bfloat16 and wte_VD.dtype == jnp.bfloat16:
         return _tied_onednn(x_ND, wte_VD)
     if impl in ("xla_cpu", "onednn"):

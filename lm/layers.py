@@ -8,6 +8,7 @@ K key/value heads, H head dim, F MLP hidden, V vocab.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -37,20 +38,14 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        if self.has_variable("params", kernels.PACKED):       # decode with packed bf16 weights
-            w = self.get_variable("params", kernels.PACKED)
-        else:
-            w = self.param("kernel", nn.with_logical_partitioning(normal(self.std), self.axes),
-                           (x.shape[-1], self.features), jnp.float32)
-        # as one 2-D matmul [B*T, D] @ [D, F] (faster on XLA:CPU than keeping the batch dims)
-        y = kernels.matmul(x.reshape(-1, x.shape[-1]).astype(self.dtype), w, self.impl,
-                           n=self.features)
+        init = nn.with_logical_partitioning(normal(self.std), self.axes)
+        w = kernels.weight(self, "kernel", init, (x.shape[-1], self.features))
+        b = None
         if self.use_bias:
             b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                 (self.axes[1],)),
                            (self.features,), jnp.float32)
-            y = kernels.add_bias(y, b, self.impl)
-        return y.reshape(*x.shape[:-1], self.features)
+        return kernels.dense(x, w, b, self.dtype, self.impl, self.features)
 
 
 class Norm(nn.Module):
@@ -173,6 +168,16 @@ class Attention(nn.Module):
         return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic), new_cache
 
 
+def activation(kind: str, h_BTF: Array) -> Array:
+    """The MLP's nonlinearity: GELU (tanh form, GPT-2's), ReLU², or SwiGLU (h = [gate, up])."""
+    if kind == "swiglu":
+        gate, up = jnp.split(h_BTF, 2, axis=-1)
+        return jax.nn.silu(gate) * up
+    if kind == "gelu":
+        return jax.nn.gelu(h_BTF, approximate=True)
+    return jnp.square(jax.nn.relu(h_BTF))
+
+
 class MLP(nn.Module):
     """GELU (GPT-2), ReLU² or SwiGLU feed-forward."""
     cfg: ModelConfig
@@ -183,17 +188,7 @@ class MLP(nn.Module):
         dt, impl = c.compute_dtype, kernels.resolve_for(c)
         width = 2 * c.hidden if c.mlp == "swiglu" else c.hidden
         h_BTF = Linear(width, ("embed", "mlp"), c.bias, c.init_std, dt, impl, name="c_fc")(x_BTD)
-        # the activation in float32 (cast back to dt): XLA:CPU's bf16 elementwise code is several
-        # times slower than its fp32 code (docs/performance.md); the same bytes move either way
-        h_BTF = h_BTF.astype(jnp.float32)
-        if c.mlp == "swiglu":
-            gate, up = jnp.split(h_BTF, 2, axis=-1)
-            h_BTF = jax.nn.silu(gate) * up
-        elif c.mlp == "gelu":
-            h_BTF = jax.nn.gelu(h_BTF, approximate=True)
-        else:
-            h_BTF = jnp.square(jax.nn.relu(h_BTF))
-        h_BTF = h_BTF.astype(dt)
+        h_BTF = kernels.elementwise(functools.partial(activation, c.mlp), h_BTF, impl)
         y_BTD = Linear(c.n_embd, ("mlp", "embed"), c.bias, residual_std(c), dt, impl,
                        name="c_proj")(h_BTF)
         return nn.Dropout(c.dropout)(y_BTD, deterministic=deterministic)

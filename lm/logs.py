@@ -6,6 +6,8 @@ import math
 import os
 from typing import Any
 
+from tensorboardX import SummaryWriter
+
 
 def _clean(v: Any):
     if hasattr(v, "item"):
@@ -22,11 +24,7 @@ class MetricsWriter:
         self._f = open(self.path, "a", buffering=1, encoding="utf-8")
         self._tb = None
         if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-            except ImportError:  # TensorBoard events are optional; metrics.jsonl is the record
-                self._tb = None
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, **metrics) -> dict:
         row = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
@@ -45,6 +43,19 @@ class MetricsWriter:
         self._f.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class NullWriter:
+    """The metrics writer of processes other than 0 (they log nothing)."""
+
+    def write(self, step: int, **metrics) -> dict:
+        return {"step": int(step), **metrics}
+
+    def write_text(self, *a, **k) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def read_metrics(path: str) -> list[dict]:

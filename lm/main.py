@@ -11,6 +11,13 @@ import argparse
 import json
 import sys
 
+import experiments
+from lm import model, parallel, process, report, stages, steps, train
+from lm.config import ConfigError, apply_overrides
+from lm.data.sources import DataUnavailableError
+from lm.runs import RunError
+from lm.tasks import TaskDataError
+
 
 def _human(n: float) -> str:
     for unit in ("", "K", "M", "G", "T", "P"):
@@ -43,15 +50,11 @@ def main(argv=None) -> int:
     g.add_argument("--process_id", type=int, default=None, help="(or $LM_PROCESS_ID)")
     a = p.parse_args(argv)
 
-    from lm import parallel
     try:
         parallel.init_distributed(a.coordinator, a.num_processes, a.process_id)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-    import experiments
-    from lm.config import ConfigError, apply_overrides
 
     if a.list:
         for name, desc in experiments.list_experiments():
@@ -65,45 +68,44 @@ def main(argv=None) -> int:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
 
-    from lm import model, parallel, train
-    from lm.data.sources import DataUnavailableError
-    from lm.tasks import TaskDataError
-    from lm import kernels
-    # the oneDNN custom call (bf16 on a CPU with bf16 hardware) runs on one device, multi-threaded
-    auto = 1 if kernels.needs_single_device(cfg.model) else parallel.auto_cpu_devices(
-        max(cfg.data.batch_size // cfg.train.grad_accum, 1))
-    parallel.configure_cpu_devices(cfg.mesh.cpu_devices or auto)
+    cfg = process.configure(cfg)       # model.dtype=auto decided, the CPU split into devices
     try:
-        return _run(a, cfg, model, train)
-    except (ValueError, FileNotFoundError, DataUnavailableError, TaskDataError) as e:
+        return dry_run(cfg) if a.dry_run else run(a, cfg)
+    except (ValueError, FileNotFoundError, DataUnavailableError, TaskDataError, RunError) as e:
         # bad config, a missing parent run or data: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(a, cfg, model, train) -> int:
-    if a.dry_run:
-        print(cfg.to_json())
-        n = model.param_count(cfg.model)
-        fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
-        tokens = cfg.data.batch_size * cfg.data.seq_len
-        print(f"parameters:        {n:,} ({_human(n)})")
-        print(f"FLOPs/token:       {fpt:,.0f} ({_human(fpt)}; 6·N_matmul + causal attention)")
-        print(f"tokens/step:       {tokens:,}  ->  FLOPs/step {_human(fpt * tokens)}")
-        rep = train.aot_report(cfg)
-        gib = 2 ** 30
-        print(f"compiled step ({rep['compile_s']:.1f} s to compile, abstract shapes, nothing allocated):")
-        for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                  "alias_size_in_bytes", "peak_estimate_bytes"):
-            if k in rep:
-                print(f"  {k:28s} {rep[k] / gib:8.3f} GiB")
-        if "xla_flops_per_step" in rep:
-            note = " (counts a grad-accumulation scan body once)" if cfg.train.grad_accum > 1 else ""
-            print(f"  XLA cost analysis: {_human(rep['xla_flops_per_step'])} FLOPs/step{note}")
-        return 0
+def dry_run(cfg) -> int:
+    """The resolved config, parameter count, FLOPs and the compiled step's memory."""
+    print(cfg.to_json())
+    n = model.param_count(cfg.model)
+    fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    print(f"parameters:        {n:,} ({_human(n)})")
+    print(f"FLOPs/token:       {fpt:,.0f} ({_human(fpt)}; 6·N_matmul + causal attention)")
+    print(f"tokens/step:       {tokens:,}  ->  FLOPs/step {_human(fpt * tokens)}")
+    compiled = steps.compile_steps(cfg, stages.loss_fn(cfg))
+    rep = steps.aot_report(compiled, stages.abstract_batch(cfg))
+    gib = 2 ** 30
+    print(f"compiled step ({rep['compile_s']:.1f} s to compile, abstract shapes, nothing allocated):")
+    for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+              "alias_size_in_bytes", "peak_estimate_bytes"):
+        if k in rep:
+            print(f"  {k:28s} {rep[k] / gib:8.3f} GiB")
+    if "xla_flops_per_step" in rep:
+        note = " (counts a grad-accumulation scan body once)" if cfg.train.grad_accum > 1 else ""
+        print(f"  XLA cost analysis: {_human(rep['xla_flops_per_step'])} FLOPs/step{note}")
+    return 0
 
+
+def run(a, cfg) -> int:
+    """Train, then write the report card of a complete run (process 0)."""
     summary = train.run(cfg, run_dir=a.run_dir, workdir=a.workdir, resume=a.resume,
                         progress=not a.no_progress, stop_after=a.stop_after)
+    if summary["complete"] and parallel.is_main_process():
+        summary["report"] = report.write(summary["run_dir"])
     print(json.dumps({k: v for k, v in summary.items() if k != "sample"}, indent=2, default=str))
     if "sample" in summary:
         print("---- sample ----")
@@ -112,6 +114,4 @@ def _run(a, cfg, model, train) -> int:
 
 
 if __name__ == "__main__":
-    from lm.host import use_fast_allocator
-    use_fast_allocator("lm.main")
     sys.exit(main())

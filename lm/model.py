@@ -21,7 +21,7 @@ import flax.linen as nn
 
 from lm import kernels
 from lm.config import ModelConfig
-from lm.layers import MLP, Attention, Linear, attention_mask, norm, normal
+from lm.layers import Attention, Linear, MLP, attention_mask, norm, normal
 
 Array = jax.Array
 Params = Any
@@ -44,7 +44,7 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache=None,
-                 deterministic=True, head_DV=None):
+                 deterministic=True):
         c = self.cfg
         dt = c.compute_dtype
         B, T = tokens_BT.shape
@@ -85,8 +85,7 @@ class Transformer(nn.Module):
 
         x_ND = x_BTD.reshape(B * T, -1)
         if c.tie_embeddings:
-            logits_NV = kernels.tied_logits(x_ND, wte.astype(dt), kernels.resolve_for(c),
-                                            head_DV)
+            logits_NV = kernels.tied_head(self, x_ND, wte, dt, kernels.resolve_for(c))
         else:
             logits_NV = Linear(c.vocab_size, ("embed", "vocab"), use_bias=False, std=c.init_std,
                                dtype=dt, impl=kernels.resolve_for(c), name="lm_head")(x_ND)
@@ -110,17 +109,13 @@ def init(cfg: ModelConfig, rng: Array) -> Params:
 
 
 def apply(params: Params, cfg: ModelConfig, tokens_BT: Array, *, positions_BT=None,
-          segment_ids_BT=None, cache=None, dropout_rng: Optional[Array] = None,
-          head_DV: Optional[Array] = None):
+          segment_ids_BT=None, cache=None, dropout_rng: Optional[Array] = None):
     """Logits [B, T, V] (float32); with `cache`, (logits, new_cache). Dropout iff `dropout_rng`.
-
-    `head_DV`: `lm.kernels.head_copy(params['wte'])`, a [D, V] layout of the tied head for
-    inference (no gradient flows to wte through it; see `lm.kernels.head_copy_rows`).
-    """
+    `params` may hold the inference layouts of `lm.kernels` (packed weights, a head copy)."""
     deterministic = dropout_rng is None or cfg.dropout == 0.0
     rngs = None if deterministic else {"dropout": dropout_rng}
     return Transformer(cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT,
-                                  cache, deterministic, head_DV, rngs=rngs)
+                                  cache, deterministic, rngs=rngs)
 
 
 def param_count(cfg: ModelConfig, *, non_embedding: bool = False) -> int:

@@ -6,15 +6,19 @@ them to mesh axes. A dimension that the mesh axis does not divide stays replicat
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
 import os
 import re
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 import flax.linen as nn
+from jax._src import xla_bridge
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lm.config import MeshConfig
@@ -61,9 +65,8 @@ def configure_cpu_devices(n: int) -> int:
     if forced:
         return int(forced.group(1))
     try:  # JAX has no public "already started?" query; the config update below also refuses
-        from jax._src import xla_bridge
         started = xla_bridge.backends_are_initialized()
-    except (ImportError, AttributeError):
+    except AttributeError:
         started = False
     if not started:
         try:
@@ -107,25 +110,28 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
                          "LM_PROCESS_ID)")
     if not 0 <= process_id < num_processes:
         raise ValueError(f"--process_id {process_id} must be in [0, {num_processes})")
-    if env.get("JAX_PLATFORMS", "").startswith("cpu") or _cpu_only():
+    if env.get("JAX_PLATFORMS", "").startswith("cpu") or cpu_only():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
     return True
 
 
-def _cpu_only() -> bool:
+def cpu_only() -> bool:
     """No accelerator plugin installed (the CPU jaxlib only): multi-process CPU runs need gloo."""
-    import importlib.util
     return not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin",
                                                            "libtpu", "jax_rocm60_plugin"))
+
+
+def is_main_process() -> bool:
+    """Process 0: the one that writes a run's files and logs."""
+    return jax.process_index() == 0
 
 
 def shared_choice(value: int) -> int:
     """Process 0's `value` on every process (e.g. the run directory's timestamp)."""
     if jax.process_count() == 1:
         return value
-    from jax.experimental import multihost_utils
     return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
@@ -198,9 +204,123 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-# ---- pmap: the classic data-parallel path --------------------------------------------------------
+# ---- placing state and batches: jit over the mesh, or pmap ---------------------------------------
+
+def put_global_batch(batch: dict, sharding, row_axis: int = 0) -> dict:
+    """Place a global batch (the same numpy arrays on every host) with `sharding`.
+
+    On several hosts each process contributes only its own rows (axis `row_axis`).
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    n, i = jax.process_count(), jax.process_index()
+
+    def one(x):
+        rows = x.shape[row_axis] // n
+        local = np.take(x, np.arange(i * rows, (i + 1) * rows), axis=row_axis)
+        return jax.make_array_from_process_local_data(sharding, local, x.shape)
+    return {k: one(v) for k, v in batch.items()}
+
+
+@dataclasses.dataclass
+class JitPlacement:
+    """`jax.jit` with explicit shardings over the mesh: the state sharded by its parameters'
+    logical axes (`state_sharding`), batches split by rows, the state donated to the step."""
+    mesh: Mesh
+    state_sharding: Any
+    axis_name: Optional[str] = None       # a jitted step needs no collective of its own
+    aot: bool = True                      # `--dry_run` can lower and compile it ahead of time
+
+    def compile_train(self, step: Callable) -> Callable:
+        return jax.jit(step, in_shardings=(self.state_sharding, batch_sharding(self.mesh)),
+                       out_shardings=(self.state_sharding, replicated(self.mesh)),
+                       donate_argnums=(0,))
+
+    def compile_eval(self, fn: Callable) -> Callable:
+        return jax.jit(fn, in_shardings=(self.state_sharding.params,
+                                         batch_sharding(self.mesh, leading=1),
+                                         replicated(self.mesh)),
+                       out_shardings=replicated(self.mesh))
+
+    def put_batch(self, batch: dict) -> dict:
+        return put_global_batch(batch, batch_sharding(self.mesh))
+
+    def put_batches(self, stacked: dict) -> dict:
+        """Batches stacked on a leading axis (an eval scan)."""
+        return put_global_batch(stacked, batch_sharding(self.mesh, leading=1), row_axis=1)
+
+    def init(self, make_state: Callable):
+        return jax.jit(make_state, out_shardings=self.state_sharding)()
+
+    def to_device(self, host_state):
+        return jax.device_put(host_state, self.state_sharding)
+
+    def to_host(self, state):
+        return state
+
+    def fetch(self, tree):
+        return jax.device_get(tree)
+
+    def restore_target(self, abstract_state):
+        """Abstract state with the shardings a checkpoint restore should produce."""
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_state, self.state_sharding)
+
 
 PMAP_AXIS = "batch"
+
+
+@dataclasses.dataclass
+class PmapPlacement:
+    """The classic data-parallel path: `jax.pmap` over the mesh's devices, one replica of the
+    state per device (a leading axis), each device's rows split off the global batch, gradients
+    averaged with `lax.pmean` over `axis_name` inside the step."""
+    mesh: Mesh
+    axis_name: str = PMAP_AXIS
+    aot: bool = False
+
+    @property
+    def devices(self) -> list:
+        return list(self.mesh.devices.flat)
+
+    def compile_train(self, step: Callable) -> Callable:
+        return jax.pmap(step, axis_name=self.axis_name, donate_argnums=(0,),
+                        devices=self.devices)
+
+    def compile_eval(self, fn: Callable) -> Callable:
+        return jax.pmap(fn, axis_name=self.axis_name, in_axes=(0, 0, None), devices=self.devices)
+
+    def put_batch(self, batch: dict) -> dict:
+        return pmap_split_batch(batch, len(self.devices))
+
+    def put_batches(self, stacked: dict) -> dict:
+        return pmap_split_batch(stacked, len(self.devices), axis=1)
+
+    def init(self, make_state: Callable):
+        return self.to_device(jax.jit(make_state)())
+
+    def to_device(self, host_state):
+        return pmap_replicate(host_state, self.devices)
+
+    def to_host(self, state):
+        return pmap_unreplicate(state)
+
+    def fetch(self, tree):
+        return pmap_unreplicate(jax.device_get(tree))
+
+    def restore_target(self, abstract_state):
+        dev = jax.sharding.SingleDeviceSharding(self.devices[0])
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev),
+                            abstract_state)
+
+
+def placement(parallelism: str, mesh: Mesh, state_sharding: Callable[[], Any]):
+    """The adapter for `mesh.parallelism` (`state_sharding()` builds the jit path's shardings)."""
+    if parallelism == "pmap":
+        if mesh.shape["fsdp"] != 1:
+            raise ValueError("mesh.parallelism=pmap is pure data parallelism: set mesh.fsdp=1")
+        return PmapPlacement(mesh)
+    return JitPlacement(mesh, state_sharding())
 
 
 def pmap_replicate(tree, devices):

@@ -15,9 +15,14 @@ import os
 import sys
 from typing import Optional
 
+import numpy as np
+from matplotlib.figure import Figure
+
+from lm import model, runs
+from lm.logs import read_metrics
+
 
 def _rows(run_dir: str) -> list[dict]:
-    from lm.logs import read_metrics
     path = os.path.join(run_dir, "metrics.jsonl")
     return read_metrics(path) if os.path.exists(path) else []
 
@@ -29,11 +34,10 @@ def _json(path: str) -> Optional[dict]:
         return json.load(f)
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _figure(size) -> tuple[Figure, object]:
+    """A figure drawn off-screen (matplotlib's object API: no pyplot state, no GUI backend)."""
+    fig = Figure(figsize=size)
+    return fig, fig.subplots()
 
 
 def plot_losses(rows: list[dict], path: str, title: str) -> bool:
@@ -41,8 +45,7 @@ def plot_losses(rows: list[dict], path: str, title: str) -> bool:
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
     if not train and not val:
         return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure((7, 4))
     if train:
         ax.plot(*zip(*train), label="train loss", lw=1)
     if val:
@@ -54,19 +57,16 @@ def plot_losses(rows: list[dict], path: str, title: str) -> bool:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 
 def plot_rl_curves(metrics_path: str, path: str, tasks: list[str]) -> bool:
     """Mean rollout reward per step and held-out pass@1 (and pass@k) per evaluation."""
-    from lm.logs import read_metrics
     rows = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
     reward = [(r["step"], r["rl/reward"]) for r in rows if r.get("rl/reward") is not None]
     if not reward:
         return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure((7, 4))
     ax.plot(*zip(*reward), lw=1, alpha=0.7, label="rollout reward (mean)")
     for t in tasks:
         for key, style in ((f"eval/{t}", "o-"), (f"eval/{t}_pass@", "s--")):
@@ -82,7 +82,6 @@ def plot_rl_curves(metrics_path: str, path: str, tasks: list[str]) -> bool:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 
@@ -117,9 +116,7 @@ def plot_chain(chain: list[tuple[str, dict]], path: str) -> bool:
     chain = [(label, ev) for label, ev in chain if any(k in ev for k in keys)]
     if not keys or not chain:
         return False
-    import numpy as np
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(keys)), 4))
+    fig, ax = _figure((max(6, 1.1 * len(keys)), 4))
     width = 0.8 / len(chain)
     for j, (label, ev) in enumerate(chain):
         vals = [ev.get(k, np.nan) for k in keys]
@@ -133,13 +130,11 @@ def plot_chain(chain: list[tuple[str, dict]], path: str) -> bool:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 
 def write(run_dir: str) -> str:
     """Write report.md (+ PNGs) into `run_dir`; returns the report's path."""
-    from lm import model, runs
     ref = runs.resolve(run_dir)
     cfg = runs.load_config(ref)
     rows = _rows(ref.run_dir)
@@ -200,7 +195,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lm.report", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="run dir, checkpoint dir, or experiment name")
     a = p.parse_args(argv)
-    from lm import runs
     try:
         print(write(runs.resolve(a.run).run_dir))
     except runs.RunError as e:

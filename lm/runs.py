@@ -19,8 +19,17 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 
+import experiments
+from lm import model
+from lm.checkpoint import CheckpointManager, has_checkpoint
 from lm.config import Config, from_dict
+from lm.data import pipeline
+from lm.data.sources import DataUnavailableError
+from lm.optim import make_optimizer
+from lm.state import checkpoint_target, init_state
+from lm.tokenizer import Tokenizer, load_tokenizer as load_artifact
 
 
 class RunError(ValueError):
@@ -40,7 +49,7 @@ class RunRef:
 class Run:
     ref: RunRef
     config: Config
-    tokenizer: Any
+    tokenizer: Tokenizer
     params: Any
     step: int
 
@@ -74,7 +83,6 @@ def checkpoint_dir(run_dir: str, cfg: Optional[Config] = None) -> str:
 def latest_run(experiment: str, workdir: Optional[str] = None,
                cfg: Optional[Config] = None) -> Optional[str]:
     """The newest `runs/<experiment>/<timestamp>` under `workdir` that holds a checkpoint."""
-    from lm.checkpoint import has_checkpoint
     root = os.path.join(workdir or ".", "runs", experiment)
     if not os.path.isdir(root):
         return None
@@ -99,7 +107,6 @@ def resolve(spec: str, *, workdir: Optional[str] = None, step: Optional[int] = N
             return RunRef(os.path.dirname(path), path, step)
         raise RunError(f"{spec}: neither a run directory (config.json + checkpoints/) nor a "
                        f"checkpoint directory of one")
-    import experiments
     names = dict(experiments.list_experiments())
     if spec in names:
         found = latest_run(spec, workdir)
@@ -123,13 +130,10 @@ def load_config(ref: RunRef) -> Config:
 def load_tokenizer(ref: RunRef, cfg: Optional[Config] = None):
     """The run's own tokenizer.json; a run written before runs saved it falls back to rebuilding
     the tokenizer from its config (which may need the training data)."""
-    from lm.tokenizer import load_tokenizer as load
     path = os.path.join(ref.run_dir, "tokenizer.json")
     if os.path.exists(path):
-        return load(path)
+        return load_artifact(path)
     cfg = cfg or load_config(ref)
-    from lm.data import pipeline
-    from lm.data.sources import DataUnavailableError
     try:
         return pipeline.build_tokenizer(cfg.data)
     except DataUnavailableError as e:
@@ -138,34 +142,23 @@ def load_tokenizer(ref: RunRef, cfg: Optional[Config] = None):
 
 
 def abstract_params(cfg: Config):
-    from lm import model
     return jax.eval_shape(lambda: model.init(cfg.model, jax.random.key(0)))
 
 
 def restore_state(ref: RunRef, target, step: Optional[int] = None):
     """(step, state, extra) of the run's checkpoint restored onto `target` (an abstract pytree
     with shardings), or RunError."""
-    from lm.checkpoint import CheckpointManager, has_checkpoint
     if not has_checkpoint(ref.ckpt_dir):
         raise RunError(f"{ref.run_dir} has no checkpoint (in {ref.ckpt_dir})")
     # every=0: never saves; a huge keep: never garbage-collects.
     with CheckpointManager(ref.ckpt_dir, every=0, keep=1 << 30) as mgr:
-        out = mgr.restore(target, step if step is not None else ref.step)
+        try:
+            out = mgr.restore(target, step if step is not None else ref.step)
+        except (FileNotFoundError, RuntimeError) as e:   # no such step, or none readable
+            raise RunError(f"{ref.run_dir}: {e}") from None
     if out is None:
         raise RunError(f"no checkpoint in {ref.ckpt_dir}")
     return out
-
-
-def train_state_target(cfg: Config, sharding=None):
-    """The abstract TrainState a checkpoint of `cfg` holds, placed on `sharding` (default: this
-    process's first device)."""
-    from lm import train
-    from lm.optim import make_optimizer
-    tx = make_optimizer(cfg.optim, cfg.train.steps)
-    shapes = jax.eval_shape(lambda: train.init_state(cfg, tx, 0))
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                        shapes)
 
 
 def load(spec: str, *, step: Optional[int] = None, workdir: Optional[str] = None,
@@ -176,20 +169,9 @@ def load(spec: str, *, step: Optional[int] = None, workdir: Optional[str] = None
     tok = load_tokenizer(ref, cfg)
     params, got = None, -1
     if with_params:
-        got, state, _ = restore_state(ref, train_state_target(cfg))
+        got, state, _ = restore_state(ref, checkpoint_target(cfg))
         params = state.params
     return Run(ref, cfg, tok, params, got)
-
-
-def same_tokenizer(a, b) -> bool:
-    """Whether two tokenizers map text to the same ids (same kind, vocabulary, pattern, specials)."""
-    if type(a) is not type(b) or a.vocab_size != b.vocab_size:
-        return False
-    if hasattr(a, "to_dict"):
-        da, db = a.to_dict(), b.to_dict()
-        da.pop("name", None), db.pop("name", None)
-        return da == db
-    return getattr(a, "chars", None) == getattr(b, "chars", None)
 
 
 def check_compatible(parent: Run, cfg: Config) -> None:
@@ -210,18 +192,15 @@ def save_run(run_dir: str, cfg: Config, tokenizer, params=None, *, step: int = 0
     """Write a self-contained run directory: config.json, tokenizer.json and a checkpoint of a
     fresh TrainState holding `params` (the model's random init if None). For imported weights,
     tools and tests: the result loads, trains, samples, evaluates and serves like any run."""
-    from lm import train
-    from lm.checkpoint import CheckpointManager
-    from lm.optim import make_optimizer
     os.makedirs(run_dir, exist_ok=True)
     tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
     cfg.validate()
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         f.write(cfg.to_json())
     tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = jax.jit(lambda: train.init_state(cfg, tx, 0))()
+    state = jax.jit(lambda: init_state(cfg, tx, 0))()
     if params is not None:
-        state = state.replace(params=jax.tree.map(jax.numpy.asarray, params))
+        state = state.replace(params=jax.tree.map(jnp.asarray, params))
     with CheckpointManager(checkpoint_dir(run_dir, cfg), every=0, keep=1) as mgr:
         mgr.save(step, state, {"data": {}, **(extra or {})}, force=True)
     return run_dir

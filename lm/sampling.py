@@ -23,9 +23,9 @@ model's own (temperature 1, unfiltered): what policy-gradient losses recompute.
 
 Host side, `Engine` (token ids in, token ids out; the tokenizer only for tool text):
 
-    eng = Engine(params, cfg, tokenizer=tok, tools=ToolTokens.from_tokenizer(tok))
+    eng = Engine(params, cfg, tokenizer=tok, tools=tok.chat)     # EngineSettings: how it runs
     out = eng.generate([[1, 2, 3], [4, 5]], n=4, max_new_tokens=64, temperature=0.8, top_k=50,
-                       stop_tokens=[tok.special_id("<|assistant_end|>")])
+                       stop_tokens=tok.chat.stops)
     out.tokens, out.logprobs, out.forced, out.lengths, out.done, out.stopped, out.prompt_index
     for chunk in eng.stream(prompts, chunk=16, ...): ...     # one Chunk per host round trip
     st = eng.start(prompts, ...); st = eng.decode(st, 64); eng.result(st)   # the pieces
@@ -47,8 +47,8 @@ from flax import struct
 from lm import kernels, kvcache, model, tool_use
 from lm.config import ModelConfig
 from lm.kvcache import KVCache
-from lm.tool_use import ToolState, ToolTokens, calculator_tool  # noqa: F401  (re-exported)
-from lm.tools_calc import calculate  # noqa: F401
+from lm.tokenizer import ChatTokens
+from lm.tool_use import ToolState, calculator_tool
 
 Array = jax.Array
 
@@ -192,10 +192,9 @@ def step_logits(params, cfg: ModelConfig, cache: KVCache, tokens_B: Array):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("state",))
-def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array,
-           head_DV: Optional[Array] = None) -> DecodeState:
+def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array) -> DecodeState:
     """Run up to `max_steps` decode steps in one `lax.while_loop` (see the module docstring).
-    `head_DV`: optional [D, V] layout of a tied head (`lm.kernels.head_copy`), see `Engine`."""
+    `params` may hold decode layouts (`lm.kernels.with_head_copy`, packed weights)."""
     R, N = state.tokens.shape
     S = state.cache.max_len
     rows = jnp.arange(R)
@@ -209,7 +208,7 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array,
         run = st.runnable()
         pos = jnp.where(run, st.cache.lengths, S)                    # S: a no-op row
         logits, kv = model.apply(params, cfg, st.pending[:, None], positions_BT=pos[:, None],
-                                 cache=st.cache.model_cache(), head_DV=head_DV)
+                                 cache=st.cache.model_cache())
         logits = logits[:, 0]
 
         tok = st.sampler.next_tokens(logits, jax.vmap(jax.random.fold_in)(st.keys, st.n_gen))
@@ -249,7 +248,7 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array,
 
 def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Array,
                      max_new: Array, stop: Array, limit: Array, sampler: Sampler,
-                     tools: Optional[ToolTokens], n: int, N: int, Q: int,
+                     tools: Optional[ChatTokens], n: int, N: int, Q: int,
                      K: int = 0) -> DecodeState:
     cache = kvcache.repeat_rows(cache, n)
     pending = jnp.repeat(pending, n, axis=0)
@@ -277,7 +276,7 @@ def _new_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
     return kvcache.init(cfg, batch, max_len)
 
 
-_head_copy = jax.jit(kernels.head_copy, static_argnums=1)
+_with_head_copy = jax.jit(kernels.with_head_copy, static_argnums=1)
 _decode_weights = jax.jit(kernels.decode_weights, static_argnums=1)
 
 
@@ -338,46 +337,55 @@ class Chunk:
 Prompts = Union[Sequence[int], Sequence[Sequence[int]]]
 
 
-class Engine:
-    """Host driver around the jitted prefill/decode: batching, buckets, tool calls, results.
-
-    `tools`: the tool token ids (None: no tool calls). `tool_fn`: expression ids -> result ids
-    (default: `calculator_tool(tokenizer.encode, tokenizer.decode)` when a tokenizer is given).
-    Compiled functions are shared by all engines (jit caches keyed by config and shapes).
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+    """How the engine runs, not what it computes: outputs are the same for every setting (up to
+    the rounding of bfloat16 `weights`).
 
     `grow_cache` (default on): the cache starts sized to the prompts and grows as the rows
     lengthen, to the next power of two (at least `len_multiple` slots of room; never past the
-    call's final length `cache_len(...)`). Each decode step attends over every slot of the
+    call's final length `Engine.cache_len(...)`). Each decode step attends over every slot of the
     buffer, so this makes a step's cost follow the rows' current length, not the final one
-    (docs/performance.md). Growing is a copy between decode calls, so `decode(state, steps)` may run as several device calls;
-    the number of buffer sizes, hence compiled decode shapes, is logarithmic in the length.
-    Outputs are identical with and without it (a test checks).
+    (docs/performance.md). Growing is a copy between decode calls, so `decode(state, steps)` may
+    run as several device calls; the number of buffer sizes, hence compiled decode shapes, is
+    logarithmic in the length. `min_buffer`: the smallest output buffer (new tokens per row).
 
     `head_copy_rows` (default: `lm.kernels.head_copy_rows` of the model's kernels; 0 = never):
-    with a tied head, batches of at least this many rows decode through a [D, V] copy of wte,
-    made once per engine and params object.
+    with a tied head, batches of at least this many rows decode through a [D, V] copy of wte
+    (`lm.kernels.with_head_copy`), made once per engine and params object.
 
     `weights="bfloat16"`: decode with a bfloat16 copy of the parameters (made once per params
-    object): half the bytes read per token. On a CPU with bf16 hardware the matmuls read them
-    through the bf16 kernels while activations and the cache stay float32; elsewhere compute and
-    cache are bfloat16 (`lm.kernels.lowp_weights_config`). Log-probs stay float32.
+    object): half the bytes read per token (`lm.kernels.decode_config`). Log-probs stay float32.
+
+    `mesh` / `batch_axes`: rows split over these mesh axes (data-parallel decode).
+    """
+    grow_cache: bool = True
+    len_multiple: int = 32
+    min_buffer: int = 16
+    head_copy_rows: Optional[int] = None
+    weights: Optional[str] = None
+    mesh: Optional[jax.sharding.Mesh] = None
+    batch_axes: tuple = ("data",)
+
+
+class Engine:
+    """Host driver around the jitted prefill/decode: batching, buckets, tool calls, results.
+
+    `tools`: the tokenizer's chat tokens (`tok.chat`), which carry the tool protocol's ids (None:
+    no tool calls). `tool_fn`: expression ids -> result ids (default: `calculator_tool` over the
+    tokenizer). `max_len`: a cache limit below the model's context. `settings`: how it runs
+    (`EngineSettings`). Compiled functions are shared by all engines (jit caches keyed by config
+    and shapes).
     """
 
     def __init__(self, params, cfg: ModelConfig, *, tokenizer=None,
-                 tools: Optional[ToolTokens] = None,
+                 tools: Optional[ChatTokens] = None,
                  tool_fn: Optional[Callable[[list[int]], list[int]]] = None,
-                 max_tool_tokens: int = 64, max_len: Optional[int] = None, len_multiple: int = 32,
-                 min_buffer: int = 16, mesh: Optional[jax.sharding.Mesh] = None,
-                 batch_axes: Sequence[str] = ("data",), grow_cache: bool = True,
-                 head_copy_rows: Optional[int] = None, weights: Optional[str] = None):
-        if weights not in (None, "float32", "bfloat16"):
-            raise ValueError(f"weights: {weights!r} is not one of None, 'float32', 'bfloat16'")
-        if weights == "bfloat16":     # params untouched; see `kernels.lowp_weights_config`
-            cfg = kernels.lowp_weights_config(cfg)
-        elif weights is not None:
-            cfg = dataclasses.replace(cfg, dtype=weights)
-        self.params, self.cfg, self.weights = params, cfg, weights
-        self._lowp = None
+                 max_tool_tokens: int = 64, max_len: Optional[int] = None,
+                 settings: Optional[EngineSettings] = None):
+        self.settings = settings = settings or EngineSettings()
+        self.params, self.cfg = params, kernels.decode_config(cfg, settings.weights)
+        self.impl = kernels.resolve_for(self.cfg)
         self.tools = tools
         if tools is not None and tool_fn is None:
             if tokenizer is None:
@@ -387,27 +395,23 @@ class Engine:
         self.tool_fn = tool_fn
         self.Q = max(4, int(max_tool_tokens)) if tools is not None else 1
         self.max_len = max_len
-        self.len_multiple = len_multiple
-        self.min_buffer = min_buffer
-        self.mesh, self.batch_axes = mesh, tuple(batch_axes)
-        self.grow_cache = grow_cache
-        self.impl = kernels.resolve_for(cfg)
-        if head_copy_rows is None:
-            head_copy_rows = kernels.head_copy_rows(self.impl)
-        self.head_copy_rows, self._head_DV = int(head_copy_rows), None
+        rows = settings.head_copy_rows
+        self.head_copy_rows = kernels.head_copy_rows(self.impl) if rows is None else int(rows)
+        self._lowp = self._headed = None    # (params, derived) caches: see run_params
 
     def _shard_rows(self, tree):
         """Split every leaf's leading (row) dimension over the mesh's batch axes, if they divide
         it (rows are independent, so the decode loop then runs data-parallel)."""
-        if self.mesh is None:
+        mesh = self.settings.mesh
+        if mesh is None:
             return tree
-        axes = [a for a in self.batch_axes if a in self.mesh.axis_names]
-        n = int(np.prod([self.mesh.shape[a] for a in axes])) if axes else 1
+        axes = [a for a in self.settings.batch_axes if a in mesh.axis_names]
+        n = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
         rows = jax.tree.leaves(tree)[0].shape[0]
         if n == 1 or rows % n:
             return tree
         spec = jax.sharding.PartitionSpec(tuple(axes) if len(axes) > 1 else axes[0])
-        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, spec))
+        return jax.device_put(tree, jax.sharding.NamedSharding(mesh, spec))
 
     # -- sizes --------------------------------------------------------------------------------
     def _limit(self) -> int:
@@ -416,14 +420,15 @@ class Engine:
     def cache_len(self, longest_prompt: int, max_new_tokens: int) -> int:
         """Cache slots for a call: prompt + budget, rounded up, at most the model's limit."""
         need = longest_prompt + max_new_tokens
-        return min(self._limit(), round_up(need, self.len_multiple))
+        return min(self._limit(), round_up(need, self.settings.len_multiple))
 
     def buffer_len(self, longest: int, limit: int) -> int:
         """Cache buffer for rows of up to `longest` tokens (growing caches): the next power of two
         with at least `len_multiple` free slots, at most `limit`."""
-        if not self.grow_cache:
+        if not self.settings.grow_cache:
             return limit
-        return min(limit, bucket(longest + self.len_multiple, self.len_multiple))
+        m = self.settings.len_multiple
+        return min(limit, bucket(longest + m, m))
 
     # -- device-side steps (public so benchmarks / RL loops can drive them) --------------------
     def start(self, prompts: Prompts, *, n: int = 1, max_new_tokens: Union[int, Sequence[int]] = 64,
@@ -466,7 +471,8 @@ class Engine:
         state = init(cache, pending, jnp.asarray(seed, jnp.uint32), jnp.asarray(ids),
                      jnp.asarray(np.repeat(budget, n)), jnp.asarray(np.repeat(stop, n, 0)),
                      jnp.asarray(S, jnp.int32), sampler, n=n,
-                     tools=self.tools, N=out_len or bucket(int(budget.max()), self.min_buffer),
+                     tools=self.tools,
+                     N=out_len or bucket(int(budget.max()), self.settings.min_buffer),
                      Q=self.Q, K=int(top_logprobs))
         limit = state.limit            # a scalar: replicated, not row-sharded
         return self._shard_rows(state.replace(limit=None)).replace(limit=limit)
@@ -477,7 +483,7 @@ class Engine:
         steps = int(steps)
         while steps > 0:
             S = state.cache.max_len
-            if S >= self._limit() or not self.grow_cache:
+            if S >= self._limit() or not self.settings.grow_cache:
                 return self._decode(state, steps)
             parked = state.tools.waiting if state.tools is not None else state.done
             lengths, done, parked, limit = jax.device_get(
@@ -497,20 +503,19 @@ class Engine:
         return state
 
     def _decode(self, state: DecodeState, steps: int) -> DecodeState:
-        head = None
+        params = self.run_params()
         if (self.cfg.tie_embeddings and self.head_copy_rows
                 and state.tokens.shape[0] >= self.head_copy_rows):
-            wte = self.run_params()["wte"]
-            if self._head_DV is None or self._head_DV[0] is not wte:   # params may be swapped
-                self._head_DV = (wte, _head_copy(wte, self.impl))
-            head = self._head_DV[1]
-        return decode(self.run_params(), self.cfg, state, jnp.asarray(steps, jnp.int32), head)
+            if self._headed is None or self._headed[0] is not params:   # params may be swapped
+                self._headed = (params, _with_head_copy(params, self.impl))
+            params = self._headed[1]
+        return decode(params, self.cfg, state, jnp.asarray(steps, jnp.int32))
 
     def run_params(self):
         """The parameters the engine computes with: `params`, or their bfloat16 copy (made once
         per params object, `lm.kernels.decode_weights`) when the engine decodes with bfloat16
         weights."""
-        if self.weights != "bfloat16":
+        if self.settings.weights != "bfloat16":
             return self.params
         if self._lowp is None or self._lowp[0] is not self.params:
             self._lowp = (self.params, _decode_weights(self.params, self.impl))
@@ -654,9 +659,9 @@ def generate_text(params, cfg: ModelConfig, tokenizer, prompt: str, max_new_toke
     When the continuation outgrows the context, the engine restarts from the last half window of
     tokens (re-prefilled in one call) and keeps going until `max_new_tokens` are produced.
     """
-    ids = list(tokenizer.encode(prompt)) or [getattr(tokenizer, "bos_id", 0)]
+    ids = list(tokenizer.encode(prompt)) or [tokenizer.bos_id or 0]
     T = cfg.block_size
-    eng = Engine(params, cfg, len_multiple=T, min_buffer=T)   # one cache/buffer shape throughout
+    eng = Engine(params, cfg, settings=EngineSettings(len_multiple=T, min_buffer=T))  # one shape
     out: list[int] = []
     part = 0
     while len(out) < max_new_tokens:

@@ -1,59 +1,224 @@
-"""Tokenizers behind one interface: character-level (nanoGPT's shakespeare_char) and byte-level BPE.
+"""Tokenizers behind one interface (`Tokenizer`): character-level (nanoGPT's shakespeare_char)
+and byte-level BPE.
 
 Every stage (data shards, training, evaluation, sampling, chat) talks to a `Tokenizer`:
-`encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`, and `token_bytes()` (UTF-8 byte
-length of each id, for bits per byte: `lm.losses.bpb_sums`).
+`encode(text) -> list[int]`, `decode(ids) -> str`, `vocab_size`, `token_bytes()` (UTF-8 byte
+length of each id, for bits per byte: `lm.losses.bpb_sums`), and the special tokens: `bos_id`
+(None for the char tokenizer), `special_id(name)` and `chat` (a `ChatTokens` of the chat format's
+ids, or None).
 
 Byte-level BPE (`BPETokenizer`):
 - trained with `rustbpe` (`train_bpe`), encoded and decoded with `tiktoken` built from our ranks;
   `lm/bpe_reference.py` is the readable pure-Python specification both must agree with;
-- special tokens (`<|bos|>` and the chat set) get ids right after the merge ranks. `encode` never
-  produces them from text unless the caller passes `allowed_special`: user text that spells
+- special tokens (`<|bos|>`, the chat set, and `RESERVED_SPECIALS` placeholders that later
+  features name in `NAMED_SPECIALS`) get ids right after the merge ranks. `encode` never produces
+  them from text unless the caller passes `allowed_special`: user text that spells
   "<|assistant_start|>" is ordinary text (the chat format's prompt-injection boundary);
 - one self-describing JSON artifact (`save` / `load_tokenizer`), and OpenAI's GPT-2 files
   (`BPETokenizer.from_gpt2_files`, or `load_tokenizer("gpt2")`).
 """
 from __future__ import annotations
 
+import abc
 import base64
 import codecs
 import hashlib
 import json
 import os
 import warnings
-from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
+import rustbpe
+import tiktoken
+
+from lm import paths
+from lm.data import sources
 
 
-@runtime_checkable
-class Tokenizer(Protocol):
-    """What the rest of `lm` needs from a tokenizer."""
+# --------------------------------------------------------------------------- byte-level BPE
+
+# GPT-4's split pattern (tiktoken's cl100k_base): letters with one optional leading non-letter, digit
+# runs of at most 3, punctuation runs, newlines, and whitespace that leaves the last space to the
+# next word.
+GPT4_SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+# GPT-2's split pattern, in tiktoken's equivalent form of the original
+# 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+GPT2_SPLIT_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""")
+SPLIT_PATTERNS = {"gpt4": GPT4_SPLIT_PATTERN, "gpt2": GPT2_SPLIT_PATTERN}
+
+BOS = "<|bos|>"
+# The chat set, in id order right after the merge ranks. <|bos|> starts every document (and so also
+# separates documents / ends the previous text).
+CHAT_SPECIAL_TOKENS: tuple[str, ...] = (
+    BOS,
+    "<|user_start|>", "<|user_end|>",
+    "<|assistant_start|>", "<|assistant_end|>",
+    "<|python_start|>", "<|python_end|>",      # a tool call written by the assistant
+    "<|output_start|>", "<|output_end|>",      # the tool's output, written back into the context
+)
+# Special tokens reserved for what comes next (search, function calls, images, audio, ...): a
+# tokenizer trained here carries `RESERVED_SPECIALS` unused ids after the chat set, named
+# "<|reserved_K|>" by their special index K, so one base run serves the later chapters. A feature
+# names its slot in NAMED_SPECIALS (name -> K); `special_id(name)` then finds it in every tokenizer
+# trained since, with no retraining.
+RESERVED_SPECIALS = 64
+NAMED_SPECIALS: dict[str, int] = {}
+GPT2_ENDOFTEXT = "<|endoftext|>"
+ARTIFACT_VERSION = 1
+DEFAULT_MAX_DOC_CHARS = 10_000
+
+
+def reserved_name(index: int) -> str:
+    """The placeholder name of special slot `index` (counting BOS as 0)."""
+    return f"<|reserved_{index}|>"
+
+
+def trained_specials(reserved: int = RESERVED_SPECIALS) -> tuple[str, ...]:
+    """The special tokens of a tokenizer trained here: BOS, the chat set, `reserved` placeholders."""
+    n = len(CHAT_SPECIAL_TOKENS)
+    return CHAT_SPECIAL_TOKENS + tuple(reserved_name(n + k) for k in range(reserved))
+
+
+class ChatTokens(NamedTuple):
+    """The chat format's special-token ids (`lm.conversation`, the tool protocol, the engine's
+    stops). A tokenizer without them (the character-level one) has `chat = None`."""
+    bos: int
+    user_start: int
+    user_end: int
+    assistant_start: int
+    assistant_end: int
+    python_start: int
+    python_end: int
+    output_start: int
+    output_end: int
+
+    @classmethod
+    def of(cls, tok: "Tokenizer") -> Optional["ChatTokens"]:
+        if tok.bos_id is None:
+            return None
+        try:
+            return cls(int(tok.bos_id), *(tok.special_id(n) for n in CHAT_SPECIAL_TOKENS[1:]))
+        except KeyError:
+            return None
 
     @property
+    def stops(self) -> tuple[int, int]:
+        """The tokens that end an assistant reply: `<|assistant_end|>`, and BOS (a new document)."""
+        return (self.assistant_end, self.bos)
+
+
+class Tokenizer(abc.ABC):
+    """What the rest of `lm` needs from a tokenizer; `CharTokenizer` and `BPETokenizer` are the two.
+
+    Special tokens: `special_tokens` (name -> id; empty for the char tokenizer), `bos_id` (None
+    when there is none), `special_id(name)` (KeyError when absent) and `chat` (the chat format's
+    ids, or None). `encode` never produces a special token from text.
+    """
+
+    kind: str = "tokenizer"
+    name: str = "tokenizer"
+    special_tokens: dict[str, int]
+
+    @property
+    @abc.abstractmethod
     def vocab_size(self) -> int: ...
 
-    def encode(self, text: str) -> list[int]: ...
+    @property
+    def bos_id(self) -> Optional[int]:
+        return None
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    @property
+    def chat(self) -> Optional[ChatTokens]:
+        """The chat special tokens, or None (then the chat format and tool calls are unavailable)."""
+        if "_chat" not in self.__dict__:
+            self._chat = ChatTokens.of(self)
+        return self._chat
 
+    def special_id(self, name: str) -> int:
+        """Id of a special token. "<|bos|>" always names the BOS token; a feature's name in
+        `NAMED_SPECIALS` names its reserved slot."""
+        if name in self.special_tokens:
+            return self.special_tokens[name]
+        if name == BOS and self.bos_id is not None:
+            return self.bos_id
+        slot = reserved_name(NAMED_SPECIALS[name]) if name in NAMED_SPECIALS else None
+        if slot in self.special_tokens:
+            return self.special_tokens[slot]
+        raise KeyError(f"{name!r} is not a special token of {self.name!r} "
+                       f"(known: {sorted(self.special_tokens, key=self.special_tokens.get)})")
+
+    def is_special(self, token_id: int) -> bool:
+        return int(token_id) in self.special_tokens.values()
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Ids for `text` (never a special token)."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode` as a compact numpy array (uint16 when the vocabulary fits, else int32)."""
+        return np.asarray(self.encode(text), np.uint16 if self.vocab_size <= 2**16 else np.int32)
+
+    @abc.abstractmethod
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The raw bytes (special tokens as their names): may end inside a UTF-8 character."""
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text for `ids`; bytes that are not valid UTF-8 become U+FFFD (never raises on them)."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> "StreamDecoder":
+        """An incremental decoder that holds back partial UTF-8 characters (see `StreamDecoder`)."""
+        return StreamDecoder(self)
+
+    def id_to_bytes(self, token_id: int) -> bytes:
+        """Bytes of one id (a special token gives its name)."""
+        return self.decode_bytes([token_id])
+
+    @abc.abstractmethod
     def token_bytes(self) -> np.ndarray:
-        """int32 [vocab_size]: bytes each id decodes to (0 for special tokens)."""
-        ...
+        """int32 [vocab_size]: UTF-8 bytes each id stands for; 0 for special tokens."""
 
-    def save(self, path: str) -> None: ...
+    @abc.abstractmethod
+    def to_dict(self) -> dict:
+        """The self-describing artifact (`save`, `load_tokenizer`)."""
+
+    def same_as(self, other: "Tokenizer") -> bool:
+        """Whether both map text to the same ids (same kind, vocabulary, pattern, specials)."""
+        if type(self) is not type(other) or self.vocab_size != other.vocab_size:
+            return False
+        a, b = self.to_dict(), other.to_dict()
+        a.pop("name", None), b.pop("name", None)
+        return a == b
+
+    def save(self, path: str) -> None:
+        """Write the artifact atomically (a killed save leaves the old file, or none)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
 
 
-class CharTokenizer:
-    """One id per distinct character of the training text, sorted (nanoGPT's shakespeare_char)."""
+class CharTokenizer(Tokenizer):
+    """One id per distinct character of the training text, sorted (nanoGPT's shakespeare_char).
+    No special tokens: no BOS and no chat format."""
 
     kind = "char"
+    name = "char"
 
     def __init__(self, chars: Sequence[str]):
         if len(set(chars)) != len(chars):
             raise ValueError("CharTokenizer: characters must be distinct")
         self.chars = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.special_tokens = {}
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -85,42 +250,14 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return self.decode(ids).encode("utf-8")
+
     def token_bytes(self) -> np.ndarray:
         return np.array([len(c.encode("utf-8")) for c in self.chars], np.int32)
 
-    def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump({"kind": self.kind, "version": 1, "chars": self.chars}, f, ensure_ascii=False)
-
-
-# --------------------------------------------------------------------------- byte-level BPE
-
-# GPT-4's split pattern (tiktoken's cl100k_base): letters with one optional leading non-letter, digit
-# runs of at most 3, punctuation runs, newlines, and whitespace that leaves the last space to the
-# next word.
-GPT4_SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
-# GPT-2's split pattern, in tiktoken's equivalent form of the original
-# 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-GPT2_SPLIT_PATTERN = (
-    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""")
-SPLIT_PATTERNS = {"gpt4": GPT4_SPLIT_PATTERN, "gpt2": GPT2_SPLIT_PATTERN}
-
-BOS = "<|bos|>"
-# The chat set, in id order right after the merge ranks. <|bos|> starts every document (and so also
-# separates documents / ends the previous text).
-CHAT_SPECIAL_TOKENS: tuple[str, ...] = (
-    BOS,
-    "<|user_start|>", "<|user_end|>",
-    "<|assistant_start|>", "<|assistant_end|>",
-    "<|python_start|>", "<|python_end|>",      # a tool call written by the assistant
-    "<|output_start|>", "<|output_end|>",      # the tool's output, written back into the context
-)
-GPT2_ENDOFTEXT = "<|endoftext|>"
-ARTIFACT_VERSION = 1
-DEFAULT_MAX_DOC_CHARS = 10_000
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "version": 1, "chars": self.chars}
 
 
 def default_num_threads() -> int:
@@ -140,7 +277,7 @@ class StreamDecoder:
     become U+FFFD. Call `flush()` at the end to emit whatever is still held.
     """
 
-    def __init__(self, tokenizer: "BPETokenizer"):
+    def __init__(self, tokenizer: Tokenizer):
         self._tok = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -153,7 +290,7 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
     """Byte-level BPE: merge ranks (token bytes -> id) + a split pattern + special tokens.
 
     Ids 0..n_ranks-1 are the merge ranks (the first 256 are single bytes for tokenizers we train;
@@ -219,8 +356,7 @@ class BPETokenizer:
     @classmethod
     def gpt2(cls) -> "BPETokenizer":
         """GPT-2 from the data cache (`lm.data.sources.fetch`; LM_DATA_DIR=../shared/data works)."""
-        from lm.data.sources import fetch
-        return cls.from_gpt2_files(fetch("gpt2_encoder"), fetch("gpt2_vocab"))
+        return cls.from_gpt2_files(sources.fetch("gpt2_encoder"), sources.fetch("gpt2_vocab"))
 
     def __reduce__(self):  # pickles (e.g. to data-loader workers) without the tiktoken object
         return (_rebuild_bpe, (self.mergeable_ranks, self.pattern, self.special_tokens, self.name,
@@ -231,7 +367,6 @@ class BPETokenizer:
     def enc(self):
         """The underlying `tiktoken.Encoding` (built on first use)."""
         if self._enc is None:
-            import tiktoken
             self._enc = tiktoken.Encoding(
                 name=self.name, pat_str=self.pattern, mergeable_ranks=self.mergeable_ranks,
                 special_tokens=self.special_tokens)
@@ -248,16 +383,6 @@ class BPETokenizer:
     @property
     def bos_id(self) -> int:
         return self.special_tokens[self.bos_token]
-
-    def special_id(self, name: str) -> int:
-        """Id of a special token, e.g. `special_id("<|assistant_start|>")`. "<|bos|>" always names
-        the BOS token (for GPT-2 that is <|endoftext|>)."""
-        if name in self.special_tokens:
-            return self.special_tokens[name]
-        if name == BOS:
-            return self.bos_id
-        raise KeyError(f"{name!r} is not a special token of {self.name!r} "
-                       f"(known: {sorted(self.special_tokens, key=self.special_tokens.get)})")
 
     def is_special(self, token_id: int) -> bool:
         return int(token_id) >= self.n_ranks
@@ -326,14 +451,6 @@ class BPETokenizer:
         """The raw bytes (special tokens as their text): may end inside a UTF-8 character."""
         return self.enc.decode_bytes(self._ids(ids))
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text for `ids`; bytes that are not valid UTF-8 become U+FFFD (never raises on them)."""
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-    def stream_decoder(self) -> StreamDecoder:
-        """An incremental decoder that holds back partial UTF-8 characters (see `StreamDecoder`)."""
-        return StreamDecoder(self)
-
     def id_to_bytes(self, token_id: int) -> bytes:
         """Bytes of one id (a special token gives its text, e.g. b"<|bos|>")."""
         return self.enc.decode_single_token_bytes(self._ids([token_id])[0])
@@ -391,13 +508,6 @@ class BPETokenizer:
                              f"and special tokens ({tok.vocab_size})")
         return tok
 
-    def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-
     def __repr__(self) -> str:
         return (f"BPETokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
                 f"n_ranks={self.n_ranks}, specials={len(self.special_tokens)})")
@@ -419,7 +529,7 @@ def _capped(texts: Iterable[str], max_doc_chars: int | None, seen: list[int]) ->
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, *, pattern: str = GPT4_SPLIT_PATTERN,
-              special_tokens: Sequence[str] = CHAT_SPECIAL_TOKENS,
+              special_tokens: Optional[Sequence[str]] = None,
               max_doc_chars: int | None = DEFAULT_MAX_DOC_CHARS, name: str = "bpe",
               buffer_size: int = 8192) -> BPETokenizer:
     """Train a byte-level BPE tokenizer with `rustbpe`.
@@ -431,12 +541,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, pattern: str = GPT4_SPLI
     one string: split it into documents or pass max_doc_chars=None). Ties between equally frequent pairs go to the smallest pair, exactly as in
     `lm.bpe_reference.train`. If the corpus runs out of pairs first, the vocabulary is smaller.
     """
-    import rustbpe
-
     if not pattern:
         raise ValueError("train_bpe: the split pattern must not be empty (rustbpe's empty default "
                          "would learn no merges); use GPT4_SPLIT_PATTERN or GPT2_SPLIT_PATTERN")
-    special_tokens = list(special_tokens)
+    special_tokens = list(trained_specials() if special_tokens is None else special_tokens)
     if len(set(special_tokens)) != len(special_tokens):
         raise ValueError("train_bpe: special tokens must be distinct")
     if BOS not in special_tokens:
@@ -527,21 +635,14 @@ def _gpt2_ranks(encoder_json: str, vocab_bpe: str,
 
 # --------------------------------------------------------------------------- loading
 
-def tokenizer_dir() -> str:
-    """Where trained tokenizers are saved and looked up: $LM_TOKENIZER_DIR, else runs/tokenizers in
-    the repository."""
-    return os.environ.get("LM_TOKENIZER_DIR") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "tokenizers")
-
-
 def tokenizer_path(name: str) -> str:
     """Path of the artifact for a trained tokenizer called `name` (e.g. "shakespeare_bpe2048")."""
-    return os.path.join(tokenizer_dir(), f"{name}.json")
+    return os.path.join(paths.tokenizer_dir(), f"{name}.json")
 
 
 def named_tokenizer(name: str) -> Tokenizer:
     """A tokenizer by name: "gpt2" (OpenAI's files via `lm.data.sources.fetch`, so LM_DATA_DIR
-    applies) or one saved by `tools.train_tokenizer` under `tokenizer_dir()`. KeyError if unknown."""
+    applies) or one saved by `tools.train_tokenizer` under `lm.paths.tokenizer_dir()`. KeyError if unknown."""
     if name == "gpt2":
         return BPETokenizer.gpt2()
     path = tokenizer_path(name)
@@ -555,7 +656,7 @@ def load_tokenizer(path: str) -> Tokenizer:
     """Load any tokenizer artifact written by `save` (dispatches on its `kind`).
 
     Also: a folder holding GPT-2's encoder.json + vocab.bpe, or "gpt2" (from the data cache), or a
-    bare name saved under `tokenizer_dir()`.
+    bare name saved under `lm.paths.tokenizer_dir()`.
     """
     if os.path.isdir(path):
         enc, voc = os.path.join(path, "encoder.json"), os.path.join(path, "vocab.bpe")

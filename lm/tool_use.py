@@ -14,38 +14,17 @@ them) and never start a call or end a row.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from lm.tokenizer import ChatTokens
 from lm.tools_calc import calculate
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class ToolTokens:
-    """Special-token ids of the tool protocol (the chat tokenizer's python/output tokens)."""
-    python_start: int
-    python_end: int
-    output_start: int
-    output_end: int
-
-    @classmethod
-    def from_tokenizer(cls, tok) -> Optional["ToolTokens"]:
-        """From a tokenizer with `special_id(name)`; None if it lacks the tool tokens."""
-        get = getattr(tok, "special_id", None)
-        if get is None:
-            return None
-        try:
-            return cls(*(int(get(f"<|{n}|>")) for n in
-                         ("python_start", "python_end", "output_start", "output_end")))
-        except (KeyError, ValueError):
-            return None
 
 
 @struct.dataclass
@@ -56,10 +35,10 @@ class ToolState:
     queue: Array            # [R, Q] int32: forced tokens to emit next
     q_len: Array            # [R] int32
     q_pos: Array            # [R] int32
-    tokens: ToolTokens = struct.field(pytree_node=False, default=None)
+    tokens: ChatTokens = struct.field(pytree_node=False, default=None)
 
 
-def init(tokens: ToolTokens, rows: int, queue_len: int) -> ToolState:
+def init(tokens: ChatTokens, rows: int, queue_len: int) -> ToolState:
     zeros, false = jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), bool)
     return ToolState(in_call=false, call_start=zeros, waiting=false,
                      queue=jnp.zeros((rows, queue_len), jnp.int32), q_len=zeros, q_pos=zeros,

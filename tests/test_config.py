@@ -71,18 +71,23 @@ def test_bad_keys_and_types(override, match):
 
 
 def test_auto_dtype_is_bf16_exactly_where_the_bf16_kernels_run(monkeypatch):
-    """The main job's `model.dtype=auto`: bfloat16 on a CPU host with lm's bf16 kernels, float32
-    elsewhere; resolved at construction and when an override sets it."""
-    from lm import kernels
+    """The main job's `model.dtype=auto`: kept in the config until an entry point decides it
+    (`lm.process.resolve`): bfloat16 on a CPU host with lm's bf16 kernels, float32 elsewhere.
+    A model cannot be built from an undecided config."""
+    from lm import kernels, process
     for here in (True, False):
         monkeypatch.setattr(kernels, "bf16_kernels_expected", lambda here=here: here)
         want = "bfloat16" if here else "float32"
-        assert experiments.get("shakespeare_char_cpu").model.dtype == want
+        cfg = experiments.get("shakespeare_char_cpu")
+        assert cfg.model.dtype == "auto"
+        assert process.resolve(cfg).model.dtype == want
+        assert cfg.model.dtype == "auto"                      # resolve copies, never mutates
         cfg = apply_overrides(experiments.get("shakespeare_char"), ["model.dtype=auto"])
-        assert cfg.model.dtype == want
-        assert ModelConfig(dtype="auto").dtype == want
+        assert process.resolve(cfg).model.dtype == want
+    with pytest.raises(ConfigError, match="auto"):
+        ModelConfig(dtype="auto").compute_dtype
     # pinned dtypes are kept as given
     cfg = apply_overrides(experiments.get("shakespeare_char_cpu"), ["model.dtype=float32"])
-    assert cfg.model.dtype == "float32"
+    assert process.resolve(cfg).model.dtype == "float32"
     with pytest.raises(ConfigError, match="choose one of"):
         apply_overrides(experiments.get("shakespeare_char_cpu"), ["model.dtype=fp16"])

@@ -3,7 +3,7 @@ malformed conversations, injection through render, render_for_completion and par
 import pytest
 
 from lm import conversation as C
-from lm.tokenizer import train_bpe
+from lm.tokenizer import train_bpe, trained_specials
 
 TEXT = ("You are terse. What is 12 * 7? 12 * 7 = 84. The answer is 84. Hello there! "
         "Who made you? Spell cat: c-a-t. <|assistant_end|> ") * 30
@@ -11,7 +11,7 @@ TEXT = ("You are terse. What is 12 * 7? 12 * 7 = 84. The answer is 84. Hello the
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_bpe([TEXT], 256 + 9 + 64)
+    return train_bpe([TEXT], 256 + len(trained_specials()) + 64)
 
 
 def specials(tok):

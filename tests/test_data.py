@@ -100,10 +100,10 @@ def test_char_tokenizer_roundtrip_and_errors(tmp_path):
 
 def test_bpe_tokenizer_trained_on_train_split_only(data_env, tmp_path, monkeypatch):
     monkeypatch.setenv("LM_TOKENIZER_DIR", str(tmp_path))
-    cfg = DataConfig(tokenizer="bpe:300")
+    cfg = DataConfig(tokenizer="bpe:400")
     s = pipeline.load_token_splits(cfg)
-    assert s.tokenizer.vocab_size == 300
-    assert (tmp_path / "tinyshakespeare_train_bpe300.json").exists()
+    assert s.tokenizer.vocab_size == 400
+    assert (tmp_path / "tinyshakespeare_train_bpe400.json").exists()
     text = open(os.path.join(data_env, "tinyshakespeare", "input.txt"), encoding="utf-8").read()
     n = int(len(text) * 0.9)
     assert s.tokenizer.decode(s.train) == text[:n] and s.tokenizer.decode(s.val) == text[n:]

@@ -12,7 +12,7 @@ import pytest
 from lm import model
 from lm.config import Config, DataConfig, ModelConfig, modern
 from lm.interop import hf
-from lm.tokenizer import train_bpe
+from lm.tokenizer import train_bpe, trained_specials
 
 torch = pytest.importorskip("torch", reason="transformers/torch: pip install -r requirements-eval.txt")
 transformers = pytest.importorskip("transformers", reason="pip install -r requirements-eval.txt")
@@ -22,7 +22,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog. 12 + 30 = 42. Café 😀 n
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_bpe([TEXT], 256 + 9 + 120)
+    return train_bpe([TEXT], 256 + len(trained_specials()) + 120)
 
 
 CONFIGS = {
@@ -79,7 +79,7 @@ NUMBERS = " ".join(str(y) for y in range(1800, 2030)) + " 19000 km, 250000 peopl
 
 @pytest.fixture(scope="module")
 def digit_tok():
-    return train_bpe([TEXT, NUMBERS], 256 + 9 + 200)
+    return train_bpe([TEXT, NUMBERS], 256 + len(trained_specials()) + 200)
 
 
 def test_hf_tokenizer_files_encode_like_ours(digit_tok, tmp_path):

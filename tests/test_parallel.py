@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from lm import parallel, train
+from lm import parallel, stages, steps
 from lm.config import ConfigError, Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
@@ -37,15 +37,15 @@ def batches():
 
 def losses_for(cfg, devices):
     """Per-step train losses, then the validation loss/bpb of the final state on 3 batches."""
-    c = train.compile_steps(cfg, devices=devices)
+    c = steps.compile_steps(cfg, stages.loss_fn(cfg), devices=devices)
     state = c.init_state(0)
     out = []
     for b in batches():
         state, m = c.train_step(state, c.put_batch(b))
         m = jax.device_get(m)
         out.append(float(np.ravel(m["loss"])[0]))
-    groups = train.stack_batches(list(batches())[:3])
-    ev = train.evaluate(c, c.eval_params(state), groups, np.ones(64, np.int32))
+    groups = steps.stack_batches(list(batches())[:3])
+    ev = steps.evaluate(c, state.params, groups, np.ones(64, np.int32))
     out += [ev["val_loss"], ev["val_bpb"]]
     return np.array(out), c, state
 
@@ -85,7 +85,7 @@ def test_grad_accum_matches_full_batch(reference):
 
 def test_train_step_compiles_once(caplog):
     cfg = tiny_cfg(data=2, fsdp=4)
-    c = train.compile_steps(cfg, devices=jax.devices()[:8])
+    c = steps.compile_steps(cfg, stages.loss_fn(cfg), devices=jax.devices()[:8])
     state = c.init_state(0)
     with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
         for b in batches():

@@ -146,10 +146,10 @@ def tiny_parent(tmp_path_factory):
     """A tiny 'sft' run with random weights and a BPE tokenizer with the chat tokens."""
     from lm import runs
     from lm.config import Config, DataConfig
-    from lm.tokenizer import train_bpe
+    from lm.tokenizer import train_bpe, trained_specials
     root = str(tmp_path_factory.mktemp("sft_parent"))
     tok = train_bpe(["Emily has 3 apples and buys 2 more. 3 + 2 = 5 apples. #### 5 "] * 60,
-                    256 + 9 + 80)
+                    256 + len(trained_specials()) + 80)
     cfg = Config(name="tiny_sft", stage="sft", init_from="x",
                  model=ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1,
                                    n_head=2, n_embd=32), data=DataConfig(tokenizer="parent"))

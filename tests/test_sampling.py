@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import kvcache, model, sampling
+from lm import kernels, kvcache, model, sampling
 from lm.config import ModelConfig, modern
+from lm.tokenizer import ChatTokens
+from lm.tools_calc import calculate
 
 V = 64
 CONFIGS = {
@@ -191,16 +193,16 @@ def test_decoding_through_a_head_copy_changes_nothing(gpt2):
     """Batched decode reads a [D, V] copy of the tied head; tokens and log-probs must equal the
     wte path's, and new params (as an RL loop swaps them in) must not reuse the old copy."""
     cfg, params = gpt2
-    copy = sampling.Engine(params, cfg, head_copy_rows=1)
+    copy = sampling.Engine(params, cfg, settings=sampling.EngineSettings(head_copy_rows=1))
     assert sampling.Engine(params, dataclasses.replace(cfg, kernels="plain")).head_copy_rows == 0
-    plain = sampling.Engine(params, cfg, head_copy_rows=0)
+    plain = sampling.Engine(params, cfg, settings=sampling.EngineSettings(head_copy_rows=0))
     for p in (params, _init(cfg, jax.random.PRNGKey(7))):
         copy.params = plain.params = p
         a = copy.generate(PROMPTS, temperature=0.0, **KW)
         b = plain.generate(PROMPTS, temperature=0.0, **KW)
         assert a.rows() == b.rows()
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
-        assert copy._head_DV[0] is p["wte"]
+        assert copy._headed[0] is p and kernels.HEAD in copy._headed[1]
 
 
 def test_top_k_restricts_support(gpt2):
@@ -271,9 +273,10 @@ def test_growing_cache_gives_the_full_size_results(family):
     cfg, params = family
     kw = dict(n=2, max_new_tokens=[30, 3, 40, 20], temperature=0.9, top_k=5, seed=3,
               stop_tokens=[[7], [], [], []])
-    fixed = sampling.Engine(params, cfg, grow_cache=False, len_multiple=8)
+    fixed = sampling.Engine(params, cfg, settings=sampling.EngineSettings(grow_cache=False,
+                                                                          len_multiple=8))
     ref = fixed.generate(PROMPTS, **kw)
-    eng = sampling.Engine(params, cfg, len_multiple=8)
+    eng = sampling.Engine(params, cfg, settings=sampling.EngineSettings(len_multiple=8))
     st = eng.start(PROMPTS, **kw)
     sizes = [st.cache.max_len]
     while not np.asarray(st.done).all():
@@ -296,8 +299,9 @@ def test_batch_sharded_generation_matches(gpt2):
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     prompts = PROMPTS * 2
     kw = dict(temperature=0.0, max_new_tokens=30)
-    ref = sampling.Engine(params, cfg, grow_cache=False).generate(prompts, **kw)
-    eng = sampling.Engine(params, cfg, mesh=mesh, len_multiple=8)    # small steps: it grows
+    ref = sampling.Engine(params, cfg, settings=sampling.EngineSettings(grow_cache=False)
+                          ).generate(prompts, **kw)
+    eng = sampling.Engine(params, cfg, settings=sampling.EngineSettings(mesh=mesh, len_multiple=8))
     st = eng.start(prompts, **kw)
     first = st.cache.max_len
     assert len(st.cache.k[0].sharding.device_set) == 8
@@ -312,7 +316,9 @@ def test_batch_sharded_generation_matches(gpt2):
 
 CHARS = "0123456789+-*/() .abcdefghijklmnopqrstuvwxyzE:'"
 PY_START, PY_END, OUT_START, OUT_END, BOS, END = range(V - 6, V)
-TOOLS = sampling.ToolTokens(PY_START, PY_END, OUT_START, OUT_END)
+TOOLS = ChatTokens(bos=BOS, user_start=-1, user_end=-1, assistant_start=-1, assistant_end=END,
+                   python_start=PY_START, python_end=PY_END, output_start=OUT_START,
+                   output_end=OUT_END)
 
 
 def encode(text):
@@ -381,7 +387,7 @@ def test_tool_call_with_scripted_model():
 
     def spy(ids):
         seen.append(decode(ids))
-        return encode(sampling.calculate("9**99999"))
+        return encode(calculate("9**99999"))
     eng2 = sampling.Engine(eng.params, SCRIPTED, tools=TOOLS, tool_fn=spy)
     out = eng2.generate([[BOS], c("a")], **kw).row(0)
     assert seen == ["1/0"]
@@ -440,7 +446,7 @@ def test_bfloat16_weights_greedy_matches_float32_or_differs_only_at_near_ties(fa
     0.05 of the fp32 choice's (the bound documented in docs/performance.md)."""
     cfg, params = family
     f32 = sampling.Engine(params, cfg).generate(PROMPTS, max_new_tokens=16, temperature=0.0)
-    b16 = sampling.Engine(params, cfg, weights="bfloat16").generate(
+    b16 = sampling.Engine(params, cfg, settings=sampling.EngineSettings(weights="bfloat16")).generate(
         PROMPTS, max_new_tokens=16, temperature=0.0)
     assert (b16.lengths == 16).all()
     same = 0

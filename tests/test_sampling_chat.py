@@ -8,14 +8,14 @@ from lm import chat, runs
 from lm import conversation as C
 from lm.config import Config, DataConfig, ModelConfig, TrainConfig
 from lm.sampling import Engine
-from lm.tokenizer import train_bpe
+from lm.tokenizer import train_bpe, trained_specials
 
 TEXT = ("the quick brown fox jumps over the lazy dog. " * 20
         + "what is two plus three? it is five. " * 20)
 
 
 def _run(root, name: str, stage: str):
-    tok = train_bpe([TEXT], 300)
+    tok = train_bpe([TEXT], 300 + len(trained_specials()))
     cfg = Config(name=name, stage=stage, init_from="x" if stage != "pretrain" else "",
                  model=ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2,
                                    n_head=2, n_embd=32),
@@ -50,8 +50,7 @@ def test_chat_session_shows_what_the_engine_wrote(sft_dir):
     text = "".join(sess.respond("hi there"))
     # the same prompt through the engine directly: the streamed text is its reply, readable
     prompt = C.render_for_completion({"messages": [{"role": "user", "content": "hi there"}]}, tok)
-    from lm.sampling import ToolTokens
-    eng = Engine(run.params, run.config.model, tokenizer=tok, tools=ToolTokens.from_tokenizer(tok))
+    eng = Engine(run.params, run.config.model, tokenizer=tok, tools=tok.chat)
     g = eng.generate([prompt], max_new_tokens=12, temperature=0.0, seed=0, sample_ids=[0],
                      stop_tokens=[tok.special_id("<|assistant_end|>"), tok.bos_id])
     ids = g.row(0, strip_stop=True)

@@ -10,14 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import conversation as C
 from lm import losses, model, runs, tasks, train
-from lm.config import (Config, ConfigError, DataConfig, MeshConfig, ModelConfig, OptimConfig,
+from lm.config import (Config, DataConfig, MeshConfig, ModelConfig, OptimConfig,
                        TrainConfig)
 from lm.data.sft import BestFitPacker, SFTBatches, rows_to_batch
 from lm.tasks.arithmetic import Arithmetic
 from lm.tasks.spelling import Spelling
-from lm.tokenizer import train_bpe
+from lm.tokenizer import train_bpe, trained_specials
 
 TEXT = ("Emily has 3 apples. She buys 2 more. How many apples does Emily have now? "
         "3 + 2 = 5. What is your name? I'm Lumen, a small assistant. ") * 40
@@ -25,7 +24,7 @@ TEXT = ("Emily has 3 apples. She buys 2 more. How many apples does Emily have no
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_bpe([TEXT], 256 + 9 + 100)
+    return train_bpe([TEXT], 256 + len(trained_specials()) + 100)
 
 
 # ---- packing -----------------------------------------------------------------------------------
@@ -246,7 +245,7 @@ def test_sft_steps_lower_the_masked_loss(parent_run, tok, tmp_path):
     assert runs.lineage(str(tmp_path / "sft"))[0]["run_dir"] == parent_run
     # the run directory is self-contained: its tokenizer is in it, and it loads as an sft run
     r = runs.load(str(tmp_path / "sft"))
-    assert r.stage == "sft" and runs.same_tokenizer(r.tokenizer, tok) and r.step == 12
+    assert r.stage == "sft" and r.tokenizer.same_as(tok) and r.step == 12
 
 
 def test_init_from_errors(parent_run, tok, tmp_path):
@@ -260,14 +259,15 @@ def test_init_from_errors(parent_run, tok, tmp_path):
         train.run(cfg, run_dir=str(tmp_path / "b"), progress=False)
     cfg = tiny_sft_cfg(parent_run, tok.vocab_size)
     other = str(tmp_path / "other.json")
-    train_bpe(["something else entirely " * 50], 256 + 9 + 20).save(other)
+    train_bpe(["something else entirely " * 50], 256 + len(trained_specials()) + 20).save(other)
     cfg.data.tokenizer = other
     with pytest.raises(runs.RunError, match="not the parent's tokenizer"):
         train.run(cfg, run_dir=str(tmp_path / "c"), progress=False)
     with pytest.raises(runs.RunError, match="not a run directory"):
         runs.resolve("no_such_experiment_or_dir")
-    with pytest.raises(ConfigError, match="starts from a parent run"):
-        Config(stage="sft").validate()
+    with pytest.raises(ValueError, match="starts from a parent run"):
+        train.run(Config(stage="sft"), run_dir=str(tmp_path / "d"), progress=False)
+    assert not os.path.exists(tmp_path / "d")
 
 
 def test_identity_frames_times_cores_never_produce_a_held_out_phrasing(tmp_path):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from lm import bpe_reference as ref
 from lm.losses import bits_per_byte, bits_per_byte_from_sums, bpb_sums
+from lm.tokenizer import trained_specials
 from lm.tokenizer import (BOS, CHAT_SPECIAL_TOKENS, GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN,
                           BPETokenizer, CharTokenizer, Tokenizer, gpt2_bytes_to_unicode,
                           load_tokenizer, named_tokenizer, tokenizer_path, train_bpe)
@@ -32,10 +33,12 @@ CORPUS = [
     "Numbers: 1234567890 3.14159 2,718,281 0x1F 1e-9 100000\n",
 ]
 
+SPECIALS = trained_specials()    # what train_bpe gives a tokenizer by default
+
 
 @pytest.fixture(scope="module")
 def tok() -> BPETokenizer:
-    return train_bpe(CORPUS * 3, 256 + 150 + len(CHAT_SPECIAL_TOKENS), max_doc_chars=None)
+    return train_bpe(CORPUS * 3, 256 + 150 + len(SPECIALS), max_doc_chars=None)
 
 
 # ----------------------------------------------------------------------------- reference vs fast
@@ -45,7 +48,7 @@ def tok() -> BPETokenizer:
 @pytest.mark.parametrize("cap", [None, 40])
 def test_fast_training_and_encoding_match_reference(pattern, cap):
     n_merges = 120
-    fast = train_bpe(CORPUS, 256 + n_merges + len(CHAT_SPECIAL_TOKENS), pattern=pattern,
+    fast = train_bpe(CORPUS, 256 + n_merges + len(SPECIALS), pattern=pattern,
                      max_doc_chars=cap)
     merges = ref.train(CORPUS, 256 + n_merges, pattern, max_doc_chars=cap)
     assert len(merges) == n_merges
@@ -67,7 +70,7 @@ def test_fast_training_and_encoding_match_reference(pattern, cap):
                      min_size=1, max_size=6),
        n_merges=st.integers(0, 25))
 def test_fast_matches_reference_on_random_corpora(docs, n_merges):
-    fast = train_bpe(docs, 256 + n_merges + len(CHAT_SPECIAL_TOKENS), max_doc_chars=None)
+    fast = train_bpe(docs, 256 + n_merges + len(SPECIALS), max_doc_chars=None)
     merges = ref.train(docs, 256 + n_merges, GPT4_SPLIT_PATTERN)
     assert {i: b for b, i in fast.mergeable_ranks.items()} == ref.vocab(merges)
     for text in docs + ["".join(docs[::-1])]:
@@ -78,7 +81,7 @@ def test_reference_ties_break_to_smallest_pair():
     # "ab" and "cd" occur equally often: (97, 98) < (99, 100) wins.
     merges = ref.train(["ab cd ab cd"], 257, r"\S+|\s+")
     assert merges == {(97, 98): 256}
-    fast = train_bpe(["ab cd ab cd"], 257 + len(CHAT_SPECIAL_TOKENS), pattern=r"\S+|\s+")
+    fast = train_bpe(["ab cd ab cd"], 257 + len(SPECIALS), pattern=r"\S+|\s+")
     assert fast.mergeable_ranks[b"ab"] == 256 and b"cd" not in fast.mergeable_ranks
 
 
@@ -163,7 +166,7 @@ def test_decode_accepts_numpy(tok):
 # ----------------------------------------------------------------------------- special tokens
 
 def test_special_ids_follow_the_merge_ranks_in_order(tok):
-    assert tok.vocab_size == 256 + 150 + len(CHAT_SPECIAL_TOKENS)
+    assert tok.vocab_size == 256 + 150 + len(SPECIALS)
     for k, name in enumerate(CHAT_SPECIAL_TOKENS):
         assert tok.special_id(name) == tok.n_ranks + k
     assert tok.bos_id == tok.special_id(BOS) == tok.n_ranks
@@ -203,18 +206,18 @@ def test_chat_template_round_trip(tok):
 # ----------------------------------------------------------------------------- training options
 
 def test_vocab_size_counts_bytes_and_specials():
-    t = train_bpe(CORPUS, 300, max_doc_chars=None)
-    assert t.vocab_size == 300 and t.n_ranks == 300 - len(CHAT_SPECIAL_TOKENS)
+    t = train_bpe(CORPUS, 300 + len(SPECIALS), max_doc_chars=None)
+    assert t.vocab_size == 300 + len(SPECIALS) and t.n_ranks == 300
     with pytest.raises(ValueError, match="at least 256"):
-        train_bpe(CORPUS, 260)
+        train_bpe(CORPUS, 260 + len(SPECIALS) - 9)
     with pytest.raises(ValueError, match="must not be empty"):
-        train_bpe(CORPUS, 300, pattern="")
+        train_bpe(CORPUS, 300 + len(SPECIALS), pattern="")
 
 
 def test_document_cap_limits_what_training_sees():
     docs = ["zq" * 1000]
     with pytest.warns(UserWarning, match="kept only 10 of 2,000 characters"):
-        capped = train_bpe(docs, 256 + 9 + 4, max_doc_chars=10)
+        capped = train_bpe(docs, 256 + len(SPECIALS) + 4, max_doc_chars=10)
     merges = ref.train(docs, 256 + 4, GPT4_SPLIT_PATTERN, max_doc_chars=10)
     # The cap applies before splitting: training sees exactly the first 10 characters.
     assert merges == ref.train(["zq" * 5], 256 + 4, GPT4_SPLIT_PATTERN)
@@ -225,7 +228,7 @@ def test_document_cap_limits_what_training_sees():
 def test_training_stops_when_pairs_run_out():
     with pytest.warns(UserWarning, match="ran out of pairs"):
         t = train_bpe(["ab"], 400)
-    assert t.n_ranks == 257 and t.vocab_size == 257 + len(CHAT_SPECIAL_TOKENS)
+    assert t.n_ranks == 257 and t.vocab_size == 257 + len(SPECIALS)
     assert ref.train(["ab"], 400, GPT4_SPLIT_PATTERN) == {(97, 98): 256}
 
 
@@ -238,8 +241,8 @@ def test_split_patterns_are_tiktokens():
 
 
 def test_gpt2_pattern_differs_from_gpt4_on_digits_and_case():
-    t4 = train_bpe(CORPUS, 265, max_doc_chars=None)
-    t2 = train_bpe(CORPUS, 265, pattern=GPT2_SPLIT_PATTERN, max_doc_chars=None)
+    t4 = train_bpe(CORPUS, 265 + len(SPECIALS) - 9, max_doc_chars=None)
+    t2 = train_bpe(CORPUS, 265 + len(SPECIALS) - 9, pattern=GPT2_SPLIT_PATTERN, max_doc_chars=None)
     assert t2.pattern != t4.pattern
     # GPT-4 caps digit runs at 3; GPT-2 does not.
     import regex
@@ -254,7 +257,7 @@ def test_save_load_round_trip(tok, tmp_path):
     tok.save(str(path))
     meta = json.loads(path.read_text())
     assert meta["kind"] == "bpe" and meta["version"] == 1 and meta["pattern"] == tok.pattern
-    assert meta["special_tokens"] == {n: tok.n_ranks + k for k, n in enumerate(CHAT_SPECIAL_TOKENS)}
+    assert meta["special_tokens"] == {n: tok.n_ranks + k for k, n in enumerate(SPECIALS)}
     assert meta["mergeable_ranks"][ord("a")] == "YQ== 97"  # tiktoken's base64 line format
     back = load_tokenizer(str(path))
     assert isinstance(back, BPETokenizer) and isinstance(back, Tokenizer)
@@ -371,10 +374,28 @@ def test_bits_per_byte_agrees_across_tokenizers_for_the_same_model_quality():
     text = "First Citizen: speak."
     char = CharTokenizer.from_text(text)
     ids_c = np.array(char.encode(text))
-    bpe = train_bpe([text] * 5, 256 + 9 + 8, max_doc_chars=None)
+    bpe = train_bpe([text] * 5, 256 + len(SPECIALS) + 8, max_doc_chars=None)
     ids_b = np.array(bpe.encode(text))
     tb_c, tb_b = char.token_bytes(), bpe.token_bytes()
     loss_c = tb_c[ids_c] * math.log(2)
     loss_b = tb_b[ids_b] * math.log(2)
     assert bits_per_byte(loss_c, ids_c, tb_c) == pytest.approx(1.0)
     assert bits_per_byte(loss_b, ids_b, tb_b) == pytest.approx(1.0)
+
+
+def test_a_newly_named_special_needs_no_retraining(tok, tmp_path, monkeypatch):
+    """Reserved slots: a feature that names a special later finds it in a tokenizer trained
+    (and saved) before the name existed, at a fixed id that encoding never produces."""
+    import lm.tokenizer as T
+    path = str(tmp_path / "before.json")
+    tok.save(path)
+    slot = len(CHAT_SPECIAL_TOKENS)                   # the first reserved slot
+    with pytest.raises(KeyError):
+        tok.special_id("<|search_start|>")
+    monkeypatch.setitem(T.NAMED_SPECIALS, "<|search_start|>", slot)
+    old = load_tokenizer(path)
+    assert old.special_id("<|search_start|>") == old.n_ranks + slot == tok.special_id(
+        "<|search_start|>")
+    assert old.is_special(old.special_id("<|search_start|>"))
+    assert old.special_id("<|search_start|>") not in old.encode("<|search_start|> <|reserved_9|>")
+    assert old.vocab_size == tok.vocab_size and old.same_as(tok)

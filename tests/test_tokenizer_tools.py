@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lm.tokenizer import CHAT_SPECIAL_TOKENS, load_tokenizer
+from lm.tokenizer import CHAT_SPECIAL_TOKENS, load_tokenizer, trained_specials
 from tools import show_tokens, tok_eval, train_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,14 +25,14 @@ def artifact(tmp_path_factory):
     src = folder / "corpus.txt"
     src.write_text(TEXT, encoding="utf-8")
     out = folder / "small.json"
-    assert train_tokenizer.main(["--file", str(src), "--vocab-size", "300", "--out", str(out),
+    assert train_tokenizer.main(["--file", str(src), "--vocab-size", "400", "--out", str(out),
                                  "--name", "small"]) == 0
     return str(out)
 
 
 def test_train_tokenizer_saves_a_loadable_artifact(artifact):
     tok = load_tokenizer(artifact)
-    assert tok.vocab_size == 300 and tok.name == "small"
+    assert tok.vocab_size == 400 and tok.name == "small"
     assert tok.decode(tok.encode(TEXT)) == TEXT
 
 
@@ -69,7 +69,7 @@ def test_show_tokens_runs_as_a_script_without_shadowing_the_stdlib(artifact):
                         "--no-color", "hello"], cwd=REPO, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "tokens (small, vocab 300)" in r.stdout
+    assert "tokens (small, vocab 400)" in r.stdout
 
 
 def test_tok_eval_table_and_json(artifact, capsys):
@@ -103,7 +103,7 @@ def test_bench_tokenizer_json_keys(capsys):
 
 def test_show_tokens_colours_a_conversation_by_its_loss_mask(tmp_path, capsys):
     from lm.tokenizer import train_bpe
-    tok = train_bpe(["What is 2+3? It is 5. " * 30], 256 + 9 + 30)
+    tok = train_bpe(["What is 2+3? It is 5. " * 30], 256 + len(trained_specials()) + 30)
     tpath = str(tmp_path / "t.json")
     tok.save(tpath)
     conv = {"messages": [{"role": "user", "content": "What is 2+3?"},

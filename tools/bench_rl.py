@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
     import experiments
-    from lm import runs, train
+    from lm import runs, steps, train
+    from lm.logs import NullWriter
     from lm import conversation as chat
     from lm.stages import grpo
 
@@ -49,10 +50,9 @@ def main(argv=None) -> int:
     parent = runs.load(a.run, workdir=ROOT)
     cfg.init_from = parent.run_dir
     stage = grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)
-    c = train.compile_steps(cfg, grpo.loss_fn(cfg))
-    state = c.init_state(0)
-    state = jax.device_put(c.host_state(state).replace(params=parent.params), c.state_sharding)
-    loop = train.Loop(cfg, c, tempfile.mkdtemp(), train.NullWriter(), False)
+    c = steps.compile_steps(cfg, grpo.Stage.loss_fn(cfg))
+    state = c.device_state(c.host_state(c.init_state(0)).replace(params=parent.params))
+    loop = train.Loop(cfg, c, tempfile.mkdtemp(), NullWriter(), False)
 
     try:
         import torch
@@ -139,6 +139,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from lm.host import use_fast_allocator
-    use_fast_allocator("tools.bench_rl")
     sys.exit(main())

@@ -58,7 +58,8 @@ class Ours:
         self.cfg = ModelConfig(**SMALL)
         self.params = params if params is not None else \
             jax.jit(model.init, static_argnums=0)(self.cfg, jax.random.PRNGKey(0))
-        self.engine = sampling.Engine(self.params, self.cfg, weights=weights)
+        self.engine = sampling.Engine(self.params, self.cfg,
+                                      settings=sampling.EngineSettings(weights=weights))
         self.rng = np.random.default_rng(0)
         self.compile_s: dict = {}
 

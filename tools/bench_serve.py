@@ -47,8 +47,8 @@ def make_tiny_run(folder: str) -> str:
     """A tiny chat-stage run with random weights (what the benchmark needs is the serving path)."""
     from lm import runs
     from lm.config import Config, DataConfig, ModelConfig
-    from lm.tokenizer import train_bpe
-    tok = train_bpe([" ".join(QUESTIONS) * 50], 256 + 9 + 200)
+    from lm.tokenizer import train_bpe, trained_specials
+    tok = train_bpe([" ".join(QUESTIONS) * 50], 256 + len(trained_specials()) + 200)
     cfg = Config(name="bench_tiny_chat", stage="sft", init_from="(made by tools.bench_serve)",
                  model=ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=4,
                                    n_head=4, n_embd=128),

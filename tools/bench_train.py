@@ -63,7 +63,7 @@ class Ours:
     def __init__(self, name: str, cpu_devices: int = 0, dtype: str = "float32"):
         import jax
         import numpy as np
-        from lm import kernels, model, parallel, train
+        from lm import kernels, model, parallel, stages, steps
         self.jax, self.np = jax, np
         c = CONFIGS[name]
         self.cfg = our_config(c, dtype)
@@ -73,7 +73,8 @@ class Ours:
                                                                           len(jax.devices()))
         n = cpu_devices or auto
         self.devices = n
-        self.compiled = train.compile_steps(self.cfg, devices=jax.devices()[:n])
+        self.compiled = steps.compile_steps(self.cfg, stages.loss_fn(self.cfg),
+                                            devices=jax.devices()[:n])
         self.state = self.compiled.init_state(0)
         self.rng = np.random.default_rng(0)
         self.tokens = c["batch_size"] * c["block_size"]
@@ -115,7 +116,7 @@ def peer(name: str, steps: int, only: str = "train", dtype: str = "float32") -> 
 
 
 def jax_matmul_gflops(n: int = 2048) -> float:
-    from lm.train import measure_matmul_flops
+    from lm.steps import measure_matmul_flops
     return measure_matmul_flops(n, reps=10) / 1e9
 
 
@@ -123,7 +124,7 @@ def onednn_matmul_gflops(n: int = 2048) -> float:
     """Our bf16 matmul (the oneDNN custom call) on one device, best of 10; 0 if unavailable."""
     import jax.numpy as jnp
     from lm import kernels
-    from lm.train import measure_matmul_flops
+    from lm.steps import measure_matmul_flops
     if not kernels.onednn_available():
         return 0.0
     return measure_matmul_flops(n, reps=10, dtype=jnp.bfloat16,
@@ -245,6 +246,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from lm.host import use_fast_allocator
-    use_fast_allocator("tools.bench_train")
     sys.exit(main())

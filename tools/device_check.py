@@ -34,10 +34,11 @@ def time_steps(name: str, overrides: list[str], steps: int) -> dict:
     import jax
     import numpy as np
     import experiments
-    from lm import model, train
+    from lm import model, process, stages
+    from lm import steps as lm_steps
     from lm.config import apply_overrides
-    cfg = apply_overrides(experiments.get(name), overrides)
-    c = train.compile_steps(cfg)
+    cfg = process.resolve(apply_overrides(experiments.get(name), overrides))
+    c = lm_steps.compile_steps(cfg, stages.loss_fn(cfg))
     state = c.init_state(0)
     rng = np.random.default_rng(0)
     B, T, V = cfg.data.batch_size, cfg.data.seq_len, cfg.model.vocab_size
@@ -62,7 +63,7 @@ def time_steps(name: str, overrides: list[str], steps: int) -> dict:
         times.append(time.perf_counter() - t)
     step = statistics.median(times)
     tps = B * T / step
-    peak = train.peak_flops(cfg)
+    peak = lm_steps.peak_flops(cfg)
     fpt = model.flops_per_token(cfg.model, T)
     return {"config": name, "devices": c.mesh.devices.size,
             "device_kind": jax.devices()[0].device_kind, "compile_s": round(compile_s, 2),

@@ -32,6 +32,8 @@ from typing import Iterator
 
 import numpy as np
 
+from lm import paths
+
 REPO = "HuggingFaceFW/fineweb-edu"
 SUBSETS = {"sample-10BT": "sample/10BT", "sample-100BT": "sample/100BT",
            "sample-350BT": "sample/350BT"}
@@ -43,10 +45,9 @@ class PrepareError(RuntimeError):
 
 def subset_files(subset: str) -> list[str]:
     """The subset's parquet files: from the cache, else downloaded with huggingface_hub."""
-    from lm.data.sources import data_dir
     if subset not in SUBSETS:
         raise PrepareError(f"--subset {subset!r}: known subsets {sorted(SUBSETS)}")
-    root = os.path.join(data_dir(), "fineweb-edu")
+    root = os.path.join(paths.data_dir(), "fineweb-edu")
     pattern = os.path.join(root, SUBSETS[subset], "*.parquet")
     files = sorted(glob.glob(pattern))
     if files:

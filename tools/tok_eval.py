@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from lm.tokenizer import BPETokenizer, load_tokenizer, tokenizer_dir
+    from lm.paths import tokenizer_dir
+    from lm.tokenizer import BPETokenizer, load_tokenizer
 
     notes = []
     columns: list[tuple[str, object]] = []

@@ -232,8 +232,9 @@ def _progress(docs: list[str], desc: str) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lm.tokenizer import (CHAT_SPECIAL_TOKENS, DEFAULT_MAX_DOC_CHARS, SPLIT_PATTERNS,
-                              tokenizer_path, train_bpe)
+    from lm.tokenizer import (DEFAULT_MAX_DOC_CHARS, SPLIT_PATTERNS, tokenizer_path, train_bpe,
+                              trained_specials)
+    n_special = len(trained_specials())
 
     corpora_help = "; ".join(f"{k}: {v[0]}" for k, v in CORPORA.items())
     ap = argparse.ArgumentParser(
@@ -247,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="train on these files instead (.txt split at blank lines, or .jsonl[.gz])")
     ap.add_argument("--field", help="JSONL field holding the text (default: text)")
     ap.add_argument("--vocab-size", type=int, default=2048,
-                    help="final vocabulary size incl. 256 bytes and %d special tokens (default 2048)"
-                         % len(CHAT_SPECIAL_TOKENS))
+                    help="final vocabulary size incl. 256 bytes and %d special tokens (the chat "
+                         "set and reserved ones; default 2048)" % n_special)
     ap.add_argument("--pattern", default="gpt4",
                     help="split regex: 'gpt4' (default), 'gpt2', or a regex of your own")
     ap.add_argument("--max-doc-chars", type=int, default=DEFAULT_MAX_DOC_CHARS,
@@ -262,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                          "../shared/data beside the repository)")
     args = ap.parse_args(argv)
 
-    if args.vocab_size < 256 + len(CHAT_SPECIAL_TOKENS):
-        ap.error(f"--vocab-size must be at least {256 + len(CHAT_SPECIAL_TOKENS)} "
-                 f"(256 bytes + {len(CHAT_SPECIAL_TOKENS)} special tokens)")
+    if args.vocab_size < 256 + n_special:
+        ap.error(f"--vocab-size must be at least {256 + n_special} "
+                 f"(256 bytes + {n_special} special tokens)")
     pattern = SPLIT_PATTERNS.get(args.pattern, args.pattern)
     try:
         import regex

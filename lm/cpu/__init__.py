@@ -3,9 +3,9 @@ JAX's FFI. `lm.kernels` is its only user.
 
 The library is compiled with the system C++ compiler against jaxlib's FFI headers and the
 `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (requirements.txt), into
-`$LM_CACHE_DIR/cpu/` (default runs/cache/cpu), keyed by the source and the jaxlib version. Where
-anything is missing (no compiler, no wheel), `load()` returns None with the reason in
-`load_error()`, and the kernels fall back to XLA's own dot.
+`lm.paths.cache_dir("cpu")`, keyed by the source and the jaxlib version. Where anything is
+missing (no compiler, no wheel), `load()` returns None with the reason in `load_error()`, and the
+kernels fall back to XLA's own dot.
 """
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ import subprocess
 import sys
 import threading
 from typing import Optional
+
+import jax
+import jaxlib
+
+from lm import paths
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "onednn_matmul.cc")
@@ -46,7 +51,7 @@ def cpu_has_avx512_bf16() -> bool:
     return "avx512_bf16" in _cpu_flags()
 
 
-def _onednn_prefix() -> Optional[str]:
+def onednn_prefix() -> Optional[str]:
     for root in {sys.prefix, sys.base_prefix}:
         if os.path.exists(os.path.join(root, "include", "dnnl.hpp")) and \
                 os.path.exists(os.path.join(root, "lib", "libdnnl.so.3")):
@@ -54,16 +59,9 @@ def _onednn_prefix() -> Optional[str]:
     return None
 
 
-def _cache_dir() -> str:
-    from lm.data.pipeline import cache_dir
-    return os.path.join(cache_dir(), "cpu")
-
-
 def build() -> str:
     """Compile the library if needed; its path (RuntimeError naming what is missing)."""
-    import jax
-    import jaxlib
-    prefix = _onednn_prefix()
+    prefix = onednn_prefix()
     if prefix is None:
         raise RuntimeError("oneDNN headers/library not found in this environment (pip install "
                            "onednn-cpu-gomp onednn-devel-cpu-gomp: requirements.txt)")
@@ -71,7 +69,7 @@ def build() -> str:
     flags = ["-O3", "-std=c++17", "-shared", "-fPIC"]
     key = hashlib.sha256(src + jaxlib.__version__.encode() + " ".join(flags).encode()
                          ).hexdigest()[:12]
-    out = os.path.join(_cache_dir(), f"liblm_onednn-{key}.so")
+    out = os.path.join(paths.cache_dir("cpu"), f"liblm_onednn-{key}.so")
     if os.path.exists(out):
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -96,7 +94,6 @@ def load() -> Optional[ctypes.CDLL]:
         if "lib" in _state or "error" in _state:
             return _state.get("lib")
         try:
-            import jax
             lib = ctypes.cdll.LoadLibrary(build())
             jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.LmOnednnMatmul),
                                         platform="cpu")

@@ -20,7 +20,10 @@ import json
 import re
 from typing import Callable, Union
 
+from lm import tasks
+from lm.conversation import parts_of
 from lm.data import sources
+from lm.tasks.base import held_out
 
 Doc = Union[str, dict]
 
@@ -85,7 +88,6 @@ def fineweb_edu() -> list[tuple[str, str]]:
 
 def fineweb_split():
     """FineWeb-Edu sample documents: (train, held out), one in five held out."""
-    from lm.tasks.base import held_out
     docs = fineweb_edu()
     return [t for k, t in docs if not held_out(k, 5)], [t for k, t in docs if held_out(k, 5)]
 
@@ -100,7 +102,6 @@ def cc_texts() -> list[str]:
 
 def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000
               ) -> tuple[list[Doc], list[Doc]]:
-    from lm import tasks
     shakespeare = _read("tinyshakespeare")
     cut = int(len(shakespeare) * 0.9)
     fw_train, fw_val = fineweb_split()
@@ -133,7 +134,6 @@ def text_of(doc: Doc) -> str:
     """A document as plain text (for tokenizer training): a conversation's turns joined."""
     if isinstance(doc, str):
         return doc
-    from lm.conversation import parts_of
     out = []
     for m in doc["messages"]:
         if m["role"] == "assistant":

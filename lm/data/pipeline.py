@@ -9,6 +9,8 @@ is saved in checkpoints so a resumed run sees exactly the batches it would have 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -16,9 +18,14 @@ from typing import Callable, Iterator, Optional
 import grain
 import numpy as np
 
+from lm import paths
 from lm.config import DataConfig
+from lm.conversation import render
 from lm.data import sources
-from lm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, named_tokenizer
+from lm.data.corpus import CORPORA, text_of
+from lm.data.shards import ShardStream, StreamView
+from lm.tokenizer import (CharTokenizer, Tokenizer, load_tokenizer, named_tokenizer,
+                          tokenizer_path, train_bpe)
 
 
 # ---- sources: name -> text loader ------------------------------------------------------------
@@ -37,7 +44,6 @@ TEXT_SOURCES: dict[str, Callable[[], str]] = {
 
 def load_text(name: str) -> str:
     if name not in TEXT_SOURCES:
-        from lm.data.corpus import CORPORA
         raise ValueError(f"data.source: unknown text source {name!r}; known: "
                          f"{sorted(TEXT_SOURCES) + sorted(CORPORA) + ['shards']}")
     return TEXT_SOURCES[name]()
@@ -46,8 +52,7 @@ def load_text(name: str) -> str:
 def _train_split_bpe(cfg: DataConfig, vocab: int, text: Optional[str] = None,
                      docs: Optional[list[str]] = None) -> Tokenizer:
     """A BPE trained on the training split of the source (its text's first `train_split`, or a
-    corpus' training documents), cached under tokenizer_dir()."""
-    from lm.tokenizer import tokenizer_path, train_bpe
+    corpus' training documents), cached under lm.paths.tokenizer_dir()."""
     name = f"{cfg.source}_train_bpe{vocab}"
     if docs is not None:          # a corpus: its content is in the name (a changed corpus retrains)
         name = f"{cfg.source}_{corpus_digest(docs)}_train_bpe{vocab}"
@@ -76,7 +81,6 @@ def build_tokenizer(cfg: DataConfig, text: Optional[str] = None) -> Tokenizer:
         vocab = cfg.tokenizer[4:]
         if not vocab.isdigit():
             raise ValueError(f"data.tokenizer: {cfg.tokenizer!r}: expected 'bpe:<vocab size>'")
-        from lm.data.corpus import CORPORA, text_of
         if cfg.source in CORPORA:
             return _train_split_bpe(cfg, int(vocab),
                                     docs=[text_of(d) for d in CORPORA[cfg.source]()[0]])
@@ -90,13 +94,6 @@ def build_tokenizer(cfg: DataConfig, text: Optional[str] = None) -> Tokenizer:
                          f"or the path of a saved tokenizer") from None
 
 
-def encode_text(tok: Tokenizer, text: str) -> np.ndarray:
-    if hasattr(tok, "encode_array"):
-        return tok.encode_array(text)
-    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    return np.asarray(tok.encode(text), dtype=dtype)
-
-
 @dataclass
 class TokenSplits:
     train: np.ndarray
@@ -108,7 +105,6 @@ def load_token_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) ->
     """Token streams for training and validation (with `tokenizer`, e.g. a parent run's,
     instead of building one from `cfg.tokenizer`)."""
     if cfg.source == "shards":
-        from lm.data.shards import ShardStream, StreamView
         files = sorted(glob.glob(cfg.shards))
         if not files:
             raise FileNotFoundError(f"data.shards: no token shards match {cfg.shards!r} (make "
@@ -122,26 +118,16 @@ def load_token_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) ->
             return TokenSplits(stream, ShardStream(val_files), tok)
         n = int(len(stream) * cfg.train_split)
         return TokenSplits(StreamView(stream, 0, n), StreamView(stream, n, len(stream)), tok)
-    from lm.data.corpus import CORPORA
     if cfg.source in CORPORA:
         return corpus_splits(cfg, tokenizer)
     text = load_text(cfg.source)
     tok = tokenizer or build_tokenizer(cfg, text)
     n = int(len(text) * cfg.train_split)  # split the text, then encode each part (nanoGPT)
-    return TokenSplits(encode_text(tok, text[:n]), encode_text(tok, text[n:]), tok)
-
-
-def cache_dir() -> str:
-    """Where tokenized corpora are cached: $LM_CACHE_DIR, else runs/cache in the repository."""
-    return os.environ.get("LM_CACHE_DIR") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "runs",
-        "cache")
+    return TokenSplits(tok.encode_array(text[:n]), tok.encode_array(text[n:]), tok)
 
 
 def corpus_digest(docs: list) -> str:
     """A short hash of a corpus' documents (texts and conversations)."""
-    import hashlib
-    import json
     h = hashlib.blake2b(digest_size=6)
     for d in docs:
         h.update((d if isinstance(d, str) else json.dumps(d, sort_keys=True)).encode("utf-8"))
@@ -152,13 +138,11 @@ def corpus_digest(docs: list) -> str:
 def tokenize_docs(tok: Tokenizer, docs: list, seed: int) -> np.ndarray:
     """Documents shuffled (seeded) and concatenated: `[bos] + encode(text)` per text, the chat
     rendering per conversation."""
-    from lm.conversation import render
     order = np.random.default_rng(seed).permutation(len(docs))
     texts = [docs[i] for i in order]
     bos = int(tok.bos_id)
     plain = [d for d in texts if isinstance(d, str)]
-    encoded = iter(tok.encode_batch(plain) if hasattr(tok, "encode_batch")
-                   else [tok.encode(t) for t in plain])
+    encoded = iter(tok.encode_batch(plain))
     parts = []
     for d in texts:
         parts.append([bos] + list(next(encoded)) if isinstance(d, str) else render(d, tok)[0])
@@ -169,25 +153,22 @@ def tokenize_docs(tok: Tokenizer, docs: list, seed: int) -> np.ndarray:
 def corpus_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) -> TokenSplits:
     """A named corpus (`lm.data.corpus`): its training and validation documents tokenized,
     cached by (corpus content, tokenizer, seed)."""
-    import hashlib
-    import json
-    from lm.data.corpus import CORPORA
     tok = tokenizer or build_tokenizer(cfg)
-    if not hasattr(tok, "bos_id"):
+    if tok.bos_id is None:
         raise ValueError(f"data.source={cfg.source!r} needs a BPE tokenizer with <|bos|> "
                          f"(e.g. data.tokenizer=bpe:4096)")
-    meta = tok.to_dict() if hasattr(tok, "to_dict") else {"kind": tok.kind}
+    meta = tok.to_dict()
     train_docs, val_docs = CORPORA[cfg.source]()
     key = hashlib.sha256(json.dumps([cfg.source, meta, cfg.seed, corpus_digest(train_docs),
                                      corpus_digest(val_docs)], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir(), f"{cfg.source}-{key}.npz")
+    path = paths.cache_dir(f"{cfg.source}-{key}.npz")
     if os.path.exists(path):
         z = np.load(path)
         return TokenSplits(z["train"], z["val"], tok)
     train = tokenize_docs(tok, train_docs, cfg.seed)
     val = tokenize_docs(tok, val_docs, cfg.seed + 1)
-    os.makedirs(cache_dir(), exist_ok=True)
+    os.makedirs(paths.cache_dir(), exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez(tmp, train=train, val=val)
     os.replace(tmp, path)

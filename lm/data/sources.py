@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from lm import paths
+
 
 @dataclass(frozen=True)
 class RemoteFile:
@@ -81,13 +83,9 @@ class DataUnavailableError(RuntimeError):
     pass
 
 
-def data_dir() -> str:
-    return os.path.abspath(os.path.expanduser(os.environ.get("LM_DATA_DIR", "~/.cache/lm")))
-
-
 def local(relpath: str) -> str:
     """The path of `relpath` under the data cache (whether or not it exists)."""
-    return os.path.join(data_dir(), relpath)
+    return os.path.join(paths.data_dir(), relpath)
 
 
 def fetch_or_alternatives(name: str) -> list[str]:
@@ -104,7 +102,7 @@ def fetch(name: str, *, timeout: float = 60.0) -> str:
     if name not in FILES:
         raise KeyError(f"unknown data file {name!r}; known: {sorted(FILES)}")
     spec = FILES[name]
-    path = os.path.join(data_dir(), spec.relpath)
+    path = os.path.join(paths.data_dir(), spec.relpath)
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)

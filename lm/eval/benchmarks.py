@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
+
+from lm.eval.likelihood import loglikelihood
+from lm.tasks import test_indices
+from lm.tasks.multiple_choice import read_arc, read_hellaswag, read_mmlu
 
 BENCHMARKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu", "mmlu_5shot")
 
@@ -43,13 +48,11 @@ def preprocess(text: str) -> str:
 
 
 def hellaswag_items() -> list[Item]:
-    from lm.tasks.multiple_choice import read_hellaswag
     return [Item(preprocess(r["activity_label"] + ": " + r["ctx"]),
                  [preprocess(e) for e in r["endings"]], r["gold"]) for r in read_hellaswag()]
 
 
 def arc_items(name: str) -> list[Item]:
-    from lm.tasks.multiple_choice import read_arc
     return [Item(f"Question: {r['question']}\nAnswer:", list(r["choices"]), r["gold"])
             for r in read_arc(f"{name}_test")]
 
@@ -60,7 +63,6 @@ def _mmlu_prompt(r: dict) -> str:
 
 
 def mmlu_items(shots: int = 0) -> list[Item]:
-    from lm.tasks.multiple_choice import read_mmlu
     dev = {}
     for r in read_mmlu("dev"):
         dev.setdefault(r["subject"], []).append(r)
@@ -102,7 +104,7 @@ def encode_pair(tok, context: str, continuation: str, bos: bool = True):
         context = context[:-n_spaces]
     whole = list(tok.encode(context + continuation))
     ctx = list(tok.encode(context))
-    prefix = [int(tok.bos_id)] if bos and getattr(tok, "bos_id", None) is not None else []
+    prefix = [tok.bos_id] if bos and tok.bos_id is not None else []
     return prefix + ctx, whole[len(ctx):]
 
 
@@ -134,9 +136,6 @@ def run(params, cfg, tok, names: Sequence[str], *, limit: int = 0, batch_size: i
         progress: bool = False, bos: bool = True, mesh=None) -> dict:
     """{benchmark: {'items', 'acc', 'acc_norm', 'pred', 'pred_norm'}}; `limit` > 0 takes a fixed
     spread of that many items (the same ones every time)."""
-    from tqdm.auto import tqdm
-    from lm.eval.chat import test_indices
-    from lm.eval.likelihood import loglikelihood
     check_names(names)
     out = {}
     for name in names:

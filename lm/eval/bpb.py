@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from lm.data import corpus, sources
+from lm.eval.likelihood import text_nats
+from lm.losses import bits_per_byte_from_sums
+
 TEXTS = ("tinyshakespeare_val", "wikitext2_test", "fineweb_edu")
 
 
 def documents(name: str) -> list[str]:
-    from lm.data import corpus, sources
     if name == "tinyshakespeare_val":
         with open(sources.fetch("tinyshakespeare"), encoding="utf-8") as f:
             text = f.read()
@@ -27,11 +30,8 @@ def documents(name: str) -> list[str]:
 
 
 def stream(tok, docs: list[str]) -> np.ndarray:
-    bos = getattr(tok, "bos_id", None)
-    parts = []
-    for d in docs:
-        ids = list(tok.encode(d))
-        parts.append(([int(bos)] if bos is not None else []) + ids)
+    head = [] if tok.bos_id is None else [tok.bos_id]
+    parts = [head + list(tok.encode(d)) for d in docs]
     return np.concatenate([np.asarray(p, np.int64) for p in parts])
 
 
@@ -39,8 +39,6 @@ def run(params, cfg, tok, names=TEXTS, *, batch_size: int = 16, limit_tokens: in
         mesh=None) -> dict:
     """{text: {'bpb', 'nats_per_token', 'tokens', 'bytes'}} (or {'error'} where the tokenizer
     cannot encode the text, e.g. a char vocabulary without its characters)."""
-    from lm.eval.likelihood import text_nats
-    from lm.losses import bits_per_byte_from_sums
     out = {}
     for name in names:
         try:

@@ -15,45 +15,46 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from lm import conversation as chat
 from lm import tasks as task_lib
 from lm.eval.likelihood import last_logits
-from lm.sampling import Engine, ToolTokens
-
-
-def test_indices(size: int, limit: int, seed: int = 0) -> list[int]:
-    """A fixed spread of `limit` held-out items (a seeded permutation's first ones), so that a
-    small limit does not read one MMLU subject only."""
-    if limit >= size:
-        return list(range(size))
-    return sorted(np.random.default_rng(seed).permutation(size)[:limit].tolist())
-
-
-def _stop_ids(tok) -> list[int]:
-    return [tok.special_id("<|assistant_end|>"), int(tok.bos_id)]
+from lm.sampling import Engine
+from lm.tasks import test_indices
 
 
 def generate_replies(engine: Engine, tok, convs: Sequence[dict], *, max_new_tokens: int,
                      batch_size: int, temperature: float = 0.0, seed: int = 0,
                      n: int = 1) -> list[dict]:
-    """Per conversation (× n samples): {'tokens', 'forced', 'parts', 'text', 'format_ok'}."""
-    end = tok.special_id("<|assistant_end|>")
+    """Per conversation (× n samples): {'tokens', 'forced', 'logprobs', 'parts', 'text',
+    'format_ok'}. A prompt that leaves no room in the model's context gets an empty reply
+    (graded wrong, format not kept) instead of stopping the evaluation."""
+    end, limit = tok.chat.assistant_end, engine.cfg.block_size
+    empty = {"tokens": [], "forced": [], "logprobs": [], "parts": [], "text": "",
+             "format_ok": False, "too_long": True}
     out: list[dict] = []
     for b in range(0, len(convs), batch_size):
-        group = convs[b:b + batch_size]
-        prompts = [chat.render_for_completion(c, tok) for c in group]
-        budget = max(1, min(max_new_tokens, engine.cfg.block_size - max(map(len, prompts))))
-        g = engine.generate(prompts, n=n, max_new_tokens=budget, temperature=temperature,
-                            seed=seed, sample_ids=list(range(b * n, (b + len(group)) * n)),
-                            stop_tokens=_stop_ids(tok))
-        for r in range(len(group) * n):
-            ids = g.row(r)
-            parts = chat.parse_reply(ids, tok)
-            out.append({"tokens": ids, "forced": g.forced[r, :len(ids)].tolist(),
+        prompts = [chat.render_for_completion(c, tok) for c in convs[b:b + batch_size]]
+        fit = [i for i, p in enumerate(prompts) if len(p) < limit]
+        rows: dict[int, dict] = {}
+        if fit:
+            budget = max(1, min(max_new_tokens, limit - max(len(prompts[i]) for i in fit)))
+            g = engine.generate([prompts[i] for i in fit], n=n, max_new_tokens=budget,
+                                temperature=temperature, seed=seed,
+                                sample_ids=[(b + i) * n + k for i in fit for k in range(n)],
+                                stop_tokens=list(tok.chat.stops))
+            for j, i in enumerate(fit):
+                for k in range(n):
+                    r = j * n + k
+                    ids = g.row(r)
+                    parts = chat.parse_reply(ids, tok)
+                    rows[i * n + k] = {
+                        "tokens": ids, "forced": g.forced[r, :len(ids)].tolist(),
                         "logprobs": g.logprobs[r, :len(ids)].tolist(), "parts": parts,
                         "text": chat.reply_text(parts),
-                        "format_ok": bool(g.stopped[r] and ids and ids[-1] == end)})
+                        "format_ok": bool(g.stopped[r] and ids and ids[-1] == end)}
+        out += [rows.get(r, dict(empty)) for r in range(len(prompts) * n)]
     return out
 
 
@@ -80,8 +81,7 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
                    ) -> tuple[dict, list[dict]]:
     """(metrics, sample conversations) over the held-out split of each named task. `lengths`:
     also the mean reply length in tokens (`eval/<task>_tokens`) of generative tasks."""
-    from tqdm.auto import tqdm
-    engine = engine or Engine(params, cfg, tokenizer=tok, tools=ToolTokens.from_tokenizer(tok))
+    engine = engine or Engine(params, cfg, tokenizer=tok, tools=tok.chat)
     metrics: dict[str, float] = {}
     shown: list[dict] = []
     fmt_ok = fmt_n = 0

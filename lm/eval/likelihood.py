@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import model
+from lm import model, parallel
 from lm.config import ModelConfig
+from lm.losses import bpb_sums
 
 Array = jax.Array
 
@@ -63,7 +64,6 @@ def on_mesh(params, mesh):
     it (scoring then runs data-parallel, like training); without a mesh, both are the identity."""
     if mesh is None:
         return params, jnp.asarray
-    from lm import parallel
     params = jax.device_put(params, parallel.replicated(mesh))
     sh = parallel.batch_sharding(mesh)
     return params, lambda x: jax.device_put(np.asarray(x), sh)
@@ -128,7 +128,6 @@ def text_nats(params, cfg: ModelConfig, stream: np.ndarray, token_bytes: np.ndar
     """(sum of nats, sum of bytes, tokens) of a token stream scored in non-overlapping windows of
     the model's context (each window's first token is context only); special-token targets are
     left out (`lm.losses.bpb_sums`)."""
-    from lm.losses import bpb_sums
     params, put = on_mesh(params, mesh)
     T = cfg.block_size
     n_win = max(1, (len(stream) - 1) // T)

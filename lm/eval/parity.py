@@ -15,6 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
+from lm.eval import benchmarks
+from lm.eval.likelihood import loglikelihood
+from lm.interop import hf
+from lm.tasks import test_indices
+
 TASKS = ("hellaswag", "arc_easy", "arc_challenge", "mmlu")
 
 YAML = """task: {task}
@@ -42,7 +47,7 @@ def reference_scores(hf_dir: str, items_by_task: dict, *, batch_size: int = 16) 
     """{task: [[ll per choice] per item]} from lm-eval's HF model on our items."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import lm_eval
+    import lm_eval          # optional: the reference harness (requirements-eval.txt)
     from lm_eval.tasks import TaskManager
     work = tempfile.mkdtemp(prefix="lm_parity_")
     names = []
@@ -68,9 +73,8 @@ def reference_scores(hf_dir: str, items_by_task: dict, *, batch_size: int = 16) 
 
 
 def compare(ours: Sequence[Sequence[float]], ref: Sequence[Sequence[float]], its) -> dict:
-    from lm.eval.benchmarks import score
-    a = score(its, [x for row in ours for x in row])
-    b = score(its, [x for row in ref for x in row])
+    a = benchmarks.score(its, [x for row in ours for x in row])
+    b = benchmarks.score(its, [x for row in ref for x in row])
     same = [p == q and pn == qn for p, q, pn, qn in
             zip(a["pred"], b["pred"], a["pred_norm"], b["pred_norm"])]
     diffs = [abs(x - y) for r1, r2 in zip(ours, ref) for x, y in zip(r1, r2)]
@@ -84,10 +88,6 @@ def run(params, cfg, tok, *, tasks: Sequence[str] = TASKS, limit: int = 500,
         batch_size: int = 16, hf_dir: str | None = None) -> dict:
     """{task: comparison} for a run's parameters (exported to `hf_dir`, a temp folder by
     default)."""
-    from lm.eval import benchmarks
-    from lm.eval.chat import test_indices
-    from lm.eval.likelihood import loglikelihood
-    from lm.interop import hf
     hf_dir = hf_dir or tempfile.mkdtemp(prefix="lm_parity_hf_")
     hf.export(params, cfg, tok, hf_dir)
     items = {}

@@ -23,9 +23,16 @@ import re
 import sys
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer as HFTokenizer
 
-from lm.config import Config, ModelConfig
+from lm import runs
+from lm.config import Config, ModelConfig, from_dict
+from lm.tokenizer import (CHAT_SPECIAL_TOKENS, GPT2_ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer,
+                          Tokenizer, _gpt2_ranks, gpt2_bytes_to_unicode, load_tokenizer)
 
 
 class InteropError(ValueError):
@@ -152,7 +159,7 @@ def _get(tree, keys):
 
 def hf_config(m: ModelConfig, tok) -> dict:
     arch = architecture(m)
-    bos = int(getattr(tok, "bos_id", 0) or 0)
+    bos = tok.bos_id or 0
     if arch == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
                 "vocab_size": m.vocab_size, "n_positions": m.block_size, "n_ctx": m.block_size,
@@ -251,11 +258,7 @@ _PROBE = ("In 1886, 19000 km; 2020/2017 and 1234567 items.\n\n  It's    'll\t\tx
 def _check_tokenizer_json(tok, path: str) -> None:
     """The written tokenizer.json must split and merge as `tok` does (tokenizers' regex engine is
     not ours), else an error naming the first piece that differs."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        return
-    theirs = Tokenizer.from_file(path).encode(_PROBE, add_special_tokens=False).ids
+    theirs = HFTokenizer.from_file(path).encode(_PROBE, add_special_tokens=False).ids
     ours = list(tok.encode(_PROBE))
     if theirs != ours:
         i = next((k for k, (a, b) in enumerate(zip(ours, theirs)) if a != b),
@@ -265,10 +268,9 @@ def _check_tokenizer_json(tok, path: str) -> None:
                            f"tokenizers {tok.decode(theirs[i:i + 3])!r}")
 
 
-def write_tokenizer(tok, out: str) -> None:
-    from lm.tokenizer import GPT2_SPLIT_PATTERN, gpt2_bytes_to_unicode
+def write_tokenizer(tok: Tokenizer, out: str) -> None:
     tok.save(os.path.join(out, "lm_tokenizer.json"))
-    if not hasattr(tok, "mergeable_ranks"):
+    if not isinstance(tok, BPETokenizer):
         return                           # a char tokenizer: lm_tokenizer.json only
     b2u = gpt2_bytes_to_unicode()
     u = lambda b: "".join(b2u[x] for x in b)
@@ -325,8 +327,6 @@ def write_tokenizer(tok, out: str) -> None:
 def read_tokenizer(folder: str, vocab_size: int):
     """lm_tokenizer.json if present (an lm export); else GPT-2's vocab.json + merges.txt, with
     only the specials that fit the model's vocabulary (OpenAI's GPT-2: <|endoftext|>)."""
-    from lm.tokenizer import GPT2_ENDOFTEXT, GPT2_SPLIT_PATTERN, BPETokenizer, load_tokenizer
-    from lm.tokenizer import _gpt2_ranks
     mine = os.path.join(folder, "lm_tokenizer.json")
     if os.path.exists(mine):
         return load_tokenizer(mine)
@@ -341,9 +341,7 @@ def read_tokenizer(folder: str, vocab_size: int):
     ranks = _gpt2_ranks(enc, merges, specials=tuple(found))
     specials = {s: i for s, i in found.items() if i < vocab_size}
     specials.setdefault(GPT2_ENDOFTEXT, len(ranks))
-    extra = [s for s in ("<|user_start|>", "<|user_end|>", "<|assistant_start|>",
-                         "<|assistant_end|>", "<|python_start|>", "<|python_end|>",
-                         "<|output_start|>", "<|output_end|>") if s not in specials]
+    extra = [s for s in CHAT_SPECIAL_TOKENS[1:] if s not in specials]
     for s in extra:                       # the chat set where the vocabulary has room for it
         if len(ranks) + len(specials) < vocab_size:
             specials[s] = len(ranks) + len(specials)
@@ -354,8 +352,7 @@ def read_tokenizer(folder: str, vocab_size: int):
 
 # ---- export / import -----------------------------------------------------------------------------
 
-def export(params, cfg: Config, tok, out: str) -> str:
-    from safetensors.numpy import save_file
+def export(params, cfg: Config, tok: Tokenizer, out: str) -> str:
     m = cfg.model
     arch = architecture(m)
     os.makedirs(out, exist_ok=True)
@@ -366,7 +363,7 @@ def export(params, cfg: Config, tok, out: str) -> str:
               os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(hf_config(m, tok), f, indent=2)
-    bos = int(getattr(tok, "bos_id", 0) or 0)
+    bos = tok.bos_id or 0
     with open(os.path.join(out, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": bos, "eos_token_id": bos}, f)
     write_tokenizer(tok, out)
@@ -377,7 +374,6 @@ def export(params, cfg: Config, tok, out: str) -> str:
 
 def load_folder(folder: str):
     """(Config, params, tokenizer) of an HF folder (ours or anyone's)."""
-    from safetensors.numpy import load_file
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_path):
         raise InteropError(f"{folder}: no config.json (a transformers model folder)")
@@ -393,7 +389,6 @@ def load_folder(folder: str):
     m = model_config(hf)
     mine = os.path.join(folder, "lm_config.json")
     if os.path.exists(mine):
-        from lm.config import from_dict
         with open(mine) as f:
             cfg = from_dict(json.load(f))
         if architecture(cfg.model) != architecture(m):    # lm_config.json: our exact options
@@ -409,7 +404,6 @@ def load_folder(folder: str):
 
 def import_folder(folder: str, out: str) -> str:
     """Write an lm run directory (config, tokenizer, a step-0 checkpoint) from an HF folder."""
-    from lm import runs
     cfg, params, tok = load_folder(folder)
     cfg.data.tokenizer = os.path.abspath(os.path.join(out, "tokenizer.json"))
     runs.save_run(out, cfg, tok, params, extra={"imported_from": os.path.abspath(folder)})
@@ -420,11 +414,10 @@ def import_folder(folder: str, out: str) -> str:
 
 def load_as_run(folder: str):
     """An HF folder as an in-memory `lm.runs.Run` (for `python -m lm.eval --hf`)."""
-    import jax
-    from lm.runs import Run, RunRef
     cfg, params, tok = load_folder(folder)
-    ref = RunRef(os.path.abspath(folder), os.path.join(os.path.abspath(folder), "checkpoints"))
-    return Run(ref, cfg, tok, jax.tree.map(jax.numpy.asarray, params), 0)
+    ref = runs.RunRef(os.path.abspath(folder),
+                      os.path.join(os.path.abspath(folder), "checkpoints"))
+    return runs.Run(ref, cfg, tok, jax.tree.map(jnp.asarray, params), 0)
 
 
 def main(argv=None) -> int:
@@ -438,7 +431,6 @@ def main(argv=None) -> int:
     i.add_argument("--hf", required=True)
     i.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    from lm import runs
     try:
         if a.cmd == "export":
             run = runs.load(a.run, step=a.step)

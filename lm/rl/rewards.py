@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from lm.config import ConfigError, parse_weights
+from lm.tasks.base import final_number
+
 RewardFn = Callable[[object, dict, dict], float]
 REWARDS: dict[str, RewardFn] = {}
 
@@ -37,25 +40,14 @@ def format_kept(task, conv: dict, reply: dict) -> float:
 @register("answer_marker")
 def answer_marker(task, conv: dict, reply: dict) -> float:
     """1.0 when the reply states a final answer (`#### N`), right or wrong."""
-    from lm.tasks.base import final_number
     return 1.0 if final_number(reply["text"]) is not None else 0.0
 
 
 def parse(spec: str) -> dict[str, float]:
-    """'name:weight,...' -> {name: weight}, validated against the registry."""
-    out = {}
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        name, _, w = item.partition(":")
-        if name not in REWARDS:
-            raise ValueError(f"rl.rewards: unknown reward {name!r}; known: {sorted(REWARDS)}")
-        try:
-            out[name] = float(w) if w else 1.0
-        except ValueError:
-            raise ValueError(f"rl.rewards: weight of {name!r} must be a number, got {w!r}") from None
+    """'name:weight,...' -> {name: weight}, validated against the registry (ConfigError)."""
+    out = parse_weights(spec, REWARDS, key="rl.rewards", kind="reward")
     if not out:
-        raise ValueError("rl.rewards: no reward given")
+        raise ConfigError("rl.rewards: no reward given")
     return out
 
 

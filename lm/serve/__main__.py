@@ -6,12 +6,19 @@
        -d '{"model": "chat_tiny_sft", "messages": [{"role": "user", "content": "Who are you?"}]}'
 
 Binds to 127.0.0.1 unless --host says otherwise. With --api-key every /v1 request needs
-`Authorization: Bearer KEY`. A base run (pretrain stage) serves /v1/completions only.
+`Authorization: Bearer KEY`. Requests must name this host (or a loopback name, or one given
+with --allow-host) and, from a browser, come from the server's own page or an --allow-origin.
+A base run (pretrain stage) serves /v1/completions only.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+import uvicorn
+
+from lm import process, runs
+from lm.serve.app import MAX_BODY_BYTES, create_app
 
 
 def main(argv=None) -> int:
@@ -24,28 +31,33 @@ def main(argv=None) -> int:
     p.add_argument("--slots", type=int, default=16, help="rows in the decode batch")
     p.add_argument("--chunk", type=int, default=8, help="decode steps between scheduling")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                   help="larger request bodies get a 413")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another host name requests may use (repeatable)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                   help="a web origin (e.g. http://localhost:3000) whose pages may call the API "
+                        "(repeatable)")
     a = p.parse_args(argv)
-    if a.slots < 1 or a.chunk < 1 or a.max_queue < 1:
-        p.error("--slots, --chunk and --max-queue must be >= 1")
+    if min(a.slots, a.chunk, a.max_queue, a.max_body_bytes) < 1:
+        p.error("--slots, --chunk, --max-queue and --max-body-bytes must be >= 1")
+    if not 0 < a.port < 65536:
+        p.error(f"--port {a.port} is not a TCP port")
 
-    from lm import parallel
-    parallel.configure_cpu_devices(1)          # the engine runs on one device
-    from lm import runs
+    process.configure_devices(rows=1)          # the engine runs on one device
     try:
         run = runs.load(a.run, step=a.step)
     except runs.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import uvicorn
-    from lm.serve.app import create_app
-    app = create_app(run, api_key=a.api_key, slots=a.slots, chunk=a.chunk, max_queue=a.max_queue)
+    app = create_app(run, api_key=a.api_key, slots=a.slots, chunk=a.chunk,
+                     max_queue=a.max_queue, host=a.host, allowed_hosts=a.allow_host,
+                     allowed_origins=a.allow_origin, max_body_bytes=a.max_body_bytes)
     print(f"serving {run.config.name} ({run.stage}, step {run.step}) on http://{a.host}:{a.port}/",
           file=sys.stderr)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
+    uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
 
 
 if __name__ == "__main__":
-    from lm.host import use_fast_allocator
-    use_fast_allocator("lm.serve")
     sys.exit(main())

@@ -26,31 +26,14 @@ import numpy as np
 from lm import kernels, losses, model
 from lm import conversation as chat
 from lm import tasks as task_lib
-from lm.config import Config
+from lm.config import Config, parse_weights
+from lm.eval.chat import evaluate_tasks, pass_at_k
+from lm.report import plot_rl_curves
 from lm.rl.loss import advantages, policy_loss
 from lm.rl.rewards import Composite
-
-
-def loss_fn(cfg: Config):
-    mcfg, rl = cfg.model, cfg.rl
-    impl = kernels.resolve_for(mcfg)
-
-    def fn(params, batch, rng):
-        logits = model.apply(params, mcfg, batch["inputs"])
-        logp, lse = losses.token_logprobs(logits, batch["targets"], impl)
-        p = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
-        entropy = jax.lax.stop_gradient(lse) - jnp.sum(p * jax.lax.stop_gradient(logits), -1)
-        return policy_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
-                           batch["weights"], entropy, rl)
-    return fn
-
-
-def abstract_batch(cfg: Config) -> dict:
-    B, T = cfg.data.batch_size, cfg.data.seq_len
-    f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-    i = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-    return {"inputs": i(B, T), "targets": i(B, T), "weights": f(B, T), "old_logp": f(B, T),
-            "ref_logp": f(B, T), "advantages": f(B)}
+from lm.sampling import Engine
+from lm.stages import base
+from lm.stages.sft import write_samples
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -60,20 +43,40 @@ def sequence_logprobs(params, cfg, inputs, targets):
     return losses.token_logprobs(logits, targets, kernels.resolve_for(cfg))[0]
 
 
-class Stage:
+class Stage(base.Stage):
+    chat = True
+    needs_parent = True        # its policy is the reference
+
+    @staticmethod
+    def loss_fn(cfg: Config):
+        mcfg, rl = cfg.model, cfg.rl
+        impl = kernels.resolve_for(mcfg)
+
+        def fn(params, batch, rng):
+            logits = model.apply(params, mcfg, batch["inputs"])
+            logp, lse = losses.token_logprobs(logits, batch["targets"], impl)
+            p = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+            entropy = jax.lax.stop_gradient(lse) - jnp.sum(p * jax.lax.stop_gradient(logits), -1)
+            return policy_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
+                               batch["weights"], entropy, rl)
+        return fn
+
+    @staticmethod
+    def abstract_batch(cfg: Config) -> dict:
+        B, T = cfg.data.batch_size, cfg.data.seq_len
+        f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+        i = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+        return {"inputs": i(B, T), "targets": i(B, T), "weights": f(B, T), "old_logp": f(B, T),
+                "ref_logp": f(B, T), "advantages": f(B)}
+
     def __init__(self, cfg: Config, tokenizer=None, parent=None):
-        from lm.rl.rewards import parse
-        if parent is None:
-            raise ValueError("grpo starts from a parent run (init_from): its policy is the "
-                             "reference")
-        if tokenizer is None or not hasattr(tokenizer, "special_id"):
+        if tokenizer is None or tokenizer.chat is None:
             raise ValueError("grpo needs a chat tokenizer (init_from an sft run)")
         rl, d = cfg.rl, cfg.data
         if d.batch_size != rl.prompts * rl.samples:
             raise ValueError(f"grpo: data.batch_size ({d.batch_size}) must be rl.prompts × "
                              f"rl.samples ({rl.prompts} × {rl.samples} = "
                              f"{rl.prompts * rl.samples}): the rows of one rollout batch")
-        parse(rl.rewards)
         self.cfg, self.tokenizer = cfg, tokenizer
         self.task = task_lib.get(rl.task)
         if self.task.kind != "generative":
@@ -92,8 +95,9 @@ class Stage:
         self.stats: dict = {}
         self.history: list[dict] = []
         self.engine = None
-        self.eval_tasks = list(task_lib.parse_weights(cfg.eval.tasks, key="eval.tasks")) or \
-            [rl.task]
+        self.samples: list[dict] = []
+        self.eval_tasks = list(parse_weights(cfg.eval.tasks, task_lib.NAMES,
+                                             key="eval.tasks")) or [rl.task]
         sample = [chat.render_for_completion(self.task.example(rl.split, i), tokenizer)
                   for i in range(32)]
         if max(map(len, sample)) + rl.max_new_tokens + 1 > d.seq_len:
@@ -116,10 +120,9 @@ class Stage:
 
     # -- rollouts -------------------------------------------------------------------------------
     def _engine(self, params):
-        from lm.sampling import Engine, ToolTokens
         if self.engine is None:
             self.engine = Engine(params, self.cfg.model, tokenizer=self.tokenizer,
-                                 tools=ToolTokens.from_tokenizer(self.tokenizer))
+                                 tools=self.tokenizer.chat)
         self.engine.params = params
         return self.engine
 
@@ -134,7 +137,6 @@ class Stage:
         return [self.task.example(split, int(i)) for i in rng.integers(0, size, P)]
 
     def rollouts(self, params, k: int) -> tuple[dict, dict]:
-        from lm.eval.chat import generate_replies
         cfg, rl, tok = self.cfg, self.cfg.rl, self.tokenizer
         convs = self.prompts(k)
         eng = self._engine(params)
@@ -143,8 +145,8 @@ class Stage:
         g = eng.generate(prompts, n=rl.samples, max_new_tokens=rl.max_new_tokens,
                          temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
                          seed=cfg.train.seed + 7919 * k,
-                         stop_tokens=[tok.special_id("<|assistant_end|>"), int(tok.bos_id)])
-        end = tok.special_id("<|assistant_end|>")
+                         stop_tokens=list(tok.chat.stops))
+        end = tok.chat.assistant_end
         T, B = cfg.data.seq_len, rl.prompts * rl.samples
         inputs = np.zeros((B, T), np.int32)
         targets = np.zeros((B, T), np.int32)
@@ -178,7 +180,7 @@ class Stage:
     def next_batch(self, loop, state) -> dict:
         if self.updates_left == 0:
             t0 = time.perf_counter()
-            params = loop.host_params(state)
+            params = loop.compiled.host_params(state)
             batch, stats = self.rollouts(params, self.rollout_index)
             t1 = time.perf_counter()
             m = self.cfg.model
@@ -199,9 +201,8 @@ class Stage:
         cfg = self.cfg
         if not (loop.due(step, cfg.eval.every) or final):
             return {}
-        from lm.eval.chat import evaluate_tasks, pass_at_k
         limit = (cfg.eval.final_limit or cfg.eval.limit) if final else cfg.eval.limit
-        params = loop.host_params(state)
+        params = loop.compiled.host_params(state)
         out, shown = evaluate_tasks(params, cfg.model, self.tokenizer, self.eval_tasks,
                                     limit=limit, batch_size=cfg.eval.batch_size,
                                     max_new_tokens=cfg.eval.max_new_tokens,
@@ -220,10 +221,8 @@ class Stage:
         return out
 
     def finish(self, loop, state) -> dict:
-        from lm.report import plot_rl_curves
         path = os.path.join(loop.run_dir, "rl_curves.png")
         plot_rl_curves(os.path.join(loop.run_dir, "metrics.jsonl"), path, self.eval_tasks)
-        if getattr(self, "samples", None):
-            from lm.stages.sft import write_samples
+        if self.samples:
             write_samples(loop.run_dir, self.samples)
         return {"rl_curves": path}

@@ -9,46 +9,42 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import train
-from lm.config import Config
+from lm import steps
+from lm.config import Config, parse_weights
+from lm.data import pipeline
+from lm.eval import benchmarks
+from lm.sampling import generate_text
+from lm.stages import base
 
 
-def loss_fn(cfg: Config):
-    return train.lm_loss(cfg)
+class Stage(base.Stage):
+    @staticmethod
+    def abstract_batch(cfg: Config) -> dict:
+        B, T = cfg.data.batch_size, cfg.data.seq_len
+        b = {"inputs": jax.ShapeDtypeStruct((B, T), jnp.int32),
+             "targets": jax.ShapeDtypeStruct((B, T), jnp.int32)}
+        if cfg.data.segment_on_bos:
+            b["segment_ids"] = jax.ShapeDtypeStruct((B, T), jnp.int32)
+        return b
 
-
-def abstract_batch(cfg: Config) -> dict:
-    B, T = cfg.data.batch_size, cfg.data.seq_len
-    b = {"inputs": jax.ShapeDtypeStruct((B, T), jnp.int32),
-         "targets": jax.ShapeDtypeStruct((B, T), jnp.int32)}
-    if cfg.data.segment_on_bos:
-        b["segment_ids"] = jax.ShapeDtypeStruct((B, T), jnp.int32)
-    return b
-
-
-class Stage:
     def __init__(self, cfg: Config, tokenizer=None, parent=None):
-        from lm.data import pipeline
         self.cfg = cfg
         self.splits = pipeline.load_token_splits(cfg.data, tokenizer=tokenizer)
         self.tokenizer = self.splits.tokenizer
         if self.tokenizer.vocab_size > cfg.model.vocab_size:
             raise ValueError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the "
                              f"tokenizer's ({self.tokenizer.vocab_size})")
-        bos = getattr(self.tokenizer, "bos_id", None) if cfg.data.segment_on_bos else None
+        bos = self.tokenizer.bos_id if cfg.data.segment_on_bos else None
         self.train_it, val_iter = pipeline.make_iterators(
             cfg.data, self.splits, eval_batches=cfg.train.eval_batches, bos_id=bos)
         val = list(val_iter())
-        self.val_groups = train.stack_batches(val, micro=cfg.train.grad_accum)
+        self.val_groups = steps.stack_batches(val, micro=cfg.train.grad_accum)
         n = cfg.train.interim_eval_batches
-        self.interim_groups = train.stack_batches(val[:n], micro=cfg.train.grad_accum) \
+        self.interim_groups = steps.stack_batches(val[:n], micro=cfg.train.grad_accum) \
             if 0 < n < len(val) else self.val_groups
         self.token_bytes = np.asarray(self.tokenizer.token_bytes())
-        from lm.tasks import parse_weights
-        self.bench = list(parse_weights(cfg.eval.tasks, key="eval.tasks"))
-        if self.bench:
-            from lm.eval import benchmarks
-            benchmarks.check_names(self.bench)
+        self.bench = list(parse_weights(cfg.eval.tasks, benchmarks.BENCHMARKS, key="eval.tasks",
+                                        kind="likelihood benchmark"))
 
     def next_batch(self, loop, state) -> dict:
         return next(self.train_it)
@@ -59,30 +55,25 @@ class Stage:
     def set_data_state(self, d: dict) -> None:
         self.train_it.set_state(d)
 
-    def log_metrics(self) -> dict:
-        return {}
-
     def evaluate(self, loop, state, step: int, final: bool) -> dict:
         out = {}
         if loop.due(step, self.cfg.train.eval_every) or final:
-            out.update(train.evaluate(loop.compiled, loop.compiled.eval_params(state),
+            out.update(steps.evaluate(loop.compiled, state.params,
                                       self.val_groups if final else self.interim_groups,
                                       self.token_bytes))
         if self.bench and (loop.due(step, self.cfg.eval.every) or final):
-            from lm.eval import benchmarks
             limit = (self.cfg.eval.final_limit or self.cfg.eval.limit) if final else \
                 self.cfg.eval.limit
-            res = benchmarks.run(loop.host_params(state), self.cfg.model, self.tokenizer,
+            res = benchmarks.run(loop.compiled.host_params(state), self.cfg.model, self.tokenizer,
                                  self.bench, limit=limit, batch_size=self.cfg.eval.batch_size)
             out.update(benchmarks.metrics(res))
         return out
 
     def finish(self, loop, state) -> dict:
-        from lm.sampling import generate_text
         cfg = self.cfg
         if cfg.train.sample_tokens <= 0:
             return {}
-        text = generate_text(loop.host_params(state), cfg.model, self.tokenizer,
+        text = generate_text(loop.compiled.host_params(state), cfg.model, self.tokenizer,
                              cfg.train.sample_prompt, cfg.train.sample_tokens, seed=cfg.train.seed)
         with open(os.path.join(loop.run_dir, "sample.txt"), "w", encoding="utf-8") as f:
             f.write(text)

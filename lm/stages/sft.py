@@ -15,30 +15,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import train
-from lm.config import Config
+from lm import runs, steps, tasks
+from lm.config import Config, parse_weights
 from lm.data.sft import SFTBatches
+from lm.eval.chat import evaluate_tasks
+from lm.stages import base
+from lm.state import checkpoint_target, reset_schedule_counts
 
 
-def loss_fn(cfg: Config):
-    return train.lm_loss(cfg)
+class Stage(base.Stage):
+    chat = True
+    needs_parent = True
 
+    @staticmethod
+    def abstract_batch(cfg: Config) -> dict:
+        B, T = cfg.data.batch_size, cfg.data.seq_len
+        i32 = lambda: jax.ShapeDtypeStruct((B, T), jnp.int32)
+        return {"inputs": i32(), "targets": i32(), "positions": i32(), "segment_ids": i32(),
+                "weights": jax.ShapeDtypeStruct((B, T), jnp.float32)}
 
-def abstract_batch(cfg: Config) -> dict:
-    B, T = cfg.data.batch_size, cfg.data.seq_len
-    i32 = lambda: jax.ShapeDtypeStruct((B, T), jnp.int32)
-    return {"inputs": i32(), "targets": i32(), "positions": i32(), "segment_ids": i32(),
-            "weights": jax.ShapeDtypeStruct((B, T), jnp.float32)}
-
-
-class Stage:
     def __init__(self, cfg: Config, tokenizer=None, parent=None):
-        from lm.tasks import parse_weights
-        if tokenizer is None or not hasattr(tokenizer, "special_id"):
+        if tokenizer is None or tokenizer.chat is None:
             raise ValueError("sft needs a tokenizer with the chat special tokens (init_from a "
                              "run trained with a BPE tokenizer)")
         self.cfg, self.tokenizer = cfg, tokenizer
-        weights = parse_weights(cfg.sft.mixture, key="sft.mixture")
+        weights = parse_weights(cfg.sft.mixture, tasks.NAMES, key="sft.mixture")
         d = cfg.data
         self.batches = SFTBatches(tokenizer, weights, split="train", seq_len=d.seq_len,
                                   batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed)
@@ -48,11 +49,20 @@ class Stage:
             val = SFTBatches(tokenizer, held, split="test", seq_len=d.seq_len,
                              batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed + 1)
             n_batches = max(1, cfg.sft.val_rows // d.batch_size)
-            self.val_groups = train.stack_batches([next(val) for _ in range(n_batches)],
+            self.val_groups = steps.stack_batches([next(val) for _ in range(n_batches)],
                                                    micro=cfg.train.grad_accum)
         self.token_bytes = np.asarray(tokenizer.token_bytes())
-        self.tasks = list(parse_weights(cfg.eval.tasks, key="eval.tasks"))
+        self.tasks = list(parse_weights(cfg.eval.tasks, tasks.NAMES, key="eval.tasks"))
         self.samples: list[dict] = []
+
+    def initial_state(self, state, parent):
+        """The parent's parameters; with `sft.keep_optimizer`, its Adam moments too (the LR
+        schedule restarted)."""
+        if not self.cfg.sft.keep_optimizer:
+            return super().initial_state(state, parent)
+        _, pstate, _ = runs.restore_state(parent.ref, checkpoint_target(self.cfg))
+        return state.replace(params=pstate.params,
+                             opt_state=reset_schedule_counts(pstate.opt_state))
 
     def next_batch(self, loop, state) -> dict:
         return next(self.batches)
@@ -69,12 +79,11 @@ class Stage:
     def evaluate(self, loop, state, step: int, final: bool) -> dict:
         cfg, out = self.cfg, {}
         if self.val_groups and (loop.due(step, cfg.train.eval_every) or final):
-            out.update(train.evaluate(loop.compiled, loop.compiled.eval_params(state),
+            out.update(steps.evaluate(loop.compiled, state.params,
                                       self.val_groups, self.token_bytes))
         if self.tasks and (loop.due(step, cfg.eval.every) or final):
-            from lm.eval.chat import evaluate_tasks
             limit = (cfg.eval.final_limit or cfg.eval.limit) if final else cfg.eval.limit
-            m, shown = evaluate_tasks(loop.host_params(state), cfg.model, self.tokenizer,
+            m, shown = evaluate_tasks(loop.compiled.host_params(state), cfg.model, self.tokenizer,
                                       self.tasks, limit=limit, batch_size=cfg.eval.batch_size,
                                       max_new_tokens=cfg.eval.max_new_tokens,
                                       samples=cfg.eval.samples, progress=loop.progress)

@@ -6,35 +6,31 @@
     t.evaluate(conv, "... #### 7")        # -> bool
 
 Names: gsm8k, arithmetic_easy, arithmetic, arithmetic_hard, spelling, identity, mmlu, arc_easy,
-arc_challenge, hellaswag, dolly, alpaca. `parse_weights("identity:1,spelling:2")` reads a mixture.
+arc_challenge, hellaswag, dolly, alpaca. A mixture ("identity:1,spelling:2") is read by
+`lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from lm.tasks.base import SPLITS, Task, TaskDataError  # noqa: F401
+from lm.tasks.arithmetic import LEVELS, Arithmetic
+from lm.tasks.base import SPLITS, Task, TaskDataError, test_indices  # noqa: F401
+from lm.tasks.gsm8k import GSM8K
+from lm.tasks.identity import Identity
+from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
+from lm.tasks.open_chat import OpenChat
+from lm.tasks.spelling import Spelling
 
-
-def _factories() -> dict[str, Callable[[], Task]]:
-    from lm.tasks.arithmetic import LEVELS, Arithmetic
-    from lm.tasks.gsm8k import GSM8K
-    from lm.tasks.identity import Identity
-    from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
-    from lm.tasks.open_chat import OpenChat
-    from lm.tasks.spelling import Spelling
-    out: dict[str, Callable[[], Task]] = {
-        "gsm8k": GSM8K, "spelling": Spelling, "identity": Identity, "mmlu": MMLU,
-        "arc_easy": lambda: ARC("arc_easy"), "arc_challenge": lambda: ARC("arc_challenge"),
-        "hellaswag": HellaSwag, "dolly": lambda: OpenChat("dolly"),
-        "alpaca": lambda: OpenChat("alpaca"),
-    }
-    for level in LEVELS:
-        out[level] = (lambda lv: (lambda: Arithmetic(lv)))(level)
-    return out
-
-
+FACTORIES: dict[str, Callable[[], Task]] = {
+    "gsm8k": GSM8K, "spelling": Spelling, "identity": Identity, "mmlu": MMLU,
+    "arc_easy": lambda: ARC("arc_easy"), "arc_challenge": lambda: ARC("arc_challenge"),
+    "hellaswag": HellaSwag, "dolly": lambda: OpenChat("dolly"),
+    "alpaca": lambda: OpenChat("alpaca"),
+    **{level: (lambda lv: (lambda: Arithmetic(lv)))(level) for level in LEVELS},
+}
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca")
+assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 
 
@@ -43,25 +39,5 @@ def get(name: str) -> Task:
     if name not in NAMES:
         raise KeyError(f"unknown task {name!r}; known: {list(NAMES)}")
     if name not in _CACHE:
-        _CACHE[name] = _factories()[name]()
+        _CACHE[name] = FACTORIES[name]()
     return _CACHE[name]
-
-
-def parse_weights(spec: str, *, key: str = "mixture") -> dict[str, float]:
-    """'name:weight,name:weight' (or bare names, weight 1) -> {name: weight}, validated."""
-    out: dict[str, float] = {}
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        name, _, w = item.partition(":")
-        name = name.strip()
-        if name not in NAMES:
-            raise ValueError(f"{key}: unknown task {name!r}; known: {list(NAMES)}")
-        try:
-            weight = float(w) if w else 1.0
-        except ValueError:
-            raise ValueError(f"{key}: weight of {name!r} must be a number, got {w!r}") from None
-        if weight < 0:
-            raise ValueError(f"{key}: weight of {name!r} must be >= 0, got {weight}")
-        out[name] = weight
-    return out

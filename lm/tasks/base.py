@@ -17,6 +17,8 @@ import hashlib
 import re
 from typing import Optional
 
+import numpy as np
+
 SPLITS = ("train", "test")
 
 
@@ -78,6 +80,14 @@ def same_number(a: Optional[str], b: Optional[str]) -> bool:
 def stable_hash(text: str) -> int:
     """A hash that is the same in every process (Python's `hash` of a str is salted)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def test_indices(size: int, limit: int, seed: int = 0) -> list[int]:
+    """A fixed spread of `limit` of `size` held-out items (a seeded permutation's first ones), so a
+    small limit does not read one MMLU subject only."""
+    if limit >= size:
+        return list(range(size))
+    return sorted(np.random.default_rng(seed).permutation(size)[:limit].tolist())
 
 
 def held_out(key: str, every: int) -> bool:

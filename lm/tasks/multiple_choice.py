@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import re
+import tarfile
 from functools import cached_property
 
 from lm.conversation import conversation
@@ -74,7 +75,6 @@ def mmlu_dir() -> str:
         tar = sources.fetch("mmlu_archive")
     except sources.DataUnavailableError as e:
         raise TaskDataError(f"MMLU: no CSVs under {root}/dev and {root}/val ({e})") from None
-    import tarfile
     with tarfile.open(tar) as t:
         for m in t.getmembers():
             parts = m.name.split("/")

@@ -13,8 +13,11 @@ HTML extractor, and each dropped document is counted under its reason (`timeout`
 from __future__ import annotations
 
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.extractors import Trafilatura
 from datatrove.pipeline.extractors.base import BaseExtractor, ExtractorSandbox
 from datatrove.utils.logging import logger
+from resiliparse.extract.html2text import extract_plain_text
+from resiliparse.parse.html import HTMLTree
 
 # DCLM's resiliparse settings (main content, no alt texts/links/forms/noscript/comments).
 RESILIPARSE_DEFAULTS = dict(main_content=True, preserve_formatting=True, list_bullets=True,
@@ -33,8 +36,6 @@ class Resiliparse(BaseExtractor):
         self.kwargs = {**RESILIPARSE_DEFAULTS, **kwargs}
 
     def extract(self, text: str) -> str:
-        from resiliparse.extract.html2text import extract_plain_text
-        from resiliparse.parse.html import HTMLTree
 
         out = extract_plain_text(HTMLTree.parse(text), **self.kwargs)
         # resiliparse keeps blank lines between blocks; trafilatura separates paragraphs with one
@@ -44,7 +45,6 @@ class Resiliparse(BaseExtractor):
 
 def make_extractor(name: str, timeout: float = 1.0) -> BaseExtractor:
     if name == "trafilatura":
-        from datatrove.pipeline.extractors import Trafilatura
         return Trafilatura(favour_precision=True, timeout=timeout)  # FineWeb's settings
     if name == "resiliparse":
         return Resiliparse(timeout=timeout)

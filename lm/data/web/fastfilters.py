@@ -26,16 +26,31 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
 from collections import Counter
 
 import numpy as np
-from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                        GopherRepetitionFilter, URLFilter)
-from datatrove.pipeline.filters.c4_filters import CITATION_REGEX, ELLIPSIS, END_PUNCTUATION, \
-    POLICY_SUBSTRINGS
-from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
+from datatrove.io import safely_create_file
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+    URLFilter,
+)
+from datatrove.pipeline.filters.c4_filters import (
+    CITATION_REGEX,
+    ELLIPSIS,
+    END_PUNCTUATION,
+    POLICY_SUBSTRINGS,
+)
 from datatrove.pipeline.filters.gopher_quality_filter import STOP_WORDS  # noqa: F401
+from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
+from datatrove.pipeline.filters.url_filter import get_list
+from datatrove.utils._import_utils import ASSETS_PATH
 from datatrove.utils.text import PUNCTUATION_SET, split_into_sentences
+from datatrove.utils.word_tokenizers import load_word_tokenizer
+from tldextract import TLDExtract
 
 # ---- words ---------------------------------------------------------------------------------------
 
@@ -47,7 +62,6 @@ _NLP = {}
 def _spacy(language: str):
     nlp = _NLP.get(language)
     if nlp is None:
-        from datatrove.utils.word_tokenizers import load_word_tokenizer
         nlp = _NLP[language] = load_word_tokenizer(language).tokenizer  # the same spaCy object
     return nlp
 
@@ -284,15 +298,12 @@ def _cache_dir() -> str:
 
 def blocklist_index(name: str) -> np.ndarray:
     """Sorted uint64 hashes of datatrove's bundled `domains` or `urls` list, built once per machine."""
-    from datatrove.io import safely_create_file
-    from datatrove.utils._import_utils import ASSETS_PATH
 
     tar_path = os.path.join(ASSETS_PATH, "url_filterblacklistsv0_3_0.tar.gz")
     st = os.stat(tar_path)
     out = os.path.join(_cache_dir(), f"ut1_{name}_{st.st_size}_{int(st.st_mtime)}.npy")
 
     def build():
-        import tarfile
 
         hashes = []
         with tarfile.open(tar_path, "r:gz") as tar:
@@ -335,14 +346,11 @@ class FastURLFilter(URLFilter):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from tldextract import TLDExtract
         self.tldextractor = TLDExtract(suffix_list_urls=())  # bundled snapshot, no network attempt
 
     def download_data(self):
         if self._downloaded or not self.use_integrated_lists:
             return
-        from datatrove.pipeline.filters.url_filter import get_list
-        from datatrove.utils._import_utils import ASSETS_PATH
 
         self.block_listed_domains = _HashSet(blocklist_index("domains"), self.block_listed_domains)
         self.block_listed_url = _HashSet(blocklist_index("urls"), self.block_listed_url)

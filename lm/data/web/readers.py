@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import re
 import zlib
 from typing import Iterator, Optional
 
+import cchardet
+import magic
 from datatrove.pipeline.readers.base import BaseDiskReader
+from datatrove.utils.logging import logger
+from warcio.archiveiterator import ArchiveIterator
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
 
 HTML_SUFFIXES = (".html", ".htm", ".html.gz", ".htm.gz", ".xhtml")
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -49,7 +56,6 @@ def is_html_path(path: str) -> bool:
 
 def decode_payload(content: bytes) -> Optional[str]:
     """UTF-8, else the charset cchardet detects, else None — datatrove's WarcReader rule."""
-    import cchardet
 
     try:
         return content.decode("utf-8")
@@ -79,7 +85,6 @@ def classify_record(record) -> Optional[str]:
 def _payload_mime(record, content: bytes) -> Optional[str]:
     mime = record.rec_headers.get("WARC-Identified-Payload-Type", None)
     if mime is None:  # older crawls: sniff, as datatrove does
-        import magic
         mime = magic.from_buffer(content, mime=True)
     return mime
 
@@ -136,7 +141,6 @@ def iter_warc(path: str, max_bytes: int = DEFAULT_MAX_PAGE_BYTES, opener=open) -
     On a malformed record or a corrupt/truncated gzip member, resynchronises at the next gzip
     member (or, uncompressed, the next `WARC/` header) and goes on.
     """
-    from warcio.archiveiterator import ArchiveIterator
 
     with opener(path, "rb") as f:
         head = f.read(4)
@@ -245,7 +249,6 @@ class WebReader(BaseDiskReader):
                     yield doc
         except (OSError, EOFError) as e:  # unreadable file: counted, the task goes on
             self.stat_update("records", "errors", "error_unreadable_file")
-            from datatrove.utils.logging import logger
             logger.warning(f"cannot read {filepath}: {e!r}")
 
     def _html_events(self, filepath):
@@ -259,8 +262,6 @@ class WebReader(BaseDiskReader):
 
 def write_warc(path: str, pages: list[dict], *, gzip_members: bool = True) -> None:
     """Write pages ({"url", "html" (str|bytes), optional "id", "content_type"}) as WARC response records."""
-    from warcio.statusandheaders import StatusAndHeaders
-    from warcio.warcwriter import WARCWriter
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as out:
@@ -279,7 +280,6 @@ def write_warc(path: str, pages: list[dict], *, gzip_members: bool = True) -> No
 
 def benchmark_pages(shared_data: str) -> list[dict]:
     """The article-extraction benchmark's pages: [{"url", "html" (bytes), "id": sha, "truth"}]."""
-    import json
 
     root = os.path.join(shared_data, "html_extraction_benchmark")
     with open(os.path.join(root, "ground-truth.json"), encoding="utf-8") as f:

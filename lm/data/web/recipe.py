@@ -25,10 +25,45 @@ import glob
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
+
+# imported in the driver so forked workers start warm (both extractors, spaCy for the filters)
+import resiliparse.extract.html2text  # noqa: F401
+import spacy  # noqa: F401
+import trafilatura  # noqa: F401
+from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.pipeline.dedup import MinhashDedupSignature
+from datatrove.pipeline.dedup.exact_dedup import (
+    ExactDedupConfig,
+    ExactDedupFilter,
+    ExactDedupSignature,
+    ExactFindDedups,
+)
+from datatrove.pipeline.dedup.minhash import (
+    MinhashConfig,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+)
+from datatrove.pipeline.formatters import PIIFormatter
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
+from datatrove.utils.hashing import HashConfig
+from datatrove.utils.stats import Stats
+from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+import lm
+from lm.data.web import report
+from lm.data.web import stages as st
+from lm.data.web.extractors import Extract, make_extractor
+from lm.data.web.fastfilters import FastURLFilter
+from lm.data.web.readers import WebReader
+from lm.data.web.shards import ShardWriter, TokenizeDocs, build_tokenizer
+from lm.data.web.stages import CrashAfter, Measured
 
 STAGES = ("filter", "exact_sig", "exact_find", "minhash_sig", "minhash_buckets", "minhash_cluster",
           "output", "shards")
@@ -136,8 +171,6 @@ def doc_text(doc) -> str:  # exact-dedup content (module level: pickles to worke
 
 
 def _minhash_config(cfg: RecipeConfig):
-    from datatrove.pipeline.dedup.minhash import MinhashConfig
-    from datatrove.utils.hashing import HashConfig
 
     return MinhashConfig(n_grams=cfg.minhash_ngrams, num_buckets=cfg.minhash_buckets,
                          hashes_per_bucket=cfg.minhash_hashes_per_bucket,
@@ -145,7 +178,6 @@ def _minhash_config(cfg: RecipeConfig):
 
 
 def _exact_config():
-    from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 
     return ExactDedupConfig(content_getter=doc_text)
 
@@ -153,34 +185,25 @@ def _exact_config():
 def _removed_writer(cfg: RecipeConfig, stage: str):
     if not cfg.save_removed:
         return None
-    from datatrove.pipeline.writers import JsonlWriter
     return JsonlWriter(cfg.path("removed", stage))
 
 
 def _measured(cfg, stage, block, **kw):
-    from lm.data.web.stages import Measured
     decisions = cfg.path("decisions") if cfg.record_decisions else None
     return Measured(stage, block, decisions_dir=decisions,
                     removed_writer=_removed_writer(cfg, stage), **kw)
 
 
 def _filtered_reader(cfg):
-    from datatrove.pipeline.readers import JsonlReader
     return JsonlReader(cfg.path("filtered"), glob_pattern="*.jsonl.gz")
 
 
 def filter_pipeline(cfg: RecipeConfig, root: str) -> list:
-    from datatrove.pipeline.writers import JsonlWriter
-    from datatrove.utils.stats import Stats
 
-    from lm.data.web import stages as st
-    from lm.data.web.extractors import Extract, make_extractor
-    from lm.data.web.readers import WebReader
 
     reader = WebReader(root, paths_file=cfg.path("inputs.txt"), max_page_bytes=cfg.max_page_bytes)
     reader.stats = Stats("stage:read")
     if cfg.fast_filters:
-        from lm.data.web.fastfilters import FastURLFilter
         url = FastURLFilter()
     else:
         url = st.url_filter()
@@ -194,10 +217,6 @@ def filter_pipeline(cfg: RecipeConfig, root: str) -> list:
 
 
 def dedup_executors_spec(cfg: RecipeConfig, tasks: int) -> list[tuple[str, list, int]]:
-    from datatrove.pipeline.dedup import MinhashDedupSignature
-    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, \
-        ExactFindDedups
-    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
 
     specs = []
     if cfg.exact_dedup:
@@ -223,12 +242,7 @@ def dedup_executors_spec(cfg: RecipeConfig, tasks: int) -> list[tuple[str, list,
 
 
 def output_pipeline(cfg: RecipeConfig) -> list:
-    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter
-    from datatrove.pipeline.dedup.minhash import MinhashDedupFilter
-    from datatrove.pipeline.formatters import PIIFormatter
-    from datatrove.pipeline.writers import JsonlWriter
 
-    from lm.data.web.shards import TokenizeDocs
 
     steps = [_filtered_reader(cfg)]
     if cfg.exact_dedup:
@@ -245,7 +259,6 @@ def output_pipeline(cfg: RecipeConfig) -> list:
     if cfg.doc_format in ("jsonl", "both"):
         steps.append(JsonlWriter(cfg.path("documents")))
     if cfg.doc_format in ("parquet", "both"):
-        from datatrove.pipeline.writers import ParquetWriter
         steps.append(ParquetWriter(cfg.path("documents_parquet")))
     return steps
 
@@ -257,13 +270,11 @@ def _fault_step():
     if not spec:
         return None, None
     stage, rank, docs = spec.split(":")
-    from lm.data.web.stages import CrashAfter
     return stage, CrashAfter(int(rank), int(docs))
 
 
 def stage_specs(cfg: RecipeConfig, root: str, tasks: int) -> list[tuple[str, list, int]]:
     """[(stage name, datatrove pipeline, number of tasks)] in run order."""
-    from lm.data.web.shards import ShardWriter
 
     os.makedirs(cfg.path("filtered"), exist_ok=True)
     specs = [("filter", filter_pipeline(cfg, root), tasks)]
@@ -289,13 +300,12 @@ def make_executor(cfg: RecipeConfig, stage: str, pipeline: list, tasks: int, dep
     logging_dir = cfg.path("logs", stage)
     workers = max(1, min(cfg.workers, tasks))
     if cfg.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
         # fork: workers inherit the parent's imports (datatrove, spaCy, trafilatura) instead of
         # re-importing them per stage, as forkserver would
         return LocalPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=logging_dir,
                                      start_method="fork")
     if cfg.executor == "ray":
-        from datatrove.executor.ray import RayPipelineExecutor
+        from datatrove.executor.ray import RayPipelineExecutor  # optional, heavy: imports Ray
         # A Ray job costs a placement group, an actor and a process pool (~1-2 s): light stages
         # (signatures, buckets, clustering) run up to 8 of their tasks per job, heavy ones one.
         per_job = min(8, -(-tasks // workers)) if stage in LIGHT_STAGES else 1
@@ -303,7 +313,6 @@ def make_executor(cfg: RecipeConfig, stage: str, pipeline: list, tasks: int, dep
                                    cpus_per_task=1, tasks_per_job=per_job,
                                    mem_per_cpu_gb=float(cfg.slurm.get("mem_per_cpu_gb", 1)))
     if cfg.executor == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
         s = cfg.slurm
         return SlurmPipelineExecutor(
             pipeline, tasks=tasks, time=s.get("time", "10:00:00"), partition=s.get("partition", "cpu"),
@@ -362,7 +371,6 @@ def ray_worker_setup() -> None:
     datatrove's Ray job runs its ranks in a `multiprocess` pool forked inside the actor, and the
     pool's teardown stops idle children with SIGTERM. A child that inherits Ray's SIGTERM handler
     can survive it, and the pool's join (so the stage, all its tasks done) then waits forever."""
-    import signal
 
     def _default_sigterm():
         try:
@@ -374,11 +382,10 @@ def ray_worker_setup() -> None:
 
 
 def _ensure_ray(cfg: RecipeConfig):
-    import ray
+    import ray  # optional and heavy (seconds): only for --executor ray
 
     if not ray.is_initialized():
         # the hook runs before a worker has the driver's import path: give it lm's checkout
-        import lm
         root = os.path.dirname(os.path.dirname(os.path.abspath(lm.__file__)))
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         env = {"worker_process_setup_hook": "lm.data.web.recipe.ray_worker_setup",
@@ -392,7 +399,6 @@ def _ensure_ray(cfg: RecipeConfig):
 
 def run(cfg: RecipeConfig) -> dict:
     """Run (or resume) the whole recipe; returns the stats dict also written to stats.json."""
-    from lm.data.web import report
 
     t0 = time.time()
     root, rel, tasks = prepare(cfg)
@@ -426,17 +432,11 @@ def run(cfg: RecipeConfig) -> dict:
 
 
 def _warm_imports(cfg: RecipeConfig) -> None:
-    """Import the heavy modules once in the driver, so forked workers start warm."""
+    """Build the heavy objects once in the driver (the modules are imported at the top), so
+    forked workers start warm."""
     try:
-        import spacy  # noqa: F401
-        from datatrove.utils.word_tokenizers import load_word_tokenizer
         load_word_tokenizer("en").tokenizer  # noqa: B018 - builds spaCy's blank English pipeline
         if cfg.tokenizer:
-            from lm.data.web.shards import build_tokenizer
             build_tokenizer(cfg.tokenizer)
-        if cfg.extractor == "trafilatura":
-            import trafilatura  # noqa: F401
-        else:
-            import resiliparse.extract.html2text  # noqa: F401
     except Exception:  # noqa: BLE001 - only an optimisation
         pass

