@@ -52,6 +52,11 @@ class Session:
         self.messages: list[dict] = ([{"role": "system", "content": self.system}]
                                      if self.system else [])
 
+    def forget_last(self) -> None:
+        """Drop a user turn that could not be answered (so the conversation stays valid)."""
+        if self.messages and self.messages[-1]["role"] == "user":
+            self.messages.pop()
+
     def _fit(self, ids: list[int]) -> list[int]:
         """Keep the prompt short enough to leave room for the answer (drop the oldest tokens)."""
         room = self.cfg.model.block_size - min(self.sampling["max_new_tokens"],
@@ -127,7 +132,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         sys.stdout.flush()
 
     if a.prompt is not None:
-        answer(a.prompt)
+        try:
+            answer(a.prompt)
+        except ValueError as e:       # text the tokenizer cannot encode, a prompt too long
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
     print(f"{run.config.name} step {run.step} ({mode} mode; /reset, /quit)", file=sys.stderr)
     while True:
@@ -149,6 +158,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             answer(line)
         except KeyboardInterrupt:
             print("\n(interrupted)", file=sys.stderr)
+        except ValueError as e:
+            print(f"\nerror: {e}", file=sys.stderr)
+            sess.forget_last()
 
 
 if __name__ == "__main__":

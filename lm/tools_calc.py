@@ -51,7 +51,7 @@ _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
           ast.Pow: operator.pow}
 _FUNCS = {"len", "abs", "round", "min", "max"}
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_THOUSANDS = re.compile(r",(?=\d{3}(?!\d))")     # at a comma: three digits, then no digit
 
 
 def _is_num(x) -> bool:
@@ -202,6 +202,24 @@ def _format(v, limits: Limits) -> str:
     return out
 
 
+def strip_thousands(text: str) -> str:
+    """Commas between digits read as thousands separators ("1,234" -> "1234"), except where they
+    separate a call's arguments (`max(5,100)` stays two arguments)."""
+    out, calls = [], []             # calls: per open bracket, whether it is a call's
+    for i, ch in enumerate(text):
+        if ch in "([":
+            before = text[:i].rstrip()
+            calls.append(ch == "(" and bool(before) and (before[-1].isalnum() or
+                                                          before[-1] == "_"))
+        elif ch in ")]" and calls:
+            calls.pop()
+        if ch == "," and not (calls and calls[-1]) and _THOUSANDS.match(text, i) and \
+                i > 0 and text[i - 1].isdigit():
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
 def calculate(expr: str, limits: Limits = DEFAULT_LIMITS) -> str:
     """Evaluate a calculator expression; the result as a string, or "Error: <reason>"."""
     try:
@@ -213,7 +231,7 @@ def calculate(expr: str, limits: Limits = DEFAULT_LIMITS) -> str:
         if not text:
             raise CalculatorError("empty expression")
         if "'" not in text and '"' not in text:
-            text = _THOUSANDS.sub("", text)  # "1,234 * 5" -> 1234 * 5 (no string literals)
+            text = strip_thousands(text)  # "1,234 * 5" -> 1234 * 5 (no string literals)
         tree = ast.parse(text, mode="eval")
         if sum(1 for _ in ast.walk(tree)) > limits.max_nodes:
             raise CalculatorError("expression too complex")

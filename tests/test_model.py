@@ -196,8 +196,8 @@ def test_forward_mode_works_through_the_plain_path(cfg):
 def _onednn_or_skip():
     from lm import cpu
     if not cpu.cpu_has_bf16():
-        pytest.skip("this CPU has no bf16 matrix hardware (AVX512-BF16 / AMX): the oneDNN path "
-                    "is not selected here")
+        pytest.skip("host hardware: this CPU has no bf16 matrix hardware (AVX512-BF16 / AMX): "
+                    "the oneDNN path is not selected here")
     if cpu.load() is None:
         pytest.fail(f"the oneDNN kernel should build on this machine: {cpu.load_error()}")
 
@@ -238,7 +238,7 @@ def test_packed_decode_weights_give_the_products_of_the_bf16_values(shape):
     _onednn_or_skip()
     from lm import cpu
     if not cpu.cpu_has_avx512_bf16():
-        pytest.skip("no AVX512-BF16 on this CPU: weights are not packed here")
+        pytest.skip("host hardware: no AVX512-BF16 on this CPU: weights are not packed here")
     M, K, N = shape
     rng = np.random.default_rng(K + M)
     x = jnp.asarray(rng.normal(size=(M, K)), jnp.float32)

@@ -177,8 +177,9 @@ def test_per_row_sampler_settings():
     p = np.asarray(jax.nn.softmax(x / 2.0, -1))        # the nucleus at the row's temperature
     nucleus = set(order[2][:np.searchsorted(np.cumsum(p[2][order[2]]), 0.5) + 1].tolist())
     seen = [set() for _ in range(4)]
-    for i in range(200):
-        toks = np.asarray(s.next_tokens(x, jax.random.split(jax.random.key(i), 4)))
+    draw = jax.jit(lambda i: s.next_tokens(x, jax.random.split(jax.random.key(i), 4)))
+    for i in range(200):                       # (jitted once: eager, each call recompiles)
+        toks = np.asarray(draw(i))
         for r in range(4):
             seen[r].add(int(toks[r]))
     assert seen[0] == {int(order[0][0])}

@@ -459,3 +459,19 @@ def test_ray_worker_hook_gives_forked_children_the_default_sigterm():
     got = {m: subprocess.run([sys.executable, "-c", code, m], cwd=ROOT, capture_output=True,
                              text=True, timeout=60).stdout.strip() for m in ("hook", "plain")}
     assert got == {"hook": "True", "plain": "False"}
+
+
+def test_nothing_surviving_the_filters_is_an_empty_output_with_a_report(shared_data, tmp_path):
+    """Only damaged input: the run finishes (exit 0) with no document, empty shards and a report
+    saying where everything was dropped, instead of a crash in the first dedup stage."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "bad.warc.gz").write_bytes(gzip.compress(b"WARC/1.0\r\nnot a header line\r\n\r\n"))
+    (src / "worse.warc.gz").write_bytes(b"not even gzip")
+    out = tmp_path / "out"
+    r = _cli(["--input", str(src / "*.gz"), "--output", str(out), "--workers", "1"])
+    assert "0 kept" in r.stdout
+    stats = json.load(open(out / "stats.json"))
+    assert stats["output"]["documents"] == 0 and stats["input"]["errors"]
+    assert "No document survived" in (out / "report.md").read_text()
+    assert json.load(open(out / "shards" / "index.json"))["shards"] == []

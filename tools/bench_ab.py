@@ -61,6 +61,44 @@ def measure(what: str = "train,decode") -> dict:
     return out
 
 
+def compiled_programs() -> dict:
+    """The optimised HLO of the `small` train step and of the batch-8 decode loop, normalised
+    (value names, parameter numbers and source metadata dropped) into sorted instruction lists:
+    two checkouts whose lists are equal run the same programs, whatever the timing noise says.
+    Runs inside the checkout under test (before and after the Engine/head-copy API change)."""
+    import re
+    from lm import parallel
+    parallel.configure_cpu_devices(2)
+    import jax.numpy as jnp
+    from lm import sampling
+    from tools import bench_sample, bench_train
+    ours = bench_train.Ours("small")
+    train = ours.compiled.train_step.lower(ours.state, ours.batch()).compile().as_text()
+    s = bench_sample.Ours()
+    eng = s.engine
+    st = eng.start(s.prompts(8), max_new_tokens=64, temperature=0.0)
+    params, four = eng.run_params(), jnp.asarray(4, jnp.int32)
+    if hasattr(sampling, "_with_head_copy"):       # the head copy rides in the parameters
+        dec = sampling.decode.lower(sampling._with_head_copy(params, eng.impl), eng.cfg, st, four)
+    else:                                          # older checkouts: a head_DV argument
+        dec = sampling.decode.lower(params, eng.cfg, st, four,
+                                    sampling._head_copy(params["wte"], eng.impl))
+    decode = dec.compile().as_text()
+
+    def norm(text):
+        out = []
+        for line in text.splitlines():
+            line = line.strip()
+            if not (line.startswith("%") or line.startswith("ROOT")):
+                continue                           # metadata tables, computation headers
+            line = re.sub(r", metadata=\{[^}]*\}", "", line)
+            line = re.sub(r"%[\w.\-]+", "%v", line)
+            line = re.sub(r"parameter\(\d+\)", "parameter(P)", line)
+            out.append(re.sub(r"\b[\w\-]+\.\d+\b", "N", line))
+        return sorted(out)
+    return {"train_small": norm(train), "decode_b8": norm(decode)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--a", help="checkout A (the baseline)")
@@ -69,6 +107,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--what", default="train,decode", help="train, decode or both (comma list)")
     p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--hlo", action="store_true",
+                   help="compare the compiled programs instead of timing them (same programs: "
+                        "same speed)")
     a = p.parse_args(argv)
     if a.measure:
         print(json.dumps(measure(a.what)))
@@ -76,6 +117,13 @@ def main(argv=None) -> int:
     if not a.a:
         p.error("give --a PATH (a checkout of the baseline, e.g. a git worktree)")
     sides = {"a": os.path.abspath(a.a), "b": os.path.abspath(a.b)}
+    if a.hlo:
+        progs = {k: run_side(v, "hlo") for k, v in sides.items()}
+        same = {name: progs["a"][name] == progs["b"][name] for name in progs["a"]}
+        sizes = {name: [len(progs["a"][name]), len(progs["b"][name])] for name in progs["a"]}
+        print(json.dumps({"a": sides["a"], "b": sides["b"], "identical": same,
+                          "instructions": sizes}))
+        return 0 if all(same.values()) else 1
     rows = {"a": [], "b": []}
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
     for r in range(a.rounds):
@@ -106,7 +154,8 @@ def run_side(path: str, what: str) -> dict:
     code = ("import sys, json, importlib.util as u; sys.path.insert(0, sys.argv[1]); "
             "spec = u.spec_from_file_location('bench_ab_measure', sys.argv[2]); "
             "m = u.module_from_spec(spec); spec.loader.exec_module(m); "
-            "print(json.dumps(m.measure(sys.argv[3])))")
+            "print(json.dumps(m.compiled_programs() if sys.argv[3] == 'hlo' "
+            "else m.measure(sys.argv[3])))")
     r = subprocess.run([sys.executable, "-c", code, path, os.path.abspath(__file__), what], cwd=path,
                        capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:

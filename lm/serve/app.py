@@ -29,6 +29,7 @@ from fastapi import APIRouter, FastAPI, Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lm import conversation as chat
 from lm import stages
@@ -408,6 +409,12 @@ class _TooLarge(Exception):
     pass
 
 
+def http_error(request, e: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (an unknown path, a wrong method) in the OpenAI shape too."""
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+    return APIError(e.status_code, str(e.detail), code=kind).response()
+
+
 def validation_error(request, e: RequestValidationError) -> JSONResponse:
     """A body that breaks the schema: 400 naming the first bad field (its top-level name)."""
     err = (e.errors() or [{}])[0]
@@ -449,6 +456,7 @@ def create_app(run, *, api_key: Optional[str] = None, slots: int = 16, chunk: in
     app.add_middleware(BodyLimit, limit_of=lambda: app.state.lm.max_body_bytes)
     app.add_exception_handler(APIError, lambda request, e: e.response())
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     return app
 
 

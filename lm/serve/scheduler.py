@@ -220,7 +220,7 @@ class Scheduler:
                               if isinstance(x, jax.Array))
         with self.lock:
             if lost:
-                failed = list(dict.fromkeys(failed + self.active))
+                failed = failed + [r for r in self.active if all(r is not f for f in failed)]
             for r in failed:
                 if r in self.active:
                     self.active.remove(r)

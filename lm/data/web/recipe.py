@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import gzip
 import hashlib
 import json
 import os
@@ -422,6 +423,8 @@ def run(cfg: RecipeConfig) -> dict:
         with _Progress(cfg, stage, n, i, len(specs)):
             if completed_tasks(cfg, stage) < n:
                 make_executor(cfg, stage, pipeline, n).run()
+        if stage == "filter" and completed_tasks(cfg, stage) >= n:
+            ensure_filtered(cfg)
         if completed_tasks(cfg, stage) < n:
             raise RuntimeError(f"stage {stage}: only {completed_tasks(cfg, stage)}/{n} tasks completed; "
                                f"see {cfg.path('logs', stage, 'logs')} and rerun the same command to resume")
@@ -429,6 +432,19 @@ def run(cfg: RecipeConfig) -> dict:
     if cfg.progress:
         print(report.summary_line(stats), flush=True)
     return stats
+
+
+def ensure_filtered(cfg: RecipeConfig) -> None:
+    """When no document survived the filter stage its writer made no file, and datatrove's readers
+    refuse an empty folder: an empty file lets the later stages run over zero documents (an empty
+    output and a report that says where everything was dropped)."""
+    if glob.glob(cfg.path("filtered", "*.jsonl.gz")):
+        return
+    path = cfg.path("filtered", "00000.jsonl.gz")
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(gzip.compress(b""))
+    os.replace(tmp, path)
 
 
 def _warm_imports(cfg: RecipeConfig) -> None:

@@ -132,6 +132,9 @@ def markdown(stats: dict) -> str:
                      + (f", {out['tokens']} tokens in {out.get('shards', 0)} shards ({out.get('dtype')}, "
                         f"tokenizer {out.get('tokenizer')}) under {out.get('shards_dir')}" if 'tokens' in out else "")
                      + ".")
+        if not out.get("documents"):
+            lines.append("No document survived: the read, filter and dedup rows above say where "
+                         "each one was dropped (an empty output, not an error).")
     lines.append("")
     return "\n".join(lines)
 
