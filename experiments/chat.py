@@ -14,7 +14,10 @@ from lm.config import (CheckpointConfig, Config, DataConfig, EvalConfig, MeshCon
 
 from experiments import register
 
+# held-out splits of the training generators, then sets out of their distribution (real GSM8K
+# phrasing, held-out words and phrasings, facts across turns, unseen combinations of parts)
 TINY_EVAL = "identity,arithmetic_easy,spelling,gsm8k,mmlu,arc_easy,arc_challenge"
+TINY_OOD = "gsm8k_easy,spelling_ood,recall,word_problems"
 
 
 def _tiny_model():
@@ -35,6 +38,8 @@ def chat_tiny_base() -> Config:
                           b2=0.95, weight_decay=0.1, grad_clip=1.0),
         train=TrainConfig(steps=950, eval_every=190, eval_batches=16, log_every=10,
                           sample_tokens=200, sample_prompt="Once upon a time"),
+        # does it read its context? copy and in-context-learning probes along training
+        eval=EvalConfig(tasks="copy_probe,icl", every=190),
         checkpoint=CheckpointConfig(every=190, keep=2),
     )
 
@@ -48,9 +53,11 @@ def chat_tiny_sft() -> Config:
         data=DataConfig(tokenizer="parent", seq_len=512, batch_size=16),
         optim=OptimConfig(lr=1e-3, min_lr=1e-5, schedule="cosine", warmup_steps=30, b1=0.9,
                           b2=0.95, weight_decay=0.0, grad_clip=1.0),
-        sft=SFTConfig(mixture="identity:1.5,arithmetic_easy:3,arithmetic:1,spelling:2,gsm8k:0.5,"
-                              "mmlu:0.2,dolly:0.25,alpaca:0.25"),
-        eval=EvalConfig(tasks=TINY_EVAL, every=0, limit=64, final_limit=200, batch_size=100),
+        sft=SFTConfig(mixture="identity:1.5,arithmetic_easy:2,arithmetic:1,word_problems:3,"
+                              "gsm8k_easy:1,spelling:2,recall:2,copy:0.5,gsm8k:0.25,mmlu:0.2,"
+                              "dolly:0.25,alpaca:0.25"),
+        eval=EvalConfig(tasks=TINY_EVAL + "," + TINY_OOD, every=0, limit=64, final_limit=200,
+                        batch_size=100),
         train=TrainConfig(steps=800, eval_every=200, log_every=10, sample_tokens=0),
         checkpoint=CheckpointConfig(every=250, keep=2),
     )

@@ -268,7 +268,9 @@ class SFTConfig:
 @dataclass
 class EvalConfig:
     """Held-out task evaluations through the engine (greedy, tools on) during and after a run."""
-    tasks: str = ""                       # comma list of lm.tasks names ('' = none)
+    tasks: str = ""                       # comma list ('' = none): lm.tasks names (chat stages),
+                                          # likelihood benchmarks and probes (pretraining);
+                                          # the stage checks them
     every: int = num(0, 0)                # steps between task evaluations (0: only at the end)
     limit: int = num(64, 1)               # examples per task during training
     final_limit: int = num(0, 0)          # examples per task at the end (0: `limit`)
@@ -325,7 +327,6 @@ class Config:
         for name in ("data", "optim", "mesh", "train", "checkpoint", "sft", "eval", "rl"):
             check_ranges(getattr(self, name), name)
         parse_weights(self.sft.mixture, tasks.NAMES, key="sft.mixture")
-        parse_weights(self.eval.tasks, tasks.NAMES, key="eval.tasks")
         if self.rl.task not in tasks.NAMES:
             raise ConfigError(f"rl.task: unknown task {self.rl.task!r}; known: {list(tasks.NAMES)}")
         if self.data.seq_len > self.model.block_size:

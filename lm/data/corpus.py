@@ -3,9 +3,10 @@ each with its canonical download) plus task-format conversations.
 
 `chat_tiny`: the English text of the data folder — TinyStories, Project Gutenberg books (headers
 stripped), WikiText-2 valid, the FineWeb-Edu sample, Common Crawl (Dolma) texts, tinyshakespeare
-— plus task-format text: GSM8K training problems, generated arithmetic word problems and
-spelling/counting questions (training templates and words only) rendered in the chat format, with
-calculator calls. Held out from training, for validation and the evaluation harness'
+— plus task-format text: GSM8K training problems, generated arithmetic word problems (the
+template and the compositional `word_problems` generators), spelling/counting questions, facts
+recalled across turns (training templates, values and words only) rendered in the chat format,
+with calculator calls, and copy-heavy documents (`copy_docs`). Held out from training, for validation and the evaluation harness'
 bits per byte: TinyStories' validation file, tinyshakespeare's last 10%, WikiText-2 test (never
 read here), one FineWeb-Edu document in five, and GSM8K's test problems.
 
@@ -17,33 +18,19 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import random
 import re
 from typing import Callable, Union
 
 from lm import tasks
 from lm.conversation import parts_of
 from lm.data import sources
+from lm.tasks import recall
 from lm.tasks.base import held_out
 
 Doc = Union[str, dict]
 
-GUTENBERG = {  # file under gutenberg/ -> canonical URL
-    "11-0.txt": "https://www.gutenberg.org/files/11/11-0.txt",
-    "pg1342.txt": "https://www.gutenberg.org/cache/epub/1342/pg1342.txt",
-    "pg1661.txt": "https://www.gutenberg.org/cache/epub/1661/pg1661.txt",
-    "pg120.txt": "https://www.gutenberg.org/cache/epub/120/pg120.txt",
-    "pg161.txt": "https://www.gutenberg.org/cache/epub/161/pg161.txt",
-    "829-0.txt": "https://www.gutenberg.org/files/829/829-0.txt",
-    "pg2701.txt": "https://www.gutenberg.org/cache/epub/2701/pg2701.txt",
-    "pg84.txt": "https://www.gutenberg.org/cache/epub/84/pg84.txt",
-}
-CC_TEXT = {  # Dolma's test fixtures (CCNet-processed Common Crawl)
-    f"cc_en_head-{n}.jsonl.gz": "https://raw.githubusercontent.com/allenai/dolma/main/tests/data/"
-                                f"multiple_files/cc_en_head-{n}.jsonl.gz" for n in ("0091", "0174")}
-for _f, _u in GUTENBERG.items():
-    sources.FILES.setdefault(f"gutenberg/{_f}", sources.RemoteFile(f"gutenberg/{_f}", _u))
-for _f, _u in CC_TEXT.items():
-    sources.FILES.setdefault(f"cc_text/{_f}", sources.RemoteFile(f"cc_text/{_f}", _u))
+GUTENBERG, CC_TEXT = sources.GUTENBERG, sources.CC_TEXT
 
 
 def _read(name: str) -> str:
@@ -100,7 +87,35 @@ def cc_texts() -> list[str]:
     return out
 
 
-def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000
+def copy_docs(n: int, seed: int = 0) -> list[str]:
+    """Documents whose second half repeats something of the first (a list of words and numbers,
+    a passage, a name-value table): text where attending back and copying pays, so the base model
+    learns to read its context (induction). Words from the recall task's training values only."""
+    rng = random.Random(f"copy_docs/{seed}")
+    words = recall.split_values(recall.WORDS + recall.COLOURS + recall.FOODS + recall.CITIES,
+                                "train")
+    names = recall.split_values(recall.PET_NAMES + recall.PEOPLE, "train")
+    out = []
+    for _ in range(n):
+        kind = rng.choice(["list", "table", "echo"])
+        if kind == "list":
+            items = [rng.choice(words) if rng.random() < 0.7 else str(rng.randint(0, 999))
+                     for _ in range(rng.randint(4, 14))]
+            out.append(f"Here is the list: {', '.join(items)}.\nOnce more, the list: "
+                       f"{', '.join(items)}.")
+        elif kind == "table":
+            rows = [(rng.choice(names), rng.choice(words)) for _ in range(rng.randint(2, 6))]
+            facts = " ".join(f"{a} likes {b}." for a, b in rows)
+            a, b = rng.choice(rows)
+            out.append(f"{facts}\nQuestion: what does {a} like? Answer: {b}.")
+        else:
+            line = " ".join(rng.choice(words) for _ in range(rng.randint(5, 12)))
+            out.append(f"Say it back: {line}\n{line}")
+    return out
+
+
+def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000,
+              word_problems: int = 8000, recall_problems: int = 6000, copies: int = 6000
               ) -> tuple[list[Doc], list[Doc]]:
     shakespeare = _read("tinyshakespeare")
     cut = int(len(shakespeare) * 0.9)
@@ -120,6 +135,11 @@ def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000
         train.append(tasks.get(levels[i % 4]).example("train", 1_000_000 + i))
     spelling = tasks.get("spelling")
     train += [spelling.example("train", 1_000_000 + i) for i in range(spelling_problems)]
+    # reading the context: word problems in many shapes, facts recalled across turns, copying
+    wp, rc = tasks.get("word_problems"), tasks.get("recall")
+    train += [wp.example("train", 1_000_000 + i) for i in range(word_problems)]
+    train += [rc.example("train", 1_000_000 + i) for i in range(recall_problems)]
+    train += copy_docs(copies)
     val: list[Doc] = []
     val += tinystories("tinystories_val")[:200]
     val += chunks(shakespeare[cut:], 2000)

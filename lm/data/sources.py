@@ -71,6 +71,24 @@ FILES: dict[str, RemoteFile] = {
         "https://raw.githubusercontent.com/Mohamed-Elsafty23/fineweb-edu-scorer/main/data/training_data.csv"),
 }
 
+GUTENBERG = {  # file under gutenberg/ -> canonical URL
+    "11-0.txt": "https://www.gutenberg.org/files/11/11-0.txt",
+    "pg1342.txt": "https://www.gutenberg.org/cache/epub/1342/pg1342.txt",
+    "pg1661.txt": "https://www.gutenberg.org/cache/epub/1661/pg1661.txt",
+    "pg120.txt": "https://www.gutenberg.org/cache/epub/120/pg120.txt",
+    "pg161.txt": "https://www.gutenberg.org/cache/epub/161/pg161.txt",
+    "829-0.txt": "https://www.gutenberg.org/files/829/829-0.txt",
+    "pg2701.txt": "https://www.gutenberg.org/cache/epub/2701/pg2701.txt",
+    "pg84.txt": "https://www.gutenberg.org/cache/epub/84/pg84.txt",
+}
+CC_TEXT = {  # Dolma's test fixtures (CCNet-processed Common Crawl)
+    f"cc_en_head-{n}.jsonl.gz": "https://raw.githubusercontent.com/allenai/dolma/main/tests/data/"
+                                f"multiple_files/cc_en_head-{n}.jsonl.gz" for n in ("0091", "0174")}
+for _f, _u in GUTENBERG.items():
+    FILES.setdefault(f"gutenberg/{_f}", RemoteFile(f"gutenberg/{_f}", _u))
+for _f, _u in CC_TEXT.items():
+    FILES.setdefault(f"cc_text/{_f}", RemoteFile(f"cc_text/{_f}", _u))
+
 # Files that stand in for a canonical one when it is absent (the shared data's substitutes).
 ALTERNATIVES: dict[str, tuple[str, ...]] = {
     "dolly15k": tuple(f"dolly15k/local_training_{i}.json" for i in range(10))

@@ -4,8 +4,9 @@ and bits per byte on held-out text (the library behind `python -m lm.eval` and `
 Task names: likelihood benchmarks (hellaswag, arc_easy, arc_challenge, mmlu, mmlu_5shot), chat
 tasks (identity, arithmetic_easy, arithmetic, arithmetic_hard, spelling, gsm8k, and mmlu /
 arc_easy / arc_challenge / hellaswag graded by letter logits), `bpb` (all held-out texts) or
-`bpb:<text>`. For chat runs the shared names mean the chat version; prefix `lm:` or `chat:` to
-choose (e.g. `lm:hellaswag`).
+`bpb:<text>`, and the base-model probes `copy_probe` and `icl` (`lm.eval.probes`). For chat
+runs the shared names mean the chat version; prefix `lm:` or `chat:` to choose (e.g.
+`lm:hellaswag`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax
 
 from lm import parallel, stages, tasks
 from lm.config import MeshConfig
-from lm.eval import benchmarks, bpb
+from lm.eval import benchmarks, bpb, probes
 from lm.eval.chat import evaluate_tasks
 
 BASE_DEFAULT = "hellaswag,arc_easy,arc_challenge,mmlu,bpb"
@@ -27,11 +28,13 @@ def default_tasks(run) -> str:
 
 
 def plan(names: list[str], chat: bool) -> dict[str, list[str]]:
-    """Split task names into {'lm': [...], 'chat': [...], 'bpb': [...]}; a base run (not a chat
+    """Split task names into {'lm': [...], 'chat': [...], 'bpb': [...], 'probe': [...]}; a base run (not a chat
     stage) reads the shared names as likelihood benchmarks."""
-    out = {"lm": [], "chat": [], "bpb": []}
+    out = {"lm": [], "chat": [], "bpb": [], "probe": []}
     for n in names:
-        if n == "bpb":
+        if n in probes.PROBES:
+            out["probe"].append(n)
+        elif n == "bpb":
             out["bpb"] += list(bpb.TEXTS)
         elif n.startswith("bpb:"):
             if n[4:] not in bpb.TEXTS:
@@ -71,6 +74,8 @@ def table(result: dict) -> str:
             rows.append(f"| {name} | bits/byte | n/a ({r['error'][:60]}) | |")
         else:
             rows.append(f"| {name} | bits/byte | {r['bpb']:.4f} | {r['tokens']} tokens |")
+    for k, v in result.get("probe", {}).items():
+        rows.append(f"| {k[6:]} | nats/token | {v:.4f} | |")
     return "\n".join(rows)
 
 
@@ -95,5 +100,7 @@ def evaluate(run, todo: dict, *, limit: int = 0, batch_size: int = 32,
     if todo["bpb"]:
         result["bpb"] = bpb.run(run.params, run.config.model, run.tokenizer, todo["bpb"],
                                 batch_size=batch_size, mesh=mesh)
+    if todo.get("probe"):
+        result["probe"] = probes.run(run.params, run.config.model, run.tokenizer, todo["probe"])
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -12,7 +12,7 @@ import numpy as np
 from lm import steps
 from lm.config import Config, parse_weights
 from lm.data import pipeline
-from lm.eval import benchmarks
+from lm.eval import benchmarks, probes
 from lm.sampling import generate_text
 from lm.stages import base
 
@@ -43,8 +43,10 @@ class Stage(base.Stage):
         self.interim_groups = steps.stack_batches(val[:n], micro=cfg.train.grad_accum) \
             if 0 < n < len(val) else self.val_groups
         self.token_bytes = np.asarray(self.tokenizer.token_bytes())
-        self.bench = list(parse_weights(cfg.eval.tasks, benchmarks.BENCHMARKS, key="eval.tasks",
-                                        kind="likelihood benchmark"))
+        names = list(parse_weights(cfg.eval.tasks, benchmarks.BENCHMARKS + probes.PROBES,
+                                   key="eval.tasks", kind="likelihood benchmark or probe"))
+        self.bench = [n for n in names if n in benchmarks.BENCHMARKS]
+        self.probes = [n for n in names if n in probes.PROBES]
 
     def next_batch(self, loop, state) -> dict:
         return next(self.train_it)
@@ -67,6 +69,9 @@ class Stage(base.Stage):
             res = benchmarks.run(loop.compiled.host_params(state), self.cfg.model, self.tokenizer,
                                  self.bench, limit=limit, batch_size=self.cfg.eval.batch_size)
             out.update(benchmarks.metrics(res))
+        if self.probes and (loop.due(step, self.cfg.eval.every) or final):
+            out.update(probes.run(loop.compiled.host_params(state), self.cfg.model,
+                                  self.tokenizer, self.probes))
         return out
 
     def finish(self, loop, state) -> dict:

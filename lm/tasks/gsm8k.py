@@ -66,11 +66,17 @@ class GSM8K(Task):
         self._check_split(split)
         return self._train_all[:-TRAIN_HOLDOUT] if split == "train" else self._test[0]
 
+    @cached_property
+    def _rows(self) -> dict[str, list[dict]]:
+        return {s: self.rows(s) for s in self.splits}
+
     def size(self, split: str) -> int:
-        return len(self.rows(split))
+        self._check_split(split)
+        return len(self._rows[split])
 
     def example(self, split: str, i: int) -> dict:
-        row = self.rows(split)[i]
+        self._check_split(split)
+        row = self._rows[split][i]
         return conversation(row["question"], answer_parts(row["answer"]), task=self.name,
                             answer=final_number(row["answer"]))
 
@@ -79,3 +85,25 @@ class GSM8K(Task):
 
     def max_new_tokens(self) -> int:
         return 320
+
+
+def steps_of(answer: str) -> int:
+    """Calculator steps of a GSM8K solution (its `<<...>>` annotations)."""
+    return answer.count("<<")
+
+
+class GSM8KEasy(GSM8K):
+    """GSM8K problems whose solutions take at most `max_steps` calculator steps (real human
+    phrasing, 1-2 operations). `train` holds those of GSM8K's training part (SFT data); `test`
+    those of the held-out part, which no split of any task trains on (pretraining's corpus uses
+    `train` only): 186 problems with the offline split."""
+    name = "gsm8k_easy"
+
+    def __init__(self, max_steps: int = 2):
+        self.max_steps = max_steps
+
+    def rows(self, split: str) -> list[dict]:
+        return [r for r in super().rows(split) if 1 <= steps_of(r["answer"]) <= self.max_steps]
+
+    def max_new_tokens(self) -> int:
+        return 200

@@ -1,9 +1,13 @@
 """Spelling and counting ("How many r are in strawberry?"): the reply spells the word letter by
 letter, then counts with the calculator (`' strawberry'.count('r')`) and ends with `#### N`.
 
-Words come from the TinyStories training text (lower-case words of 3–14 letters seen at least
-twice); about one word in five, chosen by a stable hash, belongs to the `test` split only, so
-held-out accuracy is on words training never spelled. Infinite and seeded.
+About one word in five, chosen by a stable hash of the word, is held out: no split that trains
+ever spells it. `spelling` trains on the other words of TinyStories, the Gutenberg books and
+WikiText (lower-case words of 2-15 letters), and its `test` split asks about held-out TinyStories
+words (words seen at least twice there) in the training phrasings. `spelling_ood` asks about
+held-out words of every length and corpus frequency (sampled evenly over length x frequency
+buckets, rare ones included), in phrasings training never uses, and is graded on the spelled-out
+letters as well as the count. Infinite and seeded.
 """
 from __future__ import annotations
 
@@ -28,12 +32,36 @@ QUESTIONS = [
     "how many {l} in {w}",
     "What is the number of {l}'s in the word {w}?",
 ]
+# phrasings of spelling_ood only (no training conversation is worded like these)
+OOD_QUESTIONS = [
+    "Spell {w} and tell me how many times {l} occurs in it.",
+    "I'm writing the word {w}. How often does the letter {l} show up?",
+    "Quick question: number of {l} letters in {w}?",
+    "Could you count the {l}s in \"{w}\" for me?",
+    "If I write out {w}, how many {l} will I have written?",
+    "{w}: how many {l}?",
+]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+OTHER_TEXTS = ["wikitext2_valid"] + [f"gutenberg/{f}" for f in (
+    "11-0.txt", "pg1342.txt", "pg1661.txt", "pg120.txt", "pg161.txt", "829-0.txt", "pg2701.txt",
+    "pg84.txt")]
+LENGTHS = ((2, 4), (5, 7), (8, 10), (11, 15))
+FREQUENCIES = ((1, 1), (2, 9), (10, 99), (100, 10 ** 12))   # occurrences in the texts
 
 
 def words_from_text(text: str, min_count: int = 2) -> list[str]:
     counts = Counter(re.findall(r"\b[a-z]{3,14}\b", text))
     return sorted(w for w, n in counts.items() if n >= min_count)
+
+
+def word_counts(text: str) -> Counter:
+    return Counter(re.findall(r"\b[a-z]{2,15}\b", text))
+
+
+def spelled(reply: str) -> str:
+    """The letters of the first `x-y-z` spelling in a reply ('' if none)."""
+    m = re.search(r"\b([a-zA-Z](?:-[a-zA-Z])+)\b", reply)
+    return m.group(1).replace("-", "").lower() if m else ""
 
 
 def answer_parts(word: str, letter: str) -> tuple[list[dict], str]:
@@ -49,6 +77,14 @@ def answer_parts(word: str, letter: str) -> tuple[list[dict], str]:
     ], n
 
 
+def _read(name: str) -> str:
+    try:
+        with open(sources.fetch(name), encoding="utf-8-sig") as f:
+            return f.read().lower()
+    except sources.DataUnavailableError as e:
+        raise TaskDataError(str(e)) from None
+
+
 class Spelling(Task):
     name = "spelling"
     kind = "generative"
@@ -58,31 +94,41 @@ class Spelling(Task):
         self._given = words
 
     @cached_property
+    def counts(self) -> Counter:
+        """Word frequencies over TinyStories, the Gutenberg books and WikiText (lower case)."""
+        c = word_counts(_read("tinystories_train"))
+        for name in OTHER_TEXTS:
+            c.update(word_counts(_read(name)))
+        return c
+
+    @cached_property
     def words(self) -> dict[str, list[str]]:
-        words = self._given
-        if words is None:
-            try:
-                with open(sources.fetch("tinystories_train"), encoding="utf-8") as f:
-                    words = words_from_text(f.read().lower())
-            except sources.DataUnavailableError as e:
-                raise TaskDataError(str(e)) from None
-        test = [w for w in words if held_out(w, 5)]
-        train = [w for w in words if not held_out(w, 5)]
-        return {"train": train, "test": test}
+        if self._given is not None:
+            return {"train": [w for w in self._given if not held_out(w, 5)],
+                    "test": [w for w in self._given if held_out(w, 5)]}
+        stories = words_from_text(_read("tinystories_train"))
+        return {"train": sorted(w for w in self.counts if not held_out(w, 5)),
+                "test": [w for w in stories if held_out(w, 5)]}
 
     def size(self, split: str):
         self._check_split(split)
         return None
 
+    def question(self, split: str, rng: random.Random) -> str:
+        return rng.choice(QUESTIONS)
+
+    def pick_word(self, split: str, rng: random.Random) -> str:
+        return rng.choice(self.words[split])
+
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"spelling/{self.seed}/{split}/{i}")
-        word = rng.choice(self.words[split])
+        rng = random.Random(f"{self.name}/{self.seed}/{split}/{i}")
+        word = self.pick_word(split, rng)
         present = sorted(set(word))
         letter = rng.choice(present) if rng.random() < 0.85 else rng.choice(
             [c for c in LETTERS if c not in word])
         parts, n = answer_parts(word, letter)
-        q = rng.choice(QUESTIONS).format(l=letter, w=word)
+        q = self.question(split, rng).format(l=letter, w=word)
         return conversation(q, parts, task=self.name, answer=n, word=word, letter=letter)
 
     def evaluate(self, conv: dict, reply: str) -> bool:
@@ -90,3 +136,32 @@ class Spelling(Task):
 
     def max_new_tokens(self) -> int:
         return 128
+
+
+class SpellingOOD(Spelling):
+    """Held-out words of every length and frequency bucket, held-out phrasings; right when the
+    spelled letters are the word's and the count is right. Evaluation only (its `train` split is
+    `spelling`'s)."""
+    name = "spelling_ood"
+
+    @cached_property
+    def buckets(self) -> list[list[str]]:
+        held = [w for w in self.counts if held_out(w, 5)]
+        out = []
+        for lo, hi in LENGTHS:
+            for flo, fhi in FREQUENCIES:
+                b = sorted(w for w in held if lo <= len(w) <= hi and flo <= self.counts[w] <= fhi)
+                if b:
+                    out.append(b)
+        return out
+
+    def question(self, split: str, rng: random.Random) -> str:
+        return rng.choice(OOD_QUESTIONS if split == "test" else QUESTIONS)
+
+    def pick_word(self, split: str, rng: random.Random) -> str:
+        if split != "test":
+            return super().pick_word(split, rng)
+        return rng.choice(rng.choice(self.buckets))
+
+    def evaluate(self, conv: dict, reply: str) -> bool:
+        return spelled(reply) == conv["word"] and super().evaluate(conv, reply)

@@ -1,0 +1,132 @@
+"""The tasks that measure reading the context out of the generators' distribution (issue 23): their
+held-out parts never reach any training use, their graders accept the references and refuse
+near misses, and the base-model probes read the positions they claim to."""
+import re
+
+import numpy as np
+import pytest
+
+from lm import tasks
+from lm.conversation import reply_text
+from lm.data import corpus
+from lm.eval import probes
+from lm.tasks import recall, word_problems
+from lm.tokenizer import train_bpe, trained_specials
+
+TRAINING = ("train", "rl")
+
+
+def reference(conv):
+    a = conv["messages"][-1]["content"]
+    return reply_text(a) if isinstance(a, list) else a
+
+
+def user_text(conv):
+    return " ".join(m["content"] for m in conv["messages"] if m["role"] == "user")
+
+
+def test_word_problem_splits_are_disjoint_combinations_of_shared_parts():
+    splits = {s: set(word_problems.combos(s)) for s in ("train", "rl", "test")}
+    assert all(splits.values())
+    assert not splits["train"] & splits["test"] and not splits["rl"] & splits["test"]
+    assert not splits["train"] & splits["rl"]
+    # every schema, statement and question of the test split also occurs in training combos
+    seen = {(n, "f", f) for n, f, _ in splits["train"]} | {(n, "q", q) for n, _, q in
+                                                           splits["train"]}
+    for n, f, q in splits["test"]:
+        assert (n, "f", f) in seen or (n, "q", q) in seen
+
+
+def test_word_problem_operations_are_not_given_away_by_a_word():
+    """The same cue words occur with different operations in the training split."""
+    t = tasks.get("word_problems")
+    ops_by_word: dict[str, set] = {}
+    for i in range(600):
+        c = t.example("train", i)
+        calls = [p["text"] for p in c["messages"][-1]["content"] if p["type"] == "python"]
+        op = re.search(r"[-+*/]", calls[0]).group(0)
+        for w in ("each", "gets", "left", "more", "half", "all"):
+            if re.search(rf"\b{w}\b", c["messages"][0]["content"].lower()):
+                ops_by_word.setdefault(w, set()).add(op)
+    assert all(len(ops) >= 2 for w, ops in ops_by_word.items() if w in ("each", "gets", "more"))
+
+
+@pytest.mark.parametrize("name", ["word_problems", "recall", "copy"])
+def test_references_are_graded_right_and_near_misses_wrong(name):
+    t = tasks.get(name)
+    for split in ("train", "test"):
+        for i in range(40):
+            c = t.example(split, i)
+            assert t.evaluate(c, reference(c)), (name, split, i)
+    c = t.example("test", 0)
+    wrong = {"word_problems": "#### " + str(int(c["answer"]) + 1) if name == "word_problems"
+             else "", "recall": "I don't know.", "copy": c["answer"] + " extra"}[name]
+    assert not t.evaluate(c, wrong)
+
+
+def test_recall_test_values_and_phrasings_never_train():
+    t = tasks.get("recall")
+    train = [t.example(s, i) for s in TRAINING[:1] for i in range(3000)]
+    test = [t.example("test", i) for i in range(600)]
+    train_values = {c["answer"] for c in train}
+    assert not {c["answer"] for c in test} & train_values
+    train_turns = {m["content"] for c in train for m in c["messages"] if m["role"] == "user"}
+    questions = {c["messages"][-2]["content"] for c in test}
+    assert not questions & train_turns
+    # the answer is stated in the conversation, earlier
+    assert all(c["answer"] in user_text(c) for c in test)
+
+
+def test_copy_docs_use_training_values_only():
+    held = set(recall.split_values(recall.WORDS + recall.COLOURS + recall.FOODS + recall.CITIES,
+                                   "test"))
+    words = {w for d in corpus.copy_docs(500) for w in re.findall(r"[a-z]+", d)}
+    assert held and not held & words
+
+
+def test_gsm8k_easy_is_held_out_and_easy(data_env):
+    t, full = tasks.get("gsm8k_easy"), tasks.get("gsm8k")
+    test_q = {t.example("test", i)["messages"][0]["content"] for i in range(t.size("test"))}
+    train_q = {full.example("train", i)["messages"][0]["content"]
+               for i in range(full.size("train"))}
+    assert t.size("test") >= 150 and not test_q & train_q
+    for i in range(0, t.size("test"), 7):
+        calls = [p for p in t.example("test", i)["messages"][-1]["content"]
+                 if p["type"] == "python"]
+        assert 1 <= len(calls) <= 2
+
+
+def test_spelling_ood_words_never_spelled_in_training_and_graded_on_letters(data_env):
+    ood, sp = tasks.get("spelling_ood"), tasks.get("spelling")
+    words = {ood.example("test", i)["word"] for i in range(2000)}
+    assert not words & set(sp.words["train"])
+    lengths = {len(w) for w in words}
+    assert min(lengths) <= 3 and max(lengths) >= 11          # every length bucket is asked
+    c = ood.example("test", 0)
+    ref = reference(c)
+    assert ood.evaluate(c, ref)
+    w = c["word"]
+    misspelled = ref.replace("-".join(w), "-".join(w[:-1] + ("x" if w[-1] != "x" else "y")))
+    assert not ood.evaluate(c, misspelled) and sp.evaluate(c, misspelled)
+    train_q = {sp.example("train", i)["messages"][0]["content"].replace(
+        sp.example("train", i)["word"], "W") for i in range(200)}
+    assert not {c2["messages"][0]["content"].replace(c2["word"], "W")
+                for c2 in (ood.example("test", i) for i in range(200))} & train_q
+
+
+def test_copy_probe_scores_the_second_copy(monkeypatch):
+    tok = train_bpe(["abc def ghi jkl " * 50], 256 + len(trained_specials()) + 10)
+
+    def fake_losses(params, cfg, toks):           # loss = the position index, to read slices
+        B, T = toks.shape
+        return np.broadcast_to(np.arange(T - 1, dtype=np.float32), (B, T - 1))
+    monkeypatch.setattr(probes, "_losses", fake_losses)
+
+    class Cfg:
+        block_size = 33
+    out = probes.copy_probe(None, Cfg, tok, rows=2)
+    L = 16                                          # (33 - 1) // 2
+    assert out["probe/copy"] == pytest.approx(np.arange(L, 2 * L).mean())
+    assert out["probe/copy_first"] == pytest.approx(np.arange(1, L).mean())
+    with pytest.raises(ValueError, match="unknown probe"):
+        probes.run(None, Cfg, tok, ["nope"])
