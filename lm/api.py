@@ -81,7 +81,7 @@ class Model:
                  progress: bool = False) -> dict:
         """Held-out evaluation (`lm.eval.suite`; default tasks by the run's stage): likelihood
         benchmarks, chat tasks through the engine, bits per byte."""
-        names = [n for n in (tasks or suite.default_tasks(self.run)).split(",") if n]
+        names = [n for n in (tasks or suite.default_tasks(self.is_chat)).split(",") if n]
         todo = suite.plan(names, self.is_chat)
         return suite.evaluate(self.run, todo, limit=limit, batch_size=batch_size,
                               progress=progress)

@@ -130,3 +130,28 @@ def test_copy_probe_scores_the_second_copy(monkeypatch):
     assert out["probe/copy_first"] == pytest.approx(np.arange(1, L).mean())
     with pytest.raises(ValueError, match="unknown probe"):
         probes.run(None, Cfg, tok, ["nope"])
+
+
+def test_a_task_mixture_draws_by_weight_and_grades_by_origin():
+    mix = tasks.get("arithmetic_easy:1,word_problems:3")
+    assert mix.splits == ("train", "rl", "test")
+    convs = [mix.example("rl", i) for i in range(400)]
+    share = sum(c["task"] == "word_problems" for c in convs) / len(convs)
+    assert 0.65 < share < 0.85
+    assert all(mix.evaluate(c, reference(c)) for c in convs[:50])
+    assert mix.example("rl", 7) == mix.example("rl", 7)              # seeded
+    with pytest.raises(KeyError):
+        tasks.get("arithmetic_easy:1,nope:1")
+
+
+def test_everyday_questions_load_and_grade():
+    for part, n in (("math", 40), ("letters", 30), ("recall", 10)):
+        t = tasks.get(f"everyday_{part}")
+        assert t.size("test") == n and t.splits == ("test",)
+        for i in range(n):
+            c = t.example("test", i)
+            ok = f"So the answer is {c['answer']}.\n#### {c['answer']}" if part != "recall" \
+                else f"It is {c['answer']}."
+            assert t.evaluate(c, ok) and not t.evaluate(c, "#### 99999 nothing")
+    with pytest.raises(ValueError):
+        tasks.get("everyday_math").example("train", 0)       # evaluation only

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lm import model
-from lm.config import ModelConfig, modern
+from lm.config import modern
 from lm.eval import benchmarks
 from lm.eval.likelihood import loglikelihood
 from lm.tokenizer import CharTokenizer

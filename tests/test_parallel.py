@@ -1,6 +1,5 @@
 """Same global batch and seed: 1 device, 8 devices data-parallel (jit), 8 devices FSDP (jit) and
 8 devices pmap give the same losses; FSDP really shards; the step compiles once."""
-import dataclasses
 import logging
 import os
 

@@ -1,7 +1,6 @@
 """GRPO: advantages on hand-made groups, the loss's gradient direction on a tiny model, masked
 tokens get exactly zero gradient, KL is zero when policy equals reference, clipping engages
 exactly outside [1 - eps, 1 + eps_high], aggregation variants, rewards that raise are counted."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -178,7 +177,7 @@ def test_grpo_stage_runs_logs_and_is_reproducible(tiny_parent, tmp_path):
     from lm.stages import grpo
     parent = runs.load(tiny_parent)
     cfg = _grpo_cfg(tiny_parent, parent.tokenizer.vocab_size, updates=2, kl="k3", beta=0.1)
-    out = train.run(cfg, run_dir=str(tmp_path / "r"), progress=False)
+    train.run(cfg, run_dir=str(tmp_path / "r"), progress=False)
     rows = read_metrics(str(tmp_path / "r" / "metrics.jsonl"))
     step_rows = [r for r in rows if "loss" in r]
     assert len(step_rows) == 4

@@ -2,7 +2,6 @@
 stream's event order and final chunk, continuous batching (a request's tokens do not depend on
 what else is in the batch), a client that disconnects mid-stream, auth, injection through HTTP;
 the official openai client and a headless browser against a real server."""
-import asyncio
 import json
 import os
 import shutil

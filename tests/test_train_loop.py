@@ -140,7 +140,7 @@ def test_interim_evaluations_use_the_first_batches_and_the_final_one_all(tmp_pat
     a = train.run(tiny("train.eval_batches=3"), run_dir=str(tmp_path / "a"), progress=False)
     b = train.run(tiny("train.eval_batches=3", "train.interim_eval_batches=1"),
                   run_dir=str(tmp_path / "b"), progress=False)
-    c = train.run(tiny("train.eval_batches=1"), run_dir=str(tmp_path / "c"), progress=False)
+    train.run(tiny("train.eval_batches=1"), run_dir=str(tmp_path / "c"), progress=False)
     (ta, va), (tb, vb), (_, vc) = (losses(str(tmp_path / x)) for x in "abc")
     assert ta == tb                                        # evaluation never touches training
     assert vb[12] == va[12] and vb[6] == vc[6] != va[6]    # final over 3 batches, interim over 1

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import zlib
 
 import numpy as np
 import pytest

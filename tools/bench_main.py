@@ -27,16 +27,19 @@ import subprocess
 import tempfile
 import time
 
+from tools import bench_host
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 PEER = os.path.join(SHARED, "peers", "nanogpt", "run_baby.sh")
 
 
-def ours(extra: list[str]) -> dict:
+def ours(extra: list[str], cap: str | None = None) -> dict:
     work = tempfile.mkdtemp(prefix="lm_bench_main_")
     env = dict(os.environ)
     env.setdefault("LM_DATA_DIR", os.path.join(SHARED, "data"))
     env.pop("XLA_FLAGS", None)
+    env = bench_host.isa_env(cap, env)
     cmd = [sys.executable, "-m", "lm.main", "--experiment", "shakespeare_char_cpu",
            "--workdir", work, "--no_progress"] + extra
     t0 = time.perf_counter()
@@ -48,12 +51,12 @@ def ours(extra: list[str]) -> dict:
     return {"wall_s": wall, "val_loss": float(m.group(1)) if m else float("nan")}
 
 
-def peer() -> dict:
+def peer(cap: str | None = None) -> dict:
     if not os.path.exists(PEER):
         raise SystemExit(f"nanoGPT peer not found at {PEER}")
     t0 = time.perf_counter()
     r = subprocess.run(["bash", PEER, sys.executable], capture_output=True, text=True,
-                       timeout=3600)
+                       timeout=3600, env=bench_host.isa_env(cap))
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"nanoGPT failed (pip install -r requirements-bench.txt?):\n"
@@ -68,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override for our run (ablations), passed to lm.main")
+    p.add_argument("--isa", choices=sorted(bench_host.CAPS), default=None,
+                   help="cap both sides at this ISA (another host kind, emulated from this one)")
     a = p.parse_args(argv)
     if a.rounds < 1:
         p.error("--rounds must be >= 1")
@@ -75,9 +80,9 @@ def main(argv=None) -> int:
     extra = [x for s in a.set for x in ("--set", s)]
     mine, theirs = [], []
     for r in range(a.rounds):
-        mine.append(ours(extra))
+        mine.append(ours(extra, a.isa))
         log(f"round {r + 1}/{a.rounds}: lm {mine[-1]['wall_s']:.1f} s (val {mine[-1]['val_loss']:.4f})")
-        theirs.append(peer())
+        theirs.append(peer(a.isa))
         log(f"round {r + 1}/{a.rounds}: nanoGPT {theirs[-1]['wall_s']:.1f} s "
             f"(val {theirs[-1]['val_loss']:.4f})")
     wall = statistics.median(x["wall_s"] for x in mine)
@@ -86,7 +91,8 @@ def main(argv=None) -> int:
            "ratio": round(peer_wall / wall, 3), "val_loss": mine[-1]["val_loss"],
            "peer_val_loss": theirs[-1]["val_loss"], "rounds": a.rounds,
            "walls": [round(x["wall_s"], 2) for x in mine],
-           "peer_walls": [round(x["wall_s"], 2) for x in theirs]}
+           "peer_walls": [round(x["wall_s"], 2) for x in theirs],
+           "host_isa": bench_host.host_isa(a.isa), "isa_cap": a.isa}
     if a.json:
         print(json.dumps(out))
         return 0

@@ -24,6 +24,8 @@ import statistics
 import tempfile
 import time
 
+from tools import bench_host
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -129,6 +131,7 @@ def main(argv=None) -> int:
     else:
         out["peer_error"] = peer_err
     if a.json:
+        out["host_isa"] = bench_host.host_isa()
         print(json.dumps(out))
         return 0
     print(f"\n{a.experiment}: {rl.prompts} prompts × {rl.samples} samples, up to "

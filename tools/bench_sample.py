@@ -41,6 +41,8 @@ import statistics
 import subprocess
 import time
 
+from tools import bench_host
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench", "torch_peer.py"))
 SMALL = dict(n_layer=6, n_head=6, n_embd=384, block_size=512, vocab_size=8192)
@@ -107,7 +109,7 @@ class Ours:
 
     def nocache_step_s(self, batch: int, reps: int = 3) -> dict:
         """Median seconds of one no-cache step (full forward + argmax + host sync) per window."""
-        np, jnp, fwd = self.np, self.jnp, self._forward()
+        jnp, fwd = self.jnp, self._forward()
         out = {}
         for w in sorted(set(self.windows())):
             x = jnp.asarray(self.rng.integers(0, self.cfg.vocab_size, (batch, w)), jnp.int32)
@@ -229,6 +231,7 @@ def main() -> None:
         log(f"no cache, batch {b}: {row['nocache_tokens_per_s']:.1f} new tok/s")
 
     if a.json:
+        result["host_isa"] = bench_host.host_isa()
         print(json.dumps(result))
         return
     print(f"\n{'batch':>5s} {'tok/s':>9s} {'nocache':>9s} {'peer':>9s} {'ratio':>6s} "

@@ -23,11 +23,12 @@ if __package__ in (None, ""):  # run as `python tools/bench_serve.py`: import fr
 import argparse
 import json
 import socket
-import statistics
 import subprocess
 import tempfile
 import threading
 import time
+
+from tools import bench_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUESTIONS = ["What is your name?", "Emily has 3 apples and buys 4 more. How many apples does she "
@@ -194,6 +195,7 @@ def main(argv=None) -> int:
                                         0.5),
            "run": run, "max_tokens": a.max_tokens, "slots": a.slots}
     if a.json:
+        out["host_isa"] = bench_host.host_isa()
         print(json.dumps(out))
         return 0
     print(f"\n{a.clients} concurrent streaming clients × {a.per_client} requests, max_tokens "

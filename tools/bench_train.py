@@ -12,12 +12,20 @@ Ours runs as `python -m lm.main` runs it: fp32 with the host's cores exposed as 
 batch split data-parallel over them (`mesh.cpu_devices`, auto; `--cpu_devices 1` measures the
 single-device step); bf16 with `model.kernels=auto`, which on a CPU with bf16 hardware runs the
 matmuls (Linear layers, tied head, attention) through oneDNN (one device). `ratio_bf16` = our best
-of the two / the bf16 peer.
+of the two / the bf16 peer; `ratio_best` = our best configuration / the peer's best on this host.
+
+The bf16 sides run only on a host with bf16 matrix hardware (AVX512-BF16, AMX): elsewhere bf16 is
+emulated (torch falls back to a naive single-thread gemm; XLA converts), which would only measure a
+strawman for hours; `--bf16` forces them, and the JSON marks them `emulated`. Every probe is
+bounded: the matmul rates use a size fitted to the host (`--matmul_n`). `--isa avx2` caps both
+sides at AVX2 (`tools.bench_host`), to measure an AVX2-only host's kind from a bigger one; the JSON
+says `host_isa`, `isa_cap` and what torch reported under the cap.
 
   python -m tools.bench_train            # table
   python -m tools.bench_train --json     # one JSON object
   python -m tools.bench_train --configs baby --rounds 2
   python -m tools.bench_train --cpu_devices 1
+  python -m tools.bench_train --isa avx2 --json
 """
 from __future__ import annotations
 
@@ -32,6 +40,8 @@ import json
 import statistics
 import subprocess
 import time
+
+from tools import bench_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench", "torch_peer.py"))
@@ -101,7 +111,8 @@ class Ours:
         return [self.step() for _ in range(n)]
 
 
-def peer(name: str, steps: int, only: str = "train", dtype: str = "float32") -> list[dict]:
+def peer(name: str, steps: int, only: str = "train", dtype: str = "float32",
+         env: dict | None = None) -> list[dict]:
     if not os.path.exists(PEER):
         raise SystemExit(f"peer script not found at {PEER} (../shared/bench/torch_peer.py)")
     c = CONFIGS[name]
@@ -109,10 +120,20 @@ def peer(name: str, steps: int, only: str = "train", dtype: str = "float32") -> 
             "--dtype", dtype]
     for k, v in c.items():
         args += [f"--{k}", str(v)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=3600)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=3600, env=env)
     if out.returncode != 0:
         raise SystemExit(f"peer failed (pip install -r requirements-bench.txt?):\n{out.stderr[-2000:]}")
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def torch_matmul_gflops(n: int, dtype: str, env: dict, reps: int = 5) -> float:
+    """torch's n x n matmul rate (best of reps) in a subprocess under `env` (0 if torch fails)."""
+    code = (f"import time, torch; torch.manual_seed(0); x = torch.rand({n}, {n}).to(torch.{dtype}); "
+            f"x @ x; t = []\nfor _ in range({reps}):\n s = time.perf_counter(); x @ x; "
+            f"t.append(time.perf_counter() - s)\nprint(2 * {n} ** 3 / min(t) / 1e9)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=900)
+    return float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else 0.0
 
 
 def jax_matmul_gflops(n: int = 2048) -> float:
@@ -139,12 +160,24 @@ def main(argv=None) -> int:
     p.add_argument("--cpu_devices", type=int, default=0,
                    help="XLA devices to split the CPU into (0: auto, as lm.main; 1: one device)")
     p.add_argument("--fp32_only", action="store_true", help="skip the bf16 side (ours and peer)")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the bf16 sides even where bf16 is emulated (hours on AVX2)")
+    p.add_argument("--isa", choices=sorted(bench_host.CAPS), default=None,
+                   help="cap both sides at this ISA (measures another host kind from this one)")
+    p.add_argument("--matmul_n", type=int, default=0,
+                   help="matmul probe size (0: 2048, or 1024 where bf16 is emulated)")
     a = p.parse_args(argv)
     names = [n for n in a.configs.split(",") if n]
     for n in names:
         if n not in CONFIGS:
             p.error(f"unknown config {n!r}; known: {sorted(CONFIGS)}")
 
+    bench_host.cap_this_process(a.isa)           # before JAX starts
+    isa = bench_host.host_isa(a.isa)
+    peer_env = bench_host.isa_env(a.isa)
+    bf16_hw = bench_host.has_bf16(isa)
+    with_bf16 = not a.fp32_only and (bf16_hw or a.bf16)
+    n_mm = a.matmul_n or (2048 if bf16_hw else 1024)
     from lm import parallel
     avail = parallel.configure_cpu_devices(max(a.cpu_devices, parallel.host_cores()))
     if a.cpu_devices > avail:
@@ -152,19 +185,20 @@ def main(argv=None) -> int:
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
 
     def matmul_rates() -> dict:
-        rows = peer("baby", 1, only="matmul")
-        torch32 = next(r["gflops"] for r in rows if r.get("lib") == "torch"
-                       and r["config"]["dtype"] == "float32")
-        torch16 = next((r["gflops"] for r in rows if r.get("lib") == "torch"
-                        and r["config"]["dtype"] == "bfloat16"), 0.0)
-        return {"jax": jax_matmul_gflops(), "torch": torch32, "torch_bf16": torch16,
-                "ours_bf16": onednn_matmul_gflops()}
+        return {"jax": jax_matmul_gflops(n_mm), "torch": torch_matmul_gflops(n_mm, "float32",
+                                                                              peer_env),
+                "torch_bf16": torch_matmul_gflops(n_mm, "bfloat16", peer_env) if with_bf16
+                else 0.0, "ours_bf16": onednn_matmul_gflops(n_mm) if with_bf16 else 0.0}
 
     start = matmul_rates()
     log("matmul GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in start.items()))
-    result = {"matmul_gflops": {k: round(v, 1) for k, v in start.items()}}
+    result = {"host_isa": isa, "isa_cap": a.isa, "matmul_n": n_mm,
+              "torch_capability": bench_host.torch_capability(peer_env),
+              "bf16": "measured" if bf16_hw and with_bf16 else
+              "emulated" if with_bf16 else "skipped (no bf16 hardware: emulated)",
+              "matmul_gflops": {k: round(v, 1) for k, v in start.items()}}
     sides = [("ours", "float32"), ("peer", "float32")]
-    if not a.fp32_only:
+    if with_bf16:
         sides += [("ours", "bfloat16"), ("peer", "bfloat16")]
     for name in names:
         ours = {dt: Ours(name, a.cpu_devices, dt) for side, dt in sides if side == "ours"}
@@ -176,7 +210,8 @@ def main(argv=None) -> int:
                 if side == "ours":
                     times[(side, dt)] += ours[dt].run(STEPS[name])
                 else:
-                    rows = [x for x in peer(name, STEPS[name], dtype=dt) if x["what"] == "train"]
+                    rows = [x for x in peer(name, STEPS[name], dtype=dt, env=peer_env)
+                            if x["what"] == "train"]
                     peer_rows += rows
                     times[(side, dt)].append(rows[0]["ms_per_step"] / 1e3)
             log(f"  {name} round {r + 1}/{rounds}: " + ", ".join(
@@ -194,8 +229,10 @@ def main(argv=None) -> int:
                "compile_s": round(o.compile_s, 2), "devices": o.devices,
                "timed_steps": len(times[("ours", "float32")]),
                "peer_timed_steps": len(times[("peer", "float32")]) * STEPS[name],
-               "_fpt": o.fpt, "_fpt_peer": fpt_peer}
-        if not a.fp32_only:
+               "_fpt": o.fpt, "_fpt_peer": fpt_peer,
+               "ratio_best": round(max(v for (sd, _), v in tps.items() if sd == "ours") /
+                                   max(v for (sd, _), v in tps.items() if sd == "peer"), 3)}
+        if with_bf16:
             b16 = ours["bfloat16"]
             best_ours = max(tps[("ours", "float32")], tps[("ours", "bfloat16")])
             res.update({"bf16_tokens_per_s": round(tps[("ours", "bfloat16")], 1),
@@ -204,6 +241,7 @@ def main(argv=None) -> int:
                         "peer_bf16_tokens_per_s": round(tps[("peer", "bfloat16")], 1),
                         "peer_bf16_ms_per_step": round(ms[("peer", "bfloat16")], 2),
                         "ratio_bf16": round(best_ours / tps[("peer", "bfloat16")], 3),
+                        "bf16_hardware": bf16_hw,
                         "_best_ours": best_ours})
         result[name] = res
         del ours
@@ -242,6 +280,10 @@ def main(argv=None) -> int:
                   f"{r['ratio_bf16']:6.2f} {100 * r.get('mfu_bf16', 0):5.1f}% "
                   f"{100 * r.get('peer_mfu_bf16', 0):7.1f}%   (ours: {r['bf16_impl']}, "
                   f"{r['bf16_devices']} device)")
+        print(f"{'  best':8s} ratio of the best configurations (ours / peer): {r['ratio_best']:.2f}")
+    print(f"host ISA: {isa['name']}" + (f" (capped at {a.isa}; torch reports "
+                                        f"{result['torch_capability']})" if a.isa else "") +
+          f"; bf16: {result['bf16']}")
     return 0
 
 

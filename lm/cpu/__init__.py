@@ -32,7 +32,7 @@ _state: dict = {}
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -43,12 +43,12 @@ def _cpu_flags() -> frozenset[str]:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 matrix hardware oneDNN uses (AVX512-BF16 or AMX-BF16)."""
-    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def cpu_has_avx512_bf16() -> bool:
     """Whether this CPU has AVX512-BF16 (the few-row decode kernel's instructions)."""
-    return "avx512_bf16" in _cpu_flags()
+    return "avx512_bf16" in cpu_flags()
 
 
 def onednn_prefix() -> Optional[str]:

@@ -42,8 +42,9 @@ def main(argv=None) -> int:
     process.configure_devices(rows=a.batch_size)
     try:
         run = hf.load_as_run(a.hf) if a.hf else runs.load(a.run, step=a.step)
-        names = [n for n in (a.tasks or suite.default_tasks(run)).split(",") if n]
-        todo = suite.plan(names, stages.is_chat(run.stage))
+        chat = stages.is_chat(run.stage)
+        names = [n for n in (a.tasks or suite.default_tasks(chat)).split(",") if n]
+        todo = suite.plan(names, chat)
         result = suite.evaluate(run, todo, limit=a.limit, batch_size=a.batch_size,
                                 progress=not a.no_progress)
     except (runs.RunError, ValueError, TaskDataError, DataUnavailableError) as e:

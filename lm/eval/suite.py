@@ -14,7 +14,7 @@ import time
 
 import jax
 
-from lm import parallel, stages, tasks
+from lm import parallel, tasks
 from lm.config import MeshConfig
 from lm.eval import benchmarks, bpb, probes
 from lm.eval.chat import evaluate_tasks
@@ -23,8 +23,9 @@ BASE_DEFAULT = "hellaswag,arc_easy,arc_challenge,mmlu,bpb"
 CHAT_DEFAULT = "identity,arithmetic_easy,spelling,gsm8k,mmlu,arc_easy,arc_challenge,bpb"
 
 
-def default_tasks(run) -> str:
-    return CHAT_DEFAULT if stages.is_chat(run.stage) else BASE_DEFAULT
+def default_tasks(chat: bool) -> str:
+    """The tasks `python -m lm.eval` runs without --tasks, for a chat run or a base run."""
+    return CHAT_DEFAULT if chat else BASE_DEFAULT
 
 
 def plan(names: list[str], chat: bool) -> dict[str, list[str]]:

@@ -78,6 +78,7 @@ class Stage(base.Stage):
                              f"rl.samples ({rl.prompts} × {rl.samples} = "
                              f"{rl.prompts * rl.samples}): the rows of one rollout batch")
         self.cfg, self.tokenizer = cfg, tokenizer
+        parse_weights(rl.task, task_lib.NAMES, key="rl.task")     # one task, or a mixture
         self.task = task_lib.get(rl.task)
         if self.task.kind != "generative":
             raise ValueError(f"rl.task={rl.task!r} is {self.task.kind}; RL needs a generative "

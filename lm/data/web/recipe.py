@@ -57,7 +57,6 @@ from datatrove.utils.hashing import HashConfig
 from datatrove.utils.stats import Stats
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-import lm
 from lm.data.web import report
 from lm.data.web import stages as st
 from lm.data.web.extractors import Extract, make_extractor
@@ -66,6 +65,9 @@ from lm.data.web.readers import WebReader
 from lm.data.web.shards import ShardWriter, TokenizeDocs, build_tokenizer
 from lm.data.web.stages import CrashAfter, Measured
 
+# lm's checkout (lm/data/web/recipe.py -> ../../..): the Ray workers' import path
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 STAGES = ("filter", "exact_sig", "exact_find", "minhash_sig", "minhash_buckets", "minhash_cluster",
           "output", "shards")
 
@@ -387,7 +389,7 @@ def _ensure_ray(cfg: RecipeConfig):
 
     if not ray.is_initialized():
         # the hook runs before a worker has the driver's import path: give it lm's checkout
-        root = os.path.dirname(os.path.dirname(os.path.abspath(lm.__file__)))
+        root = CHECKOUT
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         env = {"worker_process_setup_hook": "lm.data.web.recipe.ray_worker_setup",
                "env_vars": {"PYTHONPATH": path}}
