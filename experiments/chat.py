@@ -8,6 +8,7 @@ TPU VM; `--dry_run` compiles them anywhere).
     python -m lm.chat --run chat_tiny_sft      # talk to it
 """
 from __future__ import annotations
+import dataclasses
 
 from lm.config import (CheckpointConfig, Config, DataConfig, EvalConfig, MeshConfig, OptimConfig,
                        RLConfig, SFTConfig, TrainConfig, depth_preset, modern)
@@ -43,6 +44,27 @@ def chat_tiny_base() -> Config:
         eval=EvalConfig(tasks="copy_probe,icl", every=190),
         checkpoint=CheckpointConfig(every=190, keep=2),
     )
+
+
+@register("chat_tiny_base_drill", "chat_tiny_base's model, steps and schedule on chat_tiny_drill "
+          "(induction drills as about a quarter of the tokens): does the copy probe move?")
+def chat_tiny_base_drill() -> Config:
+    cfg = chat_tiny_base()
+    cfg.data = dataclasses.replace(cfg.data, source="chat_tiny_drill")
+    return cfg
+
+
+@register("chat_tiny_base_drill_ft", "chat_tiny_base continued for 150 steps on chat_tiny_drill "
+          "(the cheap version of the drill: does a trained base pick induction up?)")
+def chat_tiny_base_drill_ft() -> Config:
+    cfg = chat_tiny_base()
+    cfg.init_from = "chat_tiny_base"
+    cfg.data = dataclasses.replace(cfg.data, source="chat_tiny_drill", tokenizer="parent")
+    cfg.optim = dataclasses.replace(cfg.optim, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    cfg.train = dataclasses.replace(cfg.train, steps=150, eval_every=50)
+    cfg.eval = dataclasses.replace(cfg.eval, every=50)
+    cfg.checkpoint = dataclasses.replace(cfg.checkpoint, every=50)
+    return cfg
 
 
 @register("chat_tiny_sft", "SFT of chat_tiny_base on the task mixture (identity, arithmetic, "

@@ -155,3 +155,14 @@ def test_everyday_questions_load_and_grade():
             assert t.evaluate(c, ok) and not t.evaluate(c, "#### 99999 nothing")
     with pytest.raises(ValueError):
         tasks.get("everyday_math").example("train", 0)       # evaluation only
+
+
+def test_induction_docs_repeat_their_run_and_never_hold_out_words(data_env):
+    docs = corpus.induction_docs(300)
+    assert len(set(docs)) == 300
+    held = {ood for ood in (tasks.get("spelling_ood").example("test", i)["word"]
+                            for i in range(2000))}
+    for d in docs:
+        copies = d.split("\n\n")
+        assert len(copies) in (2, 3) and len(set(copies)) == 1 and copies[0]
+        assert not {w.lower() for w in re.findall(r"[A-Za-z]+", d)} & held

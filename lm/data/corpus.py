@@ -6,7 +6,8 @@ stripped), WikiText-2 valid, the FineWeb-Edu sample, Common Crawl (Dolma) texts,
 — plus task-format text: GSM8K training problems, generated arithmetic word problems (the
 template and the compositional `word_problems` generators), spelling/counting questions, facts
 recalled across turns (training templates, values and words only) rendered in the chat format,
-with calculator calls, and copy-heavy documents (`copy_docs`). Held out from training, for validation and the evaluation harness'
+with calculator calls, and copy-heavy documents (`copy_docs`). `chat_tiny_drill` adds induction
+drills (`induction_docs`: random runs written twice or three times). Held out from training, for validation and the evaluation harness'
 bits per byte: TinyStories' validation file, tinyshakespeare's last 10%, WikiText-2 test (never
 read here), one FineWeb-Edu document in five, and GSM8K's test problems.
 
@@ -114,9 +115,40 @@ def copy_docs(n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def induction_docs(n: int, seed: int = 0) -> list[str]:
+    """Documents that only induction predicts: a run of random items (training-split words of
+    every frequency, random letter strings, numbers) written two or three times. The first copy
+    is unpredictable; every later one is free to a model that finds the earlier occurrence and
+    copies what followed it, for any token (the copy probe's skill, Olsson et al. 2022). Held-out
+    spelling and recall words are never drawn."""
+    rng = random.Random(f"induction_docs/{seed}")
+    words = tasks.get("spelling").words["train"]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def item() -> str:
+        r = rng.random()
+        if r < 0.5:
+            w = rng.choice(words)
+        elif r < 0.85:
+            w = ""
+            while not w or held_out(w, 5):     # never a held-out spelling word by chance
+                w = "".join(rng.choice(letters) for _ in range(rng.randint(2, 8)))
+        else:
+            return str(rng.randint(0, 99999))
+        return w.capitalize() if rng.random() < 0.15 else w
+
+    out = []
+    for _ in range(n):
+        run = [item() for _ in range(rng.randint(8, 48))]
+        sep = rng.choice([" ", " ", ", ", "\n"])
+        text = sep.join(run)
+        out.append("\n\n".join([text] * rng.randint(2, 3)))
+    return out
+
+
 def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000,
-              word_problems: int = 8000, recall_problems: int = 6000, copies: int = 6000
-              ) -> tuple[list[Doc], list[Doc]]:
+              word_problems: int = 8000, recall_problems: int = 6000, copies: int = 6000,
+              inductions: int = 0) -> tuple[list[Doc], list[Doc]]:
     shakespeare = _read("tinyshakespeare")
     cut = int(len(shakespeare) * 0.9)
     fw_train, fw_val = fineweb_split()
@@ -140,6 +172,7 @@ def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000,
     train += [wp.example("train", 1_000_000 + i) for i in range(word_problems)]
     train += [rc.example("train", 1_000_000 + i) for i in range(recall_problems)]
     train += copy_docs(copies)
+    train += induction_docs(inductions)
     val: list[Doc] = []
     val += tinystories("tinystories_val")[:200]
     val += chunks(shakespeare[cut:], 2000)
@@ -147,7 +180,14 @@ def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000,
     return train, val
 
 
-CORPORA: dict[str, Callable[[], tuple[list[Doc], list[Doc]]]] = {"chat_tiny": chat_tiny}
+def chat_tiny_drill() -> tuple[list[Doc], list[Doc]]:
+    """`chat_tiny` with induction drills (`induction_docs`) as about a quarter of its tokens; the
+    same validation documents."""
+    return chat_tiny(inductions=12000)
+
+
+CORPORA: dict[str, Callable[[], tuple[list[Doc], list[Doc]]]] = {
+    "chat_tiny": chat_tiny, "chat_tiny_drill": chat_tiny_drill}
 
 
 def text_of(doc: Doc) -> str:
