@@ -9,11 +9,14 @@ and *interpreted* node by node against an allow-list:
 - calls: `len(s)`, `abs`, `round`, `min`, `max` over numbers, and `s.count(sub)` on strings
   (the "how many r in strawberry" tool) — no other names, attributes, subscripts or keywords.
 
-Limits: expression length, AST node count, integer size (bits), string size, and a wall-clock
-deadline checked at every node (each single operation is bounded by the size limits, so the
-deadline cannot be overshot by much). Anything else — a disallowed construct, a limit, a division
+Limits: expression length, AST node count, integer size (bits), string size, and a deadline in
+the calling thread's CPU time checked at every node (each single operation is bounded by the size
+limits, so the deadline cannot be overshot by much). CPU time, not wall-clock time: a loaded or
+descheduled machine must not turn `12+5` into an error. Anything else — a disallowed construct, a limit, a division
 by zero — gives an `"Error: ..."` string, which the engine writes back as the tool output.
 Commas used as thousands separators (`1,234 * 5`) are accepted, as in nanochat's calculator.
+`compute(expr)` is the same calculator for generated training data: no deadline, and a refused
+expression raises `CalculatorError` (a bug in the generator, never a number in the data).
 Results are written as a person writes them: a whole float as an integer (`48/2` -> `24`), other
 floats to 12 significant digits (`0.1+0.2` -> `0.3`).
 """
@@ -26,7 +29,7 @@ import re
 import time
 from dataclasses import dataclass
 
-__all__ = ["Limits", "calculate", "CalculatorError"]
+__all__ = ["Limits", "DATA_LIMITS", "calculate", "compute", "CalculatorError"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+DATA_LIMITS = Limits(timeout_s=math.inf)     # generated data: the same answer on any machine
 
 
 class CalculatorError(Exception):
@@ -61,7 +65,7 @@ def _is_num(x) -> bool:
 class _Interpreter:
     def __init__(self, limits: Limits):
         self.lim = limits
-        self.deadline = time.perf_counter() + limits.timeout_s
+        self.deadline = time.thread_time() + limits.timeout_s
 
     def check_value(self, v):
         if isinstance(v, bool):
@@ -77,7 +81,7 @@ class _Interpreter:
         return v
 
     def eval(self, node):
-        if time.perf_counter() > self.deadline:
+        if time.thread_time() >= self.deadline:
             raise CalculatorError("time limit exceeded")
         meth = getattr(self, f"_{type(node).__name__}", None)
         if meth is None:
@@ -244,3 +248,12 @@ def calculate(expr: str, limits: Limits = DEFAULT_LIMITS) -> str:
         return "Error: expression too complex"
     except Exception as e:  # noqa: BLE001 - the engine must never see an exception from a tool
         return f"Error: {type(e).__name__}"
+
+
+def compute(expr: str) -> str:
+    """The calculator's result for generated training data (what `calculate` gives, with no
+    deadline); raises CalculatorError for an expression the calculator refuses."""
+    out = calculate(expr, DATA_LIMITS)
+    if out.startswith("Error"):
+        raise CalculatorError(f"{expr!r}: {out}")
+    return out

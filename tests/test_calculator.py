@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from lm.tools_calc import Limits, calculate
+from lm import tasks
+from lm.tools_calc import CalculatorError, Limits, calculate, compute
 
 
 @pytest.mark.parametrize("expr,want", [
@@ -100,6 +101,24 @@ def test_deadline():
     # Each single operation is bounded, and the deadline is checked at every node.
     lim = Limits(timeout_s=0.0)
     assert calculate("1 + 1", lim) == "Error: time limit exceeded"
+
+
+def test_wall_clock_stalls_do_not_count(monkeypatch):
+    # A loaded machine (the wall clock jumping a second between two nodes) is not the
+    # expression's cost: the deadline is in this thread's CPU time. Generated training data goes
+    # through the same calculator, so it must not depend on the machine's load either.
+    want = [tasks.get("arithmetic_easy").example("train", i) for i in range(5)]
+    ticks = iter(range(10 ** 9))
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(ticks)))
+    assert calculate("12 + 5 * 3") == "27"
+    assert [tasks.get("arithmetic_easy").example("train", i) for i in range(5)] == want
+
+
+def test_compute_raises_for_generators():
+    assert compute("1,200 / 4") == "300"
+    with pytest.raises(CalculatorError, match="division by zero"):
+        compute("5 / 0")
 
 
 def test_never_raises_on_odd_input():

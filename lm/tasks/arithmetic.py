@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from lm.conversation import conversation
 from lm.tasks.base import Task, final_number, same_number
-from lm.tools_calc import calculate
+from lm.tools_calc import compute
 
 NAMES = {"She": ["Emily", "Ava", "Mia", "Zoe", "Sara", "Nina", "Lily", "Maya", "Ella", "Ruby",
                  "Anna", "Ivy", "Rosa", "Grace", "Hana"],
@@ -214,7 +214,7 @@ def problem(ops: tuple[str, ...], split: str, rng: random.Random, top: int
         left = acc if left is None else left
         sym, lead = OPS[op]
         expr = f"{left}{sym}{right}"
-        result = calculate(expr)
+        result = compute(expr)
         parts.append({"type": "text", "text": f"{lead}{left} {sym} {right} = "})
         parts.append({"type": "python", "text": expr})
         parts.append({"type": "output", "text": result})

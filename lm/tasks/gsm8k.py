@@ -16,7 +16,7 @@ from functools import cached_property
 from lm.conversation import conversation
 from lm.data import sources
 from lm.tasks.base import Task, TaskDataError, calc_parts, final_number, same_number
-from lm.tools_calc import calculate
+from lm.tools_calc import DATA_LIMITS, calculate
 
 TRAIN_HOLDOUT = 500
 
@@ -30,7 +30,7 @@ def answer_parts(answer: str) -> list[dict]:
     parts = calc_parts(answer)
     for k, p in enumerate(parts):
         if p["type"] == "python":
-            got = calculate(p["text"])
+            got = calculate(p["text"], DATA_LIMITS)
             if not got.startswith("Error"):
                 parts[k + 1] = {"type": "output", "text": got}
     return parts

@@ -20,7 +20,7 @@ import random
 from lm.conversation import conversation
 from lm.tasks.arithmetic import NAMES
 from lm.tasks.base import Task, final_number, same_number, stable_hash
-from lm.tools_calc import calculate
+from lm.tools_calc import compute
 
 WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
          9: "nine", 10: "ten", 11: "eleven", 12: "twelve"}
@@ -187,7 +187,7 @@ def problem(split: str, rng: random.Random, two_step: bool) -> tuple[str, list[d
     left, op, right = s["calc"]
     nums = {"a": a, "b": b}
     expr = f"{nums[left]} {op} {nums[right]}"
-    result = calculate(expr.replace(" ", ""))
+    result = compute(expr.replace(" ", ""))
     parts = [{"type": "text", "text": s["lead"].format(a=a, b=b, **slots)},
              {"type": "python", "text": expr.replace(" ", "")},
              {"type": "output", "text": result},
@@ -203,7 +203,7 @@ def problem(split: str, rng: random.Random, two_step: bool) -> tuple[str, list[d
             who = B if name in ("more_than", "fewer_than", "double") else A
             facts += f" {who} {clause.format(c=number(c, rng))}."
             expr2 = f"{total}{op2}{c}"
-            r2 = calculate(expr2)
+            r2 = compute(expr2)
             parts += [{"type": "text", "text": f"{total} " + lead2.format(c=c)},
                       {"type": "python", "text": expr2}, {"type": "output", "text": r2},
                       {"type": "text", "text": f"{r2}.\n"}]
