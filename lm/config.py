@@ -100,6 +100,10 @@ class ModelConfig:
     pos: Literal["learned", "rope"] = "learned"
     rope_theta: float = num(10000.0, 0, lo_open=True)
     qk_norm: bool = False
+    # a learned gain per head channel after the QK-norm (Qwen3's q_norm/k_norm). Without it a
+    # normed query·key is at most head_dim, so the attention logits are bounded by sqrt(head_dim)
+    # (8 at head_dim 64) and a head cannot attend sharply to one earlier token (docs/context.md)
+    qk_norm_scale: bool = False
     bias: bool = True
     tie_embeddings: bool = True
     logit_softcap: float = num(0.0, 0)   # 0 = off; else logits = c*tanh(logits/c)
@@ -142,6 +146,8 @@ class ModelConfig:
         if self.n_embd % self.n_head:
             raise ConfigError(f"{prefix}.n_embd ({self.n_embd}) must be divisible by "
                               f"{prefix}.n_head ({self.n_head})")
+        if self.qk_norm_scale and not self.qk_norm:
+            raise ConfigError(f"{prefix}.qk_norm_scale=true needs {prefix}.qk_norm=true")
         if self.n_head % self.kv_heads:
             raise ConfigError(f"{prefix}.n_head ({self.n_head}) must be divisible by "
                               f"{prefix}.n_kv_head ({self.kv_heads})")

@@ -145,8 +145,10 @@ class Attention(nn.Module):
         k_BTKH = rearrange(qkv[..., N * H:(N + K) * H], "b t (k h) -> b t k h", k=K)
         v_BTKH = rearrange(qkv[..., (N + K) * H:], "b t (k h) -> b t k h", k=K)
         if c.qk_norm:
-            qn = Norm("rmsnorm", c.norm_eps, use_bias=False, use_scale=False)
-            q_BTNH, k_BTKH = qn(q_BTNH), qn(k_BTKH)
+            q_BTNH = Norm("rmsnorm", c.norm_eps, use_bias=False, use_scale=c.qk_norm_scale,
+                          name="q_norm")(q_BTNH)
+            k_BTKH = Norm("rmsnorm", c.norm_eps, use_bias=False, use_scale=c.qk_norm_scale,
+                          name="k_norm")(k_BTKH)
         if c.pos == "rope":
             q_BTNH = rope(q_BTNH, positions_BT, c.rope_theta)
             k_BTKH = rope(k_BTKH, positions_BT, c.rope_theta)

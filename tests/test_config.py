@@ -45,6 +45,7 @@ def test_every_numeric_field_has_a_range():
     ("checkpoint.keep=0", "checkpoint.keep"),
     ("optim.lr=nan", "optim.lr"),
     ("optim.min_lr=1.0", "optim.min_lr"),
+    ("model.qk_norm_scale=true", "model.qk_norm_scale=true needs model.qk_norm=true"),
 ])
 def test_out_of_range_values_are_named_errors(override, match):
     with pytest.raises(ConfigError, match=match):

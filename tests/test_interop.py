@@ -32,6 +32,10 @@ CONFIGS = {
                mlp="swiglu", mlp_hidden=96), qk_norm=False, logit_softcap=0.0, rope_theta=500.0),
     "qwen3": lambda V: dataclasses.replace(
         modern(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+               mlp="swiglu", mlp_hidden=96), logit_softcap=0.0, qk_norm_scale=True),
+    # a QK-norm without a learned gain exports as Qwen3 with gains of ones
+    "qwen3_unscaled": lambda V: dataclasses.replace(
+        modern(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
                mlp="swiglu", mlp_hidden=96), logit_softcap=0.0),
 }
 
@@ -48,7 +52,7 @@ def _random_params(cfg, seed=0):
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_export_import_parity_and_round_trip(arch, tok, tmp_path):
     cfg = Config(model=CONFIGS[arch](tok.vocab_size), data=DataConfig(seq_len=32)).validate()
-    assert hf.architecture(cfg.model) == arch
+    assert hf.architecture(cfg.model) == arch.split("_")[0]
     params = _random_params(cfg.model)
     out = hf.export(params, cfg, tok, str(tmp_path / "hf"))
     ref = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
@@ -61,9 +65,15 @@ def test_export_import_parity_and_round_trip(arch, tok, tmp_path):
     assert np.abs(ours - theirs).max() <= 1e-4
     # import: the same logits from the folder, and bit-identical parameters
     cfg2, params2, tok2 = hf.load_folder(out)
-    assert cfg2.model == cfg.model
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+    assert cfg2.model == cfg.model          # lm_config.json keeps our exact options
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2), strict=True):
         np.testing.assert_array_equal(np.asarray(a), b)
+    if arch == "qwen3_unscaled":    # a folder without lm_config.json is read as Qwen3 is
+        os.remove(os.path.join(out, "lm_config.json"))
+        cfg3, params3, _ = hf.load_folder(out)
+        assert cfg3.model.qk_norm_scale
+        assert all(np.all(params3[h]["attn"][f"{x}_norm"]["scale"] == 1)
+                   for h in ("h_0", "h_1") for x in "qk")
     assert tok2.to_dict() == tok.to_dict()
     # an import written as a run directory trains, samples and evaluates like any run
     from lm import runs

@@ -41,6 +41,28 @@ def test_modern_structure():
     assert float(jnp.abs(logits).max()) <= TINY_MODERN.logit_softcap
 
 
+def test_qk_norm_gain_lifts_the_bound_on_attention_logits():
+    """Without a gain a normed q·k is at most head_dim, so one key can hold at most
+    e^(2·sqrt(head_dim)) times the weight of another; a learned gain lifts that bound."""
+    cfg = dataclasses.replace(TINY_MODERN, qk_norm_scale=True)
+    p = model.init(cfg, jax.random.key(0))
+    H = cfg.n_embd // cfg.n_head
+    for x in "qk":
+        np.testing.assert_array_equal(p["h_0"]["attn"][f"{x}_norm"]["scale"], np.ones(H))
+    assert "q_norm" not in model.init(TINY_MODERN, jax.random.key(0))["h_0"]["attn"]
+    # gains of ones: the same function as the unscaled QK-norm
+    x = jax.random.randint(jax.random.key(1), (2, 16), 0, cfg.vocab_size)
+    np.testing.assert_allclose(model.apply(p, cfg, x),
+                               model.apply(model.init(TINY_MODERN, jax.random.key(0)),
+                                           TINY_MODERN, x), atol=1e-5)
+    # larger gains change the function (the gain is used, not only stored)
+    p2 = jax.tree.map(lambda a: a, p)
+    for h in ("h_0", "h_1"):
+        for n in "qk":
+            p2[h]["attn"][f"{n}_norm"]["scale"] = 4.0 * np.ones(H, np.float32)
+    assert not np.allclose(model.apply(p2, cfg, x), model.apply(p, cfg, x), atol=1e-3)
+
+
 @pytest.mark.parametrize("cfg", [TINY, TINY_MODERN, modern(vocab_size=97, block_size=32,
                                                           n_layer=1, n_head=4, n_embd=32,
                                                           mlp="swiglu")],

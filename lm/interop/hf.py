@@ -99,9 +99,11 @@ def to_hf(params: Any, m: ModelConfig) -> dict[str, np.ndarray]:
         out[t + "mlp.down_proj.weight"] = p(h, "mlp", "c_proj", "kernel").T
         out[t + "input_layernorm.weight"] = p(h, "ln_1", "scale")
         out[t + "post_attention_layernorm.weight"] = p(h, "ln_2", "scale")
-        if arch == "qwen3":     # our QK-norm has no scale: HF's weight of ones
-            out[t + "self_attn.q_norm.weight"] = np.ones((H,), np.float32)
-            out[t + "self_attn.k_norm.weight"] = np.ones((H,), np.float32)
+        if arch == "qwen3":     # a QK-norm without a learned gain: HF's weight of ones
+            for x in "qk":
+                out[t + f"self_attn.{x}_norm.weight"] = (
+                    p(h, "attn", f"{x}_norm", "scale") if m.qk_norm_scale
+                    else np.ones((H,), np.float32))
     out["model.norm.weight"] = p("ln_f", "scale")
     out["lm_head.weight"] = p("lm_head", "kernel").T
     return out
@@ -132,17 +134,13 @@ def from_hf(sd: dict[str, np.ndarray], m: ModelConfig) -> dict:
         t = f"model.layers.{i}."
         qkv = np.concatenate([g(t + f"self_attn.{x}_proj.weight").T for x in "qkv"], axis=1)
         fc = np.concatenate([g(t + "mlp.gate_proj.weight").T, g(t + "mlp.up_proj.weight").T], 1)
-        if arch == "qwen3":
-            for x in "qk":
-                w = g(t + f"self_attn.{x}_norm.weight")
-                if not np.all(w == 1):
-                    raise InteropError(f"{t}self_attn.{x}_norm.weight is not all ones: lm's "
-                                       f"QK-norm has no learned scale")
         params[f"h_{i}"] = {
             "ln_1": {"scale": g(t + "input_layernorm.weight")},
             "ln_2": {"scale": g(t + "post_attention_layernorm.weight")},
             "attn": {"c_attn": {"kernel": qkv},
-                     "c_proj": {"kernel": g(t + "self_attn.o_proj.weight").T}},
+                     "c_proj": {"kernel": g(t + "self_attn.o_proj.weight").T},
+                     **({f"{x}_norm": {"scale": g(t + f"self_attn.{x}_norm.weight")}
+                         for x in "qk"} if m.qk_norm_scale else {})},
             "mlp": {"c_fc": {"kernel": fc}, "c_proj": {"kernel": g(t + "mlp.down_proj.weight").T}}}
     params["ln_f"] = {"scale": g("model.norm.weight")}
     params["lm_head"] = {"kernel": g("lm_head.weight").T}
@@ -213,8 +211,8 @@ def model_config(hf: dict) -> ModelConfig:
                            n_kv_head=hf.get("num_key_value_heads") or None, mlp="swiglu",
                            mlp_hidden=hf["intermediate_size"], norm="rmsnorm",
                            norm_eps=hf.get("rms_norm_eps", 1e-6), pos="rope",
-                           rope_theta=float(rope), qk_norm=t == "qwen3", bias=False,
-                           tie_embeddings=False)
+                           rope_theta=float(rope), qk_norm=t == "qwen3",
+                           qk_norm_scale=t == "qwen3", bias=False, tie_embeddings=False)
     raise InteropError(f"model_type {t!r} is not supported (gpt2, llama, qwen3)")
 
 
