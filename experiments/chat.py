@@ -67,6 +67,28 @@ def chat_tiny_base_drill_ft() -> Config:
     return cfg
 
 
+@register("chat_tiny_induction_warmup", "chat_tiny_base's model for 150 steps on induction drills "
+          "only, with the chain's tokenizer: induction heads first (the toy: tools/induction_toy.py)")
+def chat_tiny_induction_warmup() -> Config:
+    cfg = chat_tiny_base()
+    cfg.data = dataclasses.replace(cfg.data, source="induction_drill",
+                                   tokenizer_source="chat_tiny_drill")
+    cfg.optim = dataclasses.replace(cfg.optim, schedule="constant", warmup_steps=50)
+    cfg.train = dataclasses.replace(cfg.train, steps=150, eval_every=50, sample_tokens=0)
+    cfg.eval = dataclasses.replace(cfg.eval, every=50)
+    cfg.checkpoint = dataclasses.replace(cfg.checkpoint, every=150)
+    return cfg
+
+
+@register("chat_tiny_base_warm", "chat_tiny_base_drill (same steps and schedule) from "
+          "chat_tiny_induction_warmup: do induction heads formed first survive the mixture?")
+def chat_tiny_base_warm() -> Config:
+    cfg = chat_tiny_base_drill()
+    cfg.init_from = "chat_tiny_induction_warmup"
+    cfg.data = dataclasses.replace(cfg.data, tokenizer="parent")
+    return cfg
+
+
 @register("chat_tiny_sft", "SFT of chat_tiny_base on the task mixture (identity, arithmetic, "
           "spelling, GSM8K, MMLU, Dolly, Alpaca); held-out accuracy through the engine")
 def chat_tiny_sft() -> Config:

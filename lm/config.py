@@ -198,6 +198,9 @@ def model_preset(name: str) -> ModelConfig:
 class DataConfig:
     source: str = "tinyshakespeare"       # a name in lm.data.pipeline.SOURCES
     tokenizer: str = "char"               # 'char', 'gpt2', or a path to a saved tokenizer artifact
+    # the corpus a 'bpe:N' tokenizer is trained on ('' = data.source): a warm-up on another
+    # mixture shares the chain's tokenizer
+    tokenizer_source: str = ""
     train_split: float = num(0.9, 0, 1, lo_open=True, hi_open=True)  # first fraction of the token stream for training
     seq_len: int = num(64, 1)             # tokens per row (targets are the next tokens)
     batch_size: int = num(12, 1)          # global batch (rows per optimizer step)

@@ -6,6 +6,7 @@ import pytest
 
 from lm.config import DataConfig
 from lm.data import pipeline, sources
+from lm.data.corpus import CORPORA
 from lm.tokenizer import CharTokenizer, load_tokenizer
 
 
@@ -117,3 +118,24 @@ def test_bpe_tokenizer_trained_on_train_split_only(data_env, tmp_path, monkeypat
 def test_unknown_tokenizer_name_is_a_clear_error():
     with pytest.raises(ValueError, match="data.tokenizer.*'char'"):
         pipeline.build_tokenizer(DataConfig(tokenizer="no_such_tokenizer"), text="abc")
+
+
+def test_tokenizer_source_trains_the_bpe_on_another_source(data_env, tmp_path, monkeypatch):
+    """A warm-up on one corpus shares the tokenizer another corpus' run trains."""
+    monkeypatch.setenv("LM_TOKENIZER_DIR", str(tmp_path))
+    own = pipeline.build_tokenizer(DataConfig(tokenizer="bpe:400"))        # tinyshakespeare
+    other = pipeline.build_tokenizer(DataConfig(source="induction_drill", tokenizer="bpe:400",
+                                                tokenizer_source="tinyshakespeare"),
+                                     text="text that must not be used")
+    assert other.to_dict() == own.to_dict()
+    assert sorted(os.listdir(tmp_path)) == ["tinyshakespeare_train_bpe400.json"]
+    with pytest.raises(ValueError, match="data.tokenizer_source.*'nope'"):
+        pipeline.build_tokenizer(DataConfig(tokenizer="bpe:400", tokenizer_source="nope"))
+
+
+def test_induction_drill_repeats_each_run_and_holds_out_its_validation():
+    train, val = CORPORA["induction_drill"]()
+    for d in train[:50]:
+        copies = d.split("\n\n")
+        assert len(copies) in (2, 3) and len(set(copies)) == 1
+    assert not set(val) & set(train)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from lm import kernels, model
-from lm.config import ConfigError, ModelConfig, depth_preset, gpt2_preset, modern
+from lm.config import (Config, ConfigError, DataConfig, ModelConfig, depth_preset, gpt2_preset,
+                       modern)
+from tools import induction_toy
 
 TINY = ModelConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32)
 TINY_MODERN = modern(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32, n_kv_head=2)
@@ -321,3 +323,14 @@ def test_onednn_model_gradients_match_xla_bf16(base):
         np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-3, err_msg=str(path))
     assert kernels.resolve("auto", "bfloat16") == "onednn"
     assert kernels.resolve("auto", "float32") == "xla_cpu"
+
+
+def test_two_layers_learn_induction_and_a_causal_mask_is_what_makes_it_possible():
+    """tools.induction_toy on a tiny model: the second copy of a random sequence becomes
+    predictable (a head attends to the earlier occurrence), the first copy never can."""
+    cfg = Config(model=modern(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32),
+                 data=DataConfig(seq_len=16))
+    rows = induction_toy.run(cfg, steps=200, length=8, dist="uniform", loss_on="second",
+                             batch_size=32, lr=1e-2, seed=0, every=200, log=lambda s: None)
+    assert rows[-1]["first"] > 0.8 * math.log(32)          # unpredictable, as it must be
+    assert rows[-1]["second"] < 0.3 * rows[-1]["first"]

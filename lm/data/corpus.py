@@ -186,8 +186,15 @@ def chat_tiny_drill() -> tuple[list[Doc], list[Doc]]:
     return chat_tiny(inductions=12000)
 
 
+def induction_drill() -> tuple[list[Doc], list[Doc]]:
+    """Induction drills only (a warm-up in which the only thing to learn is to copy what
+    followed an earlier occurrence); validation on runs drawn with another seed."""
+    return induction_docs(30000), induction_docs(300, seed=1)
+
+
 CORPORA: dict[str, Callable[[], tuple[list[Doc], list[Doc]]]] = {
-    "chat_tiny": chat_tiny, "chat_tiny_drill": chat_tiny_drill}
+    "chat_tiny": chat_tiny, "chat_tiny_drill": chat_tiny_drill,
+    "induction_drill": induction_drill}
 
 
 def text_of(doc: Doc) -> str:

@@ -8,6 +8,7 @@ is saved in checkpoints so a resumed run sees exactly the batches it would have 
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -81,6 +82,12 @@ def build_tokenizer(cfg: DataConfig, text: Optional[str] = None) -> Tokenizer:
         vocab = cfg.tokenizer[4:]
         if not vocab.isdigit():
             raise ValueError(f"data.tokenizer: {cfg.tokenizer!r}: expected 'bpe:<vocab size>'")
+        if cfg.tokenizer_source and cfg.tokenizer_source != cfg.source:
+            if cfg.tokenizer_source not in CORPORA and cfg.tokenizer_source not in TEXT_SOURCES:
+                raise ValueError(f"data.tokenizer_source: unknown source "
+                                 f"{cfg.tokenizer_source!r}; known: "
+                                 f"{sorted(TEXT_SOURCES) + sorted(CORPORA)}")
+            cfg, text = dataclasses.replace(cfg, source=cfg.tokenizer_source), None
         if cfg.source in CORPORA:
             return _train_split_bpe(cfg, int(vocab),
                                     docs=[text_of(d) for d in CORPORA[cfg.source]()[0]])
