@@ -29,6 +29,14 @@ def _tiny_model():
                   mlp="swiglu", logit_softcap=0.0)
 
 
+def _short(cfg: Config, steps: int, every: int) -> Config:
+    """A short run of `cfg`: `steps` steps, evaluated (loss and probes) and saved every `every`."""
+    cfg.train = dataclasses.replace(cfg.train, steps=steps, eval_every=every)
+    cfg.eval = dataclasses.replace(cfg.eval, every=every)
+    cfg.checkpoint = dataclasses.replace(cfg.checkpoint, every=every)
+    return cfg
+
+
 @register("chat_tiny_base", "base model of the CPU chat chain: a 4,096-token BPE with the chat "
           "specials, a 6L/256 modern GPT on the data folder's English text + task-format text")
 def chat_tiny_base() -> Config:
@@ -61,10 +69,7 @@ def chat_tiny_base_drill_ft() -> Config:
     cfg.init_from = "chat_tiny_base"
     cfg.data = dataclasses.replace(cfg.data, source="chat_tiny_drill", tokenizer="parent")
     cfg.optim = dataclasses.replace(cfg.optim, lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    cfg.train = dataclasses.replace(cfg.train, steps=150, eval_every=50)
-    cfg.eval = dataclasses.replace(cfg.eval, every=50)
-    cfg.checkpoint = dataclasses.replace(cfg.checkpoint, every=50)
-    return cfg
+    return _short(cfg, steps=150, every=50)
 
 
 @register("chat_tiny_induction_warmup", "chat_tiny_base's model for 150 steps on induction drills "
@@ -74,10 +79,8 @@ def chat_tiny_induction_warmup() -> Config:
     cfg.data = dataclasses.replace(cfg.data, source="induction_drill",
                                    tokenizer_source="chat_tiny_drill")
     cfg.optim = dataclasses.replace(cfg.optim, schedule="constant", warmup_steps=50)
-    cfg.train = dataclasses.replace(cfg.train, steps=150, eval_every=50, sample_tokens=0)
-    cfg.eval = dataclasses.replace(cfg.eval, every=50)
-    cfg.checkpoint = dataclasses.replace(cfg.checkpoint, every=150)
-    return cfg
+    cfg.train = dataclasses.replace(cfg.train, sample_tokens=0)
+    return _short(cfg, steps=150, every=50)
 
 
 @register("chat_tiny_base_warm", "chat_tiny_base_drill (same steps and schedule) from "

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--json", action="store_true", help="print the rows as JSON at the end")
     a = ap.parse_args(argv)
-    for name in ("vocab", "length", "steps", "batch_size", "every"):
+    for name in ("length", "steps", "batch_size", "every"):
         if getattr(a, name) < 1:
             ap.error(f"--{name} must be >= 1")
     if a.vocab < 2:
