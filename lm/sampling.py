@@ -83,11 +83,17 @@ class Sampler:
     def make(cls, rows: int, vocab: int, temperature=1.0, top_k=0, top_p=1.0,
              impl: str = "plain") -> "Sampler":
         """From scalars or per-row sequences (host values)."""
-        t = np.broadcast_to(np.asarray(temperature, np.float32), (rows,))
-        k = np.broadcast_to(np.asarray(top_k, np.int32), (rows,))
-        p = np.broadcast_to(np.asarray(top_p, np.float32), (rows,))
-        if (t < 0).any() or (k < 0).any() or ((p <= 0) | (p > 1)).any():
+        t = np.broadcast_to(np.asarray(temperature, np.float64), (rows,))
+        k = np.broadcast_to(np.asarray(top_k, np.float64), (rows,))
+        p = np.broadcast_to(np.asarray(top_p, np.float64), (rows,))
+        if not (np.isfinite(t).all() and np.isfinite(p).all()) or (t < 0).any() \
+                or (k < 0).any() or ((p <= 0) | (p > 1)).any():
             raise ValueError("sampling: temperature must be >= 0, top_k >= 0, top_p in (0, 1]")
+        # what float32 / int32 cannot hold means the same here: a top_k past the vocabulary is
+        # the whole vocabulary, a top_p under float32's tiniest keeps the first candidate only
+        k = np.minimum(k, vocab).astype(np.int32)
+        p = np.maximum(p, np.finfo(np.float32).tiny).astype(np.float32)
+        t = np.minimum(t, np.finfo(np.float32).max).astype(np.float32)
         live = t > 0
         if (live & (p < 1) & (k == 0)).any():
             k_max = vocab

@@ -107,6 +107,19 @@ def test_nan_and_infinite_sampling_settings_are_400(client):
             assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
 
 
+@pytest.mark.parametrize("extra", [{"top_k": 2 ** 40}, {"top_k": 2 ** 63 - 1}, {"top_p": 1e-300},
+                                   {"temperature": 1e-300}, {"top_p": 5e-324, "top_k": 2 ** 31}])
+def test_sampling_values_past_float32_and_int32_are_answered(client, extra):
+    """Schema-valid values the engine's float32 / int32 cannot hold (found by the fuzzer): a top_k
+    past the vocabulary means the whole vocabulary, a top_p under float32's tiniest the first
+    candidate, a temperature under it greedy."""
+    for route, body in (("/v1/completions", {"prompt": "Hello"}), ("/v1/chat/completions",
+                                                                      {"messages": msgs()})):
+        r = client.post(route, json={**body, "max_tokens": 2, "temperature": 0.7, **extra})
+        assert r.status_code == 200, r.text
+    assert healthy(client)
+
+
 def test_usage_and_logprobs_stop_at_a_stop_string(client):
     body = {"prompt": "Hello there", "max_tokens": 24, "temperature": 0, "logprobs": 0}
     full = client.post("/v1/completions", json=body).json()
