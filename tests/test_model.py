@@ -321,7 +321,10 @@ def test_onednn_model_gradients_match_xla_bf16(base):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads("onednn")),
                             jax.tree.leaves(grads("xla_cpu"))):
         np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-3, err_msg=str(path))
-    assert kernels.resolve("auto", "bfloat16") == "onednn"
+    # auto takes oneDNN only in a one-device process (its custom calls are not partitioned over
+    # a mesh); the tests run with 8 simulated devices
+    assert kernels.resolve("auto", "bfloat16") == ("onednn" if jax.device_count() == 1
+                                                   else "xla_cpu")
     assert kernels.resolve("auto", "float32") == "xla_cpu"
 
 
