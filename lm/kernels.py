@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Literal
+from typing import Literal, Optional
 
 import flax.linen as nn
 import jax
@@ -402,17 +402,24 @@ def argmax(x: Array, impl: Impl = "plain") -> Array:
 # ---- causal self-attention (training and full-sequence forward) ----------------------------------
 
 def causal_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array, scale: float,
-                     impl: Impl = "plain") -> Array:
-    """softmax(q kᵀ · scale, causal) v per head, softmax in float32. On the onednn path, bf16
-    multi-head attention runs its four batched matmuls (and the backward's) through oneDNN,
-    reading the [B, T, heads, H] activations in place; else `jax.nn.dot_product_attention`."""
+                     impl: Impl = "plain", mask_B1TS: Optional[Array] = None) -> Array:
+    """softmax(q kᵀ · scale) v per head over the keys `mask_B1TS` allows (default: causal),
+    softmax in float32. On the onednn path, bf16 multi-head attention runs its four batched
+    matmuls (and the backward's) through oneDNN, reading the [B, T, heads, H] activations in
+    place; else `jax.nn.dot_product_attention`. A mask (packed documents) keeps the onednn path."""
     if impl == "onednn" and q_BTNH.dtype == jnp.bfloat16 and \
             q_BTNH.shape[2] == k_BTKH.shape[2] and k_BTKH.dtype == v_BTKH.dtype == jnp.bfloat16:
-        return _attention_onednn(q_BTNH, k_BTKH, v_BTKH, scale)
+        T = q_BTNH.shape[1]
+        if mask_B1TS is None:
+            mask_B1TS = jnp.tril(jnp.ones((T, T), bool))[None, None]
+        return _attention_onednn(q_BTNH, k_BTKH, v_BTKH, mask_B1TS, scale)
     # JAX's opt-in softmax rule (backward p·(g − Σ g·p)): better memory and stability, and no
     # slow reduce on XLA:CPU (docs/performance.md).
     with jax.softmax_custom_jvp(True):
-        return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True, scale=scale)
+        if mask_B1TS is None:
+            return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, is_causal=True,
+                                                scale=scale)
+        return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TS, scale=scale)
 
 
 _HEADS = (0, 2, 1, 3)      # [B, T, N, H] read as [B, N, T, H]
@@ -433,23 +440,21 @@ def _apply(p_BNTS, v_BSNH, transpose_p=False):
                      (B, T, N, H), out_perm=_HEADS)
 
 
-def _attention_onednn_fwd(q, k, v, scale):
-    T = q.shape[1]
+def _attention_onednn_fwd(q, k, v, mask_B1TS, scale):
     s_BNTS = _scores(q, k) * scale
-    causal = jnp.tril(jnp.ones((T, T), bool))
-    s_BNTS = jnp.where(causal, s_BNTS, jnp.finfo(jnp.float32).min)
+    s_BNTS = jnp.where(mask_B1TS, s_BNTS, jnp.finfo(jnp.float32).min)
     p_BNTS = jax.nn.softmax(s_BNTS, axis=-1).astype(jnp.bfloat16)
     o = _apply(p_BNTS, v)
-    return o, (q, k, v, p_BNTS, o)
+    return o, (q, k, v, mask_B1TS, p_BNTS, o)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attention_onednn(q, k, v, scale):
-    return _attention_onednn_fwd(q, k, v, scale)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention_onednn(q, k, v, mask_B1TS, scale):
+    return _attention_onednn_fwd(q, k, v, mask_B1TS, scale)[0]
 
 
 def _attention_onednn_bwd(scale, res, do):
-    q, k, v, p_BNTS, o = res
+    q, k, v, mask_B1TS, p_BNTS, o = res
     do = do.astype(q.dtype)
     dv = _apply(p_BNTS, do, transpose_p=True)
     dp_BNTS = _scores(do, v)
@@ -458,7 +463,7 @@ def _attention_onednn_bwd(scale, res, do):
     ds_BNTS = (p_BNTS.astype(jnp.float32) * (dp_BNTS - delta_BNT1) * scale).astype(q.dtype)
     dq = _apply(ds_BNTS, k)
     dk = _apply(ds_BNTS, q, transpose_p=True)
-    return dq, dk, dv
+    return dq, dk, dv, None
 
 
 _attention_onednn.defvjp(_attention_onednn_fwd, _attention_onednn_bwd)

@@ -156,14 +156,9 @@ class Attention(nn.Module):
         if cache is not None:
             y_BTNH, new_cache = cached_attention(q_BTNH, k_BTKH, v_BTKH, positions_BT, mask,
                                                  cache, H ** -0.5, dt)
-        elif mask is None:
+        else:               # causal (mask None), or within packed documents
             y_BTNH = kernels.causal_attention(q_BTNH.astype(dt), k_BTKH.astype(dt),
-                                              v_BTKH.astype(dt), H ** -0.5, impl)
-        else:
-            with jax.softmax_custom_jvp(True):      # see kernels.causal_attention
-                y_BTNH = jax.nn.dot_product_attention(
-                    q_BTNH.astype(dt), k_BTKH.astype(dt), v_BTKH.astype(dt), mask=mask,
-                    scale=H ** -0.5)
+                                              v_BTKH.astype(dt), H ** -0.5, impl, mask)
         y_BTD = rearrange(y_BTNH, "b t n h -> b t (n h)")
         y_BTD = Linear(D, ("heads", "embed"), c.bias, residual_std(c), dt, impl,
                        name="c_proj")(y_BTD)
