@@ -25,8 +25,10 @@ TINY_OOD = ("gsm8k_easy,spelling_ood,recall,word_problems,everyday_math,everyday
 def _tiny_model():
     # the modern family with SwiGLU and no soft-cap: Qwen3's architecture, so every run of the
     # chain exports to transformers (lm.interop.hf) and is cross-checked with lm-eval
+    # dtype auto: bf16 where lm's bf16 CPU kernels run (about 2x the tokens per second of fp32,
+    # docs/performance.md), fp32 elsewhere
     return modern(vocab_size=4096, block_size=512, n_layer=6, n_head=4, n_embd=256,
-                  mlp="swiglu", logit_softcap=0.0)
+                  mlp="swiglu", logit_softcap=0.0, dtype="auto")
 
 
 def _short(cfg: Config, steps: int, every: int) -> Config:
