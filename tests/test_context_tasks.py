@@ -1,6 +1,7 @@
 """The tasks that measure reading the context out of the generators' distribution (issue 23): their
 held-out parts never reach any training use, their graders accept the references and refuse
 near misses, and the base-model probes read the positions they claim to."""
+import random
 import re
 
 import numpy as np
@@ -10,7 +11,7 @@ from lm import tasks
 from lm.conversation import reply_text
 from lm.data import corpus
 from lm.eval import probes
-from lm.tasks import recall, word_problems
+from lm.tasks import recall, spelling, word_problems
 from lm.tokenizer import train_bpe, trained_specials
 
 TRAINING = ("train", "rl")
@@ -112,6 +113,27 @@ def test_spelling_ood_words_never_spelled_in_training_and_graded_on_letters(data
         sp.example("train", i)["word"], "W") for i in range(200)}
     assert not {c2["messages"][0]["content"].replace(c2["word"], "W")
                 for c2 in (ood.example("test", i) for i in range(200))} & train_q
+
+
+def test_spelling_training_questions_vary_and_never_word_an_ood_question(data_env):
+    """Training questions come from a grammar (many wordings, the word and the letter written in
+    several ways) whose templates never normalise to one of spelling_ood's held-out phrasings;
+    the test split keeps the fixed QUESTIONS; every question holds its word and its letter."""
+    sp = tasks.get("spelling")
+    ood = {spelling.normalise(q) for q in spelling.OOD_QUESTIONS}
+    r = random.Random(0)
+    assert not any(spelling.normalise(spelling.grammar_question(r)) in ood for _ in range(20000))
+    shapes = set()
+    for i in range(3000):
+        c = sp.example("train", i)
+        q, w, l = c["messages"][0]["content"], c["word"], c["letter"]
+        assert w in q.lower() and (l in q or l.upper() in q), q
+        shapes.add(q.lower().replace(w, "{w}"))
+    assert len(shapes) > 1000                         # a grammar, not a handful of templates
+    for i in range(200):
+        c = sp.example("test", i)
+        asked = {q.format(l=c["letter"], w=c["word"]) for q in spelling.QUESTIONS}
+        assert c["messages"][0]["content"] in asked
 
 
 def test_copy_probe_scores_the_second_copy(monkeypatch):

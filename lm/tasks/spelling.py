@@ -41,12 +41,53 @@ OOD_QUESTIONS = [
     "If I write out {w}, how many {l} will I have written?",
     "{w}: how many {l}?",
 ]
+# A grammar of training questions beside QUESTIONS: a core sentence x how the letter is written
+# x how the word is written x an opener and an ending, lower-cased now and then, so that no
+# fixed wording tells the model where the word and the letter are: it has to find them in the
+# question and copy them (reading the context). None of spelling_ood's phrasings is generated
+# (`Spelling.question` refuses one that normalises to them).
+CORES = [  # {N}: the letter as a counted noun ("how many {N}"), {S}: named once ("the letter a")
+    "how many {N} are in {W}", "how many {N} are there in {W}", "how many {N} does {W} have",
+    "how many {N} does {W} contain", "how many times does {S} appear in {W}",
+    "how many times is {S} in {W}", "count the {N} in {W}", "count how many {N} {W} has",
+    "what is the count of {S} in {W}", "what's the number of {N} in {W}",
+    "in {W}, how many {N} are there", "{W} has how many {N}", "tell me how many {N} {W} has",
+    "find how many {N} are in {W}", "give me the number of {N} in {W}",
+    "how many times do you see {S} in {W}", "what number of {N} is in {W}",
+    "how many {N} can you find in {W}", "look at {W}. how many {N} are in it",
+    "I need the number of {N} in {W}", "{W} - count the {N}", "count {S} in {W}",
+]
+COUNTED = ["{l}", "{l}s", "{l}'s", "'{l}'s", "{u}", "{u}'s", "{u}s"]
+SINGLE = ["{l}", "the letter {l}", "letter {l}", "'{l}'", "the letter '{l}'", "{u}",
+          "the letter {u}"]
+WORD_FORMS = ["{w}", "{w}", "the word {w}", "'{w}'", "\"{w}\"", "the word '{w}'", "{c}"]
+OPENERS = ["", "", "", "", "Hey, ", "Hi! ", "Question: ", "Please tell me: ", "I'd like to know: ",
+           "OK so ", "Hmm, ", "Help me out: ", "Simple one: ", "Teacher asks: "]
+ENDINGS = ["?", "?", "?", "", ".", "? thanks", " please?", "??", " :)"]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 OTHER_TEXTS = ["wikitext2_valid"] + [f"gutenberg/{f}" for f in (
     "11-0.txt", "pg1342.txt", "pg1661.txt", "pg120.txt", "pg161.txt", "829-0.txt", "pg2701.txt",
     "pg84.txt")]
 LENGTHS = ((2, 4), (5, 7), (8, 10), (11, 15))
 FREQUENCIES = ((1, 1), (2, 9), (10, 99), (100, 10 ** 12))   # occurrences in the texts
+
+
+def grammar_question(rng: random.Random) -> str:
+    """One question template of the grammar (CORES x letter forms x WORD_FORMS, an opener and
+    an ending, sometimes all lower case); {l}, {u} (upper case), {w}, {c} (capitalised) remain."""
+    core = rng.choice(CORES).replace("{N}", rng.choice(COUNTED)).replace(
+        "{S}", rng.choice(SINGLE)).replace("{W}", rng.choice(WORD_FORMS))
+    q = rng.choice(OPENERS) + core + rng.choice(ENDINGS)
+    return q[0].upper() + q[1:] if rng.random() < 0.7 else q
+
+
+def normalise(template: str) -> str:
+    """A question template compared by its words only (case, quotes and punctuation dropped)."""
+    t = template.replace("{u}", "{l}").replace("{c}", "{w}").lower()
+    return " ".join(re.findall(r"\{[lw]\}|[a-z']+", t.replace("'", " ")))
+
+
+_OOD_NORMALISED = {normalise(q) for q in OOD_QUESTIONS}
 
 
 def words_from_text(text: str, min_count: int = 2) -> list[str]:
@@ -115,7 +156,14 @@ class Spelling(Task):
         return None
 
     def question(self, split: str, rng: random.Random) -> str:
-        return rng.choice(QUESTIONS)
+        """A question template ({l}, {w} to fill): the fixed QUESTIONS (the test split's
+        wording), or for training, two times in three, one put together by the grammar."""
+        if split == "test" or rng.random() < 1 / 3:
+            return rng.choice(QUESTIONS)
+        while True:
+            q = grammar_question(rng)
+            if normalise(q) not in _OOD_NORMALISED:
+                return q
 
     def pick_word(self, split: str, rng: random.Random) -> str:
         return rng.choice(self.words[split])
@@ -128,7 +176,8 @@ class Spelling(Task):
         letter = rng.choice(present) if rng.random() < 0.85 else rng.choice(
             [c for c in LETTERS if c not in word])
         parts, n = answer_parts(word, letter)
-        q = self.question(split, rng).format(l=letter, w=word)
+        q = self.question(split, rng).format(l=letter, w=word, u=letter.upper(),
+                                             c=word.capitalize())
         return conversation(q, parts, task=self.name, answer=n, word=word, letter=letter)
 
     def evaluate(self, conv: dict, reply: str) -> bool:
