@@ -10,12 +10,15 @@ as its "val" split and exactly the training documents as "train". Skipped with t
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pyarrow", reason="pyarrow (requirements.txt) is not installed")
 
 from lm.data import corpus  # noqa: E402
-from tools import bench_chain, nanochat_peer  # noqa: E402
+from lm.data.sft import SFTBatches  # noqa: E402
+from lm.tokenizer import train_bpe, trained_specials  # noqa: E402
+from tools import bench_chain, bench_chain_sft, nanochat_peer  # noqa: E402
 
 TRAIN = ([f"Training document {i}: " + "word " * (i % 7) for i in range(40)]
          + ["", "unicode: naïve café — 你好 🌍", "lines\n\nand\nmore lines",
@@ -127,3 +130,29 @@ def test_nanochat_output_is_parsed():
     assert out["curve"] == [(5.0, 3.578013), (46.0, 2.5)]
     assert out["param_counts"] == {"transformer_matrices": 10617048, "scalars": 38}
     assert out["model_config"] == {"n_layer": 6, "n_embd": 384}
+
+
+def test_sft_batch_as_nanochat_reads_it():
+    """tools/bench_chain_sft.py: nanochat's targets are -1 (its ignore index) exactly where our
+    weights are 0 and our targets elsewhere; the inputs are ours; its loss counts our tokens."""
+    _peer_or_skip()
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    text = "What is 3 + 2? It is 5. What is your name? I'm Lumen, a small assistant. " * 40
+    tok = train_bpe([text], 256 + len(trained_specials()) + 30)
+    batch = next(SFTBatches(tok, {"identity": 1, "arithmetic_easy": 2}, split="train",
+                            seq_len=127, batch_size=4, buffer=16, seed=0))
+    x, y = bench_chain_sft.peer_batch(batch)
+    w = batch["weights"]
+    assert x.dtype == np.int32 and y.dtype == np.int64        # as chat_sft's loader hands them
+    np.testing.assert_array_equal(x, batch["inputs"])
+    assert (w == 0).any() and (w > 0).any()
+    np.testing.assert_array_equal(y == bench_chain_sft.IGNORE, w == 0)
+    np.testing.assert_array_equal(y[w > 0], batch["targets"][w > 0])
+    logits = torch.randn(*y.shape, tok.vocab_size, generator=torch.Generator().manual_seed(0))
+    peer = F.cross_entropy(logits.view(-1, tok.vocab_size), torch.from_numpy(y).view(-1),
+                           ignore_index=-1)
+    ce = F.cross_entropy(logits.view(-1, tok.vocab_size),
+                         torch.from_numpy(batch["targets"]).long().view(-1), reduction="none")
+    ours = (ce * torch.from_numpy(w).view(-1)).sum() / w.sum()
+    assert float(peer) == pytest.approx(float(ours), rel=1e-5)
