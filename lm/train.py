@@ -44,7 +44,9 @@ class Loop:
 
     @staticmethod
     def due(step: int, every: int) -> bool:
-        return every > 0 and step % every == 0
+        """Whether a step-count schedule (`every` steps; 0: never) falls on `step` (never on
+        step 0: the start state is evaluated only by stages that ask for it)."""
+        return every > 0 and step > 0 and step % every == 0
 
 
 @dataclasses.dataclass
@@ -127,6 +129,8 @@ def loop(p: Prepared, *, progress: bool = True, stop_after: Optional[int] = None
     stopped = None                        # why the loop ended early, if it did
     with CtrlC() as ctrl_c:
         try:
+            if p.start == 0 and cfg.train.steps > 0:     # a fresh run: the start state, once
+                evaluate_interim(lp, stage, state, 0, summary, bar, meter)
             for step in range(p.start, end):
                 state, metrics = c.train_step(state, c.put_batch(stage.next_batch(lp, state)))
                 done = step + 1
@@ -134,12 +138,7 @@ def loop(p: Prepared, *, progress: bool = True, stop_after: Optional[int] = None
                     row = meter.log(writer, done, c.place.fetch(metrics), stage.log_metrics())
                     bar.set_postfix(meter.postfix(row))
                 if done < cfg.train.steps:
-                    ev = stage.evaluate(lp, state, done, final=False)
-                    if ev:
-                        writer.write(done, **ev)
-                        summary.update(ev)
-                        bar.write(f"step {done}: " + fmt(ev))
-                        meter.skip_time()       # evaluation is not training time
+                    evaluate_interim(lp, stage, state, done, summary, bar, meter)
                 if p.ckpt.should_save(done):
                     p.ckpt.save(done, c.host_state(state), {"data": stage.data_state()})
                 bar.update(1)
@@ -172,6 +171,18 @@ def loop(p: Prepared, *, progress: bool = True, stop_after: Optional[int] = None
             json.dump({k: v for k, v in summary.items() if k != "sample"}, f, indent=2,
                       default=str)
     return summary
+
+
+def evaluate_interim(lp: Loop, stage: Stage, state, step: int, summary: dict, bar,
+                     meter: "StepMeter") -> None:
+    """The stage's evaluation row at `step` (before the end; step 0 is the start state of a
+    fresh run), if it has one: logged, kept in the summary, shown above the bar."""
+    ev = stage.evaluate(lp, state, step, final=False)
+    if ev:
+        lp.writer.write(step, **ev)
+        summary.update(ev)
+        bar.write(f"step {step}: " + fmt(ev))
+        meter.skip_time()       # evaluation is not training time
 
 
 def final_evaluation(lp: Loop, stage: Stage, state, step: int) -> dict:

@@ -1,9 +1,15 @@
 """The evaluation harness: likelihood scoring on hand-made items with a model of fixed (bigram)
 logits, acc vs acc_norm where they differ, lm-eval's request encoding, bucketing without
-recompilation, chat grading, bits per byte, and item-by-item parity with lm-evaluation-harness."""
+recompilation, chat grading, bits per byte, item-by-item parity with lm-evaluation-harness, and
+the unbiased pass@k estimator with its CLI's and plot tool's input checks."""
 import dataclasses
+import itertools
+import json
 import logging
 import math
+import os
+import re
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +18,11 @@ import pytest
 
 from lm import model
 from lm.config import modern
-from lm.eval import benchmarks
+from lm.eval import benchmarks, suite
+from lm.eval.__main__ import main as eval_main
+from lm.eval.chat import check_pass_at, pass_at_k_estimate, pass_at_k_from_counts, parse_ks
 from lm.eval.likelihood import loglikelihood
+from tools import pass_at_k as pass_at_k_tool
 from lm.tokenizer import CharTokenizer
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz .:?\n"))
@@ -151,3 +160,100 @@ def test_report_chain_reads_runs_and_plots_only_task_accuracies(tmp_path):
                                  str(tmp_path / "none.png"))
     assert report.plot_chain([("base", {"val_loss": 3.0}), ("sft", ev)], str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").stat().st_size > 1000 and not (tmp_path / "none.png").exists()
+
+
+# ---- pass@k ---------------------------------------------------------------------------------------
+
+def _enumerated(n: int, c: int, k: int) -> float:
+    """pass@k by brute force: the fraction of k-subsets of n samples (the first c correct) that
+    hold a correct one."""
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(i < c for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_pass_at_k_is_the_enumerated_and_closed_form_value(n):
+    for c in range(n + 1):
+        values = []
+        for k in range(1, n + 1):
+            got = pass_at_k_estimate(n, c, k)
+            assert got == pytest.approx(_enumerated(n, c, k), abs=1e-12), (n, c, k)
+            assert got == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), abs=1e-12)
+            values.append(got)
+        assert pass_at_k_estimate(n, c, 1) == pytest.approx(c / n)             # k = 1: c / n
+        assert values[-1] == (1.0 if c else 0.0)                               # k = n: any
+        assert all(b >= a for a, b in zip(values, values[1:]))                 # monotone in k
+    assert all(pass_at_k_estimate(n, 0, k) == 0.0 for k in range(1, n + 1))   # c = 0
+    assert all(pass_at_k_estimate(n, n, k) == 1.0 for k in range(1, n + 1))   # c = n
+
+
+def test_pass_at_k_is_stable_where_binomials_are_huge():
+    for n, c, k in ((1000, 3, 500), (2000, 1, 1), (2000, 1999, 7), (5000, 10, 64)):
+        exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+        assert pass_at_k_estimate(n, c, k) == pytest.approx(float(exact), rel=1e-9)
+
+
+def test_pass_at_k_averages_over_problems_and_refuses_bad_input():
+    got = pass_at_k_from_counts([0, 1, 4], 4, [1, 2, 4])
+    assert got[1] == pytest.approx((0 + 0.25 + 1) / 3) and got[4] == pytest.approx(2 / 3)
+    assert got[2] == pytest.approx((0 + 0.5 + 1) / 3)
+    assert pass_at_k_from_counts([], 4, [1]) == {1: 0.0}
+    for n, c, k in ((4, 1, 0), (4, 1, 5), (4, 5, 1), (4, -1, 1)):
+        with pytest.raises(ValueError):
+            pass_at_k_estimate(n, c, k)
+    assert parse_ks("1, 2,4,2") == [1, 2, 4] and check_pass_at([1, 8]) == 8
+    assert check_pass_at([1, 8], 16) == 16
+    with pytest.raises(ValueError, match="at least the largest k"):
+        check_pass_at([1, 8], 4)
+    with pytest.raises(ValueError, match="--ks '1,0'.*k >= 1"):
+        parse_ks("1,0", "--ks")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pass_at", "0,1,2"], "--pass_at '0,1,2': pass@k needs every k >= 1"),
+    (["--pass_at", "1,two"], "--pass_at '1,two': expected whole numbers"),
+    (["--pass_at", ""], "needs at least one k"),
+    (["--pass_at", "1,8", "--samples", "4"], "--samples 4: .* cannot estimate pass@8"),
+    (["--pass_at", "1,2", "--tasks", "mmlu"], "'mmlu' is categorical, not generative"),
+    (["--pass_at", "1,2", "--tasks", "arithmetic_easy,nope"], "'nope' is not a chat task"),
+    (["--pass_at", "1,2", "--temperature", "0"], "--temperature 0: .* > 0"),
+    (["--samples", "8"], "go with --pass_at"),
+])
+def test_eval_cli_pass_at_errors_are_messages(args, message, capsys):
+    # checked before the run is loaded: the run given here does not exist
+    assert eval_main(["--run", "/nonexistent/run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_pass_at_table_rows_and_the_plot_tool_outputs(tmp_path, capsys):
+    result = {"pass_at": {"eval/arithmetic_easy_pass@1": 0.25, "eval/arithmetic_easy_pass@4": 0.5},
+              "counts": {"arithmetic_easy": [0, 1, 4, 0]}, "samples": 4}
+    rows = suite.table(result).splitlines()
+    assert "| arithmetic_easy | pass@4 | 0.5000 | 4 × 4 samples |" in rows
+    assert suite.generative_tasks(["mmlu", "gsm8k", "bpb", "identity"]) == ["gsm8k", "identity"]
+    ks, counts = [1, 2, 4], {"a": [0, 1, 4, 2], "b": [4, 4, 0, 0]}
+    runs_ = []
+    for name, c in counts.items():
+        mean, err = pass_at_k_tool.summarize(c, 4, ks)
+        runs_.append({"label": name, "run_dir": f"runs/x/{name}", "step": 10, "stage": "grpo",
+                      "problems": 4, "pass_at": mean, "stderr": err, "counts": c})
+    assert runs_[0]["pass_at"][1] == pytest.approx(7 / 16)
+    assert runs_[0]["stderr"][1] == pytest.approx(np.std([0, .25, 1, .5], ddof=1) / 2)
+    out = pass_at_k_tool.write({"task": "arithmetic_easy", "ks": ks, "samples": 4,
+                                "temperature": 1.0, "seed": 1, "limit": 4, "runs": runs_},
+                               str(tmp_path))
+    md = open(out[1]).read()
+    assert "| k | a | b |" in md and "| 4 | 0.7500 ± 0.2500 | 0.5000 ± 0.2887 |" in md
+    assert os.path.getsize(out[2]) > 1000
+    assert json.load(open(out[0]))["runs"][1]["counts"] == [4, 4, 0, 0]
+    # the tool checks its options and finds every run before any evaluation
+    for args, message in ((["--ks", "1,4", "--samples", "2"], "--samples 2"),
+                          (["--task", "arc_easy"], "categorical, not generative"),
+                          (["--runs", "/nonexistent/run"], "not a run directory")):
+        base = {"--runs": "/nonexistent/run", "--task": "arithmetic_easy", "--ks": "1,2"}
+        base.update(zip(args[::2], args[1::2]))
+        argv = [x for kv in base.items() for x in kv] + ["--out", str(tmp_path / "o")]
+        assert pass_at_k_tool.main(argv) == 2
+        assert message in capsys.readouterr().err

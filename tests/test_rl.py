@@ -1,14 +1,23 @@
 """GRPO: advantages on hand-made groups, the loss's gradient direction on a tiny model, masked
 tokens get exactly zero gradient, KL is zero when policy equals reference, clipping engages
-exactly outside [1 - eps, 1 + eps_high], aggregation variants, rewards that raise are counted."""
+exactly outside [1 - eps, 1 + eps_high], aggregation variants, rewards that raise are counted; the
+stage end to end (held-out curves from step 0, once); pass@k samples independent of batching."""
+
+import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import losses, model
+from lm import losses, model, tasks
 from lm.config import ModelConfig, RLConfig
+from lm.eval.__main__ import main as eval_main
+from lm.eval.chat import (correct_counts, generate_replies, pass_at_k, pass_at_k_from_counts,
+                          pass_at_ks)
+from lm.sampling import Engine
+from tools import pass_at_k as pass_at_k_tool
 from lm.rl import rewards
 from lm.rl.loss import advantages, policy_loss
 
@@ -188,6 +197,10 @@ def test_grpo_stage_runs_logs_and_is_reproducible(tiny_parent, tmp_path):
     assert step_rows[0]["rl/reward"] == step_rows[1]["rl/reward"]
     final = [r for r in rows if r.get("final")][-1]
     assert "eval/arithmetic_easy" in final and "eval/arithmetic_easy_pass@2" in final
+    # the held-out curves start at step 0 (the parent, before the first update), logged first
+    evals = [r for r in rows if "eval/arithmetic_easy" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4] and rows[0] is evals[0]
+    assert "eval/arithmetic_easy_pass@2" in evals[0]
     assert "eval/arithmetic_easy_tokens" in final
     assert os.path.getsize(str(tmp_path / "r" / "rl_curves.png")) > 1000
     # the same seed gives the same rollouts
@@ -221,3 +234,83 @@ def test_grpo_config_errors(tiny_parent):
         else:
             with pytest.raises(ValueError, match="held out for evaluation"):
                 grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)
+
+
+def test_grpo_evaluates_the_parent_once_at_step_0_and_not_again_on_resume(tiny_parent, tmp_path):
+    from lm import runs, train
+    from lm.eval.chat import evaluate_tasks
+    from lm.logs import read_metrics
+    parent = runs.load(tiny_parent)
+    cfg = _grpo_cfg(tiny_parent, parent.tokenizer.vocab_size)
+    cfg.rl.pass_k, cfg.eval.limit, cfg.checkpoint.every = 1, 2, 1
+    cfg.train.steps = 3
+    d = str(tmp_path / "r")
+    train.run(cfg, run_dir=d, progress=False, stop_after=1)
+    train.run(cfg, run_dir=d, progress=False, resume=True)
+    rows = read_metrics(os.path.join(d, "metrics.jsonl"))
+    evals = [r for r in rows if "eval/arithmetic_easy" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3] and rows[0] is evals[0]
+    # step 0 is the parent's policy: its greedy replies have the parent's lengths
+    m, _ = evaluate_tasks(parent.params, parent.config.model, parent.tokenizer,
+                          ["arithmetic_easy"], limit=2, batch_size=8, lengths=True)
+    assert evals[0]["eval/arithmetic_easy_tokens"] == m["eval/arithmetic_easy_tokens"]
+
+
+class _EvenLength:
+    """arithmetic_easy's held-out problems graded by the reply's length parity, so a random
+    model gets some samples right and some wrong."""
+    name, kind = "even_length", "generative"
+
+    def __init__(self):
+        self.base = tasks.get("arithmetic_easy")
+
+    def size(self, split):
+        return self.base.size(split)
+
+    def example(self, split, i):
+        return self.base.example(split, i)
+
+    def evaluate(self, conv, reply):
+        return len(reply) % 2 == 0
+
+    def max_new_tokens(self):
+        return 10
+
+
+def test_pass_at_k_samples_do_not_depend_on_batching(tiny_parent):
+    from lm import runs
+    parent = runs.load(tiny_parent)
+    tok, task = parent.tokenizer, _EvenLength()
+    eng = Engine(parent.params, parent.config.model, tokenizer=tok, tools=tok.chat)
+    convs = [task.example("test", i) for i in range(3)]
+    kw = dict(max_new_tokens=10, temperature=1.0, seed=5, n=2)
+    whole = generate_replies(eng, tok, convs, batch_size=3, **kw)
+    split = [r for i, c in enumerate(convs)
+             for r in generate_replies(eng, tok, [c], batch_size=1, first=i, **kw)]
+    assert [r["tokens"] for r in whole] == [r["tokens"] for r in split]
+    assert len({tuple(r["tokens"]) for r in whole}) > 1           # samples differ
+    one = correct_counts(eng, tok, task, limit=3, n=4, batch_size=4, seed=5)     # 1 per call
+    three = correct_counts(eng, tok, task, limit=3, n=4, batch_size=12, seed=5)  # 3 per call
+    assert one == three and len(one) == 3 and 0 < sum(one) < 3 * 4   # some right, some wrong
+    got = pass_at_ks(eng, tok, task, limit=3, ks=(1, 2, 4), batch_size=12, seed=5)
+    assert got == pass_at_k_from_counts(one, 4, (1, 2, 4))
+    assert got[1] <= got[2] <= got[4]
+    assert pass_at_k(eng, tok, task, limit=3, k=4, batch_size=12, seed=5) == \
+        np.mean([c > 0 for c in one])                              # n = k: "any correct"
+
+
+def test_eval_cli_and_plot_tool_write_pass_at_k(tiny_parent, tmp_path, capsys):
+    out = str(tmp_path / "p.json")
+    assert eval_main(["--run", tiny_parent, "--tasks", "arithmetic_easy", "--pass_at", "1,2",
+                      "--limit", "2", "--batch_size", "4", "--out", out, "--no_progress"]) == 0
+    res = json.load(open(out))
+    assert set(res["pass_at"]) == {"eval/arithmetic_easy_pass@1", "eval/arithmetic_easy_pass@2"}
+    assert len(res["counts"]["arithmetic_easy"]) == 2 and res["samples"] == 2
+    assert "| arithmetic_easy | pass@2 |" in capsys.readouterr().out
+    assert pass_at_k_tool.main(["--runs", tiny_parent, tiny_parent, "--task", "arithmetic_easy",
+                                "--ks", "1,2", "--limit", "2", "--out", str(tmp_path / "o"),
+                                "--no_progress"]) == 0
+    got = json.load(open(tmp_path / "o" / "pass_at_k.json"))
+    assert [r["pass_at"] for r in got["runs"]] == [{"1": res["pass_at"][
+        "eval/arithmetic_easy_pass@1"], "2": res["pass_at"]["eval/arithmetic_easy_pass@2"]}] * 2
+    assert (tmp_path / "o" / "pass_at_k.png").stat().st_size > 1000

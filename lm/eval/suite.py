@@ -7,6 +7,9 @@ arc_easy / arc_challenge / hellaswag graded by letter logits), `bpb` (all held-o
 `bpb:<text>`, and the base-model probes `copy_probe` and `icl` (`lm.eval.probes`). For chat
 runs the shared names mean the chat version; prefix `lm:` or `chat:` to choose (e.g.
 `lm:hellaswag`).
+
+pass@k (`evaluate_pass_at`): n sampled replies per held-out problem of each generative chat task,
+every k estimated from the same samples (`lm.eval.chat.pass_at_ks`).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import jax
 from lm import parallel, tasks
 from lm.config import MeshConfig
 from lm.eval import benchmarks, bpb, probes
-from lm.eval.chat import evaluate_tasks
+from lm.eval.chat import check_pass_at, correct_counts, evaluate_tasks, pass_at_k_from_counts
+from lm.sampling import Engine
 
 BASE_DEFAULT = "hellaswag,arc_easy,arc_challenge,mmlu,bpb"
 CHAT_DEFAULT = "identity,arithmetic_easy,spelling,gsm8k,mmlu,arc_easy,arc_challenge,bpb"
@@ -59,6 +63,55 @@ def plan(names: list[str], chat: bool) -> dict[str, list[str]]:
     return out
 
 
+def pass_at_tasks(names: list[str]) -> list[str]:
+    """The tasks of `names` for pass@k (a `chat:` prefix allowed); a ValueError for any task that
+    is not a generative chat task (pass@k samples and grades replies)."""
+    out = []
+    for n in names:
+        name = n.partition(":")[2] if n.startswith("chat:") else n
+        kind = tasks.get(name).kind if name in tasks.NAMES else None
+        if kind != "generative":
+            what = f"{kind}, not generative" if kind else "not a chat task"
+            raise ValueError(f"pass@k: {n!r} is {what}; pass@k grades sampled replies of "
+                             f"generative tasks: {generative_tasks()}")
+        out.append(name)
+    if not out:
+        raise ValueError(f"pass@k: no task given; generative tasks: {generative_tasks()}")
+    return out
+
+
+def generative_tasks(names=tasks.NAMES) -> list[str]:
+    """The generative chat tasks among `names` (the ones pass@k can sample)."""
+    return [n for n in names if n in tasks.NAMES and tasks.get(n).kind == "generative"]
+
+
+def evaluate_pass_at(run, names: list[str], *, ks, n=None, limit: int = 0, batch_size: int = 64,
+                     temperature: float = 1.0, seed: int = 1, progress: bool = True) -> dict:
+    """pass@k of each task in `names` (from `pass_at_tasks`) on `run`: a JSON-ready dict with
+    `pass_at` {`eval/<task>_pass@<k>`: value} and `counts` {task: correct samples per problem}."""
+    n = check_pass_at(ks, n)
+    if temperature <= 0:
+        raise ValueError(f"pass@k samples at temperature > 0 (got {temperature}: every greedy "
+                         f"sample would be the same reply)")
+    tok = run.tokenizer
+    if tok.chat is None:
+        raise ValueError(f"pass@k needs a chat run: {run.run_dir}'s tokenizer has no chat tokens")
+    t0 = time.perf_counter()
+    engine = Engine(run.params, run.config.model, tokenizer=tok, tools=tok.chat)
+    result = {"run_dir": run.run_dir, "step": run.step, "stage": run.stage,
+              "experiment": run.config.name, "samples": n, "ks": list(ks),
+              "temperature": temperature, "seed": seed, "pass_at": {}, "counts": {}}
+    for name in names:
+        counts = correct_counts(engine, tok, tasks.get(name), limit=limit or 10 ** 9, n=n,
+                                temperature=temperature, batch_size=batch_size, seed=seed,
+                                progress=progress)
+        result["counts"][name] = counts
+        for k, v in pass_at_k_from_counts(counts, n, ks).items():
+            result["pass_at"][f"eval/{name}_pass@{k}"] = v
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
 def table(result: dict) -> str:
     rows = ["| task | metric | value | n |", "|---|---|---|---|"]
     for name, r in result.get("likelihood", {}).items():
@@ -77,6 +130,11 @@ def table(result: dict) -> str:
             rows.append(f"| {name} | bits/byte | {r['bpb']:.4f} | {r['tokens']} tokens |")
     for k, v in result.get("probe", {}).items():
         rows.append(f"| {k[6:]} | nats/token | {v:.4f} | |")
+    for key, v in result.get("pass_at", {}).items():
+        name, _, k = key[5:].rpartition("_pass@")
+        problems = len(result.get("counts", {}).get(name, []))
+        rows.append(f"| {name} | pass@{k} | {v:.4f} | {problems} × {result.get('samples')} "
+                    f"samples |")
     return "\n".join(rows)
 
 

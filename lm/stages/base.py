@@ -9,7 +9,11 @@
         .initial_state(state, parent)   the first state from a fresh one and the parent run
         .next_batch(loop, state)   the next training batch (numpy); RL samples with state.params
         .data_state() / .set_data_state(d)   the data position saved in every checkpoint
-        .evaluate(loop, state, step, final) -> metrics row (validation loss, task accuracies)
+        .evaluate(loop, state, step, final) -> metrics row (validation loss, task accuracies);
+                                   {} when nothing is due. A fresh run (not a resumed one) is
+                                   asked once at step 0, before the first update (`loop.due`
+                                   is never true there: a stage evaluates its start state only
+                                   if it asks for step 0, as grpo does for its curves)
         .log_metrics()             extra counters logged with the training metrics
         .finish(loop, state)       end-of-run artifacts (a text sample, sample conversations)
 """

@@ -10,8 +10,9 @@ more than one, the PPO ratio and its clipping engage); the one loop runs them li
 
 Logged every step: reward, response length, KL to the reference (k3), entropy, clip fraction,
 zero-variance groups, reward errors, rollout and update seconds. Evaluations: held-out pass@1
-(greedy, `eval/<task>`) and pass@k (`eval/<task>_pass@k`) every `eval.every` steps and at the end;
-`rl_curves.png` in the run directory plots reward and pass@1.
+(greedy, `eval/<task>`) and pass@k (`eval/<task>_pass@k`) at step 0 (the parent's policy, before
+the first update), every `eval.every` steps and at the end; `rl_curves.png` in the run directory
+plots reward and pass@1 from step 0.
 """
 from __future__ import annotations
 
@@ -199,8 +200,11 @@ class Stage(base.Stage):
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, loop, state, step: int, final: bool) -> dict:
+        """Held-out pass@1 (and pass@k) every `eval.every` steps, at the end, and at step 0 (the
+        parent's policy, before the first update: the curves' starting point; the loop asks for
+        step 0 once, on a fresh start, never on resume)."""
         cfg = self.cfg
-        if not (loop.due(step, cfg.eval.every) or final):
+        if not (step == 0 or loop.due(step, cfg.eval.every) or final):
             return {}
         limit = (cfg.eval.final_limit or cfg.eval.limit) if final else cfg.eval.limit
         params = loop.compiled.host_params(state)
