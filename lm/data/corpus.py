@@ -23,6 +23,8 @@ import random
 import re
 from typing import Callable, Union
 
+import numpy as np
+
 from lm import tasks
 from lm.conversation import parts_of
 from lm.data import sources
@@ -146,9 +148,36 @@ def induction_docs(n: int, seed: int = 0) -> list[str]:
     return out
 
 
+def token_copy_docs(n: int, seed: int = 0) -> list[dict]:
+    """Synthetic documents in token space (`{"synthetic": "copy", ...}`, drawn when tokenized by
+    `synthetic_tokens`): a run of random tokens, then something between (nothing, or a few more
+    random tokens), then the run again, sometimes a third time. Only copying predicts the later
+    copies, for every token of the vocabulary: the cheapest signal that forms induction heads
+    (tools/induction_toy.py, docs/context.md)."""
+    rng = random.Random(f"token_copy_docs/{seed}")
+    return [{"synthetic": "copy", "seed": seed, "index": i, "length": rng.randint(8, 96),
+             "gap": rng.choice([0, 0, rng.randint(1, 32)]), "copies": rng.choice([2, 2, 3])}
+            for i in range(n)]
+
+
+def synthetic_tokens(doc: dict, ordinary: int) -> list[int]:
+    """The token ids of a synthetic document (without BOS), given the number of ordinary ids of
+    the tokenizer (ids [0, ordinary) are bytes and merges; specials follow). Tokens are drawn
+    Zipf-like over the merges (lower ids: the earlier, more frequent merges) plus the printable
+    ASCII bytes, so a run looks like scrambled text rather than uniform noise."""
+    if doc.get("synthetic") != "copy":
+        raise ValueError(f"unknown synthetic document {doc!r}")
+    rng = np.random.default_rng([doc["seed"], doc["index"], 7])
+    ids = np.concatenate([np.arange(32, 127), np.arange(256, ordinary)])
+    w = 1.0 / (np.arange(len(ids)) + 20.0) ** 0.7
+    run = rng.choice(ids, size=doc["length"], p=w / w.sum()).tolist()
+    gap = rng.choice(ids, size=doc["gap"], p=w / w.sum()).tolist()
+    return (run + gap) * (doc["copies"] - 1) + run
+
+
 def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000,
               word_problems: int = 8000, recall_problems: int = 6000, copies: int = 6000,
-              inductions: int = 0) -> tuple[list[Doc], list[Doc]]:
+              inductions: int = 0, token_copies: int = 0) -> tuple[list[Doc], list[Doc]]:
     shakespeare = _read("tinyshakespeare")
     cut = int(len(shakespeare) * 0.9)
     fw_train, fw_val = fineweb_split()
@@ -173,6 +202,7 @@ def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000,
     train += [rc.example("train", 1_000_000 + i) for i in range(recall_problems)]
     train += copy_docs(copies)
     train += induction_docs(inductions)
+    train += token_copy_docs(token_copies)
     val: list[Doc] = []
     val += tinystories("tinystories_val")[:200]
     val += chunks(shakespeare[cut:], 2000)
@@ -192,15 +222,29 @@ def induction_drill() -> tuple[list[Doc], list[Doc]]:
     return induction_docs(30000), induction_docs(300, seed=1)
 
 
+def chat_tiny_copy() -> tuple[list[Doc], list[Doc]]:
+    """`chat_tiny` with synthetic token-space copies (`token_copy_docs`) as about a tenth of its
+    tokens, which keep the heads a copy warm-up formed in use; the same validation documents."""
+    return chat_tiny(token_copies=8000)
+
+
+def copy_warmup() -> tuple[list[Doc], list[Doc]]:
+    """Synthetic token-space copies only: a warm-up whose only lesson is to copy what followed
+    an earlier occurrence; validation on documents drawn with another seed."""
+    return token_copy_docs(40000), token_copy_docs(400, seed=1)
+
+
 CORPORA: dict[str, Callable[[], tuple[list[Doc], list[Doc]]]] = {
-    "chat_tiny": chat_tiny, "chat_tiny_drill": chat_tiny_drill,
-    "induction_drill": induction_drill}
+    "chat_tiny": chat_tiny, "chat_tiny_drill": chat_tiny_drill, "chat_tiny_copy": chat_tiny_copy,
+    "induction_drill": induction_drill, "copy_warmup": copy_warmup}
 
 
 def text_of(doc: Doc) -> str:
     """A document as plain text (for tokenizer training): a conversation's turns joined."""
     if isinstance(doc, str):
         return doc
+    if "synthetic" in doc:       # token space: nothing for a tokenizer to learn from
+        return ""
     out = []
     for m in doc["messages"]:
         if m["role"] == "assistant":

@@ -23,7 +23,7 @@ from lm import paths
 from lm.config import DataConfig
 from lm.conversation import render
 from lm.data import sources
-from lm.data.corpus import CORPORA, text_of
+from lm.data.corpus import CORPORA, synthetic_tokens, text_of
 from lm.data.shards import ShardStream, StreamView
 from lm.tokenizer import (CharTokenizer, Tokenizer, load_tokenizer, named_tokenizer,
                           tokenizer_path, train_bpe)
@@ -144,15 +144,21 @@ def corpus_digest(docs: list) -> str:
 
 def tokenize_docs(tok: Tokenizer, docs: list, seed: int) -> np.ndarray:
     """Documents shuffled (seeded) and concatenated: `[bos] + encode(text)` per text, the chat
-    rendering per conversation."""
+    rendering per conversation, `[bos] + synthetic_tokens(doc)` per synthetic document."""
     order = np.random.default_rng(seed).permutation(len(docs))
     texts = [docs[i] for i in order]
     bos = int(tok.bos_id)
     plain = [d for d in texts if isinstance(d, str)]
     encoded = iter(tok.encode_batch(plain))
+    ordinary = tok.vocab_size - len(tok.special_tokens)
     parts = []
     for d in texts:
-        parts.append([bos] + list(next(encoded)) if isinstance(d, str) else render(d, tok)[0])
+        if isinstance(d, str):
+            parts.append([bos] + list(next(encoded)))
+        elif "synthetic" in d:
+            parts.append([bos] + synthetic_tokens(d, ordinary))
+        else:
+            parts.append(render(d, tok)[0])
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
     return np.concatenate([np.asarray(p, dtype) for p in parts])
 
