@@ -6,8 +6,9 @@ import pytest
 
 from lm.config import DataConfig
 from lm.data import pipeline, sources
+from lm.data import corpus
 from lm.data.corpus import CORPORA
-from lm.tokenizer import CharTokenizer, load_tokenizer
+from lm.tokenizer import CharTokenizer, load_tokenizer, train_bpe, trained_specials
 
 
 def test_tinyshakespeare_char_split(data_env):
@@ -139,3 +140,27 @@ def test_induction_drill_repeats_each_run_and_holds_out_its_validation():
         copies = d.split("\n\n")
         assert len(copies) in (2, 3) and len(set(copies)) == 1
     assert not set(val) & set(train)
+
+
+def test_synthetic_copy_documents_repeat_their_run_in_token_space():
+    """token_copy_docs: drawn when tokenized, deterministic, every later copy equal to the first
+    run, ordinary ids only (never a special token), nothing for a tokenizer to train on; the
+    warm-up's validation documents are drawn with another seed."""
+    train, val = CORPORA["copy_warmup"]()
+    assert len(train) > len(val) > 0 and {d["seed"] for d in val} != {d["seed"] for d in train}
+    text = "a b c d e f. " * 200
+    tok = train_bpe([text], 256 + len(trained_specials()) + 20)
+    ordinary = tok.vocab_size - len(tok.special_tokens)
+    specials = set(tok.special_tokens.values())
+    for d in train[:200]:
+        ids = corpus.synthetic_tokens(d, ordinary)
+        assert ids == corpus.synthetic_tokens(d, ordinary)               # deterministic
+        run, gap = ids[:d["length"]], ids[d["length"]:d["length"] + d["gap"]]
+        assert ids == (run + gap) * (d["copies"] - 1) + run
+        assert not set(ids) & specials and max(ids) < ordinary
+        assert corpus.text_of(d) == ""
+    assert corpus.synthetic_tokens(val[0], ordinary) != corpus.synthetic_tokens(train[0], ordinary)
+    stream = pipeline.tokenize_docs(tok, train[:5] + ["plain text"], seed=0)
+    assert (stream == tok.bos_id).sum() == 6
+    with pytest.raises(ValueError, match="unknown synthetic"):
+        corpus.synthetic_tokens({"synthetic": "nope"}, ordinary)
