@@ -31,11 +31,9 @@ CAPS = {"avx2": {"xla": "AVX2", "aten": "avx2", "onednn": "AVX2", "mkl": "AVX2"}
 
 def host_isa(cap: str | None = None) -> dict:
     """The CPU's vector ISA as a benchmark sees it (under `cap`, the ISA it is limited to)."""
-    flags = cpu.cpu_flags()
+    flags = cpu.capped(cpu.cpu_flags(), CAPS[cap]["xla"] if cap else None)
     out = {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
-    if cap == "avx2":
-        out.update(avx512f=False, avx512_bf16=False, amx_bf16=False)
     out["name"] = ("amx" if out["amx_bf16"] else "avx512_bf16" if out["avx512_bf16"] else
                    "avx512" if out["avx512f"] else "avx2" if out["avx2"] else "other")
     return out

@@ -31,14 +31,42 @@ _lock = threading.Lock()
 _state: dict = {}
 
 
-@functools.lru_cache(maxsize=1)
+# What each XLA ISA cap (--xla_cpu_max_isa=...) leaves out of the CPU's flags: a capped process
+# (tools.bench_host's --isa, an AVX2-only host emulated from a bigger one) must pick the dtype and
+# kernels that host would, not those of the CPU underneath.
+_ISA_DROPS = {
+    "SSE4_2": ("avx", "fma", "f16c", "avx512", "amx"), "AVX": ("avx2", "fma", "avx512", "amx"),
+    "AVX2": ("avx512", "amx"), "AVX512": ("avx512_vnni", "avx512_bf16", "amx"),
+    "AVX512_VNNI": ("avx512_bf16", "amx"), "AVX512_BF16": ("amx",),
+}
+
+
+def isa_cap(xla_flags: Optional[str] = None) -> Optional[str]:
+    """The ISA cap in XLA_FLAGS (`--xla_cpu_max_isa=AVX2`), upper-cased; None without one."""
+    flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+    caps = [f.split("=", 1)[1].upper() for f in flags.split() if f.startswith("--xla_cpu_max_isa=")]
+    return caps[-1] if caps else None
+
+
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
+    """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read), less what the ISA
+    cap in XLA_FLAGS excludes."""
+    return capped(_proc_flags(), isa_cap())
+
+
+@functools.lru_cache(maxsize=1)
+def _proc_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
             return frozenset(next((ln for ln in f if ln.startswith("flags")), "").split())
     except OSError:
         return frozenset()
+
+
+def capped(flags: frozenset[str], cap: Optional[str]) -> frozenset[str]:
+    """`flags` as a CPU capped at `cap` shows them (an unknown cap drops nothing: XLA rejects it)."""
+    drops = _ISA_DROPS.get(cap or "", ())
+    return frozenset(f for f in flags if not f.startswith(drops))
 
 
 def cpu_has_bf16() -> bool:
