@@ -145,3 +145,11 @@ def test_interim_evaluations_use_the_first_batches_and_the_final_one_all(tmp_pat
     assert ta == tb                                        # evaluation never touches training
     assert vb[12] == va[12] and vb[6] == vc[6] != va[6]    # final over 3 batches, interim over 1
     assert a["val_loss"] == b["val_loss"]
+
+
+def test_resume_without_a_checkpoint_says_so_and_starts_at_zero(tmp_path, capsys):
+    """`--resume` on a run folder with no checkpoint is said, not silent (issue 24)."""
+    p = train.prepare(tiny("train.steps=2"), run_dir=str(tmp_path / "fresh"), resume=True,
+                      progress=False)
+    assert p.start == 0
+    assert "has no checkpoint yet; starting at step 0" in capsys.readouterr().out
