@@ -87,14 +87,14 @@ def chat_tiny_induction_warmup() -> Config:
     return _short(cfg, steps=150, every=50)
 
 
-@register("chat_tiny_copy_warmup", "chat_tiny_base's model for 600 steps on synthetic token-space "
+@register("chat_tiny_copy_warmup", "chat_tiny_base's model for 300 steps on synthetic token-space "
           "copies only (corpus copy_warmup), with the chain's tokenizer: induction heads first")
 def chat_tiny_copy_warmup() -> Config:
     cfg = chat_tiny_base()
     cfg.data = dataclasses.replace(cfg.data, source="copy_warmup", tokenizer_source="chat_tiny")
     cfg.optim = dataclasses.replace(cfg.optim, warmup_steps=50)
     cfg.train = dataclasses.replace(cfg.train, sample_tokens=0)
-    return _short(cfg, steps=600, every=200)
+    return _short(cfg, steps=300, every=100)
 
 
 @register("chat_tiny_base_copy", "chat_tiny_base from chat_tiny_copy_warmup on chat_tiny_copy "
