@@ -2,6 +2,7 @@
 the console scripts; the dependencies and extras are the pinned requirements files."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,10 +19,22 @@ def _requirements(name):
     return out
 
 
+def _source(tmp_path):
+    """A copy of what a source distribution holds (pip builds in the source tree: not in ours)."""
+    src = tmp_path / "src"
+    for d in ("lm", "experiments"):
+        shutil.copytree(os.path.join(ROOT, d), src / d,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for f in os.listdir(ROOT):
+        if f == "pyproject.toml" or f == "README.md" or re.fullmatch(r"requirements.*\.txt", f):
+            shutil.copy(os.path.join(ROOT, f), src / f)
+    return str(src)
+
+
 def test_an_installed_copy_runs_its_console_scripts(tmp_path):
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                        "--no-index", "-q", "--target", str(target), ROOT],
+                        "--no-index", "-q", "--target", str(target), _source(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ("lm/serve/static/index.html", "lm/cpu/onednn_matmul.cc", "lm/tasks/identity.json",
@@ -41,11 +54,11 @@ def test_an_installed_copy_runs_its_console_scripts(tmp_path):
 
 def test_the_dependencies_are_the_requirements_files(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "--no-index", "-q", "-w", str(tmp_path), ROOT],
+                        "--no-index", "-q", "-w", str(tmp_path / "wheel"), _source(tmp_path)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
-    with zipfile.ZipFile(tmp_path / wheel) as z:
+    (wheel,) = [f for f in os.listdir(tmp_path / "wheel") if f.endswith(".whl")]
+    with zipfile.ZipFile(tmp_path / "wheel" / wheel) as z:
         meta = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
     deps = re.findall(r"^Requires-Dist: (.+)$", meta, re.M)
     core = sorted(d for d in deps if "extra ==" not in d)
