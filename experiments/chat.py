@@ -79,22 +79,23 @@ def chat_tiny_base_drill_ft() -> Config:
 @register("chat_tiny_induction_warmup", "chat_tiny_base's model for 150 steps on induction drills "
           "only, with the chain's tokenizer: induction heads first (the toy: tools/induction_toy.py)")
 def chat_tiny_induction_warmup() -> Config:
+    return _warmup("induction_drill", "chat_tiny_drill", steps=150, every=50, schedule="constant")
+
+
+def _warmup(source: str, tokenizer_source: str, steps: int, every: int, **optim) -> Config:
+    """chat_tiny_base's model on `source` only, with the tokenizer of `tokenizer_source` (the
+    corpus the chain trains on next), 50 warm-up steps, no text sample."""
     cfg = chat_tiny_base()
-    cfg.data = dataclasses.replace(cfg.data, source="induction_drill",
-                                   tokenizer_source="chat_tiny_drill")
-    cfg.optim = dataclasses.replace(cfg.optim, schedule="constant", warmup_steps=50)
+    cfg.data = dataclasses.replace(cfg.data, source=source, tokenizer_source=tokenizer_source)
+    cfg.optim = dataclasses.replace(cfg.optim, warmup_steps=50, **optim)
     cfg.train = dataclasses.replace(cfg.train, sample_tokens=0)
-    return _short(cfg, steps=150, every=50)
+    return _short(cfg, steps=steps, every=every)
 
 
 @register("chat_tiny_copy_warmup", "chat_tiny_base's model for 300 steps on synthetic token-space "
           "copies only (corpus copy_warmup), with the chain's tokenizer: induction heads first")
 def chat_tiny_copy_warmup() -> Config:
-    cfg = chat_tiny_base()
-    cfg.data = dataclasses.replace(cfg.data, source="copy_warmup", tokenizer_source="chat_tiny")
-    cfg.optim = dataclasses.replace(cfg.optim, warmup_steps=50)
-    cfg.train = dataclasses.replace(cfg.train, sample_tokens=0)
-    return _short(cfg, steps=300, every=100)
+    return _warmup("copy_warmup", "chat_tiny", steps=300, every=100)
 
 
 @register("chat_tiny_base_copy", "chat_tiny_base from chat_tiny_copy_warmup on chat_tiny_copy "
