@@ -5,10 +5,10 @@ tokenizer files) and import such a folder into an lm run that trains, samples an
     python -m lm.interop.hf import --hf path/to/gpt2 --out runs/gpt2_124m_hf/imported
 
 Architectures: the GPT-2 family -> `GPT2LMHeadModel`; the modern family -> `LlamaForCausalLM`
-(RoPE + RMSNorm + SwiGLU, no biases, tied or untied) or `Qwen3ForCausalLM` (the same with QK-norm). An
-option with no counterpart (ReLU², a logit soft-cap, ...) is a clear error naming it. Weights are
-written as float32 safetensors, so a round trip is bit-identical; no `transformers` import is
-needed to export or import (the tests use it to check logit parity).
+(RoPE + RMSNorm + SwiGLU, no biases, tied or untied) or `Qwen3ForCausalLM` (the same with
+QK-norm). An option with no counterpart (ReLU², a logit soft-cap, ...) is a clear error naming
+it. Weights are written as float32 safetensors, so a round trip is bit-identical; no
+`transformers` import is needed to export or import (the tests use it to check logit parity).
 
 The tokenizer goes along as `lm_tokenizer.json` (exact, what import reads back) and, for HF, as
 `vocab.json` + `merges.txt` (GPT-2's split pattern) or a `tokenizer.json` (`tokenizers`' BPE with
@@ -172,7 +172,8 @@ def hf_config(m: ModelConfig, tok) -> dict:
             "intermediate_size": m.hidden, "num_hidden_layers": m.n_layer,
             "num_attention_heads": m.n_head, "num_key_value_heads": m.kv_heads,
             "head_dim": m.head_dim, "hidden_act": "silu", "max_position_embeddings": m.block_size,
-            "rms_norm_eps": m.norm_eps, "tie_word_embeddings": m.tie_embeddings, "attention_bias": False,
+            "rms_norm_eps": m.norm_eps, "tie_word_embeddings": m.tie_embeddings,
+            "attention_bias": False,
             "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": m.init_std,
             "rope_theta": m.rope_theta,
             "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
@@ -217,7 +218,7 @@ def model_config(hf: dict) -> ModelConfig:
 
 # ---- tokenizer files ----------------------------------------------------------------------------
 
-def _merges(tok) -> list[tuple[bytes, bytes]]:
+def bpe_merges(tok) -> list[tuple[bytes, bytes]]:
     """BPE merges in rank order, recovered from the ranks (a token of rank r is the merge of the
     two pieces that BPE with ranks < r leaves it as)."""
     ranks = tok.mergeable_ranks
@@ -273,7 +274,7 @@ def write_tokenizer(tok: Tokenizer, out: str) -> None:
     u = lambda b: "".join(b2u[x] for x in b)
     vocab = {u(b): r for b, r in tok.mergeable_ranks.items()}
     specials = dict(tok.special_tokens)
-    merges = [f"{u(a)} {u(b)}" for a, b in _merges(tok)]
+    merges = [f"{u(a)} {u(b)}" for a, b in bpe_merges(tok)]
     if tok.pattern == GPT2_SPLIT_PATTERN:
         with open(os.path.join(out, "vocab.json"), "w", encoding="utf-8") as f:
             json.dump({**vocab, **specials}, f, ensure_ascii=False)
