@@ -154,6 +154,35 @@ def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[i
     return ids, mask
 
 
+# The same format as a Jinja chat template (Hugging Face's convention: `messages`, `bos_token`,
+# `add_generation_prompt`), for runtimes that render prompts themselves (llama.cpp, LM Studio,
+# transformers). It must give `render`'s ids once the runtime tokenizes it with special tokens
+# parsed; tests/test_gguf.py checks that through llama.cpp. Assistant content is text or lm's parts.
+JINJA_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'system' -%}"
+    "{%- set ns.system = message.content + '\n\n' -%}"
+    "{%- elif message.role == 'user' -%}"
+    "{{- '<|user_start|>' + ns.system + message.content + '<|user_end|>' -}}"
+    "{%- set ns.system = '' -%}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{{- '<|assistant_start|>' -}}"
+    "{%- if message.content is string -%}{{- message.content -}}"
+    "{%- else -%}{%- for part in message.content -%}"
+    "{%- if part.type == 'python' -%}{{- '<|python_start|>' + part.text + '<|python_end|>' -}}"
+    "{%- elif part.type == 'output' -%}{{- '<|output_start|>' + part.text + '<|output_end|>' -}}"
+    "{%- else -%}{{- part.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|assistant_end|>' -}}"
+    "{%- else -%}{{- raise_exception('unknown role ' + message.role + ' (system, user, "
+    "assistant)') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant_start|>' -}}{%- endif -%}")
+
+
 def render_for_completion(conv: dict, tok) -> list[int]:
     """The prompt for the engine: the conversation up to and including `<|assistant_start|>` of
     the reply to write. A final assistant turn (a reference answer) is left out."""

@@ -33,6 +33,10 @@ CONFIGS = {
     "qwen3": lambda V: dataclasses.replace(
         modern(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
                mlp="swiglu", mlp_hidden=96), logit_softcap=0.0, qk_norm_scale=True),
+    # the chain's chat models: Qwen3 with tied embeddings (HF's tie_word_embeddings)
+    "qwen3_tied": lambda V: dataclasses.replace(
+        modern(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+               mlp="swiglu", mlp_hidden=96), logit_softcap=0.0, tie_embeddings=True),
     # a QK-norm without a learned gain exports as Qwen3 with gains of ones
     "qwen3_unscaled": lambda V: dataclasses.replace(
         modern(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
@@ -134,7 +138,7 @@ def test_gpt2_tokenizer_files(tmp_path):
 @pytest.mark.parametrize("change,match", [
     (dict(mlp="relu2"), r"model.mlp='relu2'"),
     (dict(logit_softcap=15.0), r"model.logit_softcap=15.0"),
-    (dict(tie_embeddings=True), r"model.tie_embeddings=True"),
+    (dict(bias=True), r"model.bias=True"),
 ])
 def test_options_without_a_counterpart_are_named(change, match, tok):
     m = dataclasses.replace(CONFIGS["llama"](tok.vocab_size), **change)

@@ -5,10 +5,10 @@ tokenizer files) and import such a folder into an lm run that trains, samples an
     python -m lm.interop.hf import --hf path/to/gpt2 --out runs/gpt2_124m_hf/imported
 
 Architectures: the GPT-2 family -> `GPT2LMHeadModel`; the modern family -> `LlamaForCausalLM`
-(RoPE + RMSNorm + SwiGLU, no biases, untied) or `Qwen3ForCausalLM` (the same with QK-norm). An
-option with no counterpart (ReLU², a logit soft-cap, ...) is a clear error naming it. Weights are
-written as float32 safetensors, so a round trip is bit-identical; no `transformers` import is
-needed to export or import (the tests use it to check logit parity).
+(RoPE + RMSNorm + SwiGLU, no biases, tied or untied) or `Qwen3ForCausalLM` (the same with
+QK-norm). An option with no counterpart (ReLU², a logit soft-cap, ...) is a clear error naming
+it. Weights are written as float32 safetensors, so a round trip is bit-identical; no
+`transformers` import is needed to export or import (the tests use it to check logit parity).
 
 The tokenizer goes along as `lm_tokenizer.json` (exact, what import reads back) and, for HF, as
 `vocab.json` + `merges.txt` (GPT-2's split pattern) or a `tokenizer.json` (`tokenizers`' BPE with
@@ -47,8 +47,7 @@ def architecture(m: ModelConfig) -> str:
                 qk_norm=False, logit_softcap=0.0)
     if all(getattr(m, k) == v for k, v in gpt2.items()) and m.kv_heads == m.n_head:
         return "gpt2"
-    llama = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False,
-                 logit_softcap=0.0)
+    llama = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, logit_softcap=0.0)
     bad = [f"model.{k}={getattr(m, k)!r} (needs {v!r})" for k, v in llama.items()
            if getattr(m, k) != v]
     if m.pos == "learned" and m.norm == "layernorm":   # looks like GPT-2: say what differs there
@@ -105,7 +104,7 @@ def to_hf(params: Any, m: ModelConfig) -> dict[str, np.ndarray]:
                     p(h, "attn", f"{x}_norm", "scale") if m.qk_norm_scale
                     else np.ones((H,), np.float32))
     out["model.norm.weight"] = p("ln_f", "scale")
-    out["lm_head.weight"] = p("lm_head", "kernel").T
+    out["lm_head.weight"] = p("wte") if m.tie_embeddings else p("lm_head", "kernel").T
     return out
 
 
@@ -143,7 +142,8 @@ def from_hf(sd: dict[str, np.ndarray], m: ModelConfig) -> dict:
                          for x in "qk"} if m.qk_norm_scale else {})},
             "mlp": {"c_fc": {"kernel": fc}, "c_proj": {"kernel": g(t + "mlp.down_proj.weight").T}}}
     params["ln_f"] = {"scale": g("model.norm.weight")}
-    params["lm_head"] = {"kernel": g("lm_head.weight").T}
+    if not m.tie_embeddings:
+        params["lm_head"] = {"kernel": g("lm_head.weight").T}
     return params
 
 
@@ -172,7 +172,8 @@ def hf_config(m: ModelConfig, tok) -> dict:
             "intermediate_size": m.hidden, "num_hidden_layers": m.n_layer,
             "num_attention_heads": m.n_head, "num_key_value_heads": m.kv_heads,
             "head_dim": m.head_dim, "hidden_act": "silu", "max_position_embeddings": m.block_size,
-            "rms_norm_eps": m.norm_eps, "tie_word_embeddings": False, "attention_bias": False,
+            "rms_norm_eps": m.norm_eps, "tie_word_embeddings": m.tie_embeddings,
+            "attention_bias": False,
             "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": m.init_std,
             "rope_theta": m.rope_theta,
             "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
@@ -197,8 +198,6 @@ def model_config(hf: dict) -> ModelConfig:
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise InteropError(f"{t} with biases has no lm counterpart (lm's modern family is "
                                f"bias-free)")
-        if hf.get("tie_word_embeddings"):
-            raise InteropError(f"{t} with tied embeddings: lm's RoPE/RMSNorm family is untied")
         if hf.get("hidden_act", "silu") != "silu":
             raise InteropError(f"{t} activation {hf.get('hidden_act')!r}: lm's SwiGLU is silu")
         rope = (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0))
@@ -212,13 +211,14 @@ def model_config(hf: dict) -> ModelConfig:
                            mlp_hidden=hf["intermediate_size"], norm="rmsnorm",
                            norm_eps=hf.get("rms_norm_eps", 1e-6), pos="rope",
                            rope_theta=float(rope), qk_norm=t == "qwen3",
-                           qk_norm_scale=t == "qwen3", bias=False, tie_embeddings=False)
+                           qk_norm_scale=t == "qwen3", bias=False,
+                           tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
     raise InteropError(f"model_type {t!r} is not supported (gpt2, llama, qwen3)")
 
 
 # ---- tokenizer files ----------------------------------------------------------------------------
 
-def _merges(tok) -> list[tuple[bytes, bytes]]:
+def bpe_merges(tok) -> list[tuple[bytes, bytes]]:
     """BPE merges in rank order, recovered from the ranks (a token of rank r is the merge of the
     two pieces that BPE with ranks < r leaves it as)."""
     ranks = tok.mergeable_ranks
@@ -274,7 +274,7 @@ def write_tokenizer(tok: Tokenizer, out: str) -> None:
     u = lambda b: "".join(b2u[x] for x in b)
     vocab = {u(b): r for b, r in tok.mergeable_ranks.items()}
     specials = dict(tok.special_tokens)
-    merges = [f"{u(a)} {u(b)}" for a, b in _merges(tok)]
+    merges = [f"{u(a)} {u(b)}" for a, b in bpe_merges(tok)]
     if tok.pattern == GPT2_SPLIT_PATTERN:
         with open(os.path.join(out, "vocab.json"), "w", encoding="utf-8") as f:
             json.dump({**vocab, **specials}, f, ensure_ascii=False)
@@ -352,11 +352,11 @@ def read_tokenizer(folder: str, vocab_size: int):
 
 def export(params, cfg: Config, tok: Tokenizer, out: str) -> str:
     m = cfg.model
-    arch = architecture(m)
+    architecture(m)                          # an option without a counterpart fails first
     os.makedirs(out, exist_ok=True)
     sd = to_hf(params, m)
-    if arch == "gpt2":
-        sd.pop("lm_head.weight")             # tied: HF ties it to wte on load
+    if m.tie_embeddings:
+        sd.pop("lm_head.weight")             # tied: HF ties it to the embedding on load
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
               os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out, "config.json"), "w") as f:

@@ -1,0 +1,167 @@
+"""Chat with a trained run from the terminal, over the sampling engine (tokens stream as they come).
+
+    python -m lm.chat --run runs/<experiment>/<timestamp>          # latest checkpoint
+    python -m lm.chat --run chat_tiny_sft                           # an experiment's latest run
+    python -m lm.chat --checkpoint runs/<exp>/<ts>/checkpoints --step 2000
+    python -m lm.chat --run ... --prompt "Why is the sky blue?"    # one turn, then exit
+
+Two modes (`--mode`, default `auto`: chat for runs of the `sft` and `grpo` stages, completion for
+base models):
+- completion: each line you type is a prompt; the model continues it;
+- chat: the conversation is rendered in the chat format (`lm.conversation`), the model answers
+  until `<|assistant_end|>`, and its calculator calls are evaluated by the engine (shown as
+  `<<expr=result>>`).
+
+Commands: `/reset` clears the conversation, `/quit` (or Ctrl-D) exits.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Iterator, Optional
+
+from lm import conversation as chat_format
+from lm import process, runs, sampling, stages
+
+
+def pick_mode(mode: str, stage: str, tok) -> str:
+    """chat for runs of a chat stage (by their stage, not their name), completion for base runs."""
+    if mode == "chat" and tok.chat is None:
+        raise SystemExit("chat mode needs a tokenizer with the chat special tokens")
+    if mode != "auto":
+        return mode
+    return "chat" if stages.is_chat(stage) and tok.chat is not None else "completion"
+
+
+class Session:
+    """One conversation (chat mode) or a series of independent prompts (completion mode)."""
+
+    def __init__(self, params, cfg, tok, mode: str, *, temperature: float = 0.8,
+                 top_k: int = 50, top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0,
+                 tools: bool = True, chunk: int = 8, system: Optional[str] = None):
+        self.cfg, self.tok, self.mode = cfg, tok, mode
+        self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                             max_new_tokens=min(max_new_tokens, cfg.model.block_size - 1))
+        self.seed, self.turn, self.chunk, self.system = seed, 0, chunk, system
+        tool_ids = tok.chat if (mode == "chat" and tools) else None
+        self.engine = sampling.Engine(params, cfg.model, tokenizer=tok, tools=tool_ids)
+        self.bos = tok.bos_id
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages: list[dict] = ([{"role": "system", "content": self.system}]
+                                     if self.system else [])
+
+    def forget_last(self) -> None:
+        """Drop a user turn that could not be answered (so the conversation stays valid)."""
+        if self.messages and self.messages[-1]["role"] == "user":
+            self.messages.pop()
+
+    def _fit(self, ids: list[int]) -> list[int]:
+        """Keep the prompt short enough to leave room for the answer (drop the oldest tokens)."""
+        room = self.cfg.model.block_size - min(self.sampling["max_new_tokens"],
+                                               self.cfg.model.block_size // 2)
+        if len(ids) <= room:
+            return ids
+        head = [self.bos] if self.bos is not None else []
+        return head + ids[len(ids) - room + len(head):]
+
+    def respond(self, text: str) -> Iterator[str]:
+        """Stream the model's answer (chat) or continuation (completion) as text pieces."""
+        if self.mode == "chat":
+            self.messages.append({"role": "user", "content": text})
+            prompt = chat_format.render_for_completion({"messages": self.messages}, self.tok)
+            stops = list(self.tok.chat.stops)
+        else:
+            prompt = ([self.bos] if self.bos is not None else []) + list(self.tok.encode(text))
+            stops = [self.bos] if self.bos is not None else []
+        prompt = self._fit(prompt or [0])
+        out = chat_format.TextStream(self.tok, chat=self.mode == "chat")
+        gen: list[int] = []
+        it = self.engine.stream([prompt], chunk=self.chunk, seed=self.seed,
+                                sample_ids=[self.turn], stop_tokens=stops, **self.sampling)
+        self.turn += 1
+        for ch in it:
+            gen += ch.tokens[0]
+            piece = out.push([t for t in ch.tokens[0] if t not in stops])
+            if piece:
+                yield piece
+        tail = out.flush()
+        if tail:
+            yield tail
+        self.last_tokens = gen
+        if self.mode == "chat":
+            parts = chat_format.parse_reply(gen, self.tok) or [{"type": "text", "text": " "}]
+            self.messages.append({"role": "assistant", "content": parts})
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", help="run directory, or an experiment name (its latest run)")
+    p.add_argument("--checkpoint", help="checkpoint directory (its parent holds config.json)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--mode", choices=("auto", "chat", "completion"), default="auto")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--system", default=None, help="a system message (chat mode)")
+    p.add_argument("--no_tools", action="store_true", help="don't evaluate calculator tool calls")
+    p.add_argument("--prompt", default=None, help="answer this one prompt and exit")
+    a = p.parse_args(argv)
+    if not (a.run or a.checkpoint):
+        p.error("give --run RUN_DIR (or an experiment name) or --checkpoint CHECKPOINT_DIR")
+
+    process.configure_devices(rows=1)          # the engine runs on one device
+    try:
+        run = runs.load(a.run or a.checkpoint, step=a.step)
+    except runs.RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    mode = pick_mode(a.mode, run.stage, run.tokenizer)
+    sess = Session(run.params, run.config, run.tokenizer, mode, temperature=a.temperature,
+                   top_k=a.top_k, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed,
+                   tools=not a.no_tools, system=a.system)
+
+    def answer(text: str) -> None:
+        for piece in sess.respond(text):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    if a.prompt is not None:
+        try:
+            answer(a.prompt)
+        except ValueError as e:       # text the tokenizer cannot encode, a prompt too long
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    print(f"{run.config.name} step {run.step} ({mode} mode; /reset, /quit)", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if mode == "chat" else "prompt> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        cmd = line.strip()
+        if cmd == "/quit":
+            return 0
+        if cmd == "/reset":
+            sess.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not cmd:
+            continue
+        try:
+            answer(line)
+        except KeyboardInterrupt:
+            print("\n(interrupted)", file=sys.stderr)
+        except ValueError as e:
+            print(f"\nerror: {e}", file=sys.stderr)
+            sess.forget_last()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

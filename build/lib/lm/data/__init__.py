@@ -1,0 +1,1 @@
+"""Data: text sources, tokenization into token streams, packing and grain pipelines."""

@@ -1,0 +1,72 @@
+"""GRPO's maths: group-relative advantages and the policy loss with every variant the field uses.
+
+    advantages(rewards_PG, std_norm, eps)            (r - mean_g) [/ (std_g + eps)], per group
+    policy_loss(logp, old_logp, ref_logp, adv, mask, entropy, cfg) -> (loss, metrics)
+
+Per token t of a response (mask 1: a token the model sampled; prompts, padding and the engine's
+forced tool outputs are 0):
+    ratio = exp(logp - old_logp)                     (1 on-policy; old_logp has no gradient)
+    pg    = max(-A · ratio, -A · clip(ratio, 1 - ε, 1 + ε_high))          PPO / GRPO / DAPO
+    kl    = exp(d) - d - 1 with d = ref - logp ("k3"), or logp - ref ("kl"); 0 without a penalty
+    loss_t = pg + β · kl            (the logged `kl` is always the k3 estimate, penalty or not)
+aggregated as `token_mean` (Σ loss·mask / Σ mask over the batch: DAPO), `seq_mean_token_mean`
+(mean over sequences of each one's token mean: GRPO), or `seq_mean_token_scale` (Σ loss·mask /
+(rows · max_new_tokens): Dr. GRPO's constant length). nanochat's chat_rl is the setting
+std_norm=False, kl=none, updates=1 (ratio 1, nothing clipped): plain on-policy REINFORCE with a
+group-mean baseline.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm.config import RLConfig
+
+Array = jax.Array
+
+
+def advantages(rewards_PG: np.ndarray, std_norm: bool, eps: float = 1e-6
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(advantages [P, G], zero-variance group flags [P]). A group whose rewards are all equal
+    gets advantage 0 everywhere: it teaches nothing."""
+    r = np.asarray(rewards_PG, np.float64)
+    centred = r - r.mean(axis=1, keepdims=True)
+    if std_norm:
+        centred = centred / (r.std(axis=1, keepdims=True) + eps)
+    zero = np.all(r == r[:, :1], axis=1)
+    centred[zero] = 0.0
+    return centred.astype(np.float32), zero
+
+
+def policy_loss(logp_BT: Array, old_logp_BT: Array, ref_logp_BT: Array, adv_B: Array,
+                mask_BT: Array, entropy_BT: Array, rl: RLConfig) -> tuple[Array, dict]:
+    m = mask_BT.astype(jnp.float32)
+    A = adv_B.astype(jnp.float32)[:, None]
+    ratio = jnp.exp(logp_BT - jax.lax.stop_gradient(old_logp_BT))
+    lo, hi = 1.0 - rl.clip_eps, 1.0 + (rl.clip_eps_high or rl.clip_eps)
+    clipped = jnp.clip(ratio, lo, hi)
+    pg = jnp.maximum(-A * ratio, -A * clipped)
+    d = jax.lax.stop_gradient(ref_logp_BT) - logp_BT
+    k3 = jnp.exp(d) - d - 1.0
+    per_token = pg
+    if rl.kl == "k3":
+        per_token = pg + rl.beta * k3
+    elif rl.kl == "kl":
+        per_token = pg + rl.beta * (-d)
+    n = jnp.maximum(m.sum(), 1.0)
+    if rl.aggregation == "token_mean":
+        loss = (per_token * m).sum() / n
+    elif rl.aggregation == "seq_mean_token_mean":
+        rows = m.sum(axis=1)
+        seq = (per_token * m).sum(axis=1) / jnp.maximum(rows, 1.0)
+        loss = seq.sum() / jnp.maximum((rows > 0).sum(), 1)
+    else:   # seq_mean_token_scale (Dr. GRPO)
+        loss = (per_token * m).sum() / (m.shape[0] * rl.max_new_tokens)
+    # diagnostics, over the trained tokens
+    engaged = ((ratio < lo) & (A < 0)) | ((ratio > hi) & (A > 0))
+    mean = lambda x: (x * m).sum() / n
+    metrics = {"loss": loss, "pg_loss": mean(pg), "kl": mean(jax.lax.stop_gradient(k3)),
+               "clip_frac": mean(engaged.astype(jnp.float32)), "ratio": mean(ratio),
+               "entropy": mean(entropy_BT), "tokens": m.sum()}
+    return loss, metrics

@@ -1,0 +1,68 @@
+"""Reward functions, registered by name and composed with weights (`rl.rewards="correct:1,format:0.1"`).
+
+A reward function takes (task, conversation, reply) — reply is a dict with `text` (the reply in
+`reply_text` form), `format_ok` (ended with `<|assistant_end|>` in budget), `tokens` — and returns
+a float. One that raises gives 0 for that sample and is counted (`errors`); it never stops the
+loop.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from lm.config import ConfigError, parse_weights
+from lm.tasks.base import final_number
+
+RewardFn = Callable[[object, dict, dict], float]
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register(name: str):
+    def deco(fn: RewardFn) -> RewardFn:
+        if name in REWARDS:
+            raise ValueError(f"reward {name!r} registered twice")
+        REWARDS[name] = fn
+        return fn
+    return deco
+
+
+@register("correct")
+def correct(task, conv: dict, reply: dict) -> float:
+    """The task's own grade of the reply: its `reward` (1.0 when `evaluate` says correct)."""
+    return float(task.reward(conv, reply["text"]))
+
+
+@register("format")
+def format_kept(task, conv: dict, reply: dict) -> float:
+    """1.0 when the reply ends with <|assistant_end|> within its budget."""
+    return 1.0 if reply["format_ok"] else 0.0
+
+
+@register("answer_marker")
+def answer_marker(task, conv: dict, reply: dict) -> float:
+    """1.0 when the reply states a final answer (`#### N`), right or wrong."""
+    return 1.0 if final_number(reply["text"]) is not None else 0.0
+
+
+def parse(spec: str) -> dict[str, float]:
+    """'name:weight,...' -> {name: weight}, validated against the registry (ConfigError)."""
+    out = parse_weights(spec, REWARDS, key="rl.rewards", kind="reward")
+    if not out:
+        raise ConfigError("rl.rewards: no reward given")
+    return out
+
+
+class Composite:
+    """Σ weight · reward over the registered functions; counts the calls that raised."""
+
+    def __init__(self, spec: str | dict[str, float]):
+        self.weights = parse(spec) if isinstance(spec, str) else dict(spec)
+        self.errors = 0
+
+    def __call__(self, task, conv: dict, reply: dict) -> float:
+        total = 0.0
+        for name, w in self.weights.items():
+            try:
+                total += w * float(REWARDS[name](task, conv, reply))
+            except Exception:  # noqa: BLE001 - a broken reward is a zero, counted, not a crash
+                self.errors += 1
+        return total

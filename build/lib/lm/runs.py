@@ -1,0 +1,230 @@
+"""Loading a trained run — config, parameters, tokenizer, stage — in one place. Used by the chat
+CLI, SFT/RL initialisation (`init_from`), evaluation, the report card and the server.
+
+A run directory (`runs/<experiment>/<timestamp>/`) is self-contained:
+
+    config.json      the resolved Config (its `stage`, model shape, ...)
+    tokenizer.json   the tokenizer artifact (`lm.tokenizer.load_tokenizer`)
+    lineage.json     the parent run this one started from (init_from), if any
+    checkpoints/     orbax step folders (`lm.checkpoint`)
+
+`resolve(spec)` accepts a run directory, a checkpoint directory (or one step folder inside it),
+or the name of a registered experiment (its latest run that holds a checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+import experiments
+from lm import model
+from lm.checkpoint import CheckpointManager, has_checkpoint
+from lm.config import Config, from_dict
+from lm.data import pipeline
+from lm.data.sources import DataUnavailableError
+from lm.optim import make_optimizer
+from lm.state import checkpoint_target, init_state
+from lm.tokenizer import Tokenizer, load_tokenizer as load_artifact
+
+
+class RunError(ValueError):
+    """A run that cannot be found or used (the message names it and what is wrong)."""
+
+
+@dataclasses.dataclass
+class RunRef:
+    """Where a run lives: its directory, its checkpoint directory, and an explicit step (or None
+    for the latest)."""
+    run_dir: str
+    ckpt_dir: str
+    step: Optional[int] = None
+
+
+@dataclasses.dataclass
+class Run:
+    ref: RunRef
+    config: Config
+    tokenizer: Tokenizer
+    params: Any
+    step: int
+
+    @property
+    def run_dir(self) -> str:
+        return self.ref.run_dir
+
+    @property
+    def stage(self) -> str:
+        return self.config.stage
+
+
+def checkpoint_dir(run_dir: str, cfg: Optional[Config] = None) -> str:
+    """Where a run's checkpoints live: `<run dir>/checkpoints`, or, with `checkpoint.dir` set (a
+    path or a gs:// bucket), `<checkpoint.dir>/<experiment>/<timestamp>`."""
+    if cfg is None:
+        path = os.path.join(run_dir, "config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            cfg_dir, name = saved.get("checkpoint", {}).get("dir", ""), saved.get("name", "")
+        else:
+            cfg_dir, name = "", ""
+    else:
+        cfg_dir, name = cfg.checkpoint.dir, cfg.name
+    if not cfg_dir:
+        return os.path.join(run_dir, "checkpoints")
+    return "/".join([cfg_dir.rstrip("/"), name, os.path.basename(os.path.normpath(run_dir))])
+
+
+def latest_run(experiment: str, workdir: Optional[str] = None,
+               cfg: Optional[Config] = None) -> Optional[str]:
+    """The newest `runs/<experiment>/<timestamp>` under `workdir` that holds a checkpoint."""
+    root = os.path.join(workdir or ".", "runs", experiment)
+    if not os.path.isdir(root):
+        return None
+    runs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+                  and has_checkpoint(checkpoint_dir(os.path.join(root, d), cfg)))
+    return os.path.join(root, runs[-1]) if runs else None
+
+
+def resolve(spec: str, *, workdir: Optional[str] = None, step: Optional[int] = None) -> RunRef:
+    """A RunRef from a run dir, a checkpoint dir / step folder, or an experiment name."""
+    if not spec:
+        raise RunError("no run given")
+    path = os.path.abspath(os.path.expanduser(spec))
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "config.json")):
+            return RunRef(path, checkpoint_dir(path), step)
+        base = os.path.basename(path.rstrip("/"))
+        if base.isdigit() and os.path.exists(os.path.join(path, "..", "..", "config.json")):
+            ckpt = os.path.dirname(path)
+            return RunRef(os.path.dirname(ckpt), ckpt, int(base) if step is None else step)
+        if os.path.exists(os.path.join(path, "..", "config.json")):
+            return RunRef(os.path.dirname(path), path, step)
+        raise RunError(f"{spec}: neither a run directory (config.json + checkpoints/) nor a "
+                       f"checkpoint directory of one")
+    names = dict(experiments.list_experiments())
+    if spec in names:
+        found = latest_run(spec, workdir)
+        if found is None:
+            raise RunError(f"experiment {spec!r} has no run with a checkpoint under "
+                           f"{os.path.join(workdir or '.', 'runs', spec)}; train it first: "
+                           f"python -m lm.main --experiment {spec}")
+        return RunRef(found, checkpoint_dir(found), step)
+    raise RunError(f"{spec!r} is not a run directory, a checkpoint directory, or a registered "
+                   f"experiment (see python -m lm.main --list)")
+
+
+def load_config(ref: RunRef) -> Config:
+    path = os.path.join(ref.run_dir, "config.json")
+    if not os.path.exists(path):
+        raise RunError(f"no config.json in {ref.run_dir}")
+    with open(path) as f:
+        return from_dict(json.load(f))
+
+
+def load_tokenizer(ref: RunRef, cfg: Optional[Config] = None):
+    """The run's own tokenizer.json; a run written before runs saved it falls back to rebuilding
+    the tokenizer from its config (which may need the training data)."""
+    path = os.path.join(ref.run_dir, "tokenizer.json")
+    if os.path.exists(path):
+        return load_artifact(path)
+    cfg = cfg or load_config(ref)
+    try:
+        return pipeline.build_tokenizer(cfg.data)
+    except DataUnavailableError as e:
+        raise RunError(f"{ref.run_dir} has no tokenizer.json (written by older versions of lm), "
+                       f"and rebuilding it from the config needs the training data: {e}") from None
+
+
+def abstract_params(cfg: Config):
+    return jax.eval_shape(lambda: model.init(cfg.model, jax.random.key(0)))
+
+
+def restore_state(ref: RunRef, target, step: Optional[int] = None):
+    """(step, state, extra) of the run's checkpoint restored onto `target` (an abstract pytree
+    with shardings), or RunError."""
+    if not has_checkpoint(ref.ckpt_dir):
+        raise RunError(f"{ref.run_dir} has no checkpoint (in {ref.ckpt_dir})")
+    # every=0: never saves; a huge keep: never garbage-collects.
+    with CheckpointManager(ref.ckpt_dir, every=0, keep=1 << 30) as mgr:
+        try:
+            out = mgr.restore(target, step if step is not None else ref.step)
+        except (FileNotFoundError, RuntimeError) as e:   # no such step, or none readable
+            raise RunError(f"{ref.run_dir}: {e}") from None
+    if out is None:
+        raise RunError(f"no checkpoint in {ref.ckpt_dir}")
+    return out
+
+
+def load(spec: str, *, step: Optional[int] = None, workdir: Optional[str] = None,
+         with_params: bool = True) -> Run:
+    """The run named by `spec`, its parameters on this process's first device."""
+    ref = resolve(spec, workdir=workdir, step=step)
+    cfg = load_config(ref)
+    tok = load_tokenizer(ref, cfg)
+    params, got = None, -1
+    if with_params:
+        got, state, _ = restore_state(ref, checkpoint_target(cfg))
+        params = state.params
+    return Run(ref, cfg, tok, params, got)
+
+
+def check_compatible(parent: Run, cfg: Config) -> None:
+    """A child config must build the parent's parameter shapes (RunError naming both)."""
+    want = jax.tree_util.tree_map(lambda a: a.shape, abstract_params(cfg))
+    have = jax.tree_util.tree_map(lambda a: a.shape, abstract_params(parent.config))
+    if want != have:
+        diffs = [f"model.{f.name}: parent {getattr(parent.config.model, f.name)!r}, "
+                 f"this run {getattr(cfg.model, f.name)!r}"
+                 for f in dataclasses.fields(cfg.model)
+                 if getattr(parent.config.model, f.name) != getattr(cfg.model, f.name)]
+        raise RunError(f"init_from {parent.run_dir}: its model shape does not match this "
+                       f"config's ({'; '.join(diffs) or 'parameter shapes differ'})")
+
+
+def save_run(run_dir: str, cfg: Config, tokenizer, params=None, *, step: int = 0,
+             extra: Optional[dict] = None) -> str:
+    """Write a self-contained run directory: config.json, tokenizer.json and a checkpoint of a
+    fresh TrainState holding `params` (the model's random init if None). For imported weights,
+    tools and tests: the result loads, trains, samples, evaluates and serves like any run."""
+    os.makedirs(run_dir, exist_ok=True)
+    tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
+    cfg.validate()
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        f.write(cfg.to_json())
+    tx = make_optimizer(cfg.optim, cfg.train.steps)
+    state = jax.jit(lambda: init_state(cfg, tx, 0))()
+    if params is not None:
+        state = state.replace(params=jax.tree.map(jnp.asarray, params))
+    with CheckpointManager(checkpoint_dir(run_dir, cfg), every=0, keep=1) as mgr:
+        mgr.save(step, state, {"data": {}, **(extra or {})}, force=True)
+    return run_dir
+
+
+def write_lineage(run_dir: str, parent: Optional[Run]) -> None:
+    if parent is None:
+        return
+    with open(os.path.join(run_dir, "lineage.json"), "w") as f:
+        json.dump({"parent": {"run_dir": parent.run_dir, "step": parent.step,
+                              "experiment": parent.config.name, "stage": parent.stage}}, f,
+                  indent=2)
+
+
+def lineage(run_dir: str) -> list[dict]:
+    """The chain of parent runs, nearest first ({'run_dir', 'step', 'experiment', 'stage'})."""
+    out, seen = [], set()
+    d = run_dir
+    while True:
+        path = os.path.join(d, "lineage.json")
+        if not os.path.exists(path) or d in seen:
+            return out
+        seen.add(d)
+        with open(path) as f:
+            parent = json.load(f)["parent"]
+        out.append(parent)
+        d = parent["run_dir"]

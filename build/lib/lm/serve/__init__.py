@@ -1,0 +1,1 @@
+"""OpenAI-compatible serving: `python -m lm.serve --run DIR` (see lm/serve/app.py)."""

@@ -1,0 +1,70 @@
+"""The API's request bodies as pydantic models: validated before anything reaches the scheduler,
+and documented in `/openapi.json` (so clients and fuzzers see the same schema).
+
+Types are strict (a string is not a number, a bool is not an integer), numbers finite, ranges
+OpenAI's; unknown fields are ignored. A body that breaks the schema is a 400 in the OpenAI error
+shape naming the field (`app.validation_error`); checks that need the model or tokenizer (the
+context length, the served model's name) happen in `app.build_request`.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+MAX_N = 8
+MAX_TOP_LOGPROBS = 20
+MAX_STOP = 4
+INT64 = 2 ** 63
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[StrictStr, list[TextPart]]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: Optional[StrictBool] = None
+
+
+class Common(BaseModel):
+    """The sampling fields both routes take."""
+    model_config = ConfigDict(extra="ignore")
+    model: Optional[StrictStr] = None
+    max_tokens: Optional[int] = Field(None, strict=True, gt=0, lt=INT64)
+    max_completion_tokens: Optional[int] = Field(None, strict=True, gt=0, lt=INT64)
+    temperature: Optional[float] = Field(None, strict=True, allow_inf_nan=False, ge=0, le=2)
+    top_p: Optional[float] = Field(None, strict=True, allow_inf_nan=False, gt=0, le=1)
+    top_k: Optional[int] = Field(None, strict=True, ge=0, lt=INT64,
+                                 description="lm extension: sample from the k most likely tokens")
+    n: Optional[int] = Field(None, strict=True, ge=1, le=MAX_N)
+    seed: Optional[int] = Field(None, strict=True, ge=-INT64, lt=INT64)
+    stop: Union[StrictStr, list[StrictStr], None] = Field(None, description=f"up to {MAX_STOP}")
+    stream: Optional[StrictBool] = None
+    stream_options: Optional[StreamOptions] = None
+
+    def budget_key(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    def budget(self) -> Optional[int]:
+        return self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
+
+
+class ChatRequest(Common):
+    messages: list[Message] = Field(min_length=1)
+    logprobs: Optional[StrictBool] = None
+    top_logprobs: Optional[int] = Field(None, strict=True, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class CompletionRequest(Common):
+    prompt: Union[StrictStr, list[StrictStr]]
+    logprobs: Optional[int] = Field(None, strict=True, ge=0, le=5)

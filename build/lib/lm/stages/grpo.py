@@ -1,0 +1,233 @@
+"""RL with verifiable rewards (GRPO and its variants) on the sampling engine.
+
+Each rollout batch: P prompts from the task's `rl.split` × G samples each (`rl.temperature`,
+`top_k`, `top_p`), tools on; the engine flags its forced tool-output tokens, which (with prompts
+and padding) get no gradient. Rewards come from the task's grader (`lm.rl.rewards`), advantages
+are group-relative (`lm.rl.loss.advantages`), and the log-probs of the sampled tokens under the
+policy that sampled them (`old_logp`) and under the frozen parent (`ref_logp`) are computed by one
+jitted forward pass each, without gradients. A batch serves `rl.updates` optimizer steps (with
+more than one, the PPO ratio and its clipping engage); the one loop runs them like any step.
+
+Logged every step: reward, response length, KL to the reference (k3), entropy, clip fraction,
+zero-variance groups, reward errors, rollout and update seconds. Evaluations: held-out pass@1
+(greedy, `eval/<task>`) and pass@k (`eval/<task>_pass@k`) at step 0 (the parent's policy, before
+the first update), every `eval.every` steps and at the end; `rl_curves.png` in the run directory
+plots reward and pass@1 from step 0.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import kernels, losses, model
+from lm import conversation as chat
+from lm import tasks as task_lib
+from lm.config import Config, parse_weights
+from lm.eval.chat import evaluate_tasks, pass_at_k
+from lm.report import plot_rl_curves
+from lm.rl.loss import advantages, policy_loss
+from lm.rl.rewards import Composite
+from lm.sampling import Engine
+from lm.stages import base
+from lm.stages.sft import write_samples
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def sequence_logprobs(params, cfg, inputs, targets):
+    """log p(target) per position (no gradient): old_logp and ref_logp of a rollout batch."""
+    logits = model.apply(params, cfg, inputs)
+    return losses.token_logprobs(logits, targets, kernels.resolve_for(cfg))[0]
+
+
+class Stage(base.Stage):
+    chat = True
+    needs_parent = True        # its policy is the reference
+
+    @staticmethod
+    def loss_fn(cfg: Config):
+        mcfg, rl = cfg.model, cfg.rl
+        impl = kernels.resolve_for(mcfg)
+
+        def fn(params, batch, rng):
+            logits = model.apply(params, mcfg, batch["inputs"])
+            logp, lse = losses.token_logprobs(logits, batch["targets"], impl)
+            p = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+            entropy = jax.lax.stop_gradient(lse) - jnp.sum(p * jax.lax.stop_gradient(logits), -1)
+            return policy_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
+                               batch["weights"], entropy, rl)
+        return fn
+
+    @staticmethod
+    def abstract_batch(cfg: Config) -> dict:
+        B, T = cfg.data.batch_size, cfg.data.seq_len
+        f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+        i = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
+        return {"inputs": i(B, T), "targets": i(B, T), "weights": f(B, T), "old_logp": f(B, T),
+                "ref_logp": f(B, T), "advantages": f(B)}
+
+    def __init__(self, cfg: Config, tokenizer=None, parent=None):
+        if tokenizer is None or tokenizer.chat is None:
+            raise ValueError("grpo needs a chat tokenizer (init_from an sft run)")
+        rl, d = cfg.rl, cfg.data
+        if d.batch_size != rl.prompts * rl.samples:
+            raise ValueError(f"grpo: data.batch_size ({d.batch_size}) must be rl.prompts × "
+                             f"rl.samples ({rl.prompts} × {rl.samples} = "
+                             f"{rl.prompts * rl.samples}): the rows of one rollout batch")
+        self.cfg, self.tokenizer = cfg, tokenizer
+        parse_weights(rl.task, task_lib.NAMES, key="rl.task")     # one task, or a mixture
+        self.task = task_lib.get(rl.task)
+        if self.task.kind != "generative":
+            raise ValueError(f"rl.task={rl.task!r} is {self.task.kind}; RL needs a generative "
+                             f"task with a grader")
+        if rl.split == "test" or rl.split not in self.task.splits:
+            raise ValueError(f"rl.split={rl.split!r}: {rl.task} has splits "
+                             f"{[x for x in self.task.splits if x != 'test']} to practise on "
+                             f"(test is held out for evaluation)")
+        self.reward = Composite(rl.rewards)
+        # its own buffers: the train state starts from the same arrays and the step donates them
+        self.ref_params = jax.tree.map(jnp.copy, parent.params)
+        self.rollout_index = 0          # rollout batches made so far (the data position)
+        self.updates_left = 0
+        self.batch = None
+        self.stats: dict = {}
+        self.history: list[dict] = []
+        self.engine = None
+        self.samples: list[dict] = []
+        self.eval_tasks = list(parse_weights(cfg.eval.tasks, task_lib.NAMES,
+                                             key="eval.tasks")) or [rl.task]
+        sample = [chat.render_for_completion(self.task.example(rl.split, i), tokenizer)
+                  for i in range(32)]
+        if max(map(len, sample)) + rl.max_new_tokens + 1 > d.seq_len:
+            raise ValueError(f"grpo: prompts of up to {max(map(len, sample))} tokens plus "
+                             f"rl.max_new_tokens ({rl.max_new_tokens}) do not fit data.seq_len "
+                             f"({d.seq_len})")
+
+    # -- the data position --------------------------------------------------------------------
+    def data_state(self) -> dict:
+        return {"rollouts": self.rollout_index}
+
+    def set_data_state(self, d: dict) -> None:
+        # a resumed run starts the next rollout batch (a batch in progress is made again only
+        # when rl.updates == 1, where it is exactly the batch the step would have made)
+        self.rollout_index = int(d["rollouts"])
+        self.updates_left = 0
+
+    def log_metrics(self) -> dict:
+        return dict(self.stats)
+
+    # -- rollouts -------------------------------------------------------------------------------
+    def _engine(self, params):
+        if self.engine is None:
+            self.engine = Engine(params, self.cfg.model, tokenizer=self.tokenizer,
+                                 tools=self.tokenizer.chat)
+        self.engine.params = params
+        return self.engine
+
+    def prompts(self, k: int) -> list[dict]:
+        """The P training conversations of rollout batch k (deterministic)."""
+        P = self.cfg.rl.prompts
+        split = self.cfg.rl.split
+        size = self.task.size(split)
+        if size is None:
+            return [self.task.example(split, k * P + j) for j in range(P)]
+        rng = np.random.default_rng((self.cfg.data.seed, k))
+        return [self.task.example(split, int(i)) for i in rng.integers(0, size, P)]
+
+    def rollouts(self, params, k: int) -> tuple[dict, dict]:
+        cfg, rl, tok = self.cfg, self.cfg.rl, self.tokenizer
+        convs = self.prompts(k)
+        eng = self._engine(params)
+        replies = []
+        prompts = [chat.render_for_completion(c, tok) for c in convs]
+        g = eng.generate(prompts, n=rl.samples, max_new_tokens=rl.max_new_tokens,
+                         temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
+                         seed=cfg.train.seed + 7919 * k,
+                         stop_tokens=list(tok.chat.stops))
+        end = tok.chat.assistant_end
+        T, B = cfg.data.seq_len, rl.prompts * rl.samples
+        inputs = np.zeros((B, T), np.int32)
+        targets = np.zeros((B, T), np.int32)
+        weights = np.zeros((B, T), np.float32)
+        rewards = np.zeros((rl.prompts, rl.samples), np.float32)
+        lengths = np.zeros((B,), np.int32)
+        errors_before = self.reward.errors
+        for r in range(B):
+            p, s = divmod(r, rl.samples)
+            ids = g.row(r)
+            parts = chat.parse_reply(ids, tok)
+            reply = {"text": chat.reply_text(parts), "tokens": ids,
+                     "format_ok": bool(g.stopped[r] and ids and ids[-1] == end)}
+            rewards[p, s] = self.reward(self.task, convs[p], reply)
+            seq = prompts[p] + ids
+            n = len(seq) - 1
+            inputs[r, :n], targets[r, :n] = seq[:-1], seq[1:]
+            start = len(prompts[p]) - 1                 # the first target is the first reply token
+            weights[r, start:start + len(ids)] = ~g.forced[r, :len(ids)]
+            lengths[r] = len(ids)
+            replies.append(reply)
+        adv, zero = advantages(rewards, rl.std_norm, rl.adv_eps)
+        batch = {"inputs": inputs, "targets": targets, "weights": weights,
+                 "advantages": adv.reshape(-1)}
+        stats = {"rl/reward": float(rewards.mean()), "rl/response_tokens": float(lengths.mean()),
+                 "rl/zero_var_groups": float(zero.mean()),
+                 "rl/reward_errors": self.reward.errors - errors_before,
+                 "rl/format": float(np.mean([x["format_ok"] for x in replies]))}
+        return batch, stats
+
+    def next_batch(self, loop, state) -> dict:
+        if self.updates_left == 0:
+            t0 = time.perf_counter()
+            params = loop.compiled.host_params(state)
+            batch, stats = self.rollouts(params, self.rollout_index)
+            t1 = time.perf_counter()
+            m = self.cfg.model
+            ins, tg = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
+            batch["old_logp"] = np.asarray(sequence_logprobs(params, m, ins, tg))
+            batch["ref_logp"] = np.asarray(sequence_logprobs(self.ref_params, m, ins, tg))
+            stats["rl/rollout_s"] = t1 - t0
+            stats["rl/logprob_s"] = time.perf_counter() - t1
+            self.batch, self.stats = batch, stats
+            self.rollout_index += 1
+            self.updates_left = self.cfg.rl.updates
+            self.history.append({"rollouts": self.rollout_index, **stats})
+        self.updates_left -= 1
+        return self.batch
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, loop, state, step: int, final: bool) -> dict:
+        """Held-out pass@1 (and pass@k) every `eval.every` steps, at the end, and at step 0 (the
+        parent's policy, before the first update: the curves' starting point; the loop asks for
+        step 0 once, on a fresh start, never on resume)."""
+        cfg = self.cfg
+        if not (step == 0 or loop.due(step, cfg.eval.every) or final):
+            return {}
+        limit = (cfg.eval.final_limit or cfg.eval.limit) if final else cfg.eval.limit
+        params = loop.compiled.host_params(state)
+        out, shown = evaluate_tasks(params, cfg.model, self.tokenizer, self.eval_tasks,
+                                    limit=limit, batch_size=cfg.eval.batch_size,
+                                    max_new_tokens=cfg.eval.max_new_tokens,
+                                    samples=cfg.eval.samples if final else 0,
+                                    progress=loop.progress, engine=self._engine(params),
+                                    lengths=True)
+        if cfg.rl.pass_k > 1:
+            for name in self.eval_tasks:
+                out[f"eval/{name}_pass@{cfg.rl.pass_k}"] = pass_at_k(
+                    self._engine(params), self.tokenizer, task_lib.get(name),
+                    limit=min(limit, 64), k=cfg.rl.pass_k, temperature=cfg.rl.temperature,
+                    batch_size=cfg.eval.batch_size)
+        if final:
+            self.samples = shown
+        self.history.append({"step": step, **out})
+        return out
+
+    def finish(self, loop, state) -> dict:
+        path = os.path.join(loop.run_dir, "rl_curves.png")
+        plot_rl_curves(os.path.join(loop.run_dir, "metrics.jsonl"), path, self.eval_tasks)
+        if self.samples:
+            write_samples(loop.run_dir, self.samples)
+        return {"rl_curves": path}

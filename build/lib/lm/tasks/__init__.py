@@ -1,0 +1,101 @@
+"""The task library: one interface (`lm.tasks.base.Task`) for SFT data, evaluation and RL rewards.
+
+    from lm import tasks
+    t = tasks.get("arithmetic_easy")
+    conv = t.example("test", 0)           # held-out problem, with its reference answer
+    t.evaluate(conv, "... #### 7")        # -> bool
+
+Names: gsm8k, arithmetic_easy, arithmetic, arithmetic_hard, spelling, identity, mmlu, arc_easy,
+arc_challenge, hellaswag, dolly, alpaca, and the ones that measure reading the context out of
+the generators' distribution: gsm8k_easy (real phrasing), spelling_ood (held-out words of every
+length and frequency, held-out phrasings), recall (facts stated earlier in the conversation),
+copy (repeat exactly); and word_problems (a compositional grammar of 1-2 step problems whose
+held-out split is made of unseen combinations of seen parts); everyday_math / _letters /
+_recall are hand-written questions for evaluation only. A mixture ("identity:1,spelling:2") is read by
+`lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from lm.tasks.arithmetic import LEVELS, Arithmetic
+from lm.tasks.base import SPLITS, Task, TaskDataError, test_indices  # noqa: F401
+from lm.tasks.everyday import Everyday
+from lm.tasks.gsm8k import GSM8K, GSM8KEasy
+from lm.tasks.identity import Identity
+from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
+from lm.tasks.open_chat import OpenChat
+from lm.tasks.recall import Copy, Recall
+from lm.tasks.spelling import Spelling, SpellingOOD
+from lm.tasks.word_problems import WordProblems
+
+FACTORIES: dict[str, Callable[[], Task]] = {
+    "gsm8k": GSM8K, "spelling": Spelling, "identity": Identity, "mmlu": MMLU,
+    "arc_easy": lambda: ARC("arc_easy"), "arc_challenge": lambda: ARC("arc_challenge"),
+    "hellaswag": HellaSwag, "dolly": lambda: OpenChat("dolly"),
+    "alpaca": lambda: OpenChat("alpaca"),
+    "gsm8k_easy": GSM8KEasy, "spelling_ood": SpellingOOD, "recall": Recall, "copy": Copy,
+    "word_problems": WordProblems, "everyday_math": lambda: Everyday("math"),
+    "everyday_letters": lambda: Everyday("letters"), "everyday_recall": lambda: Everyday("recall"),
+    **{level: (lambda lv: (lambda: Arithmetic(lv)))(level) for level in LEVELS},
+}
+NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
+         "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
+         "gsm8k_easy", "spelling_ood", "recall", "copy", "word_problems", "everyday_math",
+         "everyday_letters", "everyday_recall")
+assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
+_CACHE: dict[str, Task] = {}
+
+
+class Mixture(Task):
+    """Several tasks as one (`"arithmetic_easy:1,word_problems:2"`): example i of a split comes
+    from one of them, drawn by weight (seeded), and is graded by the task it came from. For RL
+    on several tasks at once (`rl.task`)."""
+    kind = "generative"
+
+    def __init__(self, weights: dict[str, float]):
+        if not weights or not all(w >= 0 for w in weights.values()) or not sum(weights.values()):
+            raise ValueError(f"a task mixture needs positive weights, got {weights}")
+        self.parts = {n: get(n) for n in weights}
+        self.weights = weights
+        self.name = ",".join(f"{n}:{w:g}" for n, w in weights.items())
+        self.splits = tuple(s for s in ("train", "rl", "test")
+                            if all(s in t.splits for t in self.parts.values()))
+
+    def size(self, split: str):
+        self._check_split(split)
+        return None
+
+    def example(self, split: str, i: int) -> dict:
+        self._check_split(split)
+        rng = random.Random(f"mixture/{self.name}/{split}/{i}")
+        name = rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
+        t = self.parts[name]
+        size = t.size(split)
+        conv = t.example(split, i if size is None else rng.randrange(size))
+        return dict(conv, task=name)
+
+    def evaluate(self, conv: dict, reply: str) -> bool:
+        return self.parts[conv["task"]].evaluate(conv, reply)
+
+    def reward(self, conv: dict, reply: str) -> float:
+        return self.parts[conv["task"]].reward(conv, reply)
+
+    def max_new_tokens(self) -> int:
+        return max(t.max_new_tokens() for t in self.parts.values())
+
+
+def get(name: str) -> Task:
+    """The named task (built once per process; data loads lazily on first use), or a mixture
+    "name:weight,name:weight" of named tasks."""
+    if ":" in name or "," in name:
+        if name not in _CACHE:
+            _CACHE[name] = Mixture({n.strip(): float(w or 1) for n, _, w in
+                                    (x.partition(":") for x in name.split(",") if x.strip())})
+        return _CACHE[name]
+    if name not in NAMES:
+        raise KeyError(f"unknown task {name!r}; known: {list(NAMES)}")
+    if name not in _CACHE:
+        _CACHE[name] = FACTORIES[name]()
+    return _CACHE[name]

@@ -1,0 +1,216 @@
+"""Spelling and counting ("How many r are in strawberry?"): the reply spells the word letter by
+letter, then counts with the calculator (`' strawberry'.count('r')`) and ends with `#### N`.
+
+About one word in five, chosen by a stable hash of the word, is held out: no split that trains
+ever spells it. `spelling` trains on the other words of TinyStories, the Gutenberg books and
+WikiText (lower-case words of 2-15 letters), and its `test` split asks about held-out TinyStories
+words (words seen at least twice there) in the training phrasings. `spelling_ood` asks about
+held-out words of every length and corpus frequency (sampled evenly over length x frequency
+buckets, rare ones included), in phrasings training never uses, and is graded on the spelled-out
+letters as well as the count. Infinite and seeded.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from functools import cached_property
+
+from lm.conversation import conversation
+from lm.data import sources
+from lm.tasks.base import Task, TaskDataError, final_number, held_out, same_number
+
+# the word always follows a space, so its tokens in the question are the ones the reply copies
+# into the calculator call (`' strawberry'.count('r')`)
+QUESTIONS = [
+    "How many {l} are in {w}?",
+    "How many times does the letter {l} appear in the word {w}?",
+    "Count the letter {l} in the word {w}.",
+    "How many {l}'s does the word {w} have?",
+    "In the word {w}, how many times do you see the letter {l}?",
+    "Can you tell me how many '{l}' there are in {w}?",
+    "how many {l} in {w}",
+    "What is the number of {l}'s in the word {w}?",
+]
+# phrasings of spelling_ood only (no training conversation is worded like these)
+OOD_QUESTIONS = [
+    "Spell {w} and tell me how many times {l} occurs in it.",
+    "I'm writing the word {w}. How often does the letter {l} show up?",
+    "Quick question: number of {l} letters in {w}?",
+    "Could you count the {l}s in \"{w}\" for me?",
+    "If I write out {w}, how many {l} will I have written?",
+    "{w}: how many {l}?",
+]
+# A grammar of training questions beside QUESTIONS: a core sentence x how the letter is written
+# x how the word is written x an opener and an ending, lower-cased now and then, so that no
+# fixed wording tells the model where the word and the letter are: it has to find them in the
+# question and copy them (reading the context). None of spelling_ood's phrasings is generated
+# (`Spelling.question` refuses one that normalises to them).
+CORES = [  # {N}: the letter as a counted noun ("how many {N}"), {S}: named once ("the letter a")
+    "how many {N} are in {W}", "how many {N} are there in {W}", "how many {N} does {W} have",
+    "how many {N} does {W} contain", "how many times does {S} appear in {W}",
+    "how many times is {S} in {W}", "count the {N} in {W}", "count how many {N} {W} has",
+    "what is the count of {S} in {W}", "what's the number of {N} in {W}",
+    "in {W}, how many {N} are there", "{W} has how many {N}", "tell me how many {N} {W} has",
+    "find how many {N} are in {W}", "give me the number of {N} in {W}",
+    "how many times do you see {S} in {W}", "what number of {N} is in {W}",
+    "how many {N} can you find in {W}", "look at {W}. how many {N} are in it",
+    "I need the number of {N} in {W}", "{W} - count the {N}", "count {S} in {W}",
+]
+COUNTED = ["{l}", "{l}s", "{l}'s", "'{l}'s", "{u}", "{u}'s", "{u}s"]
+SINGLE = ["{l}", "the letter {l}", "letter {l}", "'{l}'", "the letter '{l}'", "{u}",
+          "the letter {u}"]
+WORD_FORMS = ["{w}", "{w}", "the word {w}", "'{w}'", "\"{w}\"", "the word '{w}'", "{c}"]
+OPENERS = ["", "", "", "", "Hey, ", "Hi! ", "Question: ", "Please tell me: ", "I'd like to know: ",
+           "OK so ", "Hmm, ", "Help me out: ", "Simple one: ", "Teacher asks: "]
+ENDINGS = ["?", "?", "?", "", ".", "? thanks", " please?", "??", " :)"]
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+OTHER_TEXTS = ["wikitext2_valid"] + [f"gutenberg/{f}" for f in (
+    "11-0.txt", "pg1342.txt", "pg1661.txt", "pg120.txt", "pg161.txt", "829-0.txt", "pg2701.txt",
+    "pg84.txt")]
+LENGTHS = ((2, 4), (5, 7), (8, 10), (11, 15))
+FREQUENCIES = ((1, 1), (2, 9), (10, 99), (100, 10 ** 12))   # occurrences in the texts
+
+
+def grammar_question(rng: random.Random) -> str:
+    """One question template of the grammar (CORES x letter forms x WORD_FORMS, an opener and
+    an ending, sometimes all lower case); {l}, {u} (upper case), {w}, {c} (capitalised) remain."""
+    core = rng.choice(CORES).replace("{N}", rng.choice(COUNTED)).replace(
+        "{S}", rng.choice(SINGLE)).replace("{W}", rng.choice(WORD_FORMS))
+    q = rng.choice(OPENERS) + core + rng.choice(ENDINGS)
+    return q[0].upper() + q[1:] if rng.random() < 0.7 else q
+
+
+def normalise(template: str) -> str:
+    """A question template compared by its words only (case, quotes and punctuation dropped)."""
+    t = template.replace("{u}", "{l}").replace("{c}", "{w}").lower()
+    return " ".join(re.findall(r"\{[lw]\}|[a-z']+", t.replace("'", " ")))
+
+
+_OOD_NORMALISED = {normalise(q) for q in OOD_QUESTIONS}
+
+
+def words_from_text(text: str, min_count: int = 2) -> list[str]:
+    counts = Counter(re.findall(r"\b[a-z]{3,14}\b", text))
+    return sorted(w for w, n in counts.items() if n >= min_count)
+
+
+def word_counts(text: str) -> Counter:
+    return Counter(re.findall(r"\b[a-z]{2,15}\b", text))
+
+
+def spelled(reply: str) -> str:
+    """The letters of the first `x-y-z` spelling in a reply ('' if none)."""
+    m = re.search(r"\b([a-zA-Z](?:-[a-zA-Z])+)\b", reply)
+    return m.group(1).replace("-", "").lower() if m else ""
+
+
+def answer_parts(word: str, letter: str) -> tuple[list[dict], str]:
+    n = str(word.count(letter))
+    expr = f"' {word}'.count('{letter}')"          # the space keeps the word's own tokens
+    return [
+        {"type": "text", "text": f"Let me spell it: {'-'.join(word)}.\n"
+                                 f"Now I count the letter {letter} with the calculator: "},
+        {"type": "python", "text": expr},
+        {"type": "output", "text": n},
+        {"type": "text", "text": f"\nThere {'is' if n == '1' else 'are'} {n} {letter}'s in "
+                                 f"the word {word}.\n#### {n}"},
+    ], n
+
+
+def _read(name: str) -> str:
+    try:
+        with open(sources.fetch(name), encoding="utf-8-sig") as f:
+            return f.read().lower()
+    except sources.DataUnavailableError as e:
+        raise TaskDataError(str(e)) from None
+
+
+class Spelling(Task):
+    name = "spelling"
+    kind = "generative"
+
+    def __init__(self, seed: int = 0, words: list[str] | None = None):
+        self.seed = seed
+        self._given = words
+
+    @cached_property
+    def counts(self) -> Counter:
+        """Word frequencies over TinyStories, the Gutenberg books and WikiText (lower case)."""
+        c = word_counts(_read("tinystories_train"))
+        for name in OTHER_TEXTS:
+            c.update(word_counts(_read(name)))
+        return c
+
+    @cached_property
+    def words(self) -> dict[str, list[str]]:
+        if self._given is not None:
+            return {"train": [w for w in self._given if not held_out(w, 5)],
+                    "test": [w for w in self._given if held_out(w, 5)]}
+        stories = words_from_text(_read("tinystories_train"))
+        return {"train": sorted(w for w in self.counts if not held_out(w, 5)),
+                "test": [w for w in stories if held_out(w, 5)]}
+
+    def size(self, split: str):
+        self._check_split(split)
+        return None
+
+    def question(self, split: str, rng: random.Random) -> str:
+        """A question template ({l}, {w} to fill): the fixed QUESTIONS (the test split's
+        wording), or for training, two times in three, one put together by the grammar."""
+        if split == "test" or rng.random() < 1 / 3:
+            return rng.choice(QUESTIONS)
+        while True:
+            q = grammar_question(rng)
+            if normalise(q) not in _OOD_NORMALISED:
+                return q
+
+    def pick_word(self, split: str, rng: random.Random) -> str:
+        return rng.choice(self.words[split])
+
+    def example(self, split: str, i: int) -> dict:
+        self._check_split(split)
+        rng = random.Random(f"{self.name}/{self.seed}/{split}/{i}")
+        word = self.pick_word(split, rng)
+        present = sorted(set(word))
+        letter = rng.choice(present) if rng.random() < 0.85 else rng.choice(
+            [c for c in LETTERS if c not in word])
+        parts, n = answer_parts(word, letter)
+        q = self.question(split, rng).format(l=letter, w=word, u=letter.upper(),
+                                             c=word.capitalize())
+        return conversation(q, parts, task=self.name, answer=n, word=word, letter=letter)
+
+    def evaluate(self, conv: dict, reply: str) -> bool:
+        return same_number(final_number(reply), conv["answer"])
+
+    def max_new_tokens(self) -> int:
+        return 128
+
+
+class SpellingOOD(Spelling):
+    """Held-out words of every length and frequency bucket, held-out phrasings; right when the
+    spelled letters are the word's and the count is right. Evaluation only (its `train` split is
+    `spelling`'s)."""
+    name = "spelling_ood"
+
+    @cached_property
+    def buckets(self) -> list[list[str]]:
+        held = [w for w in self.counts if held_out(w, 5)]
+        out = []
+        for lo, hi in LENGTHS:
+            for flo, fhi in FREQUENCIES:
+                b = sorted(w for w in held if lo <= len(w) <= hi and flo <= self.counts[w] <= fhi)
+                if b:
+                    out.append(b)
+        return out
+
+    def question(self, split: str, rng: random.Random) -> str:
+        return rng.choice(OOD_QUESTIONS if split == "test" else QUESTIONS)
+
+    def pick_word(self, split: str, rng: random.Random) -> str:
+        if split != "test":
+            return super().pick_word(split, rng)
+        return rng.choice(rng.choice(self.buckets))
+
+    def evaluate(self, conv: dict, reply: str) -> bool:
+        return spelled(reply) == conv["word"] and super().evaluate(conv, reply)
