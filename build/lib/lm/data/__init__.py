@@ -1,1 +1,0 @@
-"""Data: text sources, tokenization into token streams, packing and grain pipelines."""

@@ -1,1 +1,0 @@
-"""OpenAI-compatible serving: `python -m lm.serve --run DIR` (see lm/serve/app.py)."""
