@@ -154,6 +154,32 @@ def test_copy_probe_scores_the_second_copy(monkeypatch):
         probes.run(None, Cfg, tok, ["nope"])
 
 
+def test_copy_lengths_and_text_copy_read_their_slices(monkeypatch):
+    tok = train_bpe(["abc def ghi jkl " * 50], 256 + len(trained_specials()) + 10)
+    seen = []
+
+    def fake_losses(params, cfg, toks):           # loss = the position index, to read slices
+        B, T = toks.shape
+        seen.append(np.asarray(toks))
+        return np.broadcast_to(np.arange(T - 1, dtype=np.float32), (B, T - 1))
+    monkeypatch.setattr(probes, "_losses", fake_losses)
+    monkeypatch.setattr(probes.bpb, "documents", lambda name: ["abc def ghi jkl " * 40])
+
+    class Cfg:
+        block_size = 100                          # runs of 8-48 fit (2n + 1 <= 100), 64 does not
+    out = probes.run(None, Cfg, tok, ["copy_lengths", "text_copy"])
+    assert sorted(k for k in out if k.startswith("probe/copy_") and "first" not in k) == sorted(
+        f"probe/copy_{n}" for n in (8, 16, 32, 48))
+    for n in (8, 16, 32, 48):
+        assert out[f"probe/copy_{n}"] == pytest.approx(np.arange(n, 2 * n).mean())
+        assert out[f"probe/copy_first_{n}"] == pytest.approx(np.arange(1, n).mean())
+    assert out["probe/text_copy_40"] == pytest.approx(np.arange(50, 80).mean())
+    assert out["probe/text_first_40"] == pytest.approx(np.arange(10, 40).mean())
+    assert "probe/text_copy_100" not in out
+    text = seen[-1][0]                             # [BOS] s s: the passage written twice
+    assert text[0] == tok.bos_id and list(text[1:41]) == list(text[41:81])
+
+
 def test_a_task_mixture_draws_by_weight_and_grades_by_origin():
     mix = tasks.get("arithmetic_easy:1,word_problems:3")
     assert mix.splits == ("train", "rl", "test")

@@ -3,6 +3,10 @@
 - `copy_probe`: the mean loss (nats/token) on the second occurrence of a repeated random-token
   sequence, [BOS] + s + s; a model that copies from its context drives it towards 0, one that
   cannot stays near log(vocab). `copy_first` is the first occurrence's loss (the baseline).
+- `copy_lengths`: `copy_probe` at runs of 8, 16, 32, 48, 64 and 128 tokens (`probe/copy_L`,
+  `probe/copy_first_L`): heads trained on short copies copy at the distances they learned only.
+- `text_copy`: the same on held-out natural text written twice (passages of 40 and 100 tokens;
+  `probe/text_copy_L`, `probe/text_first_L`, the first 10 tokens of each copy left out).
 - `icl`: in-context learning score (Olsson et al. 2022): the mean loss at tokens 400-500 of
   held-out documents minus the mean loss at tokens 40-60 (negative: the model uses the longer
   context to predict better). Windows are cut to the model's context.
@@ -22,7 +26,9 @@ from lm import model
 from lm.config import ModelConfig
 from lm.eval import bpb
 
-PROBES = ("copy_probe", "icl")
+PROBES = ("copy_probe", "copy_lengths", "text_copy", "icl")
+COPY_LENGTHS = (8, 16, 32, 48, 64, 128)
+TEXT_LENGTHS = (40, 100)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -47,6 +53,32 @@ def copy_probe(params, cfg: ModelConfig, tok, *, rows: int = 16, length: int = 0
     first = nll[:, 1:length]               # predicting s[1:] of the first copy
     second = nll[:, length:2 * length]     # predicting the whole second copy
     return {"probe/copy": float(second.mean()), "probe/copy_first": float(first.mean())}
+
+
+def copy_lengths_probe(params, cfg: ModelConfig, tok) -> dict:
+    """`copy_probe` at each of COPY_LENGTHS that fits the context."""
+    out = {}
+    for n in (n for n in COPY_LENGTHS if 2 * n + 1 <= cfg.block_size):
+        r = copy_probe(params, cfg, tok, length=n)
+        out[f"probe/copy_{n}"], out[f"probe/copy_first_{n}"] = r["probe/copy"], r["probe/copy_first"]
+    return out
+
+
+def text_copy_probe(params, cfg: ModelConfig, tok, *, rows: int = 16) -> dict:
+    """Held-out passages (as `icl_probe`'s) of n tokens written twice: loss on tokens 10..n of the
+    second copy against the same tokens of the first."""
+    texts = bpb.documents("fineweb_edu") + bpb.documents("tinyshakespeare_val")
+    head = [tok.bos_id if tok.bos_id is not None else 0]
+    out = {}
+    for n in (n for n in TEXT_LENGTHS if 2 * n + 1 <= cfg.block_size):
+        seqs = [ids[:n] for ids in (list(tok.encode(t)) for t in texts) if len(ids) >= n][:rows]
+        if not seqs:
+            continue
+        nll = np.asarray(_losses(params, cfg, jnp.asarray(np.array(
+            [head + s + s for s in seqs], np.int32))))
+        out[f"probe/text_copy_{n}"] = float(nll[:, n + 10:2 * n].mean())
+        out[f"probe/text_first_{n}"] = float(nll[:, 10:n].mean())
+    return out
 
 
 def icl_probe(params, cfg: ModelConfig, tok, *, docs: int = 32, early=(40, 60),
@@ -80,6 +112,9 @@ def run(params, cfg: ModelConfig, tok, names=PROBES) -> dict:
     for name in names:
         if name not in PROBES:
             raise ValueError(f"unknown probe {name!r}; known: {list(PROBES)}")
-        out.update(copy_probe(params, cfg, tok) if name == "copy_probe" else
-                   icl_probe(params, cfg, tok))
+        out.update(_PROBE_FNS[name](params, cfg, tok))
     return out
+
+
+_PROBE_FNS = {"copy_probe": copy_probe, "copy_lengths": copy_lengths_probe,
+              "text_copy": text_copy_probe, "icl": icl_probe}
