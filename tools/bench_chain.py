@@ -3,8 +3,8 @@ budget, whole processes alternating, both scored in bits per byte on the same he
 
 Sides (each a whole process, timed from start to exit; every round runs them in this order):
 
-- ours: `python -m lm.main -e chat_tiny_base` (6 layers x 256, a 4,096-token BPE, bf16 where lm's
-  CPU kernels run) with `train.steps` calibrated so that its training steps fill --budget_s;
+- ours: `python -m lm.main -e chat_tiny_base` (its model, 3 layers x 384 tied at present, a
+  4,096-token BPE, bf16 where lm's CPU kernels run) with `train.steps` calibrated so that its training steps fill --budget_s;
   `eval.tasks` off (the copy/ICL probes are not bits per byte) and no end-of-run text sample.
 - runcpu: nanochat's `scripts.base_train` (../shared/peers/nanochat, unchanged) at
   `runs/runcpu.sh`'s recipe (--depth=6 --head-dim=64 --window-pattern=L --max-seq-len=512
