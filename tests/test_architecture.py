@@ -22,6 +22,8 @@ ALLOWED_INNER_IMPORTS = {
     ("lm/eval/parity.py", "lm_eval"): "lm-evaluation-harness is the reference harness, installed "
                                       "by requirements-eval.txt for parity runs only",
     ("lm/eval/parity.py", "lm_eval.tasks"): "the harness's task registry (requirements-eval.txt)",
+    ("lm/interop/gguf.py", "llama_cpp"): "llama-cpp-python (requirements-gguf.txt) loads "
+                                         "llama.cpp's shared library: `check` only",
     ("lm/data/web/recipe.py", "ray"): "Ray takes seconds to import and serves --executor ray only",
     ("lm/data/web/recipe.py", "datatrove.executor.ray"): "datatrove's Ray executor imports Ray: "
                                                          "--executor ray only",

@@ -314,3 +314,16 @@ def test_an_export_that_fails_midway_leaves_nothing(small_tok, tmp_path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         lm_gguf.export(params, cfg, small_tok, str(tmp_path / "m.gguf"))
     assert not os.listdir(tmp_path)
+
+
+def test_check_compares_llama_cpp_with_lm_on_chat_prompts(exported, tmp_path, capsys):
+    """`python -m lm.interop.gguf check`: held-out chat prompts through both, greedy replies and
+    the first-token logits compared (GPT-2: llama.cpp's fp16 GELU table, see above)."""
+    arch, cfg, params, tok, files, ours, greedy = exported
+    run = runs.load(os.path.join(os.path.dirname(files["f32"]), "run"))
+    out = lm_gguf.check(run, files["f32"], ("identity", "arithmetic_easy"), per_task=2,
+                        new_tokens=4)
+    assert out["prompts"] == 4 and out["greedy_identical"] == 4
+    assert out["first_token_logit_max_abs_diff"] < (5e-3 if arch == "gpt2" else 1e-4)
+    assert lm_gguf.main(["check", "--run", run.run_dir, "--gguf", str(tmp_path / "no.gguf")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 llama.cpp's `llama-server`, LM Studio and other GGUF apps open it as a chat model.
 
     python -m lm.interop.gguf export --run runs/<exp>/<ts> --out model.gguf [--type q8_0]
+    python -m lm.interop.gguf check --run runs/<exp>/<ts> --gguf model.gguf   # llama.cpp vs lm
 
 The weights go through the transformers mapping (`lm.interop.hf.to_hf`) and the `gguf` package's
 own transformers -> GGUF tensor names, so the architecture knowledge has one home: GPT-2 runs
@@ -16,15 +17,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 
 import gguf
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lm import runs
+from lm import model, runs, tasks
 from lm.config import Config, ModelConfig
-from lm.conversation import JINJA_TEMPLATE
+from lm.conversation import JINJA_TEMPLATE, render_for_completion
 from lm.interop import hf
 from lm.tokenizer import (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, BPETokenizer, Tokenizer,
                           gpt2_bytes_to_unicode)
@@ -191,6 +195,43 @@ def export(params, cfg: Config, tok: Tokenizer, out: str, type: str = "f32") -> 
     return out
 
 
+def check(run, path: str, task_names=("identity", "arithmetic_easy", "spelling", "recall"),
+          per_task: int = 5, new_tokens: int = 24) -> dict:
+    """llama.cpp (llama-cpp-python) on the exported file against lm in float32, on held-out
+    chat prompts of `task_names`: greedy replies of `new_tokens` tokens identical or not, and the
+    largest logit difference at the first reply token."""
+    import llama_cpp  # requirements-gguf.txt; it loads llama.cpp's shared library: check only
+    m = dataclasses.replace(run.config.model, dtype="float32")
+    logits = jax.jit(lambda p, ids: model.apply(p, m, ids))
+
+    def last(ids):
+        return np.asarray(logits(run.params, jnp.asarray([ids], jnp.int32)))[0, -1]
+    # an f32 KV cache: llama.cpp's default f16 cache alone moves logits by ~2e-3 (docs/gguf.md)
+    llm = llama_cpp.Llama(path, n_ctx=m.block_size, logits_all=True, type_k=0, type_v=0,
+                          verbose=False)
+    same, total, diff = 0, 0, 0.0
+    try:
+        for name in task_names:
+            for i in range(per_task):
+                ids = render_for_completion(tasks.get(name).example("test", i), run.tokenizer)
+                ids = ids[-(m.block_size - new_tokens):]
+                llm.reset()
+                llm.eval(ids)
+                diff = max(diff, float(np.abs(np.asarray(llm.scores[llm.n_tokens - 1])
+                                              - last(ids)).max()))
+                theirs, ours = [], list(ids)
+                for _ in range(new_tokens):
+                    theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+                    llm.eval([theirs[-1]])
+                    ours.append(int(np.argmax(last(ours))))
+                same += theirs == ours[len(ids):]
+                total += 1
+    finally:
+        llm.close()
+    return {"prompts": total, "greedy_identical": same, "new_tokens": new_tokens,
+            "first_token_logit_max_abs_diff": diff, "tasks": list(task_names)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lm.interop.gguf",
                                 description=__doc__.splitlines()[0])
@@ -200,12 +241,26 @@ def main(argv=None) -> int:
     e.add_argument("--step", type=int, default=None)
     e.add_argument("--out", required=True, help="the .gguf file to write")
     e.add_argument("--type", default="f32", help=f"weight type: {', '.join(TYPES)} (default f32)")
+    c = sub.add_parser("check", help="llama.cpp on a .gguf file against lm on its run")
+    c.add_argument("--run", required=True, help="the run the file was exported from")
+    c.add_argument("--step", type=int, default=None)
+    c.add_argument("--gguf", required=True, help="the .gguf file")
+    c.add_argument("--tasks", default="identity,arithmetic_easy,spelling,recall",
+                   help="held-out chat prompts from these tasks")
+    c.add_argument("--per_task", type=int, default=5)
+    c.add_argument("--new_tokens", type=int, default=24)
     a = p.parse_args(argv)
     try:
+        if a.cmd == "check":
+            if not os.path.isfile(a.gguf):
+                raise FileNotFoundError(f"--gguf {a.gguf}: no such file")
+            run = runs.load(a.run, step=a.step)
+            print(json.dumps(check(run, a.gguf, a.tasks.split(","), a.per_task, a.new_tokens)))
+            return 0
         file_type(a.type)                        # before loading the run
         run = runs.load(a.run, step=a.step)
         print(export(run.params, run.config, run.tokenizer, a.out, a.type))
-    except (hf.InteropError, runs.RunError, FileNotFoundError) as err:
+    except (hf.InteropError, runs.RunError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
