@@ -127,18 +127,24 @@ def _greedy_ours(logits_fn, ids, n, pad=40):
     return out
 
 
+def _logit_diffs(llm, tok, texts, logits_fn):
+    """max |llama.cpp logits - ours| over every position, per text."""
+    out = []
+    for text in texts:
+        ids = [tok.bos_id] + tok.encode(text)
+        llm.reset()
+        llm.eval(ids)
+        out.append(np.abs(np.asarray(llm.scores[:len(ids)]) - logits_fn(ids)).max())
+    return out
+
+
 def test_f32_logits_and_greedy_continuations_match(exported, monkeypatch):
     arch, cfg, params, tok, files, ours, greedy = exported
     m = dataclasses.replace(cfg.model, kernels="plain")
     held_out = ["A fox? No: a dog.", "In 2031, 7 km away", "naïve 😀 again\n\nand", "x y z w",
                 "The lazy fox jumps"]
     with _llama(files["f32"]) as llm:
-        diffs = []
-        for text in held_out:
-            ids = [tok.bos_id] + tok.encode(text)
-            llm.reset()
-            llm.eval(ids)
-            diffs.append(np.abs(np.asarray(llm.scores[:len(ids)]) - ours(ids)).max())
+        diffs = _logit_diffs(llm, tok, held_out, ours)
         agree = [_greedy_llama(llm, [tok.bos_id] + tok.encode(p), 8) == greedy[p]
                  for p in PROMPTS]
     print(f"\n{arch} f32: logits max |diff| {max(diffs):.2e} over {len(held_out)} prompts; "
@@ -153,12 +159,7 @@ def test_f32_logits_and_greedy_continuations_match(exported, monkeypatch):
     monkeypatch.setattr(jax.nn, "gelu", lambda x, approximate=True: _ggml_gelu(x))
     emulated = _ours(params, m)
     with _llama(files["f32"]) as llm:
-        diffs = []
-        for text in held_out:
-            ids = [tok.bos_id] + tok.encode(text)
-            llm.reset()
-            llm.eval(ids)
-            diffs.append(np.abs(np.asarray(llm.scores[:len(ids)]) - emulated(ids)).max())
+        diffs = _logit_diffs(llm, tok, held_out, emulated)
     print(f"gpt2 f32, our GELU through ggml's fp16 table: logits max |diff| {max(diffs):.2e}")
     assert max(diffs) <= 1e-3
 
