@@ -26,7 +26,6 @@ from lm import model
 from lm.config import ModelConfig
 from lm.eval import bpb
 
-PROBES = ("copy_probe", "copy_lengths", "text_copy", "icl")
 COPY_LENGTHS = (8, 16, 32, 48, 64, 128)
 TEXT_LENGTHS = (40, 100)
 
@@ -55,6 +54,11 @@ def copy_probe(params, cfg: ModelConfig, tok, *, rows: int = 16, length: int = 0
     return {"probe/copy": float(second.mean()), "probe/copy_first": float(first.mean())}
 
 
+def _held_out_texts() -> list[str]:
+    """Text no training run sees: FineWeb-Edu's held-out documents and Shakespeare's validation."""
+    return bpb.documents("fineweb_edu") + bpb.documents("tinyshakespeare_val")
+
+
 def copy_lengths_probe(params, cfg: ModelConfig, tok) -> dict:
     """`copy_probe` at each of COPY_LENGTHS that fits the context."""
     out = {}
@@ -67,7 +71,7 @@ def copy_lengths_probe(params, cfg: ModelConfig, tok) -> dict:
 def text_copy_probe(params, cfg: ModelConfig, tok, *, rows: int = 16) -> dict:
     """Held-out passages (as `icl_probe`'s) of n tokens written twice: loss on tokens 10..n of the
     second copy against the same tokens of the first."""
-    texts = bpb.documents("fineweb_edu") + bpb.documents("tinyshakespeare_val")
+    texts = _held_out_texts()
     head = [tok.bos_id if tok.bos_id is not None else 0]
     out = {}
     for n in (n for n in TEXT_LENGTHS if 2 * n + 1 <= cfg.block_size):
@@ -87,7 +91,7 @@ def icl_probe(params, cfg: ModelConfig, tok, *, docs: int = 32, early=(40, 60),
     held-out and TinyStories validation text: never trained on)."""
     T = cfg.block_size
     late = (min(late[0], T - 1 - (late[1] - late[0])), min(late[1], T - 1))
-    texts = bpb.documents("fineweb_edu") + bpb.documents("tinyshakespeare_val")
+    texts = _held_out_texts()
     head = [] if tok.bos_id is None else [tok.bos_id]
     rows = []
     for t in texts:
@@ -107,9 +111,9 @@ def icl_probe(params, cfg: ModelConfig, tok, *, docs: int = 32, early=(40, 60),
             "probe/loss_late": float(lt)}
 
 
-def run(params, cfg: ModelConfig, tok, names=PROBES) -> dict:
+def run(params, cfg: ModelConfig, tok, names=None) -> dict:
     out: dict = {}
-    for name in names:
+    for name in PROBES if names is None else names:
         if name not in PROBES:
             raise ValueError(f"unknown probe {name!r}; known: {list(PROBES)}")
         out.update(_PROBE_FNS[name](params, cfg, tok))
@@ -118,3 +122,4 @@ def run(params, cfg: ModelConfig, tok, names=PROBES) -> dict:
 
 _PROBE_FNS = {"copy_probe": copy_probe, "copy_lengths": copy_lengths_probe,
               "text_copy": text_copy_probe, "icl": icl_probe}
+PROBES = tuple(_PROBE_FNS)
