@@ -209,6 +209,10 @@ class DataConfig:
     shards: str = ""                      # glob of token shards (source='shards')
     val_shards: str = ""                  # glob of held-out shards ('' = the stream's last part)
     seed: int = num(1337, 0)
+    # 'files': read the sources directly; 'tfds': through their TFDS builds (lm_text,
+    # lm_token_shards, lm_chat_tasks; built on first use under lm.paths.tfds_dir()), same batches
+    reader: Literal["files", "tfds"] = "files"
+    tfds_examples: int = num(100_000, 1)  # a generated chat task's training conversations (tfds)
 
 
 @dataclass

@@ -7,6 +7,8 @@
     cache_dir(*sub)   derived files (tokenized corpora, the compiled CPU kernels, blocklist
                       arrays): $LM_CACHE_DIR, else <workdir>/runs/cache
     tokenizer_dir()   trained tokenizers: $LM_TOKENIZER_DIR, else <workdir>/runs/tokenizers
+    tfds_dir()        TFDS builds of lm's datasets (lm.data.tfds_builders): $TFDS_DATA_DIR (the
+                      variable TFDS itself reads), else <workdir>/runs/tfds
 
 Caches follow the run's work folder, never the source tree, so a checkout stays clean and two
 work folders never share half-written caches.
@@ -48,4 +50,9 @@ def cache_dir(*sub: str) -> str:
 
 def tokenizer_dir() -> str:
     root = os.environ.get("LM_TOKENIZER_DIR") or os.path.join(workdir(), "runs", "tokenizers")
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def tfds_dir() -> str:
+    root = os.environ.get("TFDS_DATA_DIR") or os.path.join(workdir(), "runs", "tfds")
     return os.path.abspath(os.path.expanduser(root))

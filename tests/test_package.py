@@ -63,6 +63,6 @@ def test_the_dependencies_are_the_requirements_files(tmp_path):
     deps = re.findall(r"^Requires-Dist: (.+)$", meta, re.M)
     core = sorted(d for d in deps if "extra ==" not in d)
     assert core == sorted(_requirements("requirements.txt"))
-    for extra in ("web", "eval", "serve", "bench", "gguf"):
+    for extra in ("web", "eval", "serve", "bench", "gguf", "tfds"):
         got = sorted(d.split(";")[0].strip() for d in deps if f'extra == "{extra}"' in d)
         assert got == sorted(_requirements(f"requirements-{extra}.txt")), extra

@@ -22,32 +22,18 @@ import numpy as np
 from lm import paths
 from lm.config import DataConfig
 from lm.conversation import render
-from lm.data import sources
+from lm.data import sources, tfds_builders
 from lm.data.corpus import CORPORA, synthetic_tokens, text_of
 from lm.data.shards import ShardStream, StreamView
 from lm.tokenizer import (CharTokenizer, Tokenizer, load_tokenizer, named_tokenizer,
                           tokenizer_path, train_bpe)
 
 
-# ---- sources: name -> text loader ------------------------------------------------------------
-
-def _read_text(name: str) -> Callable[[], str]:
-    def load() -> str:
-        with open(sources.fetch(name), encoding="utf-8") as f:
-            return f.read()
-    return load
-
-
-TEXT_SOURCES: dict[str, Callable[[], str]] = {
-    "tinyshakespeare": _read_text("tinyshakespeare"),
-}
-
-
 def load_text(name: str) -> str:
-    if name not in TEXT_SOURCES:
+    if name not in sources.TEXT_SOURCES:
         raise ValueError(f"data.source: unknown text source {name!r}; known: "
-                         f"{sorted(TEXT_SOURCES) + sorted(CORPORA) + ['shards']}")
-    return TEXT_SOURCES[name]()
+                         f"{sorted(sources.TEXT_SOURCES) + sorted(CORPORA) + ['shards']}")
+    return sources.read_text(name)
 
 
 def _train_split_bpe(cfg: DataConfig, vocab: int, text: Optional[str] = None,
@@ -83,10 +69,11 @@ def build_tokenizer(cfg: DataConfig, text: Optional[str] = None) -> Tokenizer:
         if not vocab.isdigit():
             raise ValueError(f"data.tokenizer: {cfg.tokenizer!r}: expected 'bpe:<vocab size>'")
         if cfg.tokenizer_source and cfg.tokenizer_source != cfg.source:
-            if cfg.tokenizer_source not in CORPORA and cfg.tokenizer_source not in TEXT_SOURCES:
+            known = set(CORPORA) | set(sources.TEXT_SOURCES)
+            if cfg.tokenizer_source not in known:
                 raise ValueError(f"data.tokenizer_source: unknown source "
                                  f"{cfg.tokenizer_source!r}; known: "
-                                 f"{sorted(TEXT_SOURCES) + sorted(CORPORA)}")
+                                 f"{sorted(known)}")
             cfg, text = dataclasses.replace(cfg, source=cfg.tokenizer_source), None
         if cfg.source in CORPORA:
             return _train_split_bpe(cfg, int(vocab),
@@ -117,20 +104,32 @@ def load_token_splits(cfg: DataConfig, tokenizer: Optional[Tokenizer] = None) ->
             raise FileNotFoundError(f"data.shards: no token shards match {cfg.shards!r} (make "
                                     f"them with tools.prepare_fineweb or tools.process_web)")
         tok = tokenizer or build_tokenizer(cfg, text="")
-        stream = ShardStream(files)          # memory-mapped: no copy, any size
-        if cfg.val_shards:
-            val_files = sorted(glob.glob(cfg.val_shards))
-            if not val_files:
-                raise FileNotFoundError(f"data.val_shards: no shards match {cfg.val_shards!r}")
-            return TokenSplits(stream, ShardStream(val_files), tok)
+        val_files = sorted(glob.glob(cfg.val_shards)) if cfg.val_shards else []
+        if cfg.val_shards and not val_files:
+            raise FileNotFoundError(f"data.val_shards: no shards match {cfg.val_shards!r}")
+        if cfg.reader == "tfds":
+            stream, val = tfds_builders.token_shards(files, val_files)
+        else:                                # memory-mapped: no copy, any size
+            stream, val = ShardStream(files), (ShardStream(val_files) if val_files else None)
+        if val is not None:
+            return TokenSplits(stream, val, tok)
         n = int(len(stream) * cfg.train_split)
         return TokenSplits(StreamView(stream, 0, n), StreamView(stream, n, len(stream)), tok)
     if cfg.source in CORPORA:
+        if cfg.reader == "tfds":
+            raise ValueError(f"data.reader='tfds' reads text sources "
+                             f"{sorted(sources.TEXT_SOURCES)} and token shards; the corpus "
+                             f"{cfg.source!r} is read with data.reader='files'")
         return corpus_splits(cfg, tokenizer)
-    text = load_text(cfg.source)
-    tok = tokenizer or build_tokenizer(cfg, text)
-    n = int(len(text) * cfg.train_split)  # split the text, then encode each part (nanoGPT)
-    return TokenSplits(tok.encode_array(text[:n]), tok.encode_array(text[n:]), tok)
+    if cfg.reader == "tfds":
+        load_text(cfg.source)                # an unknown source: the same error as 'files'
+        train, val = tfds_builders.text_splits(cfg.source, cfg.train_split)
+    else:                                    # split the text, then encode each part (nanoGPT)
+        text = load_text(cfg.source)
+        n = int(len(text) * cfg.train_split)
+        train, val = text[:n], text[n:]
+    tok = tokenizer or build_tokenizer(cfg, train + val)
+    return TokenSplits(tok.encode_array(train), tok.encode_array(val), tok)
 
 
 def corpus_digest(docs: list) -> str:

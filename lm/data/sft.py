@@ -22,12 +22,16 @@ import numpy as np
 
 from lm import conversation as chat
 from lm import tasks as task_lib
+from lm.data.tfds_builders import TaskExamples
 
 
 class Mixture:
-    """item(i) -> (task name, split, example index), deterministic."""
+    """item(i) -> (task name, split, example index), deterministic; the conversations come from
+    `examples` (lm.data.tfds_builders.TaskExamples: the tasks themselves, or their TFDS builds)."""
 
-    def __init__(self, weights: dict[str, float], split: str, seed: int):
+    def __init__(self, weights: dict[str, float], split: str, seed: int,
+                 examples: Optional[TaskExamples] = None):
+        self.examples = examples or TaskExamples("files")
         ws = {n: w for n, w in weights.items() if w > 0}
         for n in list(ws):
             t = task_lib.get(n)
@@ -52,7 +56,7 @@ class Mixture:
 
     def conversation(self, i: int) -> dict:
         name, k = self.item(i)
-        return task_lib.get(name).example(self.split, k)
+        return self.examples.example(name, self.split, k)
 
 
 @dataclass
@@ -166,8 +170,9 @@ class SFTBatches:
     """The SFT stage's batch iterator over a mixture (checkpointable: `get_state`/`set_state`)."""
 
     def __init__(self, tokenizer, weights: dict[str, float], *, split: str, seq_len: int,
-                 batch_size: int, buffer: int, seed: int):
-        self.mixture = Mixture(weights, split, seed)
+                 batch_size: int, buffer: int, seed: int,
+                 examples: Optional[TaskExamples] = None):
+        self.mixture = Mixture(weights, split, seed, examples)
         self.tok, self.batch_size = tokenizer, batch_size
 
         def render(i: int):

@@ -139,3 +139,15 @@ def fetch(name: str, *, timeout: float = 60.0) -> str:
             f"Put the file at {path} (or set LM_DATA_DIR to a folder holding {spec.relpath}, "
             f"e.g. LM_DATA_DIR=../shared/data).") from None
     return path
+
+
+# Named plain-text sources (data.source): each is one downloaded file read whole.
+TEXT_SOURCES: dict[str, str] = {"tinyshakespeare": "tinyshakespeare"}   # source -> FILES key
+
+
+def read_text(name: str) -> str:
+    """The whole text of a named text source (downloaded on first use)."""
+    if name not in TEXT_SOURCES:
+        raise KeyError(f"unknown text source {name!r}; known: {sorted(TEXT_SOURCES)}")
+    with open(fetch(TEXT_SOURCES[name]), encoding="utf-8") as f:
+        return f.read()

@@ -18,6 +18,7 @@ import numpy as np
 from lm import runs, steps, tasks
 from lm.config import Config, parse_weights
 from lm.data.sft import SFTBatches
+from lm.data.tfds_builders import TaskExamples
 from lm.eval.chat import evaluate_tasks
 from lm.stages import base
 from lm.state import checkpoint_target, reset_schedule_counts
@@ -41,13 +42,16 @@ class Stage(base.Stage):
         self.cfg, self.tokenizer = cfg, tokenizer
         weights = parse_weights(cfg.sft.mixture, tasks.NAMES, key="sft.mixture")
         d = cfg.data
+        examples = TaskExamples(d.reader, tfds_examples=d.tfds_examples)
         self.batches = SFTBatches(tokenizer, weights, split="train", seq_len=d.seq_len,
-                                  batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed)
+                                  batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed,
+                                  examples=examples)
         self.val_groups = []
         if cfg.sft.val_rows:
             held = {n: w for n, w in weights.items()}
             val = SFTBatches(tokenizer, held, split="test", seq_len=d.seq_len,
-                             batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed + 1)
+                             batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed + 1,
+                             examples=examples)
             n_batches = max(1, cfg.sft.val_rows // d.batch_size)
             self.val_groups = steps.stack_batches([next(val) for _ in range(n_batches)],
                                                    micro=cfg.train.grad_accum)
