@@ -150,9 +150,11 @@ def grpo_arith_tiny() -> Config:
         # what carries over to real phrasing
         rl=RLConfig(task="arithmetic_easy:1,word_problems:1", split="rl", prompts=16, samples=8,
                     max_new_tokens=160),
-        eval=EvalConfig(tasks="arithmetic_easy,word_problems,gsm8k_easy,everyday_math", every=25,
+        # 50 steps: on the 3L/384 chain held-out pass@1 peaked by step 25 (0.905), then 0.900 at
+        # 50 and 0.8925 at 66 while the rollout reward kept rising (issue 25's rerun)
+        eval=EvalConfig(tasks="arithmetic_easy,word_problems,gsm8k_easy,everyday_math", every=10,
                         limit=64, final_limit=400, batch_size=128),
-        train=TrainConfig(steps=150, eval_every=25, log_every=1, sample_tokens=0,
+        train=TrainConfig(steps=50, eval_every=10, log_every=1, sample_tokens=0,
                           time_limit_s=1200),
         checkpoint=CheckpointConfig(every=25, keep=2),
     )
