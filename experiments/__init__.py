@@ -38,3 +38,4 @@ def list_experiments() -> list[tuple[str, str]]:
 from experiments import pretrain  # noqa: E402,F401  (registers)
 from experiments import web  # noqa: E402,F401
 from experiments import chat  # noqa: E402,F401
+from experiments import reasoning  # noqa: E402,F401

@@ -61,13 +61,20 @@ def plot_losses(rows: list[dict], path: str, title: str) -> bool:
 
 
 def plot_rl_curves(metrics_path: str, path: str, tasks: list[str]) -> bool:
-    """Mean rollout reward per step and held-out pass@1 (and pass@k) per evaluation."""
+    """Top: mean rollout reward and the share of rollouts that show their working, per step, and
+    held-out pass@1 (and pass@k) per evaluation. Bottom: mean reply length (rollouts, and the
+    held-out replies at each evaluation): does the policy think longer as it gets better?"""
     rows = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
-    reward = [(r["step"], r["rl/reward"]) for r in rows if r.get("rl/reward") is not None]
+    series = lambda key: [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    reward = series("rl/reward")
     if not reward:
         return False
-    fig, ax = _figure((7, 4))
+    fig = Figure(figsize=(7, 6.5))
+    ax, ax_len = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
     ax.plot(*zip(*reward), lw=1, alpha=0.7, label="rollout reward (mean)")
+    worked = series("rl/worked")
+    if worked:
+        ax.plot(*zip(*worked), lw=1, alpha=0.7, label="rollouts showing their working")
     for t in tasks:
         for key, style in ((f"eval/{t}", "o-"), (f"eval/{t}_pass@", "s--")):
             pts = [(r["step"], v) for r in rows for k, v in r.items()
@@ -75,11 +82,19 @@ def plot_rl_curves(metrics_path: str, path: str, tasks: list[str]) -> bool:
             if pts:
                 label = f"held-out {t} pass@1" if style == "o-" else f"held-out {t} pass@k"
                 ax.plot(*zip(*sorted(pts)), style, label=label, lw=1.5)
-    ax.set_xlabel("step")
     ax.set_ylim(0, 1.02)
-    ax.set_title("GRPO: reward and held-out accuracy")
+    ax.set_title("GRPO: reward, working shown, held-out accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    ax_len.plot(*zip(*series("rl/response_tokens")), lw=1, alpha=0.7, label="rollouts")
+    for t in tasks:
+        pts = series(f"eval/{t}_tokens")
+        if pts:
+            ax_len.plot(*zip(*pts), "o-", lw=1.5, label=f"held-out {t}")
+    ax_len.set_xlabel("step")
+    ax_len.set_ylabel("reply tokens (mean)")
+    ax_len.grid(alpha=0.3)
+    ax_len.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True

@@ -190,13 +190,15 @@ def test_grpo_stage_runs_logs_and_is_reproducible(tiny_parent, tmp_path):
     rows = read_metrics(str(tmp_path / "r" / "metrics.jsonl"))
     step_rows = [r for r in rows if "loss" in r]
     assert len(step_rows) == 4
-    for key in ("rl/reward", "rl/response_tokens", "kl", "entropy", "clip_frac",
+    for key in ("rl/reward", "rl/response_tokens", "rl/worked", "kl", "entropy", "clip_frac",
                 "rl/zero_var_groups", "rl/rollout_s"):
         assert all(key in r for r in step_rows), key
     # updates=2: steps 1-2 share a rollout batch (same reward), 3-4 the next
     assert step_rows[0]["rl/reward"] == step_rows[1]["rl/reward"]
     final = [r for r in rows if r.get("final")][-1]
     assert "eval/arithmetic_easy" in final and "eval/arithmetic_easy_pass@2" in final
+    assert 0 <= final["eval/arithmetic_easy_worked"] <= 1 and "eval/arithmetic_easy_tokens" in final
+    assert all(0 <= r["rl/worked"] <= 1 for r in step_rows)
     # the held-out curves start at step 0 (the parent, before the first update), logged first
     evals = [r for r in rows if "eval/arithmetic_easy" in r]
     assert [r["step"] for r in evals] == [0, 2, 4] and rows[0] is evals[0]

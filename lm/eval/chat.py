@@ -26,6 +26,7 @@ from lm import tasks as task_lib
 from lm.eval.likelihood import last_logits
 from lm.sampling import Engine
 from lm.tasks import test_indices
+from lm.tasks.base import shows_work
 
 PASS_KS = (1, 2, 4, 8, 16, 32, 64)      # pass@k's default ks (powers of two, for log2 k plots)
 
@@ -98,7 +99,8 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
                    engine: Optional[Engine] = None, lengths: bool = False
                    ) -> tuple[dict, list[dict]]:
     """(metrics, sample conversations) over the held-out split of each named task. `lengths`:
-    also the mean reply length in tokens (`eval/<task>_tokens`) of generative tasks."""
+    also the mean reply length in tokens (`eval/<task>_tokens`) of generative tasks and the share
+    of replies that show their working (`eval/<task>_worked`, lm.tasks.base.shows_work)."""
     engine = engine or Engine(params, cfg, tokenizer=tok, tools=tok.chat)
     metrics: dict[str, float] = {}
     shown: list[dict] = []
@@ -125,6 +127,8 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
             fmt_n += len(replies)
             if lengths:
                 metrics[f"eval/{name}_tokens"] = float(np.mean([len(r["tokens"]) for r in replies]))
+                metrics[f"eval/{name}_worked"] = float(np.mean([shows_work(r["text"])
+                                                                for r in replies]))
         else:
             raise ValueError(f"task {name!r} ({task.kind}) has no grader; evaluate it by loss")
         acc = float(np.mean(correct))

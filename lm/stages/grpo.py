@@ -8,7 +8,8 @@ policy that sampled them (`old_logp`) and under the frozen parent (`ref_logp`) a
 jitted forward pass each, without gradients. A batch serves `rl.updates` optimizer steps (with
 more than one, the PPO ratio and its clipping engage); the one loop runs them like any step.
 
-Logged every step: reward, response length, KL to the reference (k3), entropy, clip fraction,
+Logged every step: reward, response length, the share of replies that show their working
+(`rl/worked`: a calculator call or a written step before the answer), KL to the reference (k3), entropy, clip fraction,
 zero-variance groups, reward errors, rollout and update seconds. Evaluations: held-out pass@1
 (greedy, `eval/<task>`) and pass@k (`eval/<task>_pass@k`) at step 0 (the parent's policy, before
 the first update), every `eval.every` steps and at the end; `rl_curves.png` in the run directory
@@ -35,6 +36,7 @@ from lm.rl.rewards import Composite
 from lm.sampling import Engine
 from lm.stages import base
 from lm.stages.sft import write_samples
+from lm.tasks.base import shows_work
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -176,7 +178,8 @@ class Stage(base.Stage):
         stats = {"rl/reward": float(rewards.mean()), "rl/response_tokens": float(lengths.mean()),
                  "rl/zero_var_groups": float(zero.mean()),
                  "rl/reward_errors": self.reward.errors - errors_before,
-                 "rl/format": float(np.mean([x["format_ok"] for x in replies]))}
+                 "rl/format": float(np.mean([x["format_ok"] for x in replies])),
+                 "rl/worked": float(np.mean([shows_work(x["text"]) for x in replies]))}
         return batch, stats
 
     def next_batch(self, loop, state) -> dict:

@@ -90,7 +90,8 @@ class Stage(base.Stage):
             m, shown = evaluate_tasks(loop.compiled.host_params(state), cfg.model, self.tokenizer,
                                       self.tasks, limit=limit, batch_size=cfg.eval.batch_size,
                                       max_new_tokens=cfg.eval.max_new_tokens,
-                                      samples=cfg.eval.samples, progress=loop.progress)
+                                      samples=cfg.eval.samples, progress=loop.progress,
+                                      lengths=True)
             out.update(m)
             if final:
                 self.samples = shown

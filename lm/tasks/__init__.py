@@ -10,7 +10,8 @@ arc_challenge, hellaswag, dolly, alpaca, and the ones that measure reading the c
 the generators' distribution: gsm8k_easy (real phrasing), spelling_ood (held-out words of every
 length and frequency, held-out phrasings), recall (facts stated earlier in the conversation),
 copy (repeat exactly); and word_problems (a compositional grammar of 1-2 step problems whose
-held-out split is made of unseen combinations of seen parts); everyday_math / _letters /
+held-out split is made of unseen combinations of seen parts); arithmetic_think (2-4 steps, mostly
+direct answers in training: for RL to discover working); everyday_math / _letters /
 _recall are hand-written questions for evaluation only. A mixture ("identity:1,spelling:2") is read by
 `lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import random
 from typing import Callable
 
-from lm.tasks.arithmetic import LEVELS, Arithmetic
+from lm.tasks.arithmetic import LEVELS, Arithmetic, ArithmeticThink
 from lm.tasks.base import SPLITS, Task, TaskDataError, test_indices  # noqa: F401
 from lm.tasks.everyday import Everyday
 from lm.tasks.gsm8k import GSM8K, GSM8KEasy
@@ -39,11 +40,12 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "word_problems": WordProblems, "everyday_math": lambda: Everyday("math"),
     "everyday_letters": lambda: Everyday("letters"), "everyday_recall": lambda: Everyday("recall"),
     **{level: (lambda lv: (lambda: Arithmetic(lv)))(level) for level in LEVELS},
+    "arithmetic_think": ArithmeticThink,
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
          "gsm8k_easy", "spelling_ood", "recall", "copy", "word_problems", "everyday_math",
-         "everyday_letters", "everyday_recall")
+         "everyday_letters", "everyday_recall", "arithmetic_think")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 

@@ -132,12 +132,16 @@ SEQUENCES = {1: [("add",), ("sub",), ("mul",), ("div",)],
              2: [("add", "add"), ("add", "sub"), ("sub", "add"), ("sub", "sub"), ("mul", "add"),
                  ("mul", "sub"), ("add", "div")],
              3: [("add", "add", "sub"), ("mul", "add", "sub"), ("add", "sub", "add"),
-                 ("sub", "add", "add"), ("mul", "sub", "add"), ("add", "add", "div")]}
+                 ("sub", "add", "add"), ("mul", "sub", "add"), ("add", "add", "div")],
+             4: [("add", "sub", "add", "sub"), ("mul", "add", "sub", "add"),
+                 ("sub", "add", "add", "sub"), ("mul", "sub", "add", "div"),
+                 ("add", "add", "sub", "div"), ("sub", "sub", "add", "add")]}
 
 LEVELS = {  # name: (allowed step counts, largest number)
     "arithmetic_easy": ((1, 2), 20),
     "arithmetic": ((1, 2, 3), 100),
     "arithmetic_hard": ((2, 3), 1000),
+    "arithmetic_think": ((2, 3, 4), 50),   # ArithmeticThink: mostly direct answers in training
 }
 
 
@@ -256,3 +260,23 @@ class Arithmetic(Task):
 
     def max_new_tokens(self) -> int:
         return 160
+
+
+class ArithmeticThink(Arithmetic):
+    """2-4 step problems (numbers up to 50) whose training replies are mostly the answer alone:
+    `direct` of them (seeded by the example) are just `#### N`, the rest the worked steps with
+    calculator calls. Both behaviours are in an SFT policy; a model this small rarely gets a
+    multi-step answer right without the steps, so RL on correctness alone can show working
+    appear because it pays (issue 28). Held-out and rl references are the worked replies."""
+
+    def __init__(self, name: str = "arithmetic_think", seed: int = 0, direct: float = 0.8):
+        super().__init__(name, seed)
+        self.direct = direct
+
+    def example(self, split: str, i: int) -> dict:
+        conv = super().example(split, i)
+        if split == "train" and random.Random(f"{self.name}/direct/{i}").random() < self.direct:
+            msgs = conv["messages"][:-1] + [{"role": "assistant",
+                                             "content": f"#### {conv['answer']}"}]
+            conv = dict(conv, messages=msgs)
+        return conv

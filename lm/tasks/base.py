@@ -68,6 +68,15 @@ def final_number(text: str) -> Optional[str]:
     return m.group(0).replace(",", "")
 
 
+_WORKED = re.compile(r"<<|\d\s*[-+*/×x]\s*\d+\s*=")
+
+
+def shows_work(reply: str) -> bool:
+    """Whether a reply (`reply_text` form) computes something before its final `####` answer:
+    a calculator call (`<<expr=result>>`) or a written `a op b =` step."""
+    return bool(_WORKED.search(reply.rsplit("####", 1)[0]))
+
+
 def same_number(a: Optional[str], b: Optional[str]) -> bool:
     if a is None or b is None:
         return False
