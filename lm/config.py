@@ -275,6 +275,9 @@ class SFTConfig:
     buffer: int = num(64, 1)              # conversations in the best-fit buffer
     keep_optimizer: bool = False          # keep the parent's Adam moments (else start fresh)
     val_rows: int = num(32, 0)            # packed held-out rows for the validation loss
+    # conversation files named as tasks for the mixture: "name=path,..." (JSONL, one
+    # conversation per line, e.g. tools.distill's output; a relative path is from the workdir)
+    files: str = ""
 
 
 @dataclass

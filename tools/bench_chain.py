@@ -3,7 +3,7 @@ budget, whole processes alternating, both scored in bits per byte on the same he
 
 Sides (each a whole process, timed from start to exit; every round runs them in this order):
 
-- ours: `python -m lm.main -e chat_tiny_base` (its model, 3 layers x 384 tied at present, a
+- ours: `python -m lm.main -e chat_tiny_base` (its model: `experiments/chat.py`'s `_tiny_model`, a
   4,096-token BPE, bf16 where lm's CPU kernels run) with `train.steps` calibrated so that its training steps fill --budget_s;
   `eval.tasks` off (the copy/ICL probes are not bits per byte) and no end-of-run text sample.
 - runcpu: nanochat's `scripts.base_train` (../shared/peers/nanochat, unchanged) at

@@ -25,7 +25,7 @@ share a process with the other's):
   preloaded, as `lm/__init__.py` re-executes lm.main. Left out: the packing (`stage.next_batch`,
   done ahead for both sides), evaluations, checkpoints, the progress bar.
 - peer: nanochat's GPT (../shared/peers/nanochat, unchanged) at our shape (chat_tiny_sft's depth,
-  width and heads: 3 layers, n_embd 384, 6 heads of 64 at present; vocabulary 4,096, sequence 512, window pattern L as runs/runcpu.sh; its own
+  width and heads, read from the experiment; vocabulary 4,096, sequence 512, window pattern L as runs/runcpu.sh; its own
   architecture otherwise), built as `checkpoint_manager.build_model` does on CPU (meta device,
   `to_empty`, `init_weights`, the state dict as float32 loaded with assign=True, `train()`; random
   weights instead of a base checkpoint), then exactly chat_sft.py's step: `torch.compile(model,

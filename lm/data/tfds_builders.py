@@ -217,7 +217,7 @@ class TaskExamples:
         return task_lib.get(name).size(split)
 
     def example(self, name: str, split: str, k: int) -> dict:
-        if self.reader == "files":
+        if self.reader == "files" or name not in task_lib.NAMES:    # a conversations file
             return task_lib.get(name).example(split, k)
         if (name, split) not in self._sources:
             self._sources[name, split] = ChatTaskExamples(name, split,

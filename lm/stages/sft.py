@@ -15,13 +15,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import runs, steps, tasks
-from lm.config import Config, parse_weights
+from lm import paths, runs, steps, tasks
+from lm.config import Config, ConfigError, parse_weights
 from lm.data.sft import SFTBatches
 from lm.data.tfds_builders import TaskExamples
 from lm.eval.chat import evaluate_tasks
 from lm.stages import base
 from lm.state import checkpoint_target, reset_schedule_counts
+
+
+def parse_files(spec: str) -> dict[str, str]:
+    """sft.files "name=path,..." -> {name: absolute path}; a missing file is a ConfigError."""
+    out = {}
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        name, eq, path = item.partition("=")
+        if not eq or not name.strip() or not path.strip():
+            raise ConfigError(f"sft.files: {item!r} is not name=path")
+        path = os.path.join(paths.workdir(), os.path.expanduser(path.strip()))
+        if not os.path.isfile(path):
+            raise ConfigError(f"sft.files: {name.strip()!r}: no file at {path}")
+        out[name.strip()] = path
+    return out
 
 
 class Stage(base.Stage):
@@ -40,7 +56,9 @@ class Stage(base.Stage):
             raise ValueError("sft needs a tokenizer with the chat special tokens (init_from a "
                              "run trained with a BPE tokenizer)")
         self.cfg, self.tokenizer = cfg, tokenizer
-        weights = parse_weights(cfg.sft.mixture, tasks.NAMES, key="sft.mixture")
+        for name, path in parse_files(cfg.sft.files).items():
+            tasks.register_file(name, path)
+        weights = parse_weights(cfg.sft.mixture, tasks.known(), key="sft.mixture")
         d = cfg.data
         examples = TaskExamples(d.reader, tfds_examples=d.tfds_examples)
         self.batches = SFTBatches(tokenizer, weights, split="train", seq_len=d.seq_len,

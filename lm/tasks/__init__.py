@@ -23,8 +23,9 @@ from typing import Callable
 from lm.tasks.arithmetic import LEVELS, Arithmetic, ArithmeticThink
 from lm.tasks.base import SPLITS, Task, TaskDataError, test_indices  # noqa: F401
 from lm.tasks.everyday import Everyday
+from lm.tasks.files import ConversationsFile
 from lm.tasks.gsm8k import GSM8K, GSM8KEasy
-from lm.tasks.identity import Identity
+from lm.tasks.identity import STUDENT_NAME, Identity
 from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
 from lm.tasks.open_chat import OpenChat
 from lm.tasks.recall import Copy, Recall
@@ -41,13 +42,36 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "everyday_letters": lambda: Everyday("letters"), "everyday_recall": lambda: Everyday("recall"),
     **{level: (lambda lv: (lambda: Arithmetic(lv)))(level) for level in LEVELS},
     "arithmetic_think": ArithmeticThink,
+    # a student's own identity (another name than its teacher's), and who-am-I questions graded
+    # on the teacher's name and on the student's (distillation's risk, issue 28)
+    "identity_student": lambda: Identity(name="identity_student", assistant=STUDENT_NAME),
+    "whoami_teacher": lambda: Identity(name="whoami_teacher", topics=("name",)),
+    "whoami_student": lambda: Identity(name="whoami_student", assistant=STUDENT_NAME,
+                                       topics=("name",)),
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
          "gsm8k_easy", "spelling_ood", "recall", "copy", "word_problems", "everyday_math",
-         "everyday_letters", "everyday_recall", "arithmetic_think")
+         "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
+         "whoami_teacher", "whoami_student")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
+FILES: dict[str, str] = {}       # conversation files named for this process (register_file)
+
+
+def register_file(name: str, path: str) -> None:
+    """Name a JSONL file of conversations (lm.tasks.files) as a training task."""
+    if name in NAMES:
+        raise ValueError(f"sft.files: {name!r} is already a task; choose another name")
+    if FILES.get(name, path) != path:
+        raise ValueError(f"sft.files: {name!r} already names {FILES[name]}")
+    FILES[name] = path
+    _CACHE.pop(name, None)
+
+
+def known() -> tuple:
+    """The task names `get` accepts: the library's and the registered files'."""
+    return NAMES + tuple(FILES)
 
 
 class Mixture(Task):
@@ -96,8 +120,12 @@ def get(name: str) -> Task:
             _CACHE[name] = Mixture({n.strip(): float(w or 1) for n, _, w in
                                     (x.partition(":") for x in name.split(",") if x.strip())})
         return _CACHE[name]
+    if name in FILES:
+        if name not in _CACHE:
+            _CACHE[name] = ConversationsFile(name, FILES[name])
+        return _CACHE[name]
     if name not in NAMES:
-        raise KeyError(f"unknown task {name!r}; known: {list(NAMES)}")
+        raise KeyError(f"unknown task {name!r}; known: {list(known())}")
     if name not in _CACHE:
         _CACHE[name] = FACTORIES[name]()
     return _CACHE[name]

@@ -19,20 +19,33 @@ from lm.tasks.base import Task
 
 OPENERS = ["Hey, ", "Quick question: ", "Hi! ", "Sorry, ", "Um, ", "OK so ", "Hello. "]
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "identity.json")
+STUDENT_NAME = "Pico"     # identity_student: a distilled student that must not be its teacher
 
 
 class Identity(Task):
+    """`assistant`: another name for the assistant than the file's (a student that must not take
+    its teacher's name, issue 28); `topics`: only these topics (e.g. ("name",): who-am-I
+    questions, graded on the name)."""
     name = "identity"
     kind = "generative"
 
-    def __init__(self, seed: int = 0, path: str = DEFAULT_FILE):
-        self.seed, self.path = seed, path
+    def __init__(self, seed: int = 0, path: str = DEFAULT_FILE, *, name: str = "identity",
+                 assistant: str = "", topics: tuple = ()):
+        self.seed, self.path, self.name = seed, path, name
+        self.assistant, self.topics = assistant, tuple(topics)
 
     @cached_property
     def spec(self) -> dict:
         with open(self.path, encoding="utf-8") as f:
             spec = json.load(f)
         fill = {k: spec[k] for k in ("name", "maker", "home")}
+        if self.assistant:
+            fill["name"] = self.assistant
+        if self.topics:
+            unknown = set(self.topics) - {t["topic"] for t in spec["topics"]}
+            if unknown:
+                raise ValueError(f"{self.path}: no topic {sorted(unknown)}")
+            spec["topics"] = [t for t in spec["topics"] if t["topic"] in self.topics]
 
         def sub(s: str, capital: bool = False) -> str:
             s = s.format(**fill)
