@@ -83,9 +83,15 @@ def _student(mixture: str, files: str = ""):
     return cfg
 
 
-@register("distill_a", "student A: chat_tiny_sft's task data, with an identity of its own")
+# the teacher's SFT data: chat_tiny_sft's mixture as grpo_arith_tiny's parent was trained on it
+# (tools.distill reads it from the teacher's lineage; function calling joined the chain later)
+TEACHER_MIXTURE = ("identity:1.5,arithmetic_easy:2,arithmetic:1,word_problems:3,gsm8k_easy:1,"
+                   "spelling:2,recall:2,copy:0.5,gsm8k:0.25,mmlu:0.2,dolly:0.25,alpaca:0.25")
+
+
+@register("distill_a", "student A: the teacher's SFT task data, with an identity of its own")
 def distill_a():
-    weights = parse_weights(chat_tiny_sft().sft.mixture, tasks.NAMES, key="sft.mixture")
+    weights = parse_weights(TEACHER_MIXTURE, tasks.NAMES, key="sft.mixture")
     weights["identity_student"] = weights.pop("identity")
     return _student(",".join(f"{n}:{w:g}" for n, w in weights.items()))
 

@@ -23,15 +23,35 @@ Mask 1 (trained): assistant text, `<|python_start|>`, the expression, `<|python_
 `<|assistant_start|>`, and `<|output_start|> … <|output_end|>` (the tool wrote it, not the model).
 Text is encoded with `tokenizer.encode`, which never produces special tokens: user or tool text
 that spells `<|assistant_end|>` stays ordinary text (the injection boundary).
+
+Function calling (OpenAI's shape; the tokens are the tokenizer's FUNCTION_SPECIALS). A
+conversation may offer `tools` (a top-level list of `{"type": "function", "function": {name,
+description, parameters}}`); an assistant turn may call them with `tool_call` parts, and `tool`
+turns bring the results back, one per call, before the assistant's next turn:
+
+    {"tools": [{"type": "function", "function": {"name": "get_weather", ...}}],
+     "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": [
+            {"type": "tool_call", "id": "call_0", "name": "get_weather",
+             "arguments": {"city": "Oslo"}}]},                      # a dict, or its JSON text
+        {"role": "tool", "tool_call_id": "call_0", "content": "{\"temp_c\": 4}"},
+        {"role": "assistant", "content": "It is 4 °C in Oslo."}]}
+
+Rendered: `<|tools_start|> [definitions as JSON] <|tools_end|>` right after BOS; a call as
+`<|tool_call_start|> {"name": ..., "arguments": {...}} <|tool_call_end|>` inside the assistant
+turn; a result as `<|tool_result_start|> content <|tool_result_end|>` after that turn. Mask: the
+calls are trained (markers and JSON); definitions and results never are.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable, Optional, Sequence
 
-from lm.tokenizer import CHAT_SPECIAL_TOKENS, ChatTokens, Tokenizer
+from lm.tokenizer import CHAT_SPECIAL_TOKENS, ChatTokens, FunctionTokens, Tokenizer
 
-ROLES = ("system", "user", "assistant")
-PART_TYPES = ("text", "python", "output")
+ROLES = ("system", "user", "assistant", "tool")
+PART_TYPES = ("text", "python", "output", "tool_call")
 CHAT_TOKENS = CHAT_SPECIAL_TOKENS[1:]     # the chat set after <|bos|>
 
 
@@ -55,7 +75,9 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
     msgs = conv["messages"]
     if not msgs:
         raise ConversationError("the conversation has no messages")
+    tool_definitions(conv)                 # checks `tools`
     expect = "user"
+    pending: list[str] = []                # ids of calls the tool turns have yet to answer
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ConversationError(f"turn {i}: a message needs 'role' and 'content'")
@@ -68,6 +90,19 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
             if not isinstance(content, str) or not content.strip():
                 raise ConversationError(f"turn {i}: the system message must be non-empty text")
             continue
+        if role == "tool":
+            call = m.get("tool_call_id")
+            if call not in pending:
+                raise ConversationError(f"turn {i}: a tool message without a matching call "
+                                        f"(tool_call_id {call!r}; open calls: {pending})")
+            if not isinstance(content, str):
+                raise ConversationError(f"turn {i}: a tool result must be text")
+            pending.remove(call)
+            if not pending:
+                expect = "assistant"
+            continue
+        if pending:
+            raise ConversationError(f"turn {i}: the calls {pending} have no tool result yet")
         if role != expect:
             raise ConversationError(f"turn {i}: expected a {expect} turn, got {role!r} (turns "
                                     f"alternate user/assistant, starting with user)")
@@ -87,10 +122,18 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
             if not isinstance(p, dict) or p.get("type") not in PART_TYPES:
                 raise ConversationError(f"turn {i}, part {j}: unknown part {p!r} (types: "
                                         f"{list(PART_TYPES)})")
+            if p["type"] == "tool_call":
+                call_arguments(p, where=f"turn {i}, part {j}")
+                if not isinstance(p.get("name"), str) or not p["name"]:
+                    raise ConversationError(f"turn {i}, part {j}: a tool call needs a 'name'")
+                pending.append(p.get("id") or f"call_{i}_{j}")
+                continue
             if not isinstance(p.get("text"), str):
                 raise ConversationError(f"turn {i}, part {j}: a part needs a 'text' string")
             if p["type"] == "python" and not p["text"].strip():
                 raise ConversationError(f"turn {i}, part {j}: empty python expression")
+    if pending and msgs[-1]["role"] == "tool":
+        raise ConversationError(f"the calls {pending} have no tool result")
     if not any(m["role"] == "user" for m in msgs):
         raise ConversationError("the conversation has no user turn")
     if require_reply and msgs[-1]["role"] != "assistant":
@@ -105,6 +148,67 @@ def chat_tokens(tok: Tokenizer) -> ChatTokens:
         raise ConversationError("the chat format needs a tokenizer with the chat special tokens "
                                 "(a BPE tokenizer; not 'char')")
     return tok.chat
+
+
+def function_tokens(tok: Tokenizer) -> FunctionTokens:
+    """The tokenizer's function-calling tokens, or ConversationError."""
+    if tok.functions is None:
+        raise ConversationError("function calling needs a tokenizer with the function-call "
+                                "tokens (one trained here with the reserved special block)")
+    return tok.functions
+
+
+def tool_definitions(conv: dict) -> list[dict]:
+    """The conversation's offered functions ({name, description, parameters}), checked."""
+    tools = conv.get("tools") or []
+    if not isinstance(tools, list):
+        raise ConversationError("'tools' must be a list of function definitions")
+    out = []
+    for k, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ConversationError(f"tools[{k}]: expected {{'type': 'function', 'function': "
+                                    f"{{'name': ..., 'parameters': ...}}}}")
+        if not isinstance(fn.get("parameters", {}), dict):
+            raise ConversationError(f"tools[{k}]: 'parameters' must be a JSON Schema object")
+        out.append({k2: fn[k2] for k2 in ("name", "description", "parameters") if k2 in fn})
+    return out
+
+
+def call_arguments(part: dict, where: str = "tool call") -> dict:
+    """A tool_call part's arguments as a dict (given as a dict, or as its JSON text)."""
+    args = part.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ConversationError(f"{where}: arguments are not JSON ({e})") from None
+    if not isinstance(args, dict):
+        raise ConversationError(f"{where}: arguments must be a JSON object")
+    return args
+
+
+def call_json(part: dict) -> str:
+    """The text a call renders to (and the model writes): {"name": ..., "arguments": {...}}."""
+    return json.dumps({"name": part["name"], "arguments": call_arguments(part)},
+                      ensure_ascii=False)
+
+
+def call_prefix(tok: Tokenizer, name: str) -> list[int]:
+    """The tokens every call of `name` starts with, as the model writes them: the common prefix
+    of the encodings of that call with several arguments (a BPE merges across the boundary
+    between the name's part and the arguments, so the text '{"name": "f", "arguments": ' alone
+    would encode differently from the calls the model learned)."""
+    head = json.dumps({"name": name})[:-1] + ', "arguments": '
+    encodings = [tok.encode(head + tail) for tail in
+                 ('{}}', '{"a": 1}}', '{"x_y": "z"}}', '{"q": [1]}}', '{"Z": true}}')]
+    common = encodings[0]
+    for e in encodings[1:]:
+        k = 0
+        while k < min(len(common), len(e)) and common[k] == e[k]:
+            k += 1
+        common = common[:k]
+    return common
 
 
 def _merged(msgs: list[dict]) -> list[dict]:
@@ -129,16 +233,33 @@ def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[i
         ids.extend(new)
         mask.extend([m] * len(new))
 
+    tools = tool_definitions(conv)
+    uses_functions = tools or any(m["role"] == "tool" for m in msgs)
+    f = function_tokens(tok) if uses_functions else tok.functions
+    if tools:
+        add([f.tools_start], 0)
+        add(tok.encode(json.dumps(tools, ensure_ascii=False)), 0)
+        add([f.tools_end], 0)
     for msg in msgs:
         if msg["role"] == "user":
             add([t.user_start], 0)
             add(tok.encode(msg["content"]), 0)
             add([t.user_end], 0)
             continue
+        if msg["role"] == "tool":
+            add([f.result_start], 0)
+            add(tok.encode(msg["content"]), 0)
+            add([f.result_end], 0)
+            continue
         add([t.assistant_start], 0)
         for p in parts_of(msg["content"]):
             if p["type"] == "text":
                 add(tok.encode(p["text"]), 1)
+            elif p["type"] == "tool_call":
+                f = function_tokens(tok)
+                add([f.call_start], 1)
+                add(tok.encode(call_json(p)), 1)
+                add([f.call_end], 1)
             elif p["type"] == "python":
                 add([t.python_start], 1)
                 add(tok.encode(p["text"]), 1)
@@ -189,21 +310,28 @@ def render_for_completion(conv: dict, tok) -> list[int]:
     msgs = validate(conv)
     if msgs[-1]["role"] == "assistant":
         msgs = msgs[:-1]
-    ids, _ = render({"messages": msgs}, tok)
+    ids, _ = render({"messages": msgs, "tools": conv.get("tools") or []}, tok)
     return ids + [chat_tokens(tok).assistant_start]
 
 
 def parse_reply(ids: Sequence[int], tok) -> list[dict]:
-    """Generated assistant tokens back into parts (text / python / output), up to
-    `<|assistant_end|>`; an unterminated call or output keeps what was written."""
+    """Generated assistant tokens back into parts (text / python / output / tool_call), up to
+    `<|assistant_end|>`; an unterminated call or output keeps what was written. A tool_call part
+    has its raw `text`, and `name` and `arguments` when that text is a well-formed call
+    ({"name": str, "arguments": object}), else an `error`."""
     t = chat_tokens(tok)
+    f = tok.functions
+    call_start = f.call_start if f else None
+    call_end = f.call_end if f else None
     parts: list[dict] = []
     kind, buf = "text", []
 
     def flush():
         if buf or kind != "text":
             text = tok.decode(buf)
-            if kind != "text" or text:
+            if kind == "tool_call":
+                parts.append(parse_call(text))
+            elif kind != "text" or text:
                 parts.append({"type": kind, "text": text})
         buf.clear()
 
@@ -211,13 +339,14 @@ def parse_reply(ids: Sequence[int], tok) -> list[dict]:
         i = int(i)
         if i == t.assistant_end:
             break
-        if i in (t.python_start, t.output_start):
+        if i in (t.python_start, t.output_start, call_start):
             flush()
-            kind = "python" if i == t.python_start else "output"
-        elif i in (t.python_end, t.output_end):
+            kind = {t.python_start: "python", t.output_start: "output"}.get(i, "tool_call")
+        elif i in (t.python_end, t.output_end, call_end):
             flush()
             kind = "text"
-        elif i in (t.bos, t.user_start, t.user_end, t.assistant_start):
+        elif i in (t.bos, t.user_start, t.user_end, t.assistant_start) or \
+                (f is not None and i in f):
             continue
         else:
             buf.append(i)
@@ -225,12 +354,35 @@ def parse_reply(ids: Sequence[int], tok) -> list[dict]:
     return parts
 
 
+def parse_call(text: str) -> dict:
+    """A written call's text -> a tool_call part (with `error` when it is not a valid call)."""
+    part = {"type": "tool_call", "text": text}
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return dict(part, error=f"not JSON ({e.msg})")
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
+        return dict(part, error="not a call: expected {\"name\": ..., \"arguments\": {...}}")
+    args = obj.get("arguments", {})
+    if not isinstance(args, dict):
+        return dict(part, error="arguments are not a JSON object")
+    return dict(part, name=obj["name"], arguments=args)
+
+
+def tool_calls(parts: list[dict]) -> list[dict]:
+    """The tool_call parts of a reply."""
+    return [p for p in parts if p["type"] == "tool_call"]
+
+
 def reply_text(parts: list[dict]) -> str:
-    """A reply as readable text: tool calls shown as `<<expr=result>>` (GSM8K's notation)."""
+    """A reply as readable text: calculator calls shown as `<<expr=result>>` (GSM8K's notation),
+    function calls as `[call {"name": ..., "arguments": ...}]`."""
     out = []
     for k, p in enumerate(parts):
         if p["type"] == "text":
             out.append(p["text"])
+        elif p["type"] == "tool_call":
+            out.append(f"[call {p.get('text') or call_json(p)}]")
         elif p["type"] == "python":
             nxt = parts[k + 1] if k + 1 < len(parts) else None
             result = nxt["text"] if nxt is not None and nxt["type"] == "output" else "?"
@@ -254,8 +406,9 @@ def conversation(user: str, assistant: Any = None, system: Optional[str] = None,
 
 class TextStream:
     """Incremental detokenizer for streamed replies: whole UTF-8 characters only. With
-    `chat=True`, tool calls show as `<<expr=result>>` (as `reply_text` writes them) and other
-    special tokens are hidden; otherwise special tokens show by name."""
+    `chat=True`, calculator calls show as `<<expr=result>>` (as `reply_text` writes them), other
+    special tokens are hidden, and a function call's text is not shown: each finished call is
+    queued as a tool_call part (`take_calls`); otherwise special tokens show by name."""
 
     SHOWN = {"<|python_start|>": "<<", "<|python_end|>": "=", "<|output_end|>": ">>"}
 
@@ -263,12 +416,24 @@ class TextStream:
         self.tok, self.chat = tok, chat
         self.dec = tok.stream_decoder()
         self.special = {int(i): s for s, i in tok.special_tokens.items()}
+        f = tok.functions if chat else None
+        self.call_start, self.call_end = (f.call_start, f.call_end) if f else (None, None)
+        self.call: Optional[list[int]] = None      # ids of the call being written
+        self.calls: list[dict] = []                # finished calls not yet taken
 
     def push(self, ids) -> str:
         out = []
         for i in ids:
             i = int(i)
-            if i in self.special:
+            if self.call is not None and i != self.call_end and i not in self.special:
+                self.call.append(i)
+            elif i == self.call_start and self.call_start is not None:
+                out.append(self.dec.flush())
+                self.call = []
+            elif i == self.call_end and self.call is not None:
+                self.calls.append(parse_call(self.tok.decode(self.call)))
+                self.call = None
+            elif i in self.special:
                 out.append(self.dec.flush())
                 name = self.special[i]
                 out.append(self.SHOWN.get(name, "") if self.chat else name)
@@ -276,5 +441,14 @@ class TextStream:
                 out.append(self.dec.push(i))
         return "".join(out)
 
+    def take_calls(self) -> list[dict]:
+        """The tool_call parts finished since the last call (an unterminated one is finished by
+        `flush`)."""
+        out, self.calls = self.calls, []
+        return out
+
     def flush(self) -> str:
+        if self.call is not None:              # the reply ended inside a call
+            self.calls.append(parse_call(self.tok.decode(self.call)))
+            self.call = None
         return self.dec.flush()

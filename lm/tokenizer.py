@@ -66,7 +66,11 @@ CHAT_SPECIAL_TOKENS: tuple[str, ...] = (
 # names its slot in NAMED_SPECIALS (name -> K); `special_id(name)` then finds it in every tokenizer
 # trained since, with no retraining.
 RESERVED_SPECIALS = 64
-NAMED_SPECIALS: dict[str, int] = {}
+# function calling (lm.conversation): the tool definitions a conversation offers, a call the
+# assistant writes, and a result the client sends back
+FUNCTION_SPECIALS = ("<|tools_start|>", "<|tools_end|>", "<|tool_call_start|>",
+                     "<|tool_call_end|>", "<|tool_result_start|>", "<|tool_result_end|>")
+NAMED_SPECIALS: dict[str, int] = {name: 9 + k for k, name in enumerate(FUNCTION_SPECIALS)}
 GPT2_ENDOFTEXT = "<|endoftext|>"
 ARTIFACT_VERSION = 1
 DEFAULT_MAX_DOC_CHARS = 10_000
@@ -78,9 +82,13 @@ def reserved_name(index: int) -> str:
 
 
 def trained_specials(reserved: int = RESERVED_SPECIALS) -> tuple[str, ...]:
-    """The special tokens of a tokenizer trained here: BOS, the chat set, `reserved` placeholders."""
+    """The special tokens of a tokenizer trained here: BOS, the chat set, `reserved` slots (those
+    a feature names in NAMED_SPECIALS under that name, the others as placeholders). Tokenizers
+    trained before a slot was named keep its placeholder; `special_id` finds it either way."""
     n = len(CHAT_SPECIAL_TOKENS)
-    return CHAT_SPECIAL_TOKENS + tuple(reserved_name(n + k) for k in range(reserved))
+    named = {k: name for name, k in NAMED_SPECIALS.items()}
+    return CHAT_SPECIAL_TOKENS + tuple(named.get(n + k, reserved_name(n + k))
+                                       for k in range(reserved))
 
 
 class ChatTokens(NamedTuple):
@@ -111,6 +119,24 @@ class ChatTokens(NamedTuple):
         return (self.assistant_end, self.bos)
 
 
+class FunctionTokens(NamedTuple):
+    """The function-calling special-token ids (FUNCTION_SPECIALS, in reserved slots): present in
+    every tokenizer trained here with the reserved block; absent (None) in others."""
+    tools_start: int
+    tools_end: int
+    call_start: int
+    call_end: int
+    result_start: int
+    result_end: int
+
+    @classmethod
+    def of(cls, tok: "Tokenizer") -> Optional["FunctionTokens"]:
+        try:
+            return cls(*(tok.special_id(n) for n in FUNCTION_SPECIALS))
+        except KeyError:
+            return None
+
+
 class Tokenizer(abc.ABC):
     """What the rest of `lm` needs from a tokenizer; `CharTokenizer` and `BPETokenizer` are the two.
 
@@ -137,6 +163,13 @@ class Tokenizer(abc.ABC):
         if "_chat" not in self.__dict__:
             self._chat = ChatTokens.of(self)
         return self._chat
+
+    @property
+    def functions(self) -> Optional[FunctionTokens]:
+        """The function-calling special tokens, or None (a tokenizer without the reserved block)."""
+        if "_functions" not in self.__dict__:
+            self._functions = FunctionTokens.of(self) if self.chat is not None else None
+        return self._functions
 
     def special_id(self, name: str) -> int:
         """Id of a special token. "<|bos|>" always names the BOS token; a feature's name in

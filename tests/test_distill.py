@@ -121,16 +121,18 @@ def test_the_student_has_a_name_of_its_own():
 def test_tools_distill_writes_both_files(tmp_path, data_env):
     tok = train_bpe(["Emily has 3 apples and buys 2 more. 3 + 2 = 5 apples. #### 5 "] * 60,
                     256 + len(trained_specials()) + 28)
-    cfg = Config(name="tiny_rl", stage="grpo", init_from="x",
+    cfg = Config(name="tiny_sft", stage="sft", init_from="x",
                  model=ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1,
                                    n_head=2, n_embd=32), data=DataConfig(tokenizer="parent"))
+    cfg.sft.mixture = "arithmetic_easy:1,identity:1,mmlu:0.2"
     teacher = runs.save_run(str(tmp_path / "teacher"), cfg, tok)
     out = tmp_path / "distill"
-    rc = distill_tool.main(["--teacher", teacher, "--mixture", "arithmetic_easy:1,identity:1",
-                            "--prompts", "6", "--samples", "2", "--batch_size", "8",
-                            "--out", str(out), "--no_progress"])
+    rc = distill_tool.main(["--teacher", teacher, "--prompts", "6", "--samples", "2",
+                            "--batch_size", "8", "--out", str(out), "--no_progress"])
     assert rc == 0
     stats = json.loads((out / "stats.json").read_text())
+    # the teacher's own SFT mixture, without its multiple-choice task
+    assert stats["mixture"] == "arithmetic_easy:1,identity:1"
     lines = lambda f: [json.loads(x) for x in (out / f).read_text().splitlines()]
     assert stats["replies"] == 12 and stats["teacher"] == teacher
     assert len(lines("all.jsonl")) == 12 - stats["unfinished"]

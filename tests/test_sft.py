@@ -63,6 +63,15 @@ def test_best_fit_rows_keep_conversations_whole():
     assert packer.stats.tokens / (packer.stats.rows * 33) > 0.9
 
 
+def test_a_stream_where_nothing_fits_is_an_error_not_a_hang(monkeypatch):
+    import lm.data.sft as S
+    monkeypatch.setattr(S, "MAX_MISSES", 50)
+    p = BestFitPacker(fake_render([40] * 1000), row_len=16, buffer=4, pad_id=0)
+    with pytest.raises(ValueError, match="longer than a row"):
+        p.row()
+    assert p.stats.dropped_long == 50
+
+
 def test_batch_targets_and_weights_are_aligned():
     packer = BestFitPacker(fake_render([5, 7, 4, 9, 3] * 20), 17, buffer=4, pad_id=0)
     b = rows_to_batch([packer.row() for _ in range(4)])

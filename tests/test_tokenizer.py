@@ -389,7 +389,7 @@ def test_a_newly_named_special_needs_no_retraining(tok, tmp_path, monkeypatch):
     import lm.tokenizer as T
     path = str(tmp_path / "before.json")
     tok.save(path)
-    slot = len(CHAT_SPECIAL_TOKENS)                   # the first reserved slot
+    slot = len(CHAT_SPECIAL_TOKENS) + len(T.NAMED_SPECIALS)     # the first unnamed slot
     with pytest.raises(KeyError):
         tok.special_id("<|search_start|>")
     monkeypatch.setitem(T.NAMED_SPECIALS, "<|search_start|>", slot)
@@ -397,5 +397,21 @@ def test_a_newly_named_special_needs_no_retraining(tok, tmp_path, monkeypatch):
     assert old.special_id("<|search_start|>") == old.n_ranks + slot == tok.special_id(
         "<|search_start|>")
     assert old.is_special(old.special_id("<|search_start|>"))
-    assert old.special_id("<|search_start|>") not in old.encode("<|search_start|> <|reserved_9|>")
+    assert old.special_id("<|search_start|>") not in old.encode(
+        f"<|search_start|> <|reserved_{slot}|>")
     assert old.vocab_size == tok.vocab_size and old.same_as(tok)
+
+
+def test_function_tokens_in_tokenizers_trained_before_they_were_named(monkeypatch):
+    """The function-call specials live in reserved slots: a tokenizer trained when the slots were
+    placeholders has them at the same ids as one trained with the names."""
+    import lm.tokenizer as T
+    text = ["Emily has 3 apples. What is the weather in Oslo?"] * 20
+    named = train_bpe(text, 256 + len(trained_specials()) + 20)
+    monkeypatch.setattr(T, "NAMED_SPECIALS", {})
+    before = train_bpe(text, 256 + len(trained_specials()) + 20)
+    assert "<|tools_start|>" not in before.special_tokens
+    monkeypatch.undo()
+    assert before.functions == named.functions is not None
+    assert named.special_tokens["<|tool_call_start|>"] == named.functions.call_start
+    assert named.functions.call_start not in named.encode("<|tool_call_start|>")

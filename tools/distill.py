@@ -7,8 +7,8 @@ mixture, as JSONL conversations for SFT: all of them, and those graded right (re
 In --out: `all.jsonl` (every finished reply), `correct.jsonl` (the replies graded right, and the
 ungraded ones of tasks without a grader: the same samples, so the two students differ only by the
 filter) and `stats.json` (teacher, options, counts per task: replies, unfinished, correct,
-ungraded). `--mixture` (default: chat_tiny_sft's generative tasks, the teacher's own SFT data)
-gives the prompts: the SFT stage's deterministic stream over the tasks' `train` splits, so no
+ungraded). `--mixture` (default: the generative tasks of the teacher's own SFT mixture, found in
+its lineage) gives the prompts: the SFT stage's deterministic stream over the tasks' `train` splits, so no
 held-out item can enter; before writing, the prompts are also checked against the tasks' held-out
 items. Files are written under a temporary name and renamed.
 """
@@ -23,7 +23,6 @@ if __package__ in (None, "") and __name__ == "__main__":  # run as `python tools
 import argparse
 import json
 
-import experiments
 from lm import process, runs, tasks
 from lm.config import ConfigError, parse_weights
 from lm.data.distill import KEEP, check_no_held_out, select, teacher_data
@@ -49,12 +48,17 @@ def write(convs: list[dict], stats: dict, out: str) -> list[str]:
     return written + [path]
 
 
-def default_mixture() -> str:
-    """chat_tiny_sft's mixture without its multiple-choice tasks."""
-    weights = parse_weights(experiments.get("chat_tiny_sft").sft.mixture, tasks.NAMES,
-                            key="sft.mixture")
-    return ",".join(f"{n}:{w:g}" for n, w in weights.items()
-                    if tasks.get(n).kind != "categorical")
+def default_mixture(teacher: runs.RunRef) -> str:
+    """The generative tasks of the teacher's own SFT mixture (its nearest sft ancestor in its
+    lineage, or itself): the prompts it was trained to answer."""
+    chain = [{"run_dir": teacher.run_dir, "stage": None}] + runs.lineage(teacher.run_dir)
+    for link in chain:
+        cfg = runs.load_config(runs.resolve(link["run_dir"]))
+        if cfg.stage == "sft":
+            weights = parse_weights(cfg.sft.mixture, tasks.known(), key="sft.mixture")
+            return ",".join(f"{n}:{w:g}" for n, w in weights.items()
+                            if n in tasks.NAMES and tasks.get(n).kind != "categorical")
+    raise ValueError(f"{teacher.run_dir}: no SFT run in its lineage; pass --mixture")
 
 
 def main(argv=None) -> int:
@@ -62,8 +66,8 @@ def main(argv=None) -> int:
                                 description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True, help="run dir, checkpoint dir or experiment name")
     p.add_argument("--mixture", default=None,
-                   help="task:weight,... of the prompts (default: chat_tiny_sft's generative "
-                   "tasks)")
+                   help="task:weight,... of the prompts (default: the teacher's SFT mixture's "
+                   "generative tasks)")
     p.add_argument("--prompts", type=int, default=4000)
     p.add_argument("--samples", type=int, default=1, help="replies per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -74,11 +78,11 @@ def main(argv=None) -> int:
     p.add_argument("--no_progress", action="store_true")
     a = p.parse_args(argv)
     try:
-        mixture = a.mixture or default_mixture()
-        weights = parse_weights(mixture, tasks.NAMES, key="--mixture")
         if a.prompts < 1 or a.samples < 1 or a.temperature <= 0:
             raise ValueError("--prompts and --samples must be >= 1 and --temperature > 0")
         ref = runs.resolve(a.teacher, workdir=a.workdir)
+        mixture = a.mixture or default_mixture(ref)
+        weights = parse_weights(mixture, tasks.NAMES, key="--mixture")
     except (ConfigError, ValueError, runs.RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -77,6 +77,9 @@ class PackStats:
                 "sft/conversations_per_row": self.conversations / slots}
 
 
+MAX_MISSES = 10_000
+
+
 class BestFitPacker:
     """Rows of `row_len` tokens from `render(i) -> (ids, mask)` (item i of a stream)."""
 
@@ -102,7 +105,12 @@ class BestFitPacker:
         return self._cache[i]
 
     def _fill(self) -> None:
+        misses = 0                  # items dropped in a row: a stream where nothing fits ends
         while len(self.buffer) < self.capacity:
+            if misses >= MAX_MISSES:
+                raise ValueError(f"SFT packing: the last {misses:,} conversations were all longer "
+                                 f"than a row ({self.row_len} tokens) or malformed; raise "
+                                 f"data.seq_len or check the data")
             i = self.next
             self.next += 1
             try:
@@ -110,11 +118,14 @@ class BestFitPacker:
             except chat.ConversationError:
                 self.stats.dropped_invalid += 1
                 self._cache.pop(i, None)
+                misses += 1
                 continue
             if len(ids) > self.row_len:
                 self.stats.dropped_long += 1
                 self._cache.pop(i, None)
+                misses += 1
                 continue
+            misses = 0
             self.buffer.append(i)
 
     def row(self) -> dict[str, np.ndarray]:

@@ -133,6 +133,13 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
             raise ValueError(f"task {name!r} ({task.kind}) has no grader; evaluate it by loss")
         acc = float(np.mean(correct))
         metrics[f"eval/{name}"] = acc
+        if hasattr(task, "grades") and task.kind == "generative":   # the parts of a grade
+            parts: dict[str, list] = {}
+            for c, r in zip(convs, replies):
+                for k, v in task.grades(c, r["text"]).items():
+                    parts.setdefault(k, []).append(v)
+            for k, v in parts.items():
+                metrics[f"eval/{name}_{k}"] = float(np.mean(v))
         metrics[f"eval/{name}_n"] = len(correct)
         if task.baseline < 1:
             centred.append((acc - task.baseline) / (1 - task.baseline))

@@ -87,12 +87,14 @@ def served(request: HTTPRequest) -> Served:
 
 # ---- requests: the schema's body -> a scheduler Request --------------------------------------------
 
-def _prompt_ids(s: Served, body: Common, chat_mode: bool) -> tuple[list[int], tuple, str]:
-    """(prompt ids, stop ids, the field that holds the prompt), or APIError."""
+def _prompt_ids(s: Served, body: Common, chat_mode: bool, forced: tuple = ()
+                ) -> tuple[list[int], tuple, str]:
+    """(prompt ids, stop ids, the field that holds the prompt), or APIError. `forced`: the
+    reply's forced start, appended to a chat prompt (tool_prefix)."""
     tok, param = s.tok, "messages" if chat_mode else "prompt"
     if chat_mode:
-        texts = ["".join(p.text for p in m.content) if isinstance(m.content, list) else m.content
-                 for m in body.messages]
+        texts = [_text(m.content) for m in body.messages] + \
+            [t.function.model_dump_json() for t in body.tools or []]
     else:
         p = body.prompt
         if isinstance(p, list):
@@ -111,7 +113,8 @@ def _prompt_ids(s: Served, body: Common, chat_mode: bool) -> tuple[list[int], tu
                             f"{s.block_size} tokens", param=param, code="context_length_exceeded")
     try:
         if chat_mode:
-            return chat.render_for_completion(conversation_of(body), tok), tok.chat.stops, param
+            prompt = chat.render_for_completion(conversation_of(body), tok) + list(forced)
+            return prompt, tok.chat.stops, param
         bos = [] if tok.bos_id is None else [tok.bos_id]
         return bos + tok.encode(texts[0]), tuple(bos), param
     except chat.ConversationError as e:
@@ -120,18 +123,63 @@ def _prompt_ids(s: Served, body: Common, chat_mode: bool) -> tuple[list[int], tu
         raise APIError(400, f"{param}: {e}", param=param, code="invalid_value") from None
 
 
+def _text(content) -> str:
+    if content is None:
+        return ""
+    return "".join(p.text for p in content) if isinstance(content, list) else content
+
+
 def conversation_of(body: ChatRequest) -> dict:
-    """The messages as lm's conversation (several system messages joined into the first)."""
-    msgs = [{"role": "system" if m.role == "developer" else m.role,
-             "content": "".join(p.text for p in m.content) if isinstance(m.content, list)
-             else m.content} for m in body.messages]
+    """The messages as lm's conversation (several system messages joined into the first; an
+    assistant message's tool_calls as tool_call parts; tool messages as tool turns), with the
+    offered functions unless tool_choice is 'none'."""
+    msgs = []
+    for k, m in enumerate(body.messages):
+        text = _text(m.content)
+        if m.role == "assistant" and m.tool_calls:
+            parts = ([{"type": "text", "text": text}] if text else []) + [
+                {"type": "tool_call", "id": c.id, "name": c.function.name,
+                 "arguments": c.function.arguments} for c in m.tool_calls]
+            msgs.append({"role": "assistant", "content": parts})
+        elif m.role == "tool":
+            if m.tool_call_id is None:
+                raise APIError(400, f"messages[{k}]: a tool message needs 'tool_call_id'",
+                               param="messages", code="invalid_value")
+            msgs.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": text})
+        else:
+            msgs.append({"role": "system" if m.role == "developer" else m.role,
+                         "content": text})
     systems = [m["content"] for m in msgs if m["role"] == "system"]
     rest = [m for m in msgs if m["role"] != "system"]
-    if not rest or rest[-1]["role"] != "user":
-        raise APIError(400, "the last message must be the user's", param="messages",
-                       code="invalid_value")
+    if not rest or rest[-1]["role"] not in ("user", "tool"):
+        raise APIError(400, "the last message must be the user's (or a tool result)",
+                       param="messages", code="invalid_value")
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []] \
+        if body.tool_choice != "none" else []
     return {"messages": ([{"role": "system", "content": "\n\n".join(systems)}] if systems
-                         else []) + rest}
+                         else []) + rest, "tools": tools}
+
+
+def tool_prefix(body: ChatRequest, tok) -> list[int]:
+    """The reply's forced start for tool_choice: 'required' -> inside a call; a named function
+    -> inside a call of it, at its arguments. 'auto' (the default) and 'none' -> nothing."""
+    choice, tools = body.tool_choice, body.tools or []
+    if choice is None or choice in ("auto", "none"):
+        if tools and tok.functions is None:
+            raise APIError(400, "this model's tokenizer has no function-call tokens: it cannot "
+                                "take 'tools'", param="tools", code="invalid_value")
+        return []
+    if not tools:
+        raise APIError(400, f"'tool_choice' {choice if isinstance(choice, str) else 'function'} "
+                            f"needs 'tools'", param="tool_choice", code="invalid_value")
+    f = chat.function_tokens(tok)
+    if choice == "required":
+        return [f.call_start]
+    names = [t.function.name for t in tools]
+    if choice.function.name not in names:
+        raise APIError(400, f"'tool_choice' names {choice.function.name!r}, which is not among "
+                            f"the tools {names}", param="tool_choice", code="invalid_value")
+    return [f.call_start] + chat.call_prefix(tok, choice.function.name)
 
 
 def build_request(s: Served, body: Common, chat_mode: bool) -> Request:
@@ -139,7 +187,8 @@ def build_request(s: Served, body: Common, chat_mode: bool) -> Request:
     if body.model is not None and body.model not in (s.name, "default"):
         raise APIError(404, f"model {body.model!r} does not exist (this server serves "
                             f"{s.name!r})", param="model", code="model_not_found")
-    prompt, stop_ids, param = _prompt_ids(s, body, chat_mode)
+    forced = tuple(tool_prefix(body, s.tok)) if chat_mode else ()
+    prompt, stop_ids, param = _prompt_ids(s, body, chat_mode, forced)
     room = s.block_size - len(prompt)
     if room < 1:
         raise APIError(400, f"the prompt is {len(prompt)} tokens; the model's context is "
@@ -170,7 +219,8 @@ def build_request(s: Served, body: Common, chat_mode: bool) -> Request:
                         top_logprobs=top_lp)
     so = body.stream_options
     options = APIOptions(chat=chat_mode, logprobs=want_lp, stream=bool(body.stream),
-                         include_usage=bool(so is not None and so.include_usage))
+                         include_usage=bool(so is not None and so.include_usage),
+                         forced=forced, calls=not chat_mode or body.tool_choice != "none")
     return Request(prompt=prompt, sampling=sampling, options=options)
 
 
@@ -216,19 +266,40 @@ class Reply:
             d["usage"] = usage
         return d
 
-    def choice(self, index: int, text: Optional[str], finish, items, delta: bool) -> dict:
+    def tool_calls(self, index: int, calls: list[dict], first: int) -> tuple[list, str]:
+        """(OpenAI tool_calls, text): the well-formed calls, numbered from `first`; a call whose
+        text is not a call stays in the reply as text."""
+        out, text = [], ""
+        for k, c in enumerate(calls, first):
+            if "error" in c:
+                text += f"[call {c['text']}]"
+                continue
+            out.append({"index": k, "id": f"call_{self.req.id[:16]}_{index}_{k}",
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}})
+        return out, text
+
+    def choice(self, index: int, text: Optional[str], finish, items, delta: bool,
+               calls: Sequence[dict] = (), first: int = 0) -> dict:
         lp = logprobs_of(self.s.tok, items, self.chat) if self.req.options.logprobs and \
             (items or not delta) else None
         if not self.chat:
             return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish}
+        made, extra = self.tool_calls(index, list(calls), first)
+        text = (text or "") + extra
         if delta:
-            content = {"content": text} if text or not finish else {}
+            content = {"content": text} if text or not (finish or made) else {}
+            if made:
+                content["tool_calls"] = made
             return {"index": index, "delta": content, "logprobs": lp, "finish_reason": finish}
-        return {"index": index, "message": {"role": "assistant", "content": text},
-                "logprobs": lp, "finish_reason": finish}
+        message = {"role": "assistant", "content": text or (None if made else "")}
+        if made:
+            message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in made]
+        return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
 
     def whole(self, usage: dict) -> dict:
-        return self.envelope([self.choice(i, c.text, c.finish, c.logprobs, delta=False)
+        return self.envelope([self.choice(i, c.text, c.finish, c.logprobs, delta=False,
+                                          calls=c.calls)
                               for i, c in enumerate(self.req.rt.choices)], False, usage)
 
     async def stream(self, request: HTTPRequest):
@@ -256,7 +327,9 @@ class Reply:
                         yield sse(self.envelope([], True, ev["usage"]))
                     break
                 yield sse(self.envelope([self.choice(ev["index"], ev["text"], ev["finish"],
-                                                     ev["logprobs"], delta=True)], True))
+                                                     ev["logprobs"], delta=True,
+                                                     calls=ev.get("calls", ()),
+                                                     first=ev.get("first_call", 0))], True))
             yield "data: [DONE]\n\n"
         except (asyncio.CancelledError, GeneratorExit):
             sched.cancel(req)

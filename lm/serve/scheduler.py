@@ -53,6 +53,8 @@ class APIOptions:
     logprobs: bool = False
     stream: bool = False
     include_usage: bool = False
+    forced: tuple = ()               # reply ids the prompt already ends with (tool_choice)
+    calls: bool = True               # report function calls (tool_choice 'none': drop them)
 
 
 @dataclasses.dataclass
@@ -64,7 +66,8 @@ class Choice:
     held: str = ""                   # text held back (could be the start of a stop string)
     tokens: list = dataclasses.field(default_factory=list)      # up to a stop string, if any
     logprobs: list = dataclasses.field(default_factory=list)
-    finish: Optional[str] = None     # 'stop' | 'length' | 'cancelled' | 'error'
+    calls: list = dataclasses.field(default_factory=list)       # finished function calls
+    finish: Optional[str] = None     # 'stop' | 'length' | 'tool_calls' | 'cancelled' | 'error'
 
 
 @dataclasses.dataclass
@@ -208,6 +211,7 @@ class Scheduler:
             return
         for c in req.rt.choices:
             c.stream = chat.TextStream(self.tok, chat=req.options.chat)
+            c.stream.push(req.options.forced)        # a forced start (tool_choice) is seen first
         req.rt.admitted_at = time.time()
         with self.lock:
             self.active.append(req)
@@ -314,11 +318,16 @@ class Scheduler:
             buf, c.held = buf[:len(buf) - keep], buf[len(buf) - keep:]
         if finish == "stop" and not done:
             stop_now.append(r)
+        calls = c.stream.take_calls() if req.options.calls else []
+        first = len(c.calls)
+        c.calls += calls
+        if finish == "stop" and any("error" not in x for x in c.calls):
+            finish = "tool_calls"
         c.text += buf
         c.logprobs += piece_lp
-        if buf or finish or piece_lp:
+        if buf or finish or piece_lp or calls:
             req.emit({"type": "delta", "index": i, "text": buf, "finish": finish,
-                      "logprobs": piece_lp})
+                      "logprobs": piece_lp, "calls": calls, "first_call": first})
         c.finish = finish
 
     def usage(self, req: Request) -> dict:

@@ -24,10 +24,52 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
+MAX_TOOLS = 128
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: StrictStr
+    arguments: StrictStr = Field(description="the arguments as a JSON object's text")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[StrictStr, list[TextPart]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[StrictStr, list[TextPart], None] = None
+    tool_calls: Optional[list[ToolCall]] = None      # assistant: the calls it made
+    tool_call_id: Optional[StrictStr] = None         # tool: the call this result answers
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: Optional[StrictStr] = None
+    parameters: Optional[dict] = Field(None, description="a JSON Schema object")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -63,6 +105,9 @@ class ChatRequest(Common):
     messages: list[Message] = Field(min_length=1)
     logprobs: Optional[StrictBool] = None
     top_logprobs: Optional[int] = Field(None, strict=True, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Optional[list[Tool]] = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: Optional[StrictBool] = None     # accepted; the model decides
 
 
 class CompletionRequest(Common):
