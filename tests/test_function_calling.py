@@ -224,8 +224,8 @@ def test_a_tool_result_over_the_context_is_a_400(client):
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
 
 
-def test_official_openai_client(memorised):
-    openai = pytest.importorskip("openai", reason="pip install -r requirements-serve.txt")
+@pytest.fixture(scope="module")
+def fc_server(memorised):
     uvicorn = pytest.importorskip("uvicorn")
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -238,29 +238,58 @@ def test_official_openai_client(memorised):
     t0 = time.time()
     while not srv.started and time.time() - t0 < 60:
         time.sleep(0.05)
-    try:
-        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
-        kw = dict(model=memorised.config.name, messages=CONV["messages"][:1],
-                  tools=[WEATHER, CLOCK], temperature=0, max_tokens=40)
-        r = c.chat.completions.create(**kw)
-        call = r.choices[0].message.tool_calls[0]
-        assert r.choices[0].finish_reason == "tool_calls"
-        assert call.function.name == "get_weather"
-        # streamed: the client's own accumulation of tool-call deltas
-        with c.chat.completions.stream(**kw) as stream:
-            for _ in stream:
-                pass
-            final = stream.get_final_completion()
-        assert final.choices[0].message.tool_calls[0].function.arguments == \
-            call.function.arguments
-        r2 = c.chat.completions.create(**dict(kw, messages=CONV["messages"][:1] + [
-            r.choices[0].message.model_dump(exclude_none=True),
-            {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 4}'}]))
-        assert r2.choices[0].message.content == "It is 4 C in Oslo."
-    finally:
-        srv.should_exit = True
-        th.join(timeout=30)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    th.join(timeout=30)
 
+
+def test_official_openai_client(memorised, fc_server):
+    openai = pytest.importorskip("openai", reason="pip install -r requirements-serve.txt")
+    c = openai.OpenAI(base_url=f"{fc_server}/v1", api_key="x")
+    kw = dict(model=memorised.config.name, messages=CONV["messages"][:1],
+              tools=[WEATHER, CLOCK], temperature=0, max_tokens=40)
+    r = c.chat.completions.create(**kw)
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"
+    # streamed: the client's own accumulation of tool-call deltas
+    with c.chat.completions.stream(**kw) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    assert final.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+    r2 = c.chat.completions.create(**dict(kw, messages=CONV["messages"][:1] + [
+        r.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 4}'}]))
+    assert r2.choices[0].message.content == "It is 4 C in Oslo."
+
+
+def test_the_chat_page_shows_calls_and_sends_results(fc_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_serve import _browser
+    d = _browser()
+    try:
+        d.get(fc_server + "/")
+        WebDriverWait(d, 30).until(lambda d: "chat" in d.find_element(By.ID, "model").text)
+        d.execute_script("document.getElementById('temperature').value = '0';"
+                         "document.getElementById('max_tokens').value = '40';"
+                         "document.getElementById('tools').value = arguments[0];",
+                         json.dumps([WEATHER, CLOCK]))
+        d.find_element(By.ID, "input").send_keys("Weather in Oslo?")
+        d.find_element(By.ID, "send").click()
+        WebDriverWait(d, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".results input"))
+        shown = d.find_element(By.CSS_SELECTOR, ".msg.assistant .tool").text
+        assert "get_weather" in shown and "Oslo" in shown
+        d.find_element(By.CSS_SELECTOR, ".results input").send_keys('{"temp_c": 4}')
+        d.find_element(By.CSS_SELECTOR, ".results button").click()
+        WebDriverWait(d, 60).until(
+            lambda d: "It is 4 C in Oslo." in d.find_elements(By.CSS_SELECTOR,
+                                                              ".msg.assistant .body")[-1].text)
+        assert "get_weather" in d.find_element(By.CSS_SELECTOR, ".msg.tool-result").text
+        assert not d.find_elements(By.CSS_SELECTOR, ".msg.error")
+    finally:
+        d.quit()
 
 
 # ---- the function-calling task ------------------------------------------------------------------
