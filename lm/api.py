@@ -52,17 +52,25 @@ class Model:
              top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
         """The assistant's reply to a conversation (a list of {"role", "content"} messages, or
         one user message as a string), calculator calls shown as `<<expr=result>>`."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        return conversation.reply_text(self.respond(
+            {"messages": list(messages)}, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+
+    def respond(self, conv: dict, *, max_new_tokens: int = 256, temperature: float = 0.0,
+                top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[dict]:
+        """The assistant's next turn of a conversation (lm.conversation's dict, with `tools` if
+        it offers functions) as parts: text, calculator calls and outputs, function calls."""
         if not self.is_chat:
             raise ValueError(f"{self.config.name} is a {self.run.stage} run without the chat "
                              f"format: use generate()")
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        prompt = conversation.render_for_completion({"messages": list(messages)}, self.tokenizer)
+        prompt = conversation.render_for_completion(conv, self.tokenizer)
         budget = self._budget(len(prompt), max_new_tokens)
         g = self.engine.generate([prompt], max_new_tokens=budget, temperature=temperature,
                                  top_k=top_k, top_p=top_p, seed=seed,
                                  stop_tokens=list(self.tokenizer.chat.stops))
-        return conversation.reply_text(conversation.parse_reply(g.row(0), self.tokenizer))
+        return conversation.parse_reply(g.row(0), self.tokenizer)
 
     def generate(self, prompts: Union[str, Sequence[str]], *, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

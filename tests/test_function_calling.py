@@ -350,3 +350,85 @@ def test_training_conversations_render_and_train_calls_and_answers(tok):
             f = tok.functions
             a = ids.index(f.call_start)
             assert mask[a] == 1 and mask[ids.index(f.result_start)] == 0
+
+
+# ---- the agent loop -----------------------------------------------------------------------------
+
+def _agent_tools(weather=lambda city: {"temp_c": 4}):
+    from lm import agent
+    f = WEATHER["function"]
+    return [agent.Tool(f["name"], weather, f["description"], f["parameters"]),
+            agent.Tool("get_time", lambda: {"time": "12:00"}, CLOCK["function"]["description"],
+                       CLOCK["function"]["parameters"])]
+
+
+def test_agent_through_the_engine(memorised, tmp_path):
+    from lm import agent, api
+    model = agent.EngineModel(api.Model(memorised), max_new_tokens=40)
+    trace = tmp_path / "trace.jsonl"
+    res = agent.run(model, _agent_tools(), "Weather in Oslo?", trace=str(trace))
+    assert res.stopped == "answer" and res.answer == "It is 4 C in Oslo." and res.steps == 2
+    steps = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert steps[0]["calls"][0]["arguments"] == {"city": "Oslo"} and steps[0]["calls"][0]["ok"]
+    assert steps[1]["text"] == res.answer
+    # a tool that raises: the model sees an error result, the loop goes on
+    def broken(city):
+        raise RuntimeError("weather service down")
+    res = agent.run(model, _agent_tools(broken), "Weather in Oslo?")
+    (result,) = [m for m in res.messages if m["role"] == "tool"]
+    assert "weather service down" in json.loads(result["content"])["error"]
+    with pytest.raises(ValueError):
+        agent.run(model, _agent_tools(), "x", max_steps=0)
+
+
+class Scripted:
+    """A model that always makes the same calls (the loop's limits and errors, alone)."""
+
+    def __init__(self, calls, delay=0.0):
+        self.calls, self.delay, self.seen = calls, delay, 0
+
+    def turn(self, messages, tools, step):
+        from lm import agent
+        time.sleep(self.delay)
+        self.seen += 1
+        return agent.Turn("", [dict(c, id=f"c{step}_{k}") for k, c in enumerate(self.calls)])
+
+
+def test_agent_limits_and_bad_calls():
+    from lm import agent
+    m = Scripted([{"name": "nope", "arguments": {}}, {"name": "get_weather", "text": "{x",
+                                                      "error": "not JSON"}])
+    res = agent.run(m, _agent_tools(), "Weather?", max_steps=3)
+    assert res.stopped == "max_steps" and res.steps == 3 and res.answer is None
+    errors = [json.loads(x["content"])["error"] for x in res.messages if x["role"] == "tool"]
+    assert len(errors) == 6 and "unknown function 'nope'" in errors[0]
+    assert "malformed call" in errors[1]
+    slow = Scripted([{"name": "get_time", "arguments": {}}], delay=0.3)
+    res = agent.run(slow, _agent_tools(), "Time?", max_steps=100, time_limit_s=0.5)
+    assert res.stopped == "time_limit" and slow.seen < 5
+
+
+def test_agent_through_an_openai_server(memorised, fc_server):
+    pytest.importorskip("openai", reason="pip install -r requirements-serve.txt")
+    from lm import agent
+    model = agent.OpenAIModel(f"{fc_server}/v1", memorised.config.name, max_tokens=40)
+    res = agent.run(model, _agent_tools(), "Weather in Oslo?")
+    assert res.stopped == "answer" and res.answer == "It is 4 C in Oslo."
+    assert [m["role"] for m in res.messages] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_tool_from_a_python_function():
+    from lm import agent
+
+    def convert(value: float, unit: str = "m") -> dict:
+        """Convert a length.
+
+        More text."""
+        return {}
+    d = agent.tool(convert).definition()["function"]
+    assert d["name"] == "convert" and d["description"] == "Convert a length."
+    assert d["parameters"]["properties"] == {"value": {"type": "number"},
+                                             "unit": {"type": "string"}}
+    assert d["parameters"]["required"] == ["value"]
+    assert json.loads(agent.call_tool({"convert": agent.tool(convert)},
+                                      {"name": "convert", "arguments": {"nope": 1}})[0])["error"]
