@@ -203,6 +203,7 @@ def test_grpo_stage_runs_logs_and_is_reproducible(tiny_parent, tmp_path):
     evals = [r for r in rows if "eval/arithmetic_easy" in r]
     assert [r["step"] for r in evals] == [0, 2, 4] and rows[0] is evals[0]
     assert "eval/arithmetic_easy_pass@2" in evals[0]
+    assert "eval/arithmetic_easy_pass@2" not in evals[1]      # pass@k at the ends only
     assert "eval/arithmetic_easy_tokens" in final
     assert os.path.getsize(str(tmp_path / "r" / "rl_curves.png")) > 1000
     # the same seed gives the same rollouts

@@ -9,11 +9,11 @@ jitted forward pass each, without gradients. A batch serves `rl.updates` optimiz
 more than one, the PPO ratio and its clipping engage); the one loop runs them like any step.
 
 Logged every step: reward, response length, the share of replies that show their working
-(`rl/worked`: a calculator call or a written step before the answer), KL to the reference (k3), entropy, clip fraction,
-zero-variance groups, reward errors, rollout and update seconds. Evaluations: held-out pass@1
-(greedy, `eval/<task>`) and pass@k (`eval/<task>_pass@k`) at step 0 (the parent's policy, before
-the first update), every `eval.every` steps and at the end; `rl_curves.png` in the run directory
-plots reward and pass@1 from step 0.
+(`rl/worked`: a calculator call or a written step before the answer), KL to the reference (k3),
+entropy, clip fraction, zero-variance groups, reward errors, rollout and update seconds.
+Evaluations: held-out pass@1 (greedy, `eval/<task>`) at step 0 (the parent's policy, before the
+first update), every `eval.every` steps and at the end, and pass@k (`eval/<task>_pass@k`) at step
+0 and at the end; `rl_curves.png` in the run directory plots them from step 0.
 """
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ class Stage(base.Stage):
                                     samples=cfg.eval.samples if final else 0,
                                     progress=loop.progress, engine=self._engine(params),
                                     lengths=True)
-        if cfg.rl.pass_k > 1:
+        if cfg.rl.pass_k > 1 and (step == 0 or final):    # k samples a problem: the ends only
             for name in self.eval_tasks:
                 out[f"eval/{name}_pass@{cfg.rl.pass_k}"] = pass_at_k(
                     self._engine(params), self.tokenizer, task_lib.get(name),
