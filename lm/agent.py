@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from lm import api
 from lm import conversation as chat
 from lm.tools_calc import compute
 
@@ -99,7 +100,7 @@ class OpenAIModel:
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "unused",
                  max_tokens: int = 256, temperature: float = 0.0, timeout: float = 120.0):
-        import openai  # an optional dependency (requirements-serve.txt): only this model needs it
+        import openai
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout)
         self.model, self.max_tokens, self.temperature = model, max_tokens, temperature
 
@@ -264,7 +265,6 @@ def main(argv=None) -> int:
     fns = [BUILTIN[t] for t in a.tools.split(",") if t]
     try:
         if a.run:
-            from lm import api  # the engine side loads JAX and a run: only for --run
             model = EngineModel(api.load(a.run, workdir=a.workdir), temperature=a.temperature)
         else:
             model = OpenAIModel(a.url, a.model, api_key=a.api_key, temperature=a.temperature)

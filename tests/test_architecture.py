@@ -24,6 +24,8 @@ ALLOWED_INNER_IMPORTS = {
     ("lm/eval/parity.py", "lm_eval.tasks"): "the harness's task registry (requirements-eval.txt)",
     ("lm/interop/gguf.py", "llama_cpp"): "llama-cpp-python (requirements-gguf.txt) loads "
                                          "llama.cpp's shared library: `check` only",
+    ("lm/agent.py", "openai"): "the official client (requirements-serve.txt) drives a remote "
+                               "server: OpenAIModel only; the engine path needs none",
     ("lm/data/web/recipe.py", "ray"): "Ray takes seconds to import and serves --executor ray only",
     ("lm/data/web/recipe.py", "datatrove.executor.ray"): "datatrove's Ray executor imports Ray: "
                                                          "--executor ray only",
