@@ -29,6 +29,8 @@ def fake_replies(engine, tok, convs, *, n, **kw):
             kind = (k + j) % 3
             parts = ref if kind == 0 or c["task"] == "dolly" else \
                 [{"type": "text", "text": "I think it is\n#### 99999"}]
+            if (k + j) % 7 == 3 and c["task"] != "dolly":     # an empty calculator call
+                parts = [{"type": "python", "text": ""}, {"type": "text", "text": "#### 1"}]
             out.append({"parts": parts, "text": chat.reply_text(parts), "tokens": [1],
                         "format_ok": kind != 2 or c["task"] == "dolly"})
     return out
@@ -54,7 +56,10 @@ def test_rejection_sampling_keeps_exactly_what_the_grader_accepts(teacher):
         assert (c in right) == (graded is not False)
         assert c["messages"][:-1] == [m for m in src["messages"][:-1]]
     assert distill.select(convs, "all") == convs
-    assert stats["replies"] == 600 and stats["replies"] - stats["unfinished"] == len(convs)
+    assert stats["invalid"] > 0
+    assert stats["replies"] - stats["unfinished"] - stats["invalid"] == len(convs)
+    for c in convs:
+        chat.validate(c, require_reply=True)              # every kept one is training data
     assert sum(c["teacher_correct"] is True for c in convs) == stats["correct"]
 
 
@@ -135,7 +140,7 @@ def test_tools_distill_writes_both_files(tmp_path, data_env):
     assert stats["mixture"] == "arithmetic_easy:1,identity:1"
     lines = lambda f: [json.loads(x) for x in (out / f).read_text().splitlines()]
     assert stats["replies"] == 12 and stats["teacher"] == teacher
-    assert len(lines("all.jsonl")) == 12 - stats["unfinished"]
+    assert len(lines("all.jsonl")) == 12 - stats["unfinished"] - stats.get("invalid", 0)
     assert lines("correct.jsonl") == [c for c in lines("all.jsonl") if c["teacher_correct"]]
     assert distill_tool.main(["--teacher", teacher, "--mixture", "mmlu:1", "--out",
                               str(out)]) == 2

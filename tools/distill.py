@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     for path in write(convs, stats, a.out):
         print(f"wrote {path}")
     print(f"{stats.get('replies', 0):,} replies: {stats.get('unfinished', 0):,} unfinished, "
+          f"{stats.get('invalid', 0):,} invalid, "
           f"{stats.get('correct', 0):,} graded right, {stats.get('ungraded', 0):,} ungraded")
     return 0
 

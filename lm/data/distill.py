@@ -9,7 +9,8 @@ conversation parts, so the student learns the calls and never the outputs), each
   correct   rejection sampling: the replies graded right (and the ungraded ones)
   all       every reply (right or wrong)
 
-A reply that did not finish (no <|assistant_end|> within its budget) is never kept. Multiple
+A reply that did not finish (no <|assistant_end|> within its budget), or does not make a valid
+conversation (e.g. an empty calculator call), is never kept (counted: `unfinished`, `invalid`). Multiple
 choice tasks (graded on logits, not replies) cannot be distilled this way and are refused.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from lm import conversation as chat
 from lm import tasks as task_lib
 from lm.data.sft import Mixture
 from lm.eval.chat import generate_replies
@@ -66,12 +68,17 @@ def teacher_data(engine: Engine, tok, weights: dict[str, float], *, prompts: int
                 if not r["format_ok"]:
                     c["unfinished"] += 1
                     continue
+                conv = {"messages": prompt + [{"role": "assistant", "content": r["parts"]}]}
+                try:                  # e.g. an empty calculator call: not training data
+                    chat.validate(conv, require_reply=True)
+                except chat.ConversationError:
+                    c["invalid"] += 1
+                    continue
                 right = bool(task.evaluate(convs[j], r["text"])) if graded else None
                 c["correct"] += bool(right)
                 c["ungraded"] += right is None
-                kept.setdefault(i, []).append({
-                    "messages": prompt + [{"role": "assistant", "content": r["parts"]}],
-                    "task": name, "source": i, "teacher_correct": right})
+                kept.setdefault(i, []).append(dict(conv, task=name, source=i,
+                                                   teacher_correct=right))
         bar.update(len(idx) * samples)
     bar.close()
     out = [conv for i in sorted(kept) for conv in kept[i]]
