@@ -257,3 +257,26 @@ def test_pass_at_table_rows_and_the_plot_tool_outputs(tmp_path, capsys):
         argv = [x for kv in base.items() for x in kv] + ["--out", str(tmp_path / "o")]
         assert pass_at_k_tool.main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_long_prompt_does_not_cut_the_other_replies():
+    """Each row's budget is its own room in the context, not the batch's longest prompt's."""
+    from lm import conversation as chat
+    from lm.config import ModelConfig
+    from lm import model as lm_model
+    from lm.eval.chat import generate_replies
+    from lm.sampling import Engine
+    from lm.tokenizer import train_bpe, trained_specials
+    import jax
+    tok = train_bpe(["hello there, how are you today? fine thanks " * 20],
+                    256 + len(trained_specials()) + 30)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32)
+    params = lm_model.init(cfg, jax.random.key(0))
+    eng = Engine(params, cfg, tokenizer=tok, tools=tok.chat)
+    short = {"messages": [{"role": "user", "content": "hello"}]}
+    long = {"messages": [{"role": "user", "content": "hello there " * 30}]}
+    assert len(chat.render_for_completion(long, tok)) > 60
+    alone = generate_replies(eng, tok, [short], max_new_tokens=40, batch_size=2)
+    both = generate_replies(eng, tok, [short, long], max_new_tokens=40, batch_size=2)
+    assert both[0]["tokens"] == alone[0]["tokens"]
+    assert len(alone[0]["tokens"]) > 96 - len(chat.render_for_completion(long, tok))

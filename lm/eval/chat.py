@@ -47,8 +47,8 @@ def generate_replies(engine: Engine, tok, convs: Sequence[dict], *, max_new_toke
         prompts = [chat.render_for_completion(c, tok) for c in convs[b:b + batch_size]]
         fit = [i for i, p in enumerate(prompts) if len(p) < limit]
         rows: dict[int, dict] = {}
-        if fit:
-            budget = max(1, min(max_new_tokens, limit - max(len(prompts[i]) for i in fit)))
+        if fit:           # each row's own room: a long prompt does not cut the others' replies
+            budget = [max(1, min(max_new_tokens, limit - len(prompts[i]))) for i in fit]
             g = engine.generate([prompts[i] for i in fit], n=n, max_new_tokens=budget,
                                 temperature=temperature, seed=seed,
                                 sample_ids=[(first + b + i) * n + k
