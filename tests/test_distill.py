@@ -145,3 +145,22 @@ def test_tools_distill_writes_both_files(tmp_path, data_env):
     assert distill_tool.main(["--teacher", teacher, "--mixture", "mmlu:1", "--out",
                               str(out)]) == 2
     assert not os.path.exists(out / "all.jsonl.tmp")
+
+
+def test_a_mixture_of_files_only_trains_without_a_validation_loss(tmp_path, teacher, monkeypatch,
+                                                                   capsys):
+    from lm.stages import sft as sft_stage
+    convs, _ = teacher
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs[:40]))
+    monkeypatch.setattr(tasks, "FILES", {})
+    monkeypatch.setattr(tasks, "_CACHE", dict(tasks._CACHE))
+    tok = train_bpe(["Emily has 3 apples. 3 + 2 = 5. #### 5 My name is Lumen."] * 40,
+                    256 + len(trained_specials()) + 30)
+    cfg = Config(name="s", stage="sft", init_from="x",
+                 model=ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1,
+                                   n_head=2, n_embd=32),
+                 data=DataConfig(tokenizer="parent", seq_len=255, batch_size=2))
+    cfg.sft.mixture, cfg.sft.files = "t:1", f"t={tmp_path / 't.jsonl'}"
+    stage = sft_stage.Stage(cfg, tokenizer=tok)
+    assert stage.val_groups == [] and "no validation loss" in capsys.readouterr().out
+    assert next(stage.batches)["inputs"].shape == (2, 255)

@@ -65,8 +65,11 @@ class Stage(base.Stage):
                                   batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed,
                                   examples=examples)
         self.val_groups = []
-        if cfg.sft.val_rows:
-            held = {n: w for n, w in weights.items()}
+        # held-out rows from the tasks that have a held-out split (a conversations file has none)
+        held = {n: w for n, w in weights.items() if tasks.get(n).size("test") != 0}
+        if cfg.sft.val_rows and not held:
+            print("sft: no task of the mixture has a held-out split; no validation loss")
+        if cfg.sft.val_rows and held:
             val = SFTBatches(tokenizer, held, split="test", seq_len=d.seq_len,
                              batch_size=d.batch_size, buffer=cfg.sft.buffer, seed=d.seed + 1,
                              examples=examples)
