@@ -382,7 +382,7 @@ def reply_text(parts: list[dict]) -> str:
         if p["type"] == "text":
             out.append(p["text"])
         elif p["type"] == "tool_call":
-            out.append(f"[call {p.get('text') or call_json(p)}]")
+            out.append(f"[call {p['text'] if 'text' in p else call_json(p)}]")
         elif p["type"] == "python":
             nxt = parts[k + 1] if k + 1 < len(parts) else None
             result = nxt["text"] if nxt is not None and nxt["type"] == "output" else "?"

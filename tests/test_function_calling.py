@@ -76,6 +76,8 @@ def test_replies_parse_back_into_calls(tok):
     assert "error" in bad[0] and "name" not in bad[0]
     unterminated = chat.parse_reply([f.call_start] + tok.encode('{"na'), tok)
     assert unterminated[0]["type"] == "tool_call" and "error" in unterminated[0]
+    empty = chat.parse_reply([f.call_start, f.call_end], tok)      # a model can write nothing
+    assert empty[0]["error"] and chat.reply_text(empty) == "[call ]"
     # a forced call of a named function starts as the learned calls start
     assert tok.decode(chat.call_prefix(tok, "get_weather")).startswith('{"name": "get_weather')
     assert chat.call_prefix(tok, "get_weather") == tok.encode(chat.call_json(
