@@ -11,6 +11,7 @@ from lm import runs, tasks
 from lm.config import Config, ConfigError, DataConfig, ModelConfig
 from lm.data import distill
 from lm.data.sft import Mixture, SFTBatches
+from lm.stages import sft as sft_stage
 from lm.stages.sft import parse_files
 from lm.tasks.identity import STUDENT_NAME
 from lm.tokenizer import train_bpe, trained_specials
@@ -149,7 +150,6 @@ def test_tools_distill_writes_both_files(tmp_path, data_env):
 
 def test_a_mixture_of_files_only_trains_without_a_validation_loss(tmp_path, teacher, monkeypatch,
                                                                    capsys):
-    from lm.stages import sft as sft_stage
     convs, _ = teacher
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(c) + "\n" for c in convs[:40]))
     monkeypatch.setattr(tasks, "FILES", {})

@@ -16,14 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm import conversation as chat
 from lm import model
-from lm.config import modern
+from lm.config import ModelConfig, modern
 from lm.eval import benchmarks, suite
 from lm.eval.__main__ import main as eval_main
-from lm.eval.chat import check_pass_at, pass_at_k_estimate, pass_at_k_from_counts, parse_ks
+from lm.eval.chat import (check_pass_at, generate_replies, pass_at_k_estimate,
+                          pass_at_k_from_counts, parse_ks)
 from lm.eval.likelihood import loglikelihood
 from tools import pass_at_k as pass_at_k_tool
-from lm.tokenizer import CharTokenizer
+from lm.sampling import Engine
+from lm.tokenizer import CharTokenizer, train_bpe, trained_specials
 
 CHARS = sorted(set("abcdefghijklmnopqrstuvwxyz .:?\n"))
 V = 64
@@ -261,17 +264,10 @@ def test_pass_at_table_rows_and_the_plot_tool_outputs(tmp_path, capsys):
 
 def test_a_long_prompt_does_not_cut_the_other_replies():
     """Each row's budget is its own room in the context, not the batch's longest prompt's."""
-    from lm import conversation as chat
-    from lm.config import ModelConfig
-    from lm import model as lm_model
-    from lm.eval.chat import generate_replies
-    from lm.sampling import Engine
-    from lm.tokenizer import train_bpe, trained_specials
-    import jax
     tok = train_bpe(["hello there, how are you today? fine thanks " * 20],
                     256 + len(trained_specials()) + 30)
     cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32)
-    params = lm_model.init(cfg, jax.random.key(0))
+    params = model.init(cfg, jax.random.key(0))
     eng = Engine(params, cfg, tokenizer=tok, tools=tok.chat)
     short = {"messages": [{"role": "user", "content": "hello"}]}
     long = {"messages": [{"role": "user", "content": "hello there " * 30}]}

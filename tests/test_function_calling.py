@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from lm import agent, api, runs, tasks, train
 from lm import conversation as chat
-from lm import runs, train
 from lm.config import (CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig,
                        OptimConfig, SFTConfig, TrainConfig)
 from lm.tokenizer import train_bpe, trained_specials
@@ -297,7 +297,6 @@ def test_the_chat_page_shows_calls_and_sends_results(fc_server):
 # ---- the function-calling task ------------------------------------------------------------------
 
 def _fc():
-    from lm import tasks
     return tasks.get("function_calling")
 
 
@@ -357,7 +356,6 @@ def test_training_conversations_render_and_train_calls_and_answers(tok):
 # ---- the agent loop -----------------------------------------------------------------------------
 
 def _agent_tools(weather=lambda city: {"temp_c": 4}):
-    from lm import agent
     f = WEATHER["function"]
     return [agent.Tool(f["name"], weather, f["description"], f["parameters"]),
             agent.Tool("get_time", lambda: {"time": "12:00"}, CLOCK["function"]["description"],
@@ -365,7 +363,6 @@ def _agent_tools(weather=lambda city: {"temp_c": 4}):
 
 
 def test_agent_through_the_engine(memorised, tmp_path):
-    from lm import agent, api
     model = agent.EngineModel(api.Model(memorised), max_new_tokens=40)
     trace = tmp_path / "trace.jsonl"
     res = agent.run(model, _agent_tools(), "Weather in Oslo?", trace=str(trace))
@@ -390,14 +387,12 @@ class Scripted:
         self.calls, self.delay, self.seen = calls, delay, 0
 
     def turn(self, messages, tools, step):
-        from lm import agent
         time.sleep(self.delay)
         self.seen += 1
         return agent.Turn("", [dict(c, id=f"c{step}_{k}") for k, c in enumerate(self.calls)])
 
 
 def test_agent_limits_and_bad_calls():
-    from lm import agent
     m = Scripted([{"name": "nope", "arguments": {}}, {"name": "get_weather", "text": "{x",
                                                       "error": "not JSON"}])
     res = agent.run(m, _agent_tools(), "Weather?", max_steps=3)
@@ -412,7 +407,6 @@ def test_agent_limits_and_bad_calls():
 
 def test_agent_through_an_openai_server(memorised, fc_server):
     pytest.importorskip("openai", reason="pip install -r requirements-serve.txt")
-    from lm import agent
     model = agent.OpenAIModel(f"{fc_server}/v1", memorised.config.name, max_tokens=40)
     res = agent.run(model, _agent_tools(), "Weather in Oslo?")
     assert res.stopped == "answer" and res.answer == "It is 4 C in Oslo."
@@ -420,7 +414,6 @@ def test_agent_through_an_openai_server(memorised, fc_server):
 
 
 def test_tool_from_a_python_function():
-    from lm import agent
 
     def convert(value: float, unit: str = "m") -> dict:
         """Convert a length.
