@@ -3,8 +3,6 @@ results with their specials and mask; replies parse back into calls; and the ser
 OpenAI's tools / tool_calls / role "tool" protocol, streamed and not, with the official client,
 on a tiny model that memorised one tool-using conversation through the SFT stage."""
 import json
-import socket
-import threading
 import time
 
 import pytest
@@ -19,6 +17,7 @@ fastapi = pytest.importorskip("fastapi", reason="serving deps: pip install -r re
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lm.serve import app as serve_app  # noqa: E402
+from test_serve import _browser, serving  # noqa: E402  (the same server and browser)
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather now in a city",
@@ -228,21 +227,8 @@ def test_a_tool_result_over_the_context_is_a_400(client):
 
 @pytest.fixture(scope="module")
 def fc_server(memorised):
-    uvicorn = pytest.importorskip("uvicorn")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    app = serve_app.create_app(memorised, slots=2, chunk=4)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started and time.time() - t0 < 60:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(timeout=30)
+    with serving(serve_app.create_app(memorised, slots=2, chunk=4)) as url:
+        yield url
 
 
 def test_official_openai_client(memorised, fc_server):
@@ -269,7 +255,6 @@ def test_official_openai_client(memorised, fc_server):
 def test_the_chat_page_shows_calls_and_sends_results(fc_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    from test_serve import _browser
     d = _browser()
     try:
         d.get(fc_server + "/")

@@ -2,6 +2,7 @@
 stream's event order and final chunk, continuous batching (a request's tokens do not depend on
 what else is in the batch), a client that disconnects mid-stream, auth, injection through HTTP;
 the official openai client and a headless browser against a real server."""
+import contextlib
 import json
 import os
 import shutil
@@ -248,24 +249,31 @@ def test_base_run_serves_completions_only(tmp_path):
 
 # ---- real clients against a real server ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def server(chat_run, tmp_path_factory):
+@contextlib.contextmanager
+def serving(app):
+    """The app on a free local port in a uvicorn thread: yields its base URL."""
     uvicorn = pytest.importorskip("uvicorn")
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    app = create_app(chat_run, api_key="sk-local", slots=4, chunk=4)
-    cfg = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(cfg)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
     t0 = time.time()
     while not srv.started and time.time() - t0 < 60:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        th.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(chat_run, tmp_path_factory):
+    with serving(create_app(chat_run, api_key="sk-local", slots=4, chunk=4)) as url:
+        yield url
 
 
 def test_official_openai_client(server, chat_run):
@@ -318,22 +326,9 @@ def _browser():
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory):
     """A server of a run whose replies always run to their budget (visible streaming)."""
-    uvicorn = pytest.importorskip("uvicorn")
     run = _make_run(tmp_path_factory.mktemp("never_stop"), "sft", never_stop=True)
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    srv = uvicorn.Server(uvicorn.Config(create_app(run, api_key="sk-local", slots=2, chunk=2),
-                                        host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not srv.started and time.time() - t0 < 60:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    th.join(timeout=30)
+    with serving(create_app(run, api_key="sk-local", slots=2, chunk=2)) as url:
+        yield url
 
 
 def test_chat_page_in_a_real_browser(page_server, tmp_path):
