@@ -76,6 +76,11 @@ def test_recall_test_values_and_phrasings_never_train():
     assert not questions & train_turns
     # the answer is stated in the conversation, earlier
     assert all(c["answer"] in user_text(c) for c in test)
+    # most training values are made up: no short list of answers to memorise instead of copying
+    pooled = {v for pool, _, _ in recall.FACTS.values() if pool for v in pool}
+    made_up = [c["answer"] for c in train if c["answer"] not in pooled and
+               not c["answer"].isdigit()]
+    assert len(set(made_up)) > 1000 and len(made_up) > len(train) / 3
 
 
 def test_copy_docs_use_training_values_only():

@@ -6,6 +6,9 @@ city, a colour, a food), possibly with other turns in between, and later asks fo
 Values, statement phrasings and question phrasings each have held-out pools: a `test`
 conversation uses values and phrasings that no `train` one does, so it measures reading the
 context, not remembering answers. Graded on the value appearing in the reply as a whole word.
+Most training values are made up (`open_value`: pronounceable names and words, numbers of one
+to five digits), so a fixed list of answers cannot be memorised and copying is the only way to
+be right; the test values are ordinary ones from the small pools.
 
 `copy`: "Repeat after me: ...", "Write this back exactly: ..." over random word strings, digit
 strings and sentences; graded on the exact copy.
@@ -50,11 +53,37 @@ def split_values(values: list[str], split: str) -> list[str]:
 
 
 def _numbers(split: str, rng: random.Random) -> str:
-    # test numbers have 3 digits ending in 7, 8 or 9; train numbers never do
+    # test numbers have 3 digits ending in 7, 8 or 9; train numbers never do (1 to 5 digits)
     while True:
-        n = rng.randint(10, 999)
-        if (n >= 100 and n % 10 >= 7) == (split == "test"):
+        n = rng.randint(10, 999) if split == "test" else rng.randint(0, 10 ** rng.randint(1, 5) - 1)
+        if (100 <= n <= 999 and n % 10 >= 7) == (split == "test"):
             return str(n)
+
+
+ONSETS = ("b c d f g h j k l m n p r s t v w z br ch cl dr fl gr kr pl sh st tr th sk sp "
+          "").split(" ")
+VOWELS = "a e i o u a e i o ai ea ou io".split()
+CODAS = ("", "", "", "n", "r", "l", "s", "m", "t", "x", "nd", "rk", "st")
+OPEN_SHAPES = {"pet": "name", "friend": "name", "city": "name", "colour": "word",
+               "food": "word", "word": "word"}
+
+
+def held_out_values() -> set[str]:
+    """Every test value of every pool, lowercased: made-up training values avoid them."""
+    pools = [p for p, _, _ in FACTS.values() if p is not None]
+    return {v.lower() for p in pools for v in split_values(list(p), "test")}
+
+
+def open_value(shape: str, rng: random.Random) -> str:
+    """A made-up pronounceable word ("word") or capitalised name ("name") of 2-3 syllables,
+    never one of the held-out test values: unlimited training values that only copying gets
+    right."""
+    held = _HELD_OUT
+    while True:
+        w = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
+                    for _ in range(rng.choice([2, 2, 3])))
+        if 4 <= len(w) <= 11 and w not in held:
+            return w.capitalize() if shape == "name" else w
 
 
 # fact kinds: (value pool or generator, statements per split, questions per split)
@@ -106,6 +135,8 @@ FACTS = {
      {"train": ["What is the password?", "What word did I ask you to remember?"],
       "test": ["Tell me the word I gave you earlier."]}),
 }
+_HELD_OUT = held_out_values()
+OPEN_SHARE = 0.6   # training values that are made up rather than drawn from the small pools
 ACKS = ["Got it.", "Okay, I will remember that.", "Noted!", "Thanks for telling me.",
         "I'll keep that in mind.", "Nice!"]
 # turns in between: (user, assistant) pairs that need no tools
@@ -119,7 +150,11 @@ FILLER = [("How are you today?", "I'm doing well, thank you. How can I help?"),
 
 def _value(kind: str, split: str, rng: random.Random) -> str:
     pool = FACTS[kind][0]
-    return _numbers(split, rng) if pool is None else rng.choice(split_values(list(pool), split))
+    if pool is None:
+        return _numbers(split, rng)
+    if split != "test" and rng.random() < OPEN_SHARE:
+        return open_value(OPEN_SHAPES[kind], rng)
+    return rng.choice(split_values(list(pool), split))
 
 
 def _pick(options: dict, split: str, rng: random.Random) -> str:
@@ -188,7 +223,8 @@ def _copy_text(split: str, rng: random.Random) -> str:
              "test": split_values(WORDS + COLOURS + FOODS, "test")}
     if kind == "digits":
         return " ".join(str(rng.randint(0, 99)) for _ in range(rng.randint(2, 6)))
-    words = [rng.choice(pools["test" if split == "test" else "train"])
+    words = [open_value("word", rng) if split != "test" and rng.random() < OPEN_SHARE
+             else rng.choice(pools["test" if split == "test" else "train"])
              for _ in range(rng.randint(2, 7))]
     if kind == "mixed":
         words.insert(rng.randint(0, len(words)), str(rng.randint(1, 999)))
