@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lm import kernels, kvcache, model, tool_use
+from lm import kernels, kvcache, model, structured, tool_use
 from lm.config import ModelConfig
 from lm.kvcache import KVCache
 from lm.tokenizer import ChatTokens
@@ -154,15 +154,23 @@ class DecodeState:
     top_logprobs: Array     # [R, N, K] f32 their log-probs (temperature 1)
     sampler: Sampler
     tools: Optional[ToolState]   # None: no tool calls
+    mask: Optional[structured.MaskState]   # None: no row can be constrained by a grammar
     limit: Array            # int32 scalar: a row ends when it holds this many tokens (the final
                             # cache length; the buffer itself may be shorter and grow, see Engine)
     n: int = struct.field(pytree_node=False, default=1)             # samples per prompt
 
     def runnable(self) -> Array:
         """[R] bool: rows the next decode step feeds (not finished, not parked on a tool)."""
-        if self.tools is None:
-            return ~self.done
-        return ~self.done & ~self.tools.waiting
+        run = ~self.done
+        if self.tools is not None:
+            run &= ~self.tools.waiting
+        if self.mask is not None:
+            run &= ~self.mask.waiting
+        return run
+
+    def parked(self) -> Array:
+        """[R] bool: unfinished rows that wait for the host (a tool result, a grammar mask)."""
+        return ~self.done & ~self.runnable()
 
 
 # ------------------------------------------------------------------------------------ pure fns
@@ -217,7 +225,8 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array) -> De
                                  cache=st.cache.model_cache())
         logits = logits[:, 0]
 
-        tok = st.sampler.next_tokens(logits, jax.vmap(jax.random.fold_in)(st.keys, st.n_gen))
+        allowed = logits if st.mask is None else structured.apply(st.mask, logits)
+        tok = st.sampler.next_tokens(allowed, jax.vmap(jax.random.fold_in)(st.keys, st.n_gen))
         forced = jnp.zeros((R,), bool)
         if st.tools is not None:
             forced_tok, forced = tool_use.next_forced(st.tools)
@@ -239,7 +248,8 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array) -> De
             stopped=st.stopped | hit_stop,
             tokens=st.tokens.at[at].set(tok, mode="drop"),
             logprobs=st.logprobs.at[at].set(logp, mode="drop"),
-            forced=st.forced.at[at].set(forced, mode="drop"), tools=tools)
+            forced=st.forced.at[at].set(forced, mode="drop"), tools=tools,
+            mask=None if st.mask is None else structured.advance(st.mask, run))
         K = st.top_ids.shape[-1]
         if K:                                   # static: only when top log-probs are asked for
             top_v, top_i = jax.lax.top_k(logits, K)
@@ -255,7 +265,8 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array) -> De
 def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Array,
                      max_new: Array, stop: Array, limit: Array, sampler: Sampler,
                      tools: Optional[ChatTokens], n: int, N: int, Q: int,
-                     K: int = 0) -> DecodeState:
+                     K: int = 0, constrained: Optional[Array] = None,
+                     V: int = 0) -> DecodeState:
     cache = kvcache.repeat_rows(cache, n)
     pending = jnp.repeat(pending, n, axis=0)
     R = pending.shape[0]
@@ -268,11 +279,12 @@ def _init_state_impl(cache: KVCache, pending: Array, seed: Array, sample_ids: Ar
         logprobs=jnp.zeros((R, N), jnp.float32), forced=jnp.zeros((R, N), bool),
         top_ids=jnp.zeros((R, N, K), jnp.int32), top_logprobs=jnp.zeros((R, N, K), jnp.float32),
         sampler=sampler.repeat(n), tools=None if tools is None else tool_use.init(tools, R, Q),
+        mask=None if constrained is None else structured.init(R, V, jnp.repeat(constrained, n)),
         limit=limit, n=n)
 
 
 # n == 1 donates the prefilled cache straight into the state; n > 1 builds new (repeated) buffers.
-_STATIC = ("tools", "n", "N", "Q", "K")
+_STATIC = ("tools", "n", "N", "Q", "K", "V")
 _init_state_donate = jax.jit(_init_state_impl, static_argnames=_STATIC, donate_argnames=("cache",))
 _init_state_copy = jax.jit(_init_state_impl, static_argnames=_STATIC)
 
@@ -380,16 +392,19 @@ class Engine:
     `tools`: the tokenizer's chat tokens (`tok.chat`), which carry the tool protocol's ids (None:
     no tool calls). `tool_fn`: expression ids -> result ids (default: `calculator_tool` over the
     tokenizer). `max_len`: a cache limit below the model's context. `settings`: how it runs
-    (`EngineSettings`). Compiled functions are shared by all engines (jit caches keyed by config
-    and shapes).
+    (`EngineSettings`). `structured`: every decode state carries a grammar mask
+    (`lm.structured`), so rows with a `response_format` can join any batch (the server's slots);
+    `stream`/`generate` add it on their own when given a `response_format`. Compiled functions are
+    shared by all engines (jit caches keyed by config and shapes).
     """
 
     def __init__(self, params, cfg: ModelConfig, *, tokenizer=None,
                  tools: Optional[ChatTokens] = None,
                  tool_fn: Optional[Callable[[list[int]], list[int]]] = None,
                  max_tool_tokens: int = 64, max_len: Optional[int] = None,
-                 settings: Optional[EngineSettings] = None):
+                 settings: Optional[EngineSettings] = None, structured: bool = False):
         self.settings = settings = settings or EngineSettings()
+        self.tokenizer, self.structured, self._grammars = tokenizer, structured, None
         self.params, self.cfg = params, kernels.decode_config(cfg, settings.weights)
         self.impl = kernels.resolve_for(self.cfg)
         self.tools = tools
@@ -419,6 +434,31 @@ class Engine:
         spec = jax.sharding.PartitionSpec(tuple(axes) if len(axes) > 1 else axes[0])
         return jax.device_put(tree, jax.sharding.NamedSharding(mesh, spec))
 
+    @property
+    def grammars(self) -> structured.Grammars:
+        """The tokenizer as llguidance sees it (built on first use, ~1 s): replies end at
+        `<|assistant_end|>` (the BOS for a tokenizer without the chat set)."""
+        if self._grammars is None:
+            if self.tokenizer is None:
+                raise structured.FormatError("structured outputs need the engine's tokenizer")
+            chat = self.tokenizer.chat
+            stop = [chat.assistant_end] if chat is not None else [self.tokenizer.bos_id]
+            self._grammars = structured.Grammars(self.tokenizer, self.cfg.vocab_size, stop)
+        return self._grammars
+
+    def matchers(self, response_format, P: int, n: int = 1
+                 ) -> list[Optional[structured.RowMatcher]]:
+        """One matcher per row (None: a free row) for `response_format` given once or per
+        prompt; raises `structured.FormatError` naming what is wrong."""
+        formats = list(response_format) if isinstance(response_format, (list, tuple)) \
+            else [response_format] * P
+        if len(formats) != P:
+            raise ValueError(f"response_format: give one or one per prompt ({P}), "
+                             f"got {len(formats)}")
+        grammars = [structured.grammar_for(f) for f in formats]
+        return [None if g is None else self.grammars.matcher(g)
+                for g in grammars for _ in range(n)]
+
     # -- sizes --------------------------------------------------------------------------------
     def _limit(self) -> int:
         return self.cfg.block_size if self.max_len is None else self.max_len
@@ -442,11 +482,14 @@ class Engine:
               sample_ids: Optional[Sequence[int]] = None,
               stop_tokens: Union[Sequence[int], Sequence[Sequence[int]]] = (),
               top_logprobs: int = 0, cache_len: Optional[int] = None,
-              out_len: Optional[int] = None) -> DecodeState:
+              out_len: Optional[int] = None,
+              constrained: Optional[Sequence[bool]] = None) -> DecodeState:
         """Prefill the prompts (one forward call) and build the decode state for P*n rows.
 
         `top_logprobs`: record the K most likely tokens at every step. `cache_len` / `out_len`:
-        fixed cache and output sizes (a full-size, non-growing cache), as `open_slots` uses."""
+        fixed cache and output sizes (a full-size, non-growing cache), as `open_slots` uses.
+        `constrained`: per prompt, whether its rows decode under a grammar mask; they wait for
+        their first mask (`serve_grammar`) before they run."""
         prompts = _as_prompts(prompts)
         P = len(prompts)
         R = P * n
@@ -473,13 +516,19 @@ class Engine:
         sampler = Sampler.make(P, self.cfg.vocab_size, _per_prompt(temperature, P, "temperature"),
                                _per_prompt(top_k, P, "top_k"), _per_prompt(top_p, P, "top_p"),
                                self.impl)
+        con = None
+        if constrained is not None or self.structured:
+            con = np.zeros((P,), bool) if constrained is None else np.asarray(constrained, bool)
+            if con.shape != (P,):
+                raise ValueError(f"constrained: one flag per prompt ({P}), got {con.shape}")
+            con = jnp.asarray(con)
         init = _init_state_donate if n == 1 else _init_state_copy
         state = init(cache, pending, jnp.asarray(seed, jnp.uint32), jnp.asarray(ids),
                      jnp.asarray(np.repeat(budget, n)), jnp.asarray(np.repeat(stop, n, 0)),
                      jnp.asarray(S, jnp.int32), sampler, n=n,
                      tools=self.tools,
                      N=out_len or bucket(int(budget.max()), self.settings.min_buffer),
-                     Q=self.Q, K=int(top_logprobs))
+                     Q=self.Q, K=int(top_logprobs), constrained=con, V=self.cfg.vocab_size)
         limit = state.limit            # a scalar: replicated, not row-sharded
         return self._shard_rows(state.replace(limit=None)).replace(limit=limit)
 
@@ -491,13 +540,12 @@ class Engine:
             S = state.cache.max_len
             if S >= self._limit() or not self.settings.grow_cache:
                 return self._decode(state, steps)
-            parked = state.tools.waiting if state.tools is not None else state.done
             lengths, done, parked, limit = jax.device_get(
-                (state.cache.lengths, state.done, parked, state.limit))
+                (state.cache.lengths, state.done, state.parked(), state.limit))
             limit = int(limit)
             if S >= limit:
                 return self._decode(state, steps)
-            if (done | parked).all():      # nothing can run until the host serves a tool call
+            if (done | parked).all():      # nothing can run until the host serves the rows
                 return state
             longest = int(lengths[~done].max())
             if longest >= S:
@@ -536,6 +584,18 @@ class Engine:
             host = jax.device_get({k: getattr(state, k) for k in ("tokens", "n_gen", "done")})
         return state.replace(tools=tool_use.serve(state.tools, host["tokens"], host["n_gen"],
                                                   host["done"], self.tool_fn))
+
+    @staticmethod
+    def serve_grammar(state: DecodeState, matchers: Sequence[Optional[structured.RowMatcher]],
+                      host: Optional[dict] = None) -> DecodeState:
+        """Give every constrained row its next-token mask (`lm.structured.serve`). `host`: the
+        state's `tokens`, `n_gen` and `done` already on the host, if the caller has them."""
+        if state.mask is None or not any(m is not None for m in matchers):
+            return state
+        if host is None:
+            host = jax.device_get({k: getattr(state, k) for k in ("tokens", "n_gen", "done")})
+        return state.replace(mask=structured.serve(state.mask, matchers, host["tokens"],
+                                                   host["n_gen"], host["done"]))
 
     @staticmethod
     def result(state: DecodeState) -> Generation:
@@ -583,13 +643,26 @@ class Engine:
                              .set(True))
 
     # -- host loops ----------------------------------------------------------------------------
-    def stream(self, prompts: Prompts, *, chunk: int = 16, **kw) -> Iterator[Chunk]:
+    def stream(self, prompts: Prompts, *, chunk: int = 16, response_format=None,
+               **kw) -> Iterator[Chunk]:
         """Generate, yielding the new tokens of every row after each chunk of <= `chunk` decode
-        steps (tool calls are served between chunks). Returns the `Generation` (StopIteration)."""
+        steps (tool calls are served between chunks). `response_format`: OpenAI's, once or per
+        prompt (`lm.structured`); constrained rows take one token per chunk, their masks computed
+        between chunks. Returns the `Generation` (StopIteration)."""
+        P, n = len(_as_prompts(prompts)), int(kw.get("n", 1))
+        matchers = self.matchers(response_format, P, n) if response_format is not None else []
+        if any(m is not None for m in matchers):
+            kw["constrained"] = [m is not None for m in matchers[::n]]
+        else:
+            matchers = []
         state = self.start(prompts, **kw)
         seen = np.zeros(state.n_gen.shape, np.int64)
+        host = None
         while True:
-            state = self.decode(state, chunk)
+            state = self.serve_grammar(state, matchers, host)
+            live = any(m is not None and (host is None or not host["done"][r])
+                       for r, m in enumerate(matchers))
+            state = self.decode(state, 1 if live else chunk)
             host = jax.device_get({k: getattr(state, k) for k in
                                    ("done", "tokens", "forced", "n_gen")})
             n_gen = host["n_gen"]

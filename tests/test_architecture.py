@@ -26,6 +26,8 @@ ALLOWED_INNER_IMPORTS = {
                                          "llama.cpp's shared library: `check` only",
     ("lm/agent.py", "openai"): "the official client (requirements-serve.txt) drives a remote "
                                "server: OpenAIModel only; the engine path needs none",
+    ("lm/structured.py", "llguidance.tiktoken"): "llguidance (requirements-serve.txt) compiles "
+                                                 "response_format grammars: serving only",
     ("lm/data/web/recipe.py", "ray"): "Ray takes seconds to import and serves --executor ray only",
     ("lm/data/web/recipe.py", "datatrove.executor.ray"): "datatrove's Ray executor imports Ray: "
                                                          "--executor ray only",

@@ -8,9 +8,15 @@ number concurrently (each client sends `--per-client` requests back to back), an
 time to first token, p50/p95 latency, aggregate generated tokens/s for both, and their ratio.
 Bounded: each phase stops after `--timeout` seconds.
 
+`--structured R`: then R rounds of two concurrent phases, alternating, each asking for a person
+as JSON: one free, one with `response_format` (a JSON schema, decoded under its grammar). Prints
+the median tokens/s of each, their ratio, and the share of replies that parse and validate
+against the schema in each (a reply cut by `--max-tokens` counts as invalid).
+
   python -m tools.bench_serve                       # table
   python -m tools.bench_serve --json                # one JSON object
   python -m tools.bench_serve --run runs/chat_tiny_sft/<ts> --clients 16 --max-tokens 64
+  python -m tools.bench_serve --run RUN --structured 3 --n 8 --json   # structured outputs
 """
 from __future__ import annotations
 
@@ -34,6 +40,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUESTIONS = ["What is your name?", "Emily has 3 apples and buys 4 more. How many apples does she "
              "have?", "How many r are in strawberry?", "Who made you?", "Tell me a short story.",
              "What can you do?", "What is 12 times 7?", "Spell the word kitten."]
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 20},
+    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    "city": {"type": "string", "maxLength": 20}},
+    "required": ["name", "age", "city"], "additionalProperties": False}
+JSON_QUESTIONS = ["Describe a person as JSON with name, age and city.",
+                  "Give me a JSON object for a made-up customer: name, age, city.",
+                  "Who are you? Answer in JSON (name, age, city).",
+                  "Invent a character and write it as JSON."]
 
 
 def free_port() -> int:
@@ -65,11 +80,22 @@ def find_run(explicit: str | None, scratch: str) -> str:
     return found or make_tiny_run(scratch)
 
 
-def one_request(base: str, question: str, max_tokens: int, seed: int, timeout: float) -> dict:
+def valid_person(text: str) -> bool:
+    import jsonschema   # requirements-serve.txt
+    try:
+        jsonschema.validate(json.loads(text), PERSON)
+        return True
+    except (ValueError, jsonschema.ValidationError):
+        return False
+
+
+def one_request(base: str, question: str, max_tokens: int, seed: int, timeout: float,
+                extra: dict | None = None) -> dict:
     import httpx
     body = {"model": "default", "messages": [{"role": "user", "content": question}],
             "max_tokens": max_tokens, "temperature": 0.7, "seed": seed, "stream": True,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, **(extra or {})}
+    texts: dict[int, str] = {}
     t0 = time.perf_counter()
     ttft, usage, err = None, None, None
     try:
@@ -90,19 +116,24 @@ def one_request(base: str, question: str, max_tokens: int, seed: int, timeout: f
                 if ev.get("usage"):
                     usage = ev["usage"]
                 for c in ev["choices"]:
-                    if ttft is None and c.get("delta", {}).get("content"):
+                    piece = c.get("delta", {}).get("content")
+                    if piece:
+                        texts[c["index"]] = texts.get(c["index"], "") + piece
+                    if ttft is None and piece:
                         ttft = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - counted as an error of the run
         err = f"{type(e).__name__}: {e}"
     out = {"latency_s": time.perf_counter() - t0, "ttft_s": ttft,
-           "tokens": usage["completion_tokens"] if usage else 0}
+           "tokens": usage["completion_tokens"] if usage else 0,
+           "texts": [texts.get(i, "") for i in range(int(body.get("n", 1)))]}
     if err or usage is None:
         out["error"] = err or "no usage chunk"
     return out
 
 
 def phase(base: str, clients: int, per_client: int, max_tokens: int, timeout: float,
-          concurrent: bool) -> tuple[list[dict], float]:
+          concurrent: bool, questions=QUESTIONS, extra: dict | None = None
+          ) -> tuple[list[dict], float]:
     results: list[dict] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + timeout
@@ -111,8 +142,8 @@ def phase(base: str, clients: int, per_client: int, max_tokens: int, timeout: fl
         for j in range(per_client):
             if time.perf_counter() > deadline:
                 return
-            q = QUESTIONS[(c + j) % len(QUESTIONS)]
-            r = one_request(base, q, max_tokens, seed=1000 * c + j, timeout=timeout)
+            q = questions[(c + j) % len(questions)]
+            r = one_request(base, q, max_tokens, seed=1000 * c + j, timeout=timeout, extra=extra)
             with lock:
                 results.append(r)
 
@@ -127,6 +158,32 @@ def phase(base: str, clients: int, per_client: int, max_tokens: int, timeout: fl
         for c in range(clients):
             client(c)
     return results, time.perf_counter() - t0
+
+
+def structured_phases(base: str, a, log) -> dict:
+    """Free and constrained phases, alternating; medians of tokens/s, validity of every reply."""
+    fmt = {"response_format": {"type": "json_schema",
+                               "json_schema": {"name": "person", "schema": PERSON}}, "n": a.n}
+    tps = {"free": [], "json": []}
+    replies = {"free": [], "json": []}
+    errors = 0
+    for r in range(a.structured):
+        for kind, extra in (("free", {"n": a.n}), ("json", fmt)):
+            res, wall = phase(base, a.clients, a.per_client, a.max_tokens, a.timeout, True,
+                              JSON_QUESTIONS, extra)
+            ok = [x for x in res if "error" not in x]
+            errors += len(res) - len(ok)
+            tps[kind].append(sum(x["tokens"] for x in ok) / wall)
+            replies[kind] += [t for x in ok for t in x["texts"]]
+            log(f"round {r} {kind}: {len(res)} requests in {wall:.1f} s, "
+                f"{tps[kind][-1]:.1f} tokens/s")
+    med = {k: sorted(v)[len(v) // 2] for k, v in tps.items()}
+    valid = {k: sum(map(valid_person, v)) for k, v in replies.items()}
+    return {"structured_tokens_per_s": med["json"], "structured_free_tokens_per_s": med["free"],
+            "structured_ratio": med["json"] / med["free"] if med["free"] else float("nan"),
+            "structured_replies": len(replies["json"]), "structured_valid": valid["json"],
+            "free_replies": len(replies["free"]), "free_valid": valid["free"],
+            "structured_errors": errors}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -145,6 +202,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per phase, at most")
+    p.add_argument("--structured", type=int, default=0, metavar="ROUNDS",
+                   help="also time free vs response_format (JSON schema) phases, alternating")
+    p.add_argument("--n", type=int, default=1, help="choices per request in those phases")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
@@ -173,6 +233,7 @@ def main(argv=None) -> int:
         log(f"sequential: {len(seq)} requests in {seq_wall:.1f} s")
         conc, conc_wall = phase(base, a.clients, a.per_client, a.max_tokens, a.timeout, True)
         log(f"concurrent: {len(conc)} requests in {conc_wall:.1f} s")
+        structured = structured_phases(base, a, log) if a.structured else {}
     finally:
         server.terminate()
         try:
@@ -193,7 +254,7 @@ def main(argv=None) -> int:
            "speedup": tps / seq_tps if seq_tps else float("nan"),
            "sequential_ttft_p50_s": pct([r["ttft_s"] for r in seq_ok if r["ttft_s"] is not None],
                                         0.5),
-           "run": run, "max_tokens": a.max_tokens, "slots": a.slots}
+           "run": run, "max_tokens": a.max_tokens, "slots": a.slots, **structured}
     if a.json:
         out["host_isa"] = bench_host.host_isa()
         print(json.dumps(out))
@@ -201,7 +262,7 @@ def main(argv=None) -> int:
     print(f"\n{a.clients} concurrent streaming clients × {a.per_client} requests, max_tokens "
           f"{a.max_tokens}, {a.slots} slots ({run})")
     for k in ("requests", "errors", "ttft_p50_s", "ttft_p95_s", "latency_p50_s", "latency_p95_s",
-              "tokens_per_s", "sequential_tokens_per_s", "speedup"):
+              "tokens_per_s", "sequential_tokens_per_s", "speedup") + tuple(structured):
         v = out[k]
         print(f"  {k:26s} {v:.3f}" if isinstance(v, float) else f"  {k:26s} {v}")
     return 0

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lm import conversation as chat
-from lm import stages
+from lm import stages, structured
 from lm.sampling import Engine, EngineSettings
 from lm.serve.schema import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest, Common, CompletionRequest
 from lm.serve.scheduler import APIOptions, QueueFull, Request, Sampling, Scheduler
@@ -182,12 +182,32 @@ def tool_prefix(body: ChatRequest, tok) -> list[int]:
     return [f.call_start] + chat.call_prefix(tok, choice.function.name)
 
 
+def response_grammar(s: Served, body: ChatRequest, forced: Sequence[int]) -> Optional[str]:
+    """`response_format` compiled for the scheduler (None: free text); a format that cannot be
+    honoured is a 400 naming it."""
+    rf = body.response_format
+    if rf is None or rf.type == "text":
+        return None
+    if forced:
+        raise APIError(400, "'response_format' cannot be combined with a 'tool_choice' that "
+                            "forces a call", param="response_format", code="invalid_value")
+    spec = None if rf.json_schema is None else {
+        "name": rf.json_schema.name, "schema": rf.json_schema.schema_ or {}}
+    try:
+        grammar = structured.grammar_for({"type": rf.type, "json_schema": spec})
+        s.scheduler.engine.grammars.matcher(grammar)      # compiles against this tokenizer
+    except structured.FormatError as e:
+        raise APIError(400, str(e), param="response_format", code="invalid_value") from None
+    return grammar
+
+
 def build_request(s: Served, body: Common, chat_mode: bool) -> Request:
     """The scheduler's request for a validated body (tokenizes: run it off the event loop)."""
     if body.model is not None and body.model not in (s.name, "default"):
         raise APIError(404, f"model {body.model!r} does not exist (this server serves "
                             f"{s.name!r})", param="model", code="model_not_found")
     forced = tuple(tool_prefix(body, s.tok)) if chat_mode else ()
+    grammar = response_grammar(s, body, forced) if chat_mode else None
     prompt, stop_ids, param = _prompt_ids(s, body, chat_mode, forced)
     room = s.block_size - len(prompt)
     if room < 1:
@@ -216,7 +236,8 @@ def build_request(s: Served, body: Common, chat_mode: bool) -> Request:
                         temperature=1.0 if body.temperature is None else body.temperature,
                         top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0,
                         seed=body.seed, stop_ids=tuple(stop_ids), stop_strings=stops,
-                        top_logprobs=top_lp)
+                        top_logprobs=top_lp,
+                        grammar=grammar)
     so = body.stream_options
     options = APIOptions(chat=chat_mode, logprobs=want_lp, stream=bool(body.stream),
                          include_usage=bool(so is not None and so.include_usage),
@@ -516,7 +537,7 @@ def create_app(run, *, api_key: Optional[str] = None, slots: int = 16, chunk: in
     chat_ok = tok.chat is not None and stages.is_chat(run.stage)
     engine = Engine(run.params, run.config.model, tokenizer=tok,
                     tools=tok.chat if chat_ok else None,
-                    settings=EngineSettings(grow_cache=False))
+                    settings=EngineSettings(grow_cache=False), structured=chat_ok)
     sched = Scheduler(engine, tok, slots=slots, chunk=chunk, max_queue=max_queue,
                       top_logprobs=MAX_TOP_LOGPROBS)
     hosts = {_host_of(h) for h in (host, *LOCAL_HOSTS, *allowed_hosts)} - {""}

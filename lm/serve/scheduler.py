@@ -44,6 +44,7 @@ class Sampling:
     stop_ids: tuple = ()
     stop_strings: tuple = ()
     top_logprobs: int = 0
+    grammar: Optional[str] = None     # response_format as an llguidance grammar (lm.structured)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,7 @@ class Scheduler:
         self.out_len = engine.cfg.block_size
         self.K = top_logprobs
         self.state = self._open()
+        self.matchers: list = [None] * slots    # per slot: the grammar of a constrained row
         self.free = list(range(slots))
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
@@ -201,11 +203,16 @@ class Scheduler:
         s = req.sampling
         slots = [c.slot for c in req.rt.choices]
         try:
+            kw = {}
+            if s.grammar is not None:
+                for slot in slots:
+                    self.matchers[slot] = self.engine.grammars.matcher(s.grammar)
+                kw["constrained"] = [True] * s.n
             self.state = self.engine.admit(
                 self.state, slots, [req.prompt] * s.n, max_new_tokens=s.max_tokens,
                 temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                 seed=engine_seed(s.seed), sample_ids=list(range(s.n)),
-                stop_tokens=list(s.stop_ids))
+                stop_tokens=list(s.stop_ids), **kw)
         except Exception as e:  # noqa: BLE001 - this request fails, the server serves on
             self._recover(f"{type(e).__name__}: {e}", [req])
             return
@@ -228,7 +235,7 @@ class Scheduler:
             for r in failed:
                 if r in self.active:
                     self.active.remove(r)
-                self.free.extend(c.slot for c in r.rt.choices)
+                self._release(r)
         self.failures += len(failed)
         for r in failed:
             r.fail(f"engine failure: {why}")
@@ -265,18 +272,29 @@ class Scheduler:
         with self.lock:
             for req in finished:
                 self.active.remove(req)
-                self.free.extend(c.slot for c in req.rt.choices)
+                self._release(req)
         for req in finished:
             if not req.rt.cancelled:
                 req.emit({"type": "done", "usage": self.usage(req)})
+
+    def _release(self, req: Request) -> None:
+        """The request's slots back to the free list (under the lock)."""
+        for c in req.rt.choices:
+            self.free.append(c.slot)
+            self.matchers[c.slot] = None
 
     def _decode(self, active: list[Request]) -> dict:
         cancel_slots = [c.slot for r in active if r.rt.cancelled for c in r.rt.choices
                         if c.finish is None]
         if cancel_slots:
             self.state = self.engine.cancel(self.state, cancel_slots)
-        self.state = self.engine.decode(self.state, self.chunk)
-        self.steps += self.chunk
+        # constrained rows take one token per call: their masks are computed between calls
+        steps = self.chunk
+        if any(m is not None for m in self.matchers):
+            self.state = self.engine.serve_grammar(self.state, self.matchers)
+            steps = 1
+        self.state = self.engine.decode(self.state, steps)
+        self.steps += steps
         fields = ["tokens", "n_gen", "done", "stopped", "logprobs"]
         if self.K:
             fields += ["top_ids", "top_logprobs"]

@@ -77,6 +77,21 @@ class StreamOptions(BaseModel):
     include_usage: Optional[StrictBool] = None
 
 
+class JSONSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: Optional[StrictStr] = None
+    schema_: Optional[dict] = Field(None, alias="schema", description="a JSON Schema object")
+    strict: Optional[StrictBool] = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's structured outputs: replies decoded under a grammar (`lm.structured`)."""
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JSONSchemaSpec] = None
+
+
 class Common(BaseModel):
     """The sampling fields both routes take."""
     model_config = ConfigDict(extra="ignore")
@@ -108,6 +123,7 @@ class ChatRequest(Common):
     tools: Optional[list[Tool]] = Field(None, max_length=MAX_TOOLS)
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: Optional[StrictBool] = None     # accepted; the model decides
+    response_format: Optional[ResponseFormat] = None
 
 
 class CompletionRequest(Common):
