@@ -85,6 +85,15 @@ def repeat_rows(cache: KVCache, n: int) -> KVCache:
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache)
 
 
+def take_rows(cache: KVCache, rows_B: Array, lengths_B: Array) -> KVCache:
+    """Rows `rows_B` of `cache` (a copy), each keeping its first `lengths_B` tokens: a new request
+    whose prompt starts with what a row already holds reuses those keys/values (prefix caching);
+    the slots past `lengths_B` are stale, hence masked and overwritten."""
+    pick = lambda x: jnp.take(x, rows_B, axis=0)
+    return KVCache(k=tuple(map(pick, cache.k)), v=tuple(map(pick, cache.v)),
+                   lengths=jnp.asarray(lengths_B, jnp.int32))
+
+
 def grow(cache: KVCache, max_len: int) -> KVCache:
     """The same rows with room for `max_len` tokens (new slots zero; rows' contents unchanged).
 

@@ -298,6 +298,9 @@ _with_head_copy = jax.jit(kernels.with_head_copy, static_argnums=1)
 _decode_weights = jax.jit(kernels.decode_weights, static_argnums=1)
 
 
+_take_rows = jax.jit(kvcache.take_rows)
+
+
 @functools.partial(jax.jit, static_argnames=("max_len",))   # a bigger buffer: nothing to donate
 def _grow(cache: KVCache, max_len: int) -> KVCache:
     return kvcache.grow(cache, max_len)
@@ -483,29 +486,38 @@ class Engine:
               stop_tokens: Union[Sequence[int], Sequence[Sequence[int]]] = (),
               top_logprobs: int = 0, cache_len: Optional[int] = None,
               out_len: Optional[int] = None,
-              constrained: Optional[Sequence[bool]] = None) -> DecodeState:
+              constrained: Optional[Sequence[bool]] = None,
+              cache: Optional[KVCache] = None) -> DecodeState:
         """Prefill the prompts (one forward call) and build the decode state for P*n rows.
 
         `top_logprobs`: record the K most likely tokens at every step. `cache_len` / `out_len`:
         fixed cache and output sizes (a full-size, non-growing cache), as `open_slots` uses.
         `constrained`: per prompt, whether its rows decode under a grammar mask; they wait for
-        their first mask (`serve_grammar`) before they run."""
+        their first mask (`serve_grammar`) before they run. `cache`: one row per prompt already
+        holding tokens (its `lengths`) that the prompt continues (prefix caching, `admit`); the
+        prompts are then the tokens after them, and `cache_len` must be its size."""
         prompts = _as_prompts(prompts)
         P = len(prompts)
         R = P * n
         lens = np.array([len(p) for p in prompts], np.int32)
         if (lens < 1).any():
             raise ValueError("every prompt needs at least one token (e.g. BOS)")
+        held = np.zeros((P,), np.int32) if cache is None else np.asarray(cache.lengths)
         budget = np.broadcast_to(np.asarray(max_new_tokens, np.int32), (P,))
         S = cache_len or self.cache_len(int(lens.max()), int(budget.max()))
-        if int(lens.max()) > S:
-            raise ValueError(f"a prompt of {int(lens.max())} tokens does not fit the cache "
-                             f"({S} slots; block_size {self.cfg.block_size})")
+        if int((held + lens).max()) > S:
+            raise ValueError(f"a prompt of {int((held + lens).max())} tokens does not fit the "
+                             f"cache ({S} slots; block_size {self.cfg.block_size})")
         T = bucket(int(lens.max()))
         toks = np.zeros((P, T), np.int32)
         for i, p in enumerate(prompts):
             toks[i, :len(p)] = p
-        cache = _new_cache(self.cfg, P, S if cache_len else self.buffer_len(int(lens.max()), S))
+        if cache is None:
+            cache = _new_cache(self.cfg, P, S if cache_len else self.buffer_len(int(lens.max()),
+                                                                                S))
+        elif cache.max_len != S or cache.batch != P:
+            raise ValueError(f"start: the given cache is {cache.batch} x {cache.max_len}, the "
+                             f"call needs {P} x {S}")
         cache, toks, lens = self._shard_rows((cache, jnp.asarray(toks), jnp.asarray(lens)))
         cache, pending = prefill(self.run_params(), self.cfg, cache, toks, lens)
         stop = _stop_array(stop_tokens, P, STOP_WIDTH if cache_len else None)
@@ -623,11 +635,26 @@ class Engine:
                         out_len=out_len, top_logprobs=top_logprobs)
         return st
 
-    def admit(self, state: DecodeState, slots: Sequence[int], prompts: Prompts, **kw
-              ) -> DecodeState:
+    def admit(self, state: DecodeState, slots: Sequence[int], prompts: Prompts, *,
+              cached: Optional[Sequence[tuple[int, int]]] = None, **kw) -> DecodeState:
         """Prefill `prompts` (one per slot; `start`'s keyword arguments, per prompt where they
-        take lists) and put them into `slots` of a running slot state (donates `state`)."""
+        take lists) and put them into `slots` of a running slot state (donates `state`).
+
+        `cached`: per prompt, `(slot, n)`: the first `n` tokens of the prompt are what that slot
+        of `state` holds in its cache (a finished request's prompt and reply: prefix caching).
+        Those keys/values are copied, not computed again; only the rest is prefilled. n must
+        leave at least one token of the prompt."""
         S, N, K = state.cache.max_len, state.tokens.shape[1], state.top_ids.shape[-1]
+        prompts = _as_prompts(prompts)
+        if cached is not None and any(n > 0 for _, n in cached):
+            src = np.asarray([s for s, _ in cached], np.int32)
+            held = np.asarray([n for _, n in cached], np.int32)
+            if len(cached) != len(prompts) or (held < 0).any() or \
+                    (held >= np.array([len(p) for p in prompts])).any():
+                raise ValueError("admit: `cached` needs one (slot, n) per prompt with "
+                                 "0 <= n < len(prompt)")
+            kw["cache"] = _take_rows(state.cache, jnp.asarray(src), jnp.asarray(held))
+            prompts = [p[n:] for p, n in zip(prompts, held)]
         sub = self.start(prompts, cache_len=S, out_len=N, top_logprobs=K, **kw)
         k_max = max(state.sampler.k_max, sub.sampler.k_max)     # one static candidate count
         state = state.replace(sampler=state.sampler.replace(k_max=k_max))

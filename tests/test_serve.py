@@ -193,7 +193,8 @@ def test_concurrent_rows_give_what_they_give_alone(chat_run):
             t.join()
         for x, y in zip(alone, out):
             assert x["choices"][0]["message"]["content"] == y["choices"][0]["message"]["content"]
-            assert x["usage"] == y["usage"]
+            counts = lambda u: {k: v for k, v in u.items() if k != "prompt_tokens_details"}
+            assert counts(x["usage"]) == counts(y["usage"])     # (the repeat reuses the cache)
 
 
 def test_disconnect_frees_rows(chat_run):

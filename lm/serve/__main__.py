@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     p.add_argument("--slots", type=int, default=16, help="rows in the decode batch")
     p.add_argument("--chunk", type=int, default=8, help="decode steps between scheduling")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="prefill every prompt in full (default: reuse the keys/values of a "
+                        "prompt's start that a free slot still holds)")
     p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                    help="larger request bodies get a 413")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
@@ -52,7 +55,8 @@ def main(argv=None) -> int:
         return 2
     app = create_app(run, api_key=a.api_key, slots=a.slots, chunk=a.chunk,
                      max_queue=a.max_queue, host=a.host, allowed_hosts=a.allow_host,
-                     allowed_origins=a.allow_origin, max_body_bytes=a.max_body_bytes)
+                     allowed_origins=a.allow_origin, max_body_bytes=a.max_body_bytes,
+                     prefix_cache=not a.no_prefix_cache)
     print(f"serving {run.config.name} ({run.stage}, step {run.step}) on http://{a.host}:{a.port}/",
           file=sys.stderr)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=5)

@@ -530,15 +530,18 @@ def validation_error(request, e: RequestValidationError) -> JSONResponse:
 def create_app(run, *, api_key: Optional[str] = None, slots: int = 16, chunk: int = 8,
                max_queue: int = 64, warmup: bool = True, host: str = "127.0.0.1",
                allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = (),
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, prefix_cache: bool = True) -> FastAPI:
     """The FastAPI app serving `run` (an `lm.runs.Run`); its scheduler starts with the app.
-    `host`: the bound address (requests must name it, a loopback name, or `allowed_hosts`)."""
+    `host`: the bound address (requests must name it, a loopback name, or `allowed_hosts`).
+    `prefix_cache`: a prompt that starts with what a free slot's cache holds (the same system
+    prompt, the earlier turns) reuses those keys/values (`usage.prompt_tokens_details`)."""
     tok = run.tokenizer
     chat_ok = tok.chat is not None and stages.is_chat(run.stage)
     engine = Engine(run.params, run.config.model, tokenizer=tok,
                     tools=tok.chat if chat_ok else None,
                     settings=EngineSettings(grow_cache=False), structured=chat_ok)
     sched = Scheduler(engine, tok, slots=slots, chunk=chunk, max_queue=max_queue,
+                      prefix_cache=prefix_cache,
                       top_logprobs=MAX_TOP_LOGPROBS)
     hosts = {_host_of(h) for h in (host, *LOCAL_HOSTS, *allowed_hosts)} - {""}
     app = FastAPI(title="lm", docs_url=None, redoc_url=None, lifespan=lifespan)

@@ -24,6 +24,7 @@ import uuid
 from typing import Optional
 
 import jax
+import numpy as np
 
 from lm import conversation as chat
 
@@ -79,6 +80,7 @@ class Runtime:
     choices: list = dataclasses.field(default_factory=list)
     cancelled: bool = False
     admitted_at: Optional[float] = None
+    cached: int = 0                  # prompt tokens whose keys/values came from a slot's cache
 
 
 @dataclasses.dataclass
@@ -110,13 +112,20 @@ def engine_seed(seed: Optional[int]) -> int:
 
 class Scheduler:
     def __init__(self, engine, tokenizer, *, slots: int = 16, chunk: int = 8,
-                 max_queue: int = 64, top_logprobs: int = 0):
+                 max_queue: int = 64, top_logprobs: int = 0, prefix_cache: bool = True,
+                 min_prefix: int = 8):
         self.engine, self.tok = engine, tokenizer
         self.n_slots, self.chunk, self.max_queue = slots, chunk, max_queue
         self.out_len = engine.cfg.block_size
         self.K = top_logprobs
         self.state = self._open()
         self.matchers: list = [None] * slots    # per slot: the grammar of a constrained row
+        # prefix caching: per slot, the tokens its cache holds from the last request that ran
+        # there; a new prompt that starts with min_prefix or more of them reuses them
+        self.prefix_cache, self.min_prefix = prefix_cache, max(1, int(min_prefix))
+        self.held: list[list[int]] = [[] for _ in range(slots)]
+        self.fresh = False      # a request joined since the last decode call: its first token
+                                # goes out after one step, not a whole chunk (time to first token)
         self.free = list(range(slots))
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
@@ -185,8 +194,7 @@ class Scheduler:
                     admit = []
                     while self.waiting and len(self.free) >= self.waiting[0].sampling.n:
                         req = self.waiting.popleft()
-                        req.rt.choices = [Choice(slot=self.free.pop(0))
-                                          for _ in range(req.sampling.n)]
+                        req.rt.choices = [Choice(slot=s) for s in self._take_slots(req)]
                         admit.append(req)
                 for req in admit:
                     self._admit(req)
@@ -199,11 +207,29 @@ class Scheduler:
             for r in reqs:
                 r.fail(f"engine failure: {self.error}")
 
+    def _take_slots(self, req: Request) -> list[int]:
+        """Free slots for the request (under the lock): first the one whose cache holds the
+        longest start of its prompt (prefix caching), then the least recently used."""
+        best, best_n = None, 0
+        if self.prefix_cache:
+            for s in self.free:
+                n = common_prefix(self.held[s], req.prompt)
+                if n > best_n:
+                    best, best_n = s, n
+        if best is not None and min(best_n, len(req.prompt) - 1) >= self.min_prefix:
+            self.free.remove(best)
+            req.rt.cached = min(best_n, len(req.prompt) - 1)
+            return [best] + [self.free.pop(0) for _ in range(req.sampling.n - 1)]
+        req.rt.cached = 0
+        return [self.free.pop(0) for _ in range(req.sampling.n)]
+
     def _admit(self, req: Request) -> None:
         s = req.sampling
         slots = [c.slot for c in req.rt.choices]
         try:
             kw = {}
+            if req.rt.cached:
+                kw["cached"] = [(slots[0], req.rt.cached)] * s.n
             if s.grammar is not None:
                 for slot in slots:
                     self.matchers[slot] = self.engine.grammars.matcher(s.grammar)
@@ -220,6 +246,7 @@ class Scheduler:
             c.stream = chat.TextStream(self.tok, chat=req.options.chat)
             c.stream.push(req.options.forced)        # a forced start (tool_choice) is seen first
         req.rt.admitted_at = time.time()
+        self.fresh = True
         with self.lock:
             self.active.append(req)
 
@@ -241,6 +268,7 @@ class Scheduler:
             r.fail(f"engine failure: {why}")
         if lost:
             self.state = self._open()
+            self.held = [[] for _ in range(self.n_slots)]
 
     def _step(self) -> None:
         with self.lock:
@@ -278,10 +306,14 @@ class Scheduler:
                 req.emit({"type": "done", "usage": self.usage(req)})
 
     def _release(self, req: Request) -> None:
-        """The request's slots back to the free list (under the lock)."""
+        """The request's slots back to the free list (under the lock), each remembering the
+        tokens its cache now holds: the prompt and the reply up to its last token (the last one
+        was sampled, never fed back). A failed row holds nothing anyone may reuse."""
         for c in req.rt.choices:
             self.free.append(c.slot)
             self.matchers[c.slot] = None
+            ok = c.finish in ("stop", "length", "tool_calls")
+            self.held[c.slot] = (list(req.prompt) + c.tokens[:-1]) if ok else []
 
     def _decode(self, active: list[Request]) -> dict:
         cancel_slots = [c.slot for r in active if r.rt.cancelled for c in r.rt.choices
@@ -289,7 +321,7 @@ class Scheduler:
         if cancel_slots:
             self.state = self.engine.cancel(self.state, cancel_slots)
         # constrained rows take one token per call: their masks are computed between calls
-        steps = self.chunk
+        steps, self.fresh = (1 if self.fresh else self.chunk), False
         if any(m is not None for m in self.matchers):
             self.state = self.engine.serve_grammar(self.state, self.matchers)
             steps = 1
@@ -351,7 +383,17 @@ class Scheduler:
     def usage(self, req: Request) -> dict:
         completion = sum(len(c.tokens) for c in req.rt.choices)
         return {"prompt_tokens": len(req.prompt), "completion_tokens": completion,
-                "total_tokens": len(req.prompt) + completion}
+                "total_tokens": len(req.prompt) + completion,
+                "prompt_tokens_details": {"cached_tokens": req.rt.cached}}
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
 
 
 def _first_stop(text: str, stops) -> Optional[int]:
