@@ -13,6 +13,7 @@ anyone's.
 
     python -m lm.agent --run chat_tiny_sft --tools calculator,lookup_price "What do eggs cost?"
     python -m lm.agent --url http://127.0.0.1:8000/v1 --model chat_tiny_sft --tools calculator ...
+    python -m lm.agent --run chat_tiny_sft --task agent_steps --limit 200 --json   # accuracy
 
 Every step is one JSONL line in `trace` (the model's text and calls, each call's arguments,
 result or error, and seconds). A call to an unknown function, arguments that are not an object,
@@ -32,6 +33,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from lm import api
 from lm import conversation as chat
+from lm import tasks
+from lm.tasks.function_calling import _same_args
 from lm.tools_calc import compute
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
@@ -221,6 +224,59 @@ def _write(log, record: dict) -> None:
         log.flush()
 
 
+# ---- a task's multi-step items, end to end ---------------------------------------------------------
+
+def simulated_tools(item: dict) -> list[Tool]:
+    """The item's offered functions as tools that answer its expected calls with the recorded
+    results (matching arguments as the grader does) and raise for anything else."""
+    out = []
+    for d in item["tools"]:
+        f = d["function"]
+        steps = [s for s in item["steps"] if s["name"] == f["name"]]
+
+        def fn(_steps=steps, _name=f["name"], **kwargs):
+            for s in _steps:
+                if _same_args(kwargs, s["arguments"]):
+                    return s["result"]
+            raise LookupError(f"{_name}: no record for {json.dumps(kwargs)}")
+        out.append(Tool(f["name"], fn, f.get("description", ""), f.get("parameters", {})))
+    return out
+
+
+def evaluate(model, task_name: str = "agent_steps", limit: int = 100, max_steps: int = 4,
+             split: str = "test") -> dict:
+    """The whole loop on `limit` items of a multi-step task: the user's request, the item's
+    simulated tools; right when every expected call was made in order with the expected
+    arguments and the answer quotes the last result."""
+    task = tasks.get(task_name)
+    rows = []
+    for i in range(limit):
+        item = task.example(split, i)
+        res = run(model, simulated_tools(item), item["messages"][0]["content"],
+                  max_steps=max_steps)
+        made = [c for m in res.messages if m.get("tool_calls") for c in m["tool_calls"]]
+        got = []
+        for c in made:
+            try:
+                got.append((c["function"]["name"], json.loads(c["function"]["arguments"])))
+            except ValueError:
+                got.append((c["function"]["name"], None))
+        want = [(s["name"], s["arguments"]) for s in item["steps"]]
+        right = [k < len(got) and got[k][0] == w[0] and isinstance(got[k][1], dict)
+                 and _same_args(got[k][1], w[1]) for k, w in enumerate(want)]
+        answered = res.stopped == "answer" and item["answer"] in (res.answer or "")
+        rows.append({"chain": item["chain"], "calls": right, "answer": answered,
+                     "ok": all(right) and len(got) == len(want) and answered,
+                     "steps": res.steps})
+    n = max(1, len(rows))
+    return {"task": task_name, "items": len(rows),
+            "accuracy": sum(r["ok"] for r in rows) / n,
+            "first_call": sum(r["calls"][0] for r in rows) / n,
+            "second_call": sum(len(r["calls"]) > 1 and r["calls"][1] for r in rows) / n,
+            "answer": sum(r["answer"] for r in rows) / n,
+            "mean_model_turns": sum(r["steps"] for r in rows) / n}
+
+
 # ---- built-in demo tools ----------------------------------------------------------------------------
 
 PRICES = {"apples": 2.5, "bread": 3.1, "coffee": 8.9, "eggs": 4.2, "rice": 1.8, "tea": 5.0}
@@ -256,8 +312,14 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--trace", default=None, help="append each step as a JSON line here")
     p.add_argument("--workdir", default=None)
-    p.add_argument("prompt")
+    p.add_argument("--task", default=None, help="instead of a prompt: run a multi-step task's "
+                                                "held-out items end to end (agent_steps)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("prompt", nargs="?")
     a = p.parse_args(argv)
+    if (a.prompt is None) == (a.task is None):
+        p.error("give a prompt or --task")
     unknown = [t for t in a.tools.split(",") if t and t not in BUILTIN]
     if unknown:
         print(f"error: unknown tools {unknown}; built in: {sorted(BUILTIN)}", file=sys.stderr)
@@ -268,6 +330,12 @@ def main(argv=None) -> int:
             model = EngineModel(api.load(a.run, workdir=a.workdir), temperature=a.temperature)
         else:
             model = OpenAIModel(a.url, a.model, api_key=a.api_key, temperature=a.temperature)
+        if a.task:
+            if a.task not in tasks.NAMES:
+                p.error(f"--task: unknown task {a.task!r}")
+            out = evaluate(model, a.task, a.limit, max_steps=a.max_steps)
+            print(json.dumps(out) if a.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+            return 0
         res = run(model, fns, a.prompt, max_steps=a.max_steps, time_limit_s=a.time_limit_s,
                   trace=a.trace)
     except (ValueError, chat.ConversationError) as e:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from typing import Callable
 
+from lm.tasks.agent_steps import AgentSteps
 from lm.tasks.arithmetic import LEVELS, Arithmetic, ArithmeticThink
 from lm.tasks.base import SPLITS, Task, TaskDataError, test_indices  # noqa: F401
 from lm.tasks.everyday import Everyday
@@ -49,13 +50,13 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "whoami_teacher": lambda: Identity(name="whoami_teacher", topics=("name",)),
     "whoami_student": lambda: Identity(name="whoami_student", assistant=STUDENT_NAME,
                                        topics=("name",)),
-    "function_calling": FunctionCalling,
+    "function_calling": FunctionCalling, "agent_steps": AgentSteps,
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
          "gsm8k_easy", "spelling_ood", "recall", "copy", "word_problems", "everyday_math",
          "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
-         "whoami_teacher", "whoami_student", "function_calling")
+         "whoami_teacher", "whoami_student", "function_calling", "agent_steps")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 FILES: dict[str, str] = {}       # conversation files named for this process (register_file)
