@@ -1,0 +1,103 @@
+"""Runs side by side: each run's final evaluation row (its `summary.json`), one row per run,
+with the binomial standard error of every accuracy, written as JSON and Markdown.
+
+  python -m tools.compare_runs --runs distill_a distill_b distill_b_noid distill_c distill_c_noid \\
+      --tasks arithmetic_easy,word_problems,spelling,whoami_teacher,whoami_student \\
+      --workdir /work/runs_c6 --out runs/distill_table --into_runs
+
+`--runs` takes run dirs, checkpoint dirs or experiment names (their latest run in `--workdir`),
+optionally labelled `label=spec`. `--tasks` picks the columns (default: every `eval/<task>` the
+runs share). `--into_runs` also writes the table into each run's dir (`compare.json`,
+`compare.md`), so a run carries the comparison it was made for.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as `python tools/compare_runs.py`: import from the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import json
+import math
+
+from lm import runs
+
+
+def row_of(summary: dict, tasks: list[str]) -> dict:
+    """task -> {"acc", "n", "se"} from a summary's `eval/<task>` and `eval/<task>_n`."""
+    out = {}
+    for t in tasks:
+        acc, n = summary.get(f"eval/{t}"), summary.get(f"eval/{t}_n")
+        if acc is None:
+            continue
+        se = math.sqrt(acc * (1 - acc) / n) if n else None
+        out[t] = {"acc": acc, "n": n, "se": se}
+    return out
+
+
+def shared_tasks(summaries: list[dict]) -> list[str]:
+    keys = [{k[5:] for k in s if k.startswith("eval/") and f"{k}_n" in s} for s in summaries]
+    common = set.intersection(*keys) if keys else set()
+    return sorted(common)
+
+
+def markdown(table: dict) -> str:
+    tasks = table["tasks"]
+    lines = ["| run | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for r in table["rows"]:
+        cells = []
+        for t in tasks:
+            c = r["eval"].get(t)
+            cells.append("" if c is None else f"{c['acc']:.3f} ± {c['se']:.3f}"
+                         if c["se"] is not None else f"{c['acc']:.3f}")
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("± one binomial standard error, sqrt(p(1-p)/n); n per cell in the JSON.")
+    return "\n".join(lines) + "\n"
+
+
+def build(specs: list[str], tasks: list[str] | None, workdir: str | None) -> dict:
+    loaded = []
+    for spec in specs:
+        label, _, target = spec.rpartition("=")
+        ref = runs.resolve(target, workdir=workdir)
+        path = os.path.join(ref.run_dir, "summary.json")
+        if not os.path.exists(path):
+            raise runs.RunError(f"{ref.run_dir} has no summary.json (did the run finish?)")
+        with open(path) as f:
+            loaded.append((label or target, ref.run_dir, json.load(f)))
+    tasks = tasks or shared_tasks([s for _, _, s in loaded])
+    return {"tasks": tasks, "rows": [{"label": lab, "run_dir": d, "eval": row_of(s, tasks),
+                                      "val_loss": s.get("val_loss")} for lab, d, s in loaded]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--tasks", default="", help="comma list (default: every task all runs have)")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--out", default=None, help="folder for compare.json / compare.md")
+    p.add_argument("--into_runs", action="store_true", help="also write into each run's dir")
+    a = p.parse_args(argv)
+    try:
+        table = build(a.runs, [t for t in a.tasks.split(",") if t] or None, a.workdir)
+    except runs.RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    md = markdown(table)
+    dirs = ([a.out] if a.out else []) + ([r["run_dir"] for r in table["rows"]]
+                                          if a.into_runs else [])
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "compare.json"), "w") as f:
+            json.dump(table, f, indent=1)
+        with open(os.path.join(d, "compare.md"), "w") as f:
+            f.write(md)
+    print(md, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
