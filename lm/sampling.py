@@ -458,7 +458,7 @@ class Engine:
         if len(formats) != P:
             raise ValueError(f"response_format: give one or one per prompt ({P}), "
                              f"got {len(formats)}")
-        grammars = [structured.grammar_for(f) for f in formats]
+        grammars = [None if f is None else self.grammars.compile(f) for f in formats]
         return [None if g is None else self.grammars.matcher(g)
                 for g in grammars for _ in range(n)]
 

@@ -41,11 +41,13 @@ class FormatError(ValueError):
     The message names the field (the server answers 400 with it)."""
 
 
-def grammar_for(response_format: Optional[dict]) -> Optional[str]:
+def grammar_for(response_format: Optional[dict], call_ids: Optional[tuple] = None
+                ) -> Optional[str]:
     """`response_format` -> an llguidance grammar (None: free text).
 
     `{"type": "text"}`, `{"type": "json_object"}` (any JSON object), or `{"type": "json_schema",
-    "json_schema": {"name": ..., "schema": {...}, "strict": ...}}`."""
+    "json_schema": {"name": ..., "schema": {...}, "strict": ...}}`; and lm's own
+    `{"type": "tools", "tools": [...]}` (`tools_grammar`; needs `call_ids`)."""
     if response_format is None:
         return None
     if not isinstance(response_format, dict):
@@ -53,6 +55,10 @@ def grammar_for(response_format: Optional[dict]) -> Optional[str]:
     kind = response_format.get("type")
     if kind == "text":
         return None
+    if kind == "tools":
+        if call_ids is None:
+            raise FormatError("constrained tool calls need a tokenizer with function tokens")
+        return tools_grammar(response_format.get("tools") or [], *call_ids)
     if kind == "json_object":
         schema = {"type": "object"}
     elif kind == "json_schema":
@@ -78,6 +84,44 @@ def grammar_for(response_format: Optional[dict]) -> Optional[str]:
     return grammar
 
 
+def call_schema(tools: list[dict]) -> dict:
+    """The JSON Schema of one call of any offered function, as the model writes it:
+    {"name": <an offered name>, "arguments": <that function's parameters>}."""
+    options = []
+    for t in tools:
+        f = t.get("function", t) if isinstance(t, dict) else None
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+            raise FormatError("tools: each needs a function with a 'name'")
+        params = f.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(params, dict):
+            raise FormatError(f"tools: {f['name']}'s parameters must be a JSON Schema object")
+        # strict functions, as OpenAI reads them: no keys beyond the declared ones
+        params = {"additionalProperties": False, **params}
+        options.append({"type": "object", "properties": {"name": {"const": f["name"]},
+                                                         "arguments": params},
+                        "required": ["name", "arguments"], "additionalProperties": False})
+    if not options:
+        raise FormatError("tools: constrained calls need at least one function")
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def tools_grammar(tools: list[dict], call_start: int, call_end: int) -> str:
+    """A reply that is either free text or one or more calls of the offered functions, each
+    between the call tokens with its name and arguments valid (OpenAI's `strict` functions):
+    the model still chooses whether to call, and which function."""
+    llguidance = _llguidance()
+    body = json.dumps({**call_schema(tools), "x-guidance": JSON_OPTIONS})
+    lark = (f"start: TEXT | call+\n"
+            f"call: <[{int(call_start)}]> body <[{int(call_end)}]>\n"
+            f"body: %json {body}\n"
+            f"TEXT: /(.|\\n)+/\n")
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise FormatError(f"tools: the functions' parameters do not compile: {error}")
+    return grammar
+
+
 class Grammars:
     """The llguidance view of one tokenizer and model vocabulary (built once, ~1 s), and the
     matchers made from it. `stop_ids`: the tokens that end a reply (allowed once the grammar is
@@ -92,7 +136,13 @@ class Grammars:
         self.lltok = llguidance.tiktoken.lltokenizer_from_encoding(
             tokenizer.enc, n_vocab=self.vocab_size, eos_token=[int(t) for t in stop_ids])
         self.stop_ids = [int(t) for t in stop_ids]
+        f = tokenizer.functions
+        self.call_ids = None if f is None else (f.call_start, f.call_end)
         self._llguidance = llguidance
+
+    def compile(self, response_format: Optional[dict]) -> Optional[str]:
+        """`grammar_for` with this tokenizer's call tokens."""
+        return grammar_for(response_format, self.call_ids)
 
     def matcher(self, grammar: str) -> "RowMatcher":
         m = self._llguidance.LLMatcher(self.lltok, grammar, log_level=0)

@@ -11,11 +11,13 @@ import pytest
 
 from lm import conversation as C
 from lm import runs, structured
+from lm.config import Config, DataConfig, ModelConfig, TrainConfig
 from lm.sampling import Engine
+from lm.tokenizer import train_bpe, trained_specials
 from lm.serve.app import create_app
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_sampling_chat import _run  # noqa: E402  (a tiny saved chat run)
+from test_sampling_chat import TEXT, _run  # noqa: E402  (a tiny saved chat run)
 from test_serve import serving  # noqa: E402
 
 SCHEMA = {"type": "object",
@@ -114,3 +116,70 @@ def test_the_server_answers_in_the_schema_and_refuses_what_it_cannot_honour(run)
         # and it serves on, free text beside a constrained request
         r = client.chat.completions.create(model="default", messages=msgs, max_tokens=5)
         assert r.choices[0].finish_reason in ("stop", "length")
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Za-z]{1,6}$"}},
+    "required": ["city"]}}},
+    {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["a"]}}}]
+
+
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory):
+    """A tiny chat run with room for tool definitions (block 512)."""
+    tok = train_bpe([TEXT], 300 + len(trained_specials()))
+    cfg = Config(name="wide", stage="sft", init_from="x",
+                 model=ModelConfig(vocab_size=tok.vocab_size, block_size=512, n_layer=1,
+                                   n_head=2, n_embd=32),
+                 data=DataConfig(tokenizer="/nonexistent", seq_len=32, batch_size=2),
+                 train=TrainConfig(steps=1))
+    return runs.load(runs.save_run(str(tmp_path_factory.mktemp("wide")), cfg, tok, step=1))
+
+
+def test_strict_tools_give_text_or_valid_calls_of_offered_functions(wide_run):
+    tok = wide_run.tokenizer
+    eng = Engine(wide_run.params, wide_run.config.model, tokenizer=tok, tools=tok.chat)
+    grammar = eng.grammars.compile({"type": "tools", "tools": TOOLS})
+    f = tok.functions
+
+    def accepts(ids):
+        m = eng.grammars.matcher(grammar).matcher
+        return m.consume_tokens(ids) and m.is_accepting()
+
+    call = lambda body: [f.call_start] + tok.encode(body) + [f.call_end]
+    assert accepts(call('{"name": "get_weather", "arguments": {"city": "Oslo"}}'))
+    assert accepts(call('{"name": "add", "arguments": {"a": 3}}') * 2)
+    assert accepts(tok.encode("Just text."))
+    assert not accepts(call('{"name": "get_time", "arguments": {"city": "Oslo"}}'))
+    assert not accepts(call('{"name": "add", "arguments": {"a": 3, "b": 1}}'))    # strict: no extra
+    assert not accepts(call('{"name": "add", "arguments": {"a": 30}}'))
+    # through the engine: a random model writes special tokens everywhere, except under the grammar
+    prompt = C.render_for_completion({"tools": TOOLS, "messages": [{"role": "user",
+                                                                    "content": "hi"}]}, tok)
+    kw = dict(n=16, max_new_tokens=24, temperature=1.0, seed=5, stop_tokens=list(tok.chat.stops))
+    free = eng.generate([prompt], **kw)
+    strict = eng.generate([prompt], response_format=[{"type": "tools", "tools": TOOLS}], **kw)
+    specials = lambda g, r: [t for t in g.row(r, strip_stop=True) if tok.is_special(t)
+                             and t not in (f.call_start, f.call_end)]
+    assert sum(len(specials(free, r)) for r in range(16)) > 0
+    assert all(not specials(strict, r) for r in range(16))
+    with pytest.raises(structured.FormatError, match="name"):
+        structured.call_schema([{"type": "function", "function": {"parameters": {}}}])
+
+
+def test_the_server_decodes_strict_functions_under_their_grammar(wide_run):
+    app = create_app(wide_run, slots=4, warmup=False)
+    with serving(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        msgs = [{"role": "user", "content": "hi"}]
+        r = client.chat.completions.create(model="default", messages=msgs, tools=TOOLS, n=4,
+                                           max_tokens=24, seed=3)
+        for ch in r.choices:
+            assert not any(s in (ch.message.content or "") for s in ("<|", "|>"))
+            for c in ch.message.tool_calls or []:
+                assert c.function.name in ("get_weather", "add")
+        with pytest.raises(openai.BadRequestError, match="strict"):
+            client.chat.completions.create(model="default", messages=msgs, tools=TOOLS,
+                                           response_format={"type": "json_object"})

@@ -47,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON output path (default <run>/eval.json; with --pass_at, "
                    "<run>/pass_at_k.json)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--strict_calls", action="store_true",
+                   help="items that offer tools are answered under the functions' grammar "
+                        "(valid calls of offered functions only; needs llguidance)")
     p.add_argument("--pass_at", default=None, metavar="K,K,...",
                    help="pass@k of the generative tasks for these k (e.g. 1,2,4,8,16,32,64)")
     p.add_argument("--samples", type=int, default=None,
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
             names = [n for n in (a.tasks or suite.default_tasks(chat)).split(",") if n]
             todo = suite.plan(names, chat)
             result = suite.evaluate(run, todo, limit=a.limit, batch_size=a.batch_size,
-                                    progress=not a.no_progress)
+                                    progress=not a.no_progress, strict_calls=a.strict_calls)
     except (runs.RunError, ValueError, TaskDataError, DataUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -33,12 +33,14 @@ PASS_KS = (1, 2, 4, 8, 16, 32, 64)      # pass@k's default ks (powers of two, fo
 
 def generate_replies(engine: Engine, tok, convs: Sequence[dict], *, max_new_tokens: int,
                      batch_size: int, temperature: float = 0.0, seed: int = 0,
-                     n: int = 1, first: int = 0) -> list[dict]:
+                     n: int = 1, first: int = 0, strict_calls: bool = False) -> list[dict]:
     """Per conversation (× n samples): {'tokens', 'forced', 'logprobs', 'parts', 'text',
     'format_ok'}. A prompt that leaves no room in the model's context gets an empty reply
     (graded wrong, format not kept) instead of stopping the evaluation. Sample j of
     conversation i has PRNG key (seed, (first + i)·n + j), whatever `batch_size`; `first` is
-    convs[0]'s index when a caller splits one evaluation into several calls."""
+    convs[0]'s index when a caller splits one evaluation into several calls. `strict_calls`:
+    a conversation that offers tools is answered under their grammar (`lm.structured`: text,
+    or calls of offered functions with valid arguments), as a server does for strict tools."""
     end, limit = tok.chat.assistant_end, engine.cfg.block_size
     empty = {"tokens": [], "forced": [], "logprobs": [], "parts": [], "text": "",
              "format_ok": False, "too_long": True}
@@ -49,7 +51,10 @@ def generate_replies(engine: Engine, tok, convs: Sequence[dict], *, max_new_toke
         rows: dict[int, dict] = {}
         if fit:           # each row's own room: a long prompt does not cut the others' replies
             budget = [max(1, min(max_new_tokens, limit - len(prompts[i]))) for i in fit]
-            g = engine.generate([prompts[i] for i in fit], n=n, max_new_tokens=budget,
+            fmt = [{"type": "tools", "tools": convs[b + i]["tools"]}
+                   if strict_calls and convs[b + i].get("tools") else None for i in fit]
+            kw = {"response_format": fmt} if any(fmt) else {}
+            g = engine.generate([prompts[i] for i in fit], n=n, max_new_tokens=budget, **kw,
                                 temperature=temperature, seed=seed,
                                 sample_ids=[(first + b + i) * n + k
                                             for i in fit for k in range(n)],
@@ -96,8 +101,8 @@ def _graded(task, conv: dict, text: str) -> bool:
 
 def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_size: int = 64,
                    max_new_tokens: int = 0, samples: int = 0, progress: bool = False,
-                   engine: Optional[Engine] = None, lengths: bool = False
-                   ) -> tuple[dict, list[dict]]:
+                   engine: Optional[Engine] = None, lengths: bool = False,
+                   strict_calls: bool = False) -> tuple[dict, list[dict]]:
     """(metrics, sample conversations) over the held-out split of each named task. `lengths`:
     also the mean reply length in tokens (`eval/<task>_tokens`) of generative tasks and the share
     of replies that show their working (`eval/<task>_worked`, lm.tasks.base.shows_work)."""
@@ -121,7 +126,7 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
         elif task.kind == "generative":
             budget = max_new_tokens or task.max_new_tokens()
             replies = generate_replies(engine, tok, convs, max_new_tokens=budget,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size, strict_calls=strict_calls)
             correct = [_graded(task, c, r["text"]) for c, r in zip(convs, replies)]
             fmt_ok += sum(r["format_ok"] for r in replies)
             fmt_n += len(replies)

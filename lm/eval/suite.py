@@ -139,8 +139,9 @@ def table(result: dict) -> str:
 
 
 def evaluate(run, todo: dict, *, limit: int = 0, batch_size: int = 32,
-             progress: bool = True) -> dict:
-    """`todo` (from `plan`) scored on `run` (an `lm.runs.Run`): a JSON-ready dict."""
+             progress: bool = True, strict_calls: bool = False) -> dict:
+    """`todo` (from `plan`) scored on `run` (an `lm.runs.Run`): a JSON-ready dict.
+    `strict_calls`: tool-offering items decode under their functions' grammar."""
     t0 = time.perf_counter()
     # likelihood scoring runs data-parallel over the devices, as training does
     mesh = parallel.make_mesh(MeshConfig()) if len(jax.devices()) > 1 else None
@@ -153,7 +154,7 @@ def evaluate(run, todo: dict, *, limit: int = 0, batch_size: int = 32,
     if todo["chat"]:
         m, shown = evaluate_tasks(run.params, run.config.model, run.tokenizer, todo["chat"],
                                   limit=limit or 10 ** 9, batch_size=max(batch_size, 64),
-                                  samples=3, progress=progress)
+                                  samples=3, progress=progress, strict_calls=strict_calls)
         result["chat"] = m
         result["chat_samples"] = shown
     if todo["bpb"]:

@@ -183,21 +183,30 @@ def tool_prefix(body: ChatRequest, tok) -> list[int]:
 
 
 def response_grammar(s: Served, body: ChatRequest, forced: Sequence[int]) -> Optional[str]:
-    """`response_format` compiled for the scheduler (None: free text); a format that cannot be
-    honoured is a 400 naming it."""
+    """The reply's grammar for the scheduler (None: free text): `response_format`, or, when an
+    offered function is `strict` and tool_choice is auto, calls of the offered functions only.
+    A format that cannot be honoured is a 400 naming it."""
     rf = body.response_format
-    if rf is None or rf.type == "text":
+    strict = body.tool_choice != "none" and any(t.function.strict for t in body.tools or [])
+    if rf is not None and rf.type != "text":
+        if forced or strict:
+            raise APIError(400, "'response_format' cannot be combined with a 'tool_choice' "
+                                "that forces a call or with strict functions",
+                           param="response_format", code="invalid_value")
+        spec = None if rf.json_schema is None else {
+            "name": rf.json_schema.name, "schema": rf.json_schema.schema_ or {}}
+        fmt, param = {"type": rf.type, "json_schema": spec}, "response_format"
+    elif strict and not forced:      # a forced call start is already inside the call
+        fmt, param = {"type": "tools", "tools": [t.model_dump(exclude_none=True)
+                                                 for t in body.tools]}, "tools"
+    else:
         return None
-    if forced:
-        raise APIError(400, "'response_format' cannot be combined with a 'tool_choice' that "
-                            "forces a call", param="response_format", code="invalid_value")
-    spec = None if rf.json_schema is None else {
-        "name": rf.json_schema.name, "schema": rf.json_schema.schema_ or {}}
     try:
-        grammar = structured.grammar_for({"type": rf.type, "json_schema": spec})
-        s.scheduler.engine.grammars.matcher(grammar)      # compiles against this tokenizer
+        grammars = s.scheduler.engine.grammars
+        grammar = grammars.compile(fmt)
+        grammars.matcher(grammar)                       # compiles against this tokenizer
     except structured.FormatError as e:
-        raise APIError(400, str(e), param="response_format", code="invalid_value") from None
+        raise APIError(400, str(e), param=param, code="invalid_value") from None
     return grammar
 
 

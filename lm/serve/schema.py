@@ -53,6 +53,8 @@ class FunctionDef(BaseModel):
     name: StrictStr = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     description: Optional[StrictStr] = None
     parameters: Optional[dict] = Field(None, description="a JSON Schema object")
+    strict: Optional[StrictBool] = Field(None, description="calls decoded under the grammar of "
+                                                           "the offered functions")
 
 
 class Tool(BaseModel):
