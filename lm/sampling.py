@@ -555,6 +555,8 @@ class Engine:
         """Up to `steps` decode steps (donates `state`): one device call, or, while the cache is
         still growing, one per buffer size (the host reads the rows' lengths to size it)."""
         steps = int(steps)
+        if steps <= 0:
+            return state
         while steps > 0:
             S = state.cache.max_len
             if S >= self._limit() or not self.settings.grow_cache:
@@ -643,14 +645,17 @@ class Engine:
         return st
 
     def admit(self, state: DecodeState, slots: Sequence[int], prompts: Prompts, *,
-              cached: Optional[Sequence[tuple[int, int]]] = None, **kw) -> DecodeState:
+              cached: Optional[Sequence[tuple[int, int]]] = None, first_token: bool = False,
+              **kw) -> DecodeState:
         """Prefill `prompts` (one per slot; `start`'s keyword arguments, per prompt where they
         take lists) and put them into `slots` of a running slot state (donates `state`).
 
         `cached`: per prompt, `(slot, n)`: the first `n` tokens of the prompt are what that slot
         of `state` holds in its cache (a finished request's prompt and reply: prefix caching).
         Those keys/values are copied, not computed again; only the rest is prefilled. n must
-        leave at least one token of the prompt."""
+        leave at least one token of the prompt. `first_token`: the new rows take their first
+        decode step on their own, before they join (a step over P rows, not over every slot), so
+        their first token is out without waiting for the batch (time to first token)."""
         S, N, K = state.cache.max_len, state.tokens.shape[1], state.top_ids.shape[-1]
         prompts = _as_prompts(prompts)
         if cached is not None and any(n > 0 for _, n in cached):
@@ -666,6 +671,8 @@ class Engine:
         k_max = max(state.sampler.k_max, sub.sampler.k_max)     # one static candidate count
         state = state.replace(sampler=state.sampler.replace(k_max=k_max))
         sub = sub.replace(sampler=sub.sampler.replace(k_max=k_max))
+        if first_token:
+            sub = self._decode(sub, 1)
         return _insert_rows(state, sub, jnp.asarray(np.asarray(slots, np.int32)))
 
     @staticmethod

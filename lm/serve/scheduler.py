@@ -124,8 +124,9 @@ class Scheduler:
         # there; a new prompt that starts with min_prefix or more of them reuses them
         self.prefix_cache, self.min_prefix = prefix_cache, max(1, int(min_prefix))
         self.held: list[list[int]] = [[] for _ in range(slots)]
-        self.fresh = False      # a request joined since the last decode call: its first token
-                                # goes out after one step, not a whole chunk (time to first token)
+        self.fresh = False      # a request joined since the last decode call: it took its first
+                                # step at admission (Engine.admit first_token), so the next call
+                                # hands that token out before decoding on (time to first token)
         self.free = list(range(slots))
         self.waiting: collections.deque[Request] = collections.deque()
         self.active: list[Request] = []
@@ -238,7 +239,7 @@ class Scheduler:
                 self.state, slots, [req.prompt] * s.n, max_new_tokens=s.max_tokens,
                 temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                 seed=engine_seed(s.seed), sample_ids=list(range(s.n)),
-                stop_tokens=list(s.stop_ids), **kw)
+                stop_tokens=list(s.stop_ids), first_token=True, **kw)
         except Exception as e:  # noqa: BLE001 - this request fails, the server serves on
             self._recover(f"{type(e).__name__}: {e}", [req])
             return
@@ -321,10 +322,10 @@ class Scheduler:
         if cancel_slots:
             self.state = self.engine.cancel(self.state, cancel_slots)
         # constrained rows take one token per call: their masks are computed between calls
-        steps, self.fresh = (1 if self.fresh else self.chunk), False
+        steps, self.fresh = (0 if self.fresh else self.chunk), False
         if any(m is not None for m in self.matchers):
             self.state = self.engine.serve_grammar(self.state, self.matchers)
-            steps = 1
+            steps = min(steps, 1)
         self.state = self.engine.decode(self.state, steps)
         self.steps += steps
         fields = ["tokens", "n_gen", "done", "stopped", "logprobs"]
