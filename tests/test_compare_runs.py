@@ -27,5 +27,6 @@ def test_table_reads_each_summary_and_writes_json_and_markdown(tmp_path):
     assert b["label"] == "B" and b["eval"]["spelling"]["acc"] == 0.9
     assert math.isclose(b["eval"]["spelling"]["se"], math.sqrt(0.9 * 0.1 / 100))
     assert "| B | 0.900 ± 0.030 |" in open(out / "compare.md").read()
-    assert all(os.path.exists(os.path.join(d, "compare.md")) for d in dirs)
+    assert all(os.path.exists(os.path.join(d, f)) for d in dirs
+               for f in ("compare.md", "compare.png"))
     assert compare_runs.main(["--runs", str(tmp_path / "nope")]) == 2

@@ -8,7 +8,8 @@ with the binomial standard error of every accuracy, written as JSON and Markdown
 `--runs` takes run dirs, checkpoint dirs or experiment names (their latest run in `--workdir`),
 optionally labelled `label=spec`. `--tasks` picks the columns (default: every `eval/<task>` the
 runs share). `--into_runs` also writes the table into each run's dir (`compare.json`,
-`compare.md`), so a run carries the comparison it was made for.
+`compare.md`, `compare.png`: grouped bars with ± 1 s.e.), so a run carries the comparison it was
+made for.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ if __package__ in (None, ""):  # run as `python tools/compare_runs.py`: import f
 import argparse
 import json
 import math
+
+import numpy as np
+from matplotlib.figure import Figure
 
 from lm import runs
 
@@ -56,6 +60,27 @@ def markdown(table: dict) -> str:
     lines.append("")
     lines.append("± one binomial standard error, sqrt(p(1-p)/n); n per cell in the JSON.")
     return "\n".join(lines) + "\n"
+
+
+def plot(table: dict, path: str) -> None:
+    """compare.png: one group of bars per task, one bar per run, ± 1 s.e. (off-screen)."""
+    tasks, rows = table["tasks"], table["rows"]
+    fig = Figure(figsize=(max(6.0, 1.2 * len(tasks) * max(1, len(rows)) / 2), 4.2))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(rows))
+    x = np.arange(len(tasks))
+    for k, r in enumerate(rows):
+        cells = [r["eval"].get(t) for t in tasks]
+        ax.bar(x + (k - (len(rows) - 1) / 2) * width, [c["acc"] if c else 0 for c in cells],
+               width, yerr=[(c["se"] or 0) if c else 0 for c in cells], capsize=2,
+               label=r["label"])
+    ax.set_xticks(x, tasks, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def build(specs: list[str], tasks: list[str] | None, workdir: str | None) -> dict:
@@ -95,6 +120,7 @@ def main(argv=None) -> int:
             json.dump(table, f, indent=1)
         with open(os.path.join(d, "compare.md"), "w") as f:
             f.write(md)
+        plot(table, os.path.join(d, "compare.png"))
     print(md, end="")
     return 0
 
