@@ -65,7 +65,7 @@ def markdown(table: dict) -> str:
 def plot(table: dict, path: str) -> None:
     """compare.png: one group of bars per task, one bar per run, ± 1 s.e. (off-screen)."""
     tasks, rows = table["tasks"], table["rows"]
-    fig = Figure(figsize=(max(6.0, 1.2 * len(tasks) * max(1, len(rows)) / 2), 4.2))
+    fig = Figure(figsize=(min(11.0, max(6.0, 0.35 * len(tasks) * max(1, len(rows)))), 4.2))
     ax = fig.subplots()
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(tasks))
