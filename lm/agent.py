@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 from lm import api
 from lm import conversation as chat
 from lm import tasks
-from lm.tasks.function_calling import _same_args
+from lm.tasks.function_calling import same_args
 from lm.tools_calc import compute
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
@@ -236,7 +236,7 @@ def simulated_tools(item: dict) -> list[Tool]:
 
         def fn(_steps=steps, _name=f["name"], **kwargs):
             for s in _steps:
-                if _same_args(kwargs, s["arguments"]):
+                if same_args(kwargs, s["arguments"]):
                     return s["result"]
             raise LookupError(f"{_name}: no record for {json.dumps(kwargs)}")
         out.append(Tool(f["name"], fn, f.get("description", ""), f.get("parameters", {})))
@@ -263,7 +263,7 @@ def evaluate(model, task_name: str = "agent_steps", limit: int = 100, max_steps:
                 got.append((c["function"]["name"], None))
         want = [(s["name"], s["arguments"]) for s in item["steps"]]
         right = [k < len(got) and got[k][0] == w[0] and isinstance(got[k][1], dict)
-                 and _same_args(got[k][1], w[1]) for k, w in enumerate(want)]
+                 and same_args(got[k][1], w[1]) for k, w in enumerate(want)]
         answered = res.stopped == "answer" and item["answer"] in (res.answer or "")
         rows.append({"chain": item["chain"], "calls": right, "answer": answered,
                      "ok": all(right) and len(got) == len(want) and answered,

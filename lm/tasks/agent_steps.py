@@ -19,8 +19,8 @@ import json
 import random
 
 from lm.tasks.base import Task, stable_hash
-from lm.tasks.function_calling import FAMILIES, ITEMS, TICKERS, _calls_in, _num, _pick_schema, \
-    _same_args
+from lm.tasks.function_calling import FAMILIES, ITEMS, TICKERS, calls_in, number_text, \
+    pick_schema, same_args
 
 FAMILY = {f.name: f for f in FAMILIES}
 RATES = {"euros": 0.92, "pounds": 0.79, "yen": 149.0}
@@ -47,28 +47,28 @@ def _chain(kind: str, split: str, rng: random.Random):
     steps = []
 
     def call(family: str, roles: dict, result: dict):
-        tool, keys = _pick_schema(FAMILY[family], split, rng)
+        tool, keys = pick_schema(FAMILY[family], split, rng)
         steps.append((tool, {keys[r]: v for r, v in roles.items()}, result))
 
     if kind == "price_total":
         n, item = rng.randint(2, 9), rng.choice(ITEMS)
         price = round(rng.uniform(0.5, 12), 2)
-        total = _num(n * price)
+        total = number_text(n * price)
         call("price", {"item": item}, {"price": price, "currency": "EUR"})
-        call("calculate", {"expression": f"{n} * {_num(price)}"}, {"result": float(total)})
+        call("calculate", {"expression": f"{n} * {number_text(price)}"}, {"result": float(total)})
         return {"n": n, "item": item}, steps, f"{n} {item} cost {total} euros.", total
     if kind == "weekly_distance":
         frm, to, f = rng.choice(DISTANCES)
         value = rng.randint(2, 15)
-        day = _num(value * f)
-        week = _num(float(day) * 7)
+        day = number_text(value * f)
+        week = number_text(float(day) * 7)
         call("convert", {"value": value, "from_unit": frm, "to_unit": to}, {"result": float(day)})
         call("calculate", {"expression": f"{day} * 7"}, {"result": float(week)})
         return ({"value": value, "from_unit": frm, "to_unit": to}, steps,
                 f"That is {week} {to} in a week.", week)
     symbol, currency = rng.choice(TICKERS), rng.choice(sorted(RATES))
     price = round(rng.uniform(5, 400), 2)
-    out = _num(price * RATES[currency])
+    out = number_text(price * RATES[currency])
     call("stock", {"symbol": symbol}, {"price": price, "currency": "dollars"})
     call("currency", {"amount": price, "from_currency": "dollars", "to_currency": currency},
          {"result": float(out)})
@@ -100,7 +100,7 @@ class AgentSteps(Task):
                                                         "currency")
                   and (split == "test" or not f.test_only)]
         tools = [tool for tool, _, _ in steps]
-        tools.insert(rng.randint(0, 2), _pick_schema(rng.choice(others), split, rng)[0])
+        tools.insert(rng.randint(0, 2), pick_schema(rng.choice(others), split, rng)[0])
         msgs = [{"role": "user", "content": request}]
         for k, (tool, args, result) in enumerate(steps):
             cid = f"call_{stable_hash(f'{split}/{i}/{k}') % 10 ** 8}"
@@ -119,13 +119,13 @@ class AgentSteps(Task):
         return {**item, "messages": msgs[:cut], "kind": part}
 
     def grades(self, conv: dict, reply: str) -> dict[str, bool]:
-        calls = _calls_in(reply)
+        calls = calls_in(reply)
         if conv["kind"] == "final":
             return {"final": not calls and conv["answer"] in reply}
         want = conv["steps"][0 if conv["kind"] == "step1" else 1]
         call = calls[0] if calls else None
         ok = call is not None and "error" not in call and call["name"] == want["name"] \
-            and _same_args(call["arguments"], want["arguments"])
+            and same_args(call["arguments"], want["arguments"])
         return {conv["kind"]: ok}
 
     def evaluate(self, conv: dict, reply: str) -> bool:

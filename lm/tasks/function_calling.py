@@ -62,7 +62,7 @@ def _held(variants: list, split: str) -> list:
     return variants[:k] if split != "test" else variants[k:]
 
 
-def _num(x: float) -> str:
+def number_text(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
@@ -97,9 +97,9 @@ FAMILIES = [
                      "Please express {value} {from_unit} as {to_unit}."]},
            lambda r: dict(zip(("from_unit", "to_unit", "_f"), r.choice(UNITS)),
                           value=r.randint(2, 90)),
-           lambda v, r: {"result": float(_num(v["value"] * v["_f"]))},
-           lambda v, res: (f"{v['value']} {v['from_unit']} is {_num(res['result'])} "
-                           f"{v['to_unit']}.", _num(res["result"]))),
+           lambda v, r: {"result": float(number_text(v["value"] * v["_f"]))},
+           lambda v, res: (f"{v['value']} {v['from_unit']} is {number_text(res['result'])} "
+                           f"{v['to_unit']}.", number_text(res["result"]))),
     Family("price", ["get_price", "price_lookup", "item_price", "lookup_price", "price_of",
                      "shop_price"],
            "The price of an item in the shop's price table",
@@ -111,8 +111,8 @@ FAMILIES = [
                      "Check the shop's price for {item}, please."]},
            lambda r: {"item": r.choice(ITEMS)},
            lambda v, r: {"price": round(r.uniform(0.5, 20), 2), "currency": "EUR"},
-           lambda v, res: (f"{v['item'].capitalize()} cost {_num(res['price'])} euros.",
-                           _num(res["price"]))),
+           lambda v, res: (f"{v['item'].capitalize()} cost {number_text(res['price'])} euros.",
+                           number_text(res["price"]))),
     Family("calculate", ["calculate", "calculator", "eval_math", "compute", "math_eval",
                          "arithmetic"],
            "Evaluate an arithmetic expression",
@@ -163,9 +163,9 @@ FAMILIES = [
                      "Exchange {amount} {from_currency} into {to_currency} for me."]},
            lambda r: dict(zip(("from_currency", "to_currency", "_f"), r.choice(CURRENCIES)),
                           amount=r.randint(5, 500)),
-           lambda v, r: {"result": float(_num(v["amount"] * v["_f"]))},
-           lambda v, res: (f"{v['amount']} {v['from_currency']} is {_num(res['result'])} "
-                           f"{v['to_currency']}.", _num(res["result"]))),
+           lambda v, r: {"result": float(number_text(v["amount"] * v["_f"]))},
+           lambda v, res: (f"{v['amount']} {v['from_currency']} is {number_text(res['result'])} "
+                           f"{v['to_currency']}.", number_text(res["result"]))),
     Family("stock", ["get_stock_price", "stock_quote", "share_price", "quote", "ticker_price",
                      "stock_price"],
            "The latest price of a stock",
@@ -177,7 +177,7 @@ FAMILIES = [
                      "Give me the latest quote for {symbol}."]},
            lambda r: {"symbol": r.choice(TICKERS)},
            lambda v, r: {"price": round(r.uniform(5, 400), 2)},
-           lambda v, res: (f"{v['symbol']} is at {_num(res['price'])}.", _num(res["price"]))),
+           lambda v, res: (f"{v['symbol']} is at {number_text(res['price'])}.", number_text(res["price"]))),
     Family("timer", ["set_timer", "start_timer", "timer", "countdown"], "Start a timer",
            {"minutes": ["minutes", "duration_min", "mins", "length"]}, {"minutes": "integer"},
            {"test": ["Set a timer for {minutes} minutes.", "Remind me in {minutes} minutes.",
@@ -219,7 +219,7 @@ def schema(family: Family, name: str, keys: dict[str, str]) -> dict:
         "parameters": {"type": "object", "properties": props, "required": list(props)}}}
 
 
-def _pick_schema(family: Family, split: str, rng: random.Random) -> tuple[dict, dict]:
+def pick_schema(family: Family, split: str, rng: random.Random) -> tuple[dict, dict]:
     """(tool definition, role -> parameter name) of `family` in `split`'s variants."""
     pool = "test" if split == "test" else "train"
     name = rng.choice(_held(family.names, pool))
@@ -248,14 +248,14 @@ class FunctionCalling(Task):
         fams = self.families(split)
         target = rng.choice(fams)
         others = rng.sample([f for f in fams if f is not target], rng.randint(1, 2))
-        offered = [_pick_schema(f, split, rng)[0] for f in others]
+        offered = [pick_schema(f, split, rng)[0] for f in others]
         if rng.random() < self.no_tool:
             q, a = rng.choice(NO_TOOL[split])
             rng.shuffle(offered)
             return {"tools": offered, "messages": [{"role": "user", "content": q},
                                                    {"role": "assistant", "content": a}],
                     "task": self.name, "kind": "no_call", "expected": None}
-        tool, keys = _pick_schema(target, split, rng)
+        tool, keys = pick_schema(target, split, rng)
         offered.insert(rng.randint(0, len(offered)), tool)
         values = target.draw(rng)
         shown = {k: v for k, v in values.items() if not k.startswith("_")}
@@ -281,7 +281,7 @@ class FunctionCalling(Task):
     # -- grading -----------------------------------------------------------------------------
     def grades(self, conv: dict, reply: str) -> dict[str, bool]:
         """The parts of a grade (module docstring); `reply` is in reply_text form."""
-        calls = _calls_in(reply)
+        calls = calls_in(reply)
         if conv["kind"] == "answer":
             return {"answer": not calls and conv["answer"] in reply}
         if conv["kind"] == "no_call":
@@ -291,7 +291,7 @@ class FunctionCalling(Task):
         valid = call is not None and "error" not in call
         function = valid and call["name"] == exp["name"]
         return {"decision": call is not None, "valid": valid, "function": function,
-                "arguments": function and _same_args(call["arguments"], exp["arguments"])}
+                "arguments": function and same_args(call["arguments"], exp["arguments"])}
 
     def evaluate(self, conv: dict, reply: str) -> bool:
         return all(self.grades(conv, reply).values())
@@ -300,7 +300,7 @@ class FunctionCalling(Task):
         return 96
 
 
-def _calls_in(reply: str) -> list[dict]:
+def calls_in(reply: str) -> list[dict]:
     """The function calls in a reply_text: each `[call ...]` parsed (lm.conversation)."""
     out, pos = [], 0
     while True:
@@ -321,7 +321,7 @@ def _calls_in(reply: str) -> list[dict]:
         pos = start + 6 + (stop or len(text))
 
 
-def _same_args(got: dict, want: dict) -> bool:
+def same_args(got: dict, want: dict) -> bool:
     if set(got) != set(want):
         return False
     for k, w in want.items():
