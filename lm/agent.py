@@ -82,17 +82,19 @@ class Turn:
 
 
 class EngineModel:
-    """A loaded run (lm.load) answering through its own engine."""
+    """A loaded run (lm.load) answering through its own engine (`strict`: calls decoded under
+    the offered functions' grammar, as for OpenAI's strict functions)."""
 
     def __init__(self, model, *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, strict: bool = False):
         self.model, self.max_new_tokens = model, max_new_tokens
-        self.temperature, self.seed = temperature, seed
+        self.temperature, self.seed, self.strict = temperature, seed, strict
 
     def turn(self, messages: list[dict], tools: list[dict], step: int) -> Turn:
         parts = self.model.respond({"messages": _lm_messages(messages), "tools": tools},
                                    max_new_tokens=self.max_new_tokens,
-                                   temperature=self.temperature, seed=self.seed + step)
+                                   temperature=self.temperature, seed=self.seed + step,
+                                   strict_calls=self.strict)
         text = chat.answer_text(parts)
         calls = [dict(c, id=f"call_{step}_{k}") for k, c in enumerate(chat.tool_calls(parts))]
         return Turn(text, calls)
@@ -252,8 +254,13 @@ def evaluate(model, task_name: str = "agent_steps", limit: int = 100, max_steps:
     rows = []
     for i in range(limit):
         item = task.example(split, i)
-        res = run(model, simulated_tools(item), item["messages"][0]["content"],
-                  max_steps=max_steps)
+        try:
+            res = run(model, simulated_tools(item), item["messages"][0]["content"],
+                      max_steps=max_steps)
+        except ValueError as e:      # e.g. the conversation outgrew the model's context
+            rows.append({"chain": item["chain"], "calls": [False] * len(item["steps"]),
+                         "answer": False, "ok": False, "steps": 0, "error": str(e)})
+            continue
         made = [c for m in res.messages if m.get("tool_calls") for c in m["tool_calls"]]
         got = []
         for c in made:
@@ -274,7 +281,8 @@ def evaluate(model, task_name: str = "agent_steps", limit: int = 100, max_steps:
             "first_call": sum(r["calls"][0] for r in rows) / n,
             "second_call": sum(len(r["calls"]) > 1 and r["calls"][1] for r in rows) / n,
             "answer": sum(r["answer"] for r in rows) / n,
-            "mean_model_turns": sum(r["steps"] for r in rows) / n}
+            "mean_model_turns": sum(r["steps"] for r in rows) / n,
+            "errors": sum("error" in r for r in rows)}
 
 
 # ---- built-in demo tools ----------------------------------------------------------------------------
@@ -310,6 +318,8 @@ def main(argv=None) -> int:
     p.add_argument("--max_steps", type=int, default=6)
     p.add_argument("--time_limit_s", type=float, default=120.0)
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--strict", action="store_true",
+                   help="--run only: calls decoded under the functions' grammar (llguidance)")
     p.add_argument("--trace", default=None, help="append each step as a JSON line here")
     p.add_argument("--workdir", default=None)
     p.add_argument("--task", default=None, help="instead of a prompt: run a multi-step task's "
@@ -327,7 +337,8 @@ def main(argv=None) -> int:
     fns = [BUILTIN[t] for t in a.tools.split(",") if t]
     try:
         if a.run:
-            model = EngineModel(api.load(a.run, workdir=a.workdir), temperature=a.temperature)
+            model = EngineModel(api.load(a.run, workdir=a.workdir), temperature=a.temperature,
+                                strict=a.strict)
         else:
             model = OpenAIModel(a.url, a.model, api_key=a.api_key, temperature=a.temperature)
         if a.task:

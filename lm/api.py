@@ -59,17 +59,21 @@ class Model:
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
 
     def respond(self, conv: dict, *, max_new_tokens: int = 256, temperature: float = 0.0,
-                top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[dict]:
+                top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                strict_calls: bool = False) -> list[dict]:
         """The assistant's next turn of a conversation (lm.conversation's dict, with `tools` if
-        it offers functions) as parts: text, calculator calls and outputs, function calls."""
+        it offers functions) as parts: text, calculator calls and outputs, function calls.
+        `strict_calls`: decoded under the offered functions' grammar (`lm.structured`)."""
         if not self.is_chat:
             raise ValueError(f"{self.config.name} is a {self.run.stage} run without the chat "
                              f"format: use generate()")
         prompt = conversation.render_for_completion(conv, self.tokenizer)
         budget = self._budget(len(prompt), max_new_tokens)
+        kw = {"response_format": [{"type": "tools", "tools": conv["tools"]}]} \
+            if strict_calls and conv.get("tools") else {}
         g = self.engine.generate([prompt], max_new_tokens=budget, temperature=temperature,
                                  top_k=top_k, top_p=top_p, seed=seed,
-                                 stop_tokens=list(self.tokenizer.chat.stops))
+                                 stop_tokens=list(self.tokenizer.chat.stops), **kw)
         return conversation.parse_reply(g.row(0), self.tokenizer)
 
     def generate(self, prompts: Union[str, Sequence[str]], *, max_new_tokens: int = 64,

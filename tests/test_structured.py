@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from lm import conversation as C
-from lm import runs, structured
+from lm import agent, api, runs, structured
 from lm.config import Config, DataConfig, ModelConfig, TrainConfig
 from lm.sampling import Engine
 from lm.tokenizer import train_bpe, trained_specials
@@ -183,3 +183,17 @@ def test_the_server_decodes_strict_functions_under_their_grammar(wide_run):
         with pytest.raises(openai.BadRequestError, match="strict"):
             client.chat.completions.create(model="default", messages=msgs, tools=TOOLS,
                                            response_format={"type": "json_object"})
+
+
+def test_the_library_and_the_agent_loop_answer_strictly(wide_run):
+    model = api.load(wide_run.run_dir)
+    conv = {"tools": TOOLS, "messages": [{"role": "user", "content": "hi"}]}
+    for seed in range(6):
+        parts = model.respond(conv, max_new_tokens=24, temperature=1.0, seed=seed,
+                              strict_calls=True)
+        for p in parts:
+            assert p["type"] in ("text", "tool_call"), p          # no calculator, no stray tokens
+            if p["type"] == "tool_call":
+                assert p["name"] in ("get_weather", "add")
+    m = agent.EngineModel(model, max_new_tokens=24, strict=True)
+    assert isinstance(agent.run(m, [agent.calculator], "hi", max_steps=2).steps, int)
