@@ -329,8 +329,8 @@ class Scheduler:
         self.state = self.engine.decode(self.state, steps)
         self.steps += steps
         fields = ["tokens", "n_gen", "done", "stopped", "logprobs"]
-        if self.K:
-            fields += ["top_ids", "top_logprobs"]
+        if self.K and any(r.sampling.top_logprobs for r in active):   # [slots, N, K]: only
+            fields += ["top_ids", "top_logprobs"]                      # when someone asked
         return jax.device_get({k: getattr(self.state, k) for k in fields})
 
     def _advance(self, req: Request, i: int, c: Choice, host: dict, stop_now: list) -> None:
