@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 
-from lm.tasks.base import Task, stable_hash
+from lm.tasks.base import Generated, stable_hash
 from lm.tasks.function_calling import FAMILIES, ITEMS, TICKERS, calls_in, number_text, \
     pick_schema, same_args
 
@@ -76,7 +76,7 @@ def _chain(kind: str, split: str, rng: random.Random):
         f"One {symbol} share is {out} {currency}.", out
 
 
-class AgentSteps(Task):
+class AgentSteps(Generated):
     name = "agent_steps"
     kind = "generative"
     splits = ("train", "test")
@@ -85,13 +85,9 @@ class AgentSteps(Task):
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def size(self, split: str):
-        self._check_split(split)
-        return None
-
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"{self.name}/{self.seed}/{split}/{i}")
+        rng = self.rng(split, i)
         pool = "test" if split == "test" else "train"
         kind = rng.choice([k for k, v in CHAINS.items() if pool in v])
         values, steps, reply, key = _chain(kind, split, rng)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from lm.conversation import conversation
-from lm.tasks.base import Task, final_number, same_number
+from lm.tasks.base import Generated, final_number, same_number
 from lm.tools_calc import compute
 
 NAMES = {"She": ["Emily", "Ava", "Mia", "Zoe", "Sara", "Nina", "Lily", "Maya", "Ella", "Ruby",
@@ -234,7 +234,7 @@ def problem(ops: tuple[str, ...], split: str, rng: random.Random, top: int
     return " ".join(sentences), merged, str(acc)
 
 
-class Arithmetic(Task):
+class Arithmetic(Generated):
     kind = "generative"
     splits = ("train", "rl", "test")
 
@@ -245,13 +245,9 @@ class Arithmetic(Task):
         steps, self.top = LEVELS[name]
         self.sequences = [seq for n in steps for seq in SEQUENCES[n]]
 
-    def size(self, split: str):
-        self._check_split(split)
-        return None
-
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"{self.name}/{self.seed}/{split}/{i}")
+        rng = self.rng(split, i)
         question, parts, result = problem(rng.choice(self.sequences), split, rng, self.top)
         return conversation(question, parts, task=self.name, answer=result)
 

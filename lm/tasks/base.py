@@ -14,6 +14,7 @@ choices' letters, each one token) and `gold` (the right letter).
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from typing import Optional
 
@@ -51,6 +52,21 @@ class Task:
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
             raise ValueError(f"{self.name}: unknown split {split!r} (splits: {list(self.splits)})")
+
+
+class Generated(Task):
+    """A task generated from a seed: every split is infinite (`size` None) and item i of a split
+    draws from its own PRNG (`rng`), so items do not depend on which others were drawn."""
+    seed: int = 0
+
+    def size(self, split: str):
+        self._check_split(split)
+        return None
+
+    def rng(self, split: str, i: int, key: Optional[str] = None) -> random.Random:
+        """Item i's PRNG; `key` (default the task's name) keeps a variant's items equal to the
+        task's it derives from."""
+        return random.Random(f"{key or self.name}/{self.seed}/{split}/{i}")
 
 
 # ---- helpers shared by the tasks -------------------------------------------------------------------

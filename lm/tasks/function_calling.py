@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from lm import conversation as chat
-from lm.tasks.base import Task, stable_hash
+from lm.tasks.base import Generated, stable_hash
 
 CITIES = ["Oslo", "Lima", "Cairo", "Tokyo", "Denver", "Madrid", "Nairobi", "Perth", "Quebec",
           "Seoul", "Dublin", "Hanoi", "Austin", "Zurich", "Bogota", "Lagos", "Vienna", "Manila"]
@@ -227,7 +227,7 @@ def pick_schema(family: Family, split: str, rng: random.Random) -> tuple[dict, d
     return schema(family, name, keys), keys
 
 
-class FunctionCalling(Task):
+class FunctionCalling(Generated):
     name = "function_calling"
     kind = "generative"
     splits = ("train", "test")
@@ -235,16 +235,12 @@ class FunctionCalling(Task):
     def __init__(self, seed: int = 0, no_tool: float = 0.15, answer_items: float = 0.3):
         self.seed, self.no_tool, self.answer_items = seed, no_tool, answer_items
 
-    def size(self, split: str):
-        self._check_split(split)
-        return None
-
     def families(self, split: str) -> list[Family]:
         return [f for f in FAMILIES if split == "test" or not f.test_only]
 
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"{self.name}/{self.seed}/{split}/{i}")
+        rng = self.rng(split, i)
         fams = self.families(split)
         target = rng.choice(fams)
         others = rng.sample([f for f in fams if f is not target], rng.randint(1, 2))

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 from functools import cached_property
 
 from lm.conversation import conversation
-from lm.tasks.base import Task
+from lm.tasks.base import Generated
 
 OPENERS = ["Hey, ", "Quick question: ", "Hi! ", "Sorry, ", "Um, ", "OK so ", "Hello. "]
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "identity.json")
 STUDENT_NAME = "Pico"     # identity_student: a distilled student that must not be its teacher
 
 
-class Identity(Task):
+class Identity(Generated):
     """`assistant`: another name for the assistant than the file's (a student that must not take
     its teacher's name, issue 28); `topics`: only these topics (e.g. ("name",): who-am-I
     questions, graded on the name)."""
@@ -64,13 +63,9 @@ class Identity(Task):
                                  "held-out (test) phrasing")
         return spec
 
-    def size(self, split: str):
-        self._check_split(split)
-        return None
-
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"identity/{self.seed}/{split}/{i}")
+        rng = self.rng(split, i, key="identity")
         topic = rng.choice(self.spec["topics"])
         q = rng.choice(topic[split])
         r = rng.random()

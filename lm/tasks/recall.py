@@ -19,7 +19,7 @@ import random
 import re
 
 from lm.conversation import conversation
-from lm.tasks.base import Task, stable_hash
+from lm.tasks.base import Generated, stable_hash
 
 # value pools: a value is held out (test only) by a stable hash of itself
 PET_NAMES = ("Rex Max Bella Luna Charlie Lucy Cooper Daisy Milo Bailey Coco Rocky Buddy Rosie "
@@ -165,7 +165,7 @@ def has_word(reply: str, value: str) -> bool:
     return re.search(rf"(?<![\w]){re.escape(value.lower())}(?![\w])", reply.lower()) is not None
 
 
-class Recall(Task):
+class Recall(Generated):
     name = "recall"
     kind = "generative"
     splits = ("train", "test")
@@ -173,13 +173,9 @@ class Recall(Task):
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def size(self, split: str):
-        self._check_split(split)
-        return None
-
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"recall/{self.seed}/{split}/{i}")
+        rng = self.rng(split, i)
         kinds = rng.sample(sorted(FACTS), rng.choice([1, 1, 2, 3]))
         facts = {k: _value(k, split, rng) for k in kinds}
         msgs = []
@@ -231,7 +227,7 @@ def _copy_text(split: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-class Copy(Task):
+class Copy(Generated):
     name = "copy"
     kind = "generative"
     splits = ("train", "test")
@@ -239,13 +235,9 @@ class Copy(Task):
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def size(self, split: str):
-        self._check_split(split)
-        return None
-
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"copy/{self.seed}/{split}/{i}")
+        rng = self.rng(split, i)
         text = _copy_text(split, rng)
         q = _pick(COPY_ASKS, split, rng).format(t=text)
         return conversation(q, text, task=self.name, answer=text)

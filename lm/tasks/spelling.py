@@ -18,7 +18,7 @@ from functools import cached_property
 
 from lm.conversation import conversation
 from lm.data import sources
-from lm.tasks.base import Task, TaskDataError, final_number, held_out, same_number
+from lm.tasks.base import Generated, TaskDataError, final_number, held_out, same_number
 
 # the word always follows a space, so its tokens in the question are the ones the reply copies
 # into the calculator call (`' strawberry'.count('r')`)
@@ -126,7 +126,7 @@ def _read(name: str) -> str:
         raise TaskDataError(str(e)) from None
 
 
-class Spelling(Task):
+class Spelling(Generated):
     name = "spelling"
     kind = "generative"
 
@@ -151,10 +151,6 @@ class Spelling(Task):
         return {"train": sorted(w for w in self.counts if not held_out(w, 5)),
                 "test": [w for w in stories if held_out(w, 5)]}
 
-    def size(self, split: str):
-        self._check_split(split)
-        return None
-
     def question(self, split: str, rng: random.Random) -> str:
         """A question template ({l}, {w} to fill): the fixed QUESTIONS (the test split's
         wording), or for training, two times in three, one put together by the grammar."""
@@ -170,7 +166,7 @@ class Spelling(Task):
 
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"{self.name}/{self.seed}/{split}/{i}")
+        rng = self.rng(split, i)
         word = self.pick_word(split, rng)
         present = sorted(set(word))
         letter = rng.choice(present) if rng.random() < 0.85 else rng.choice(

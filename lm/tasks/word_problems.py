@@ -19,7 +19,7 @@ import random
 
 from lm.conversation import conversation
 from lm.tasks.arithmetic import NAMES
-from lm.tasks.base import Task, final_number, same_number, stable_hash
+from lm.tasks.base import Generated, final_number, same_number, stable_hash
 from lm.tools_calc import compute
 
 WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
@@ -214,7 +214,7 @@ def problem(split: str, rng: random.Random, two_step: bool) -> tuple[str, list[d
     return text, parts, str(total)
 
 
-class WordProblems(Task):
+class WordProblems(Generated):
     name = "word_problems"
     kind = "generative"
     splits = ("train", "rl", "test")
@@ -222,13 +222,9 @@ class WordProblems(Task):
     def __init__(self, seed: int = 0, two_step: float = 0.35):
         self.seed, self.two_step = seed, two_step
 
-    def size(self, split: str):
-        self._check_split(split)
-        return None
-
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = random.Random(f"{self.name}/{self.seed}/{split}/{i}")
+        rng = self.rng(split, i)
         text, parts, answer = problem(split, rng, rng.random() < self.two_step)
         return conversation(text, parts, task=self.name, answer=answer)
 
