@@ -28,7 +28,7 @@ import time
 import httpx   # requirements-serve.txt
 
 from tools import bench_host
-from tools.bench_serve import ROOT, find_run, free_port
+from tools.bench_serve import find_run, start_server, wait_up
 
 TOPICS = ["gardening", "trains", "cooking", "music", "rivers", "chess", "birds", "clocks",
           "bridges", "maps", "tea", "stars"]
@@ -43,27 +43,6 @@ def system_prompt(round_: int, words: int) -> str:
                      f"briefly, politely and with one example.")
         i += 1
     return " ".join(rules)
-
-
-def start_server(run: str, extra: list[str]):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lm.serve", "--run", run, "--port", str(port),
-                             "--slots", "4", *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_up(proc, base: str) -> None:
-    t0 = time.perf_counter()
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.perf_counter() - t0 > 300:
-            raise SystemExit(f"server did not start:\n{proc.stderr.read()[-3000:]}")
-        time.sleep(0.5)
 
 
 def conversation_round(client, base: str, system: str, max_tokens: int) -> dict:
@@ -111,7 +90,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
     run = find_run(a.run, tempfile.mkdtemp(prefix="lm_bench_prefix_"))
-    servers = {"cached": start_server(run, []), "full": start_server(run, ["--no-prefix-cache"])}
+    servers = {"cached": start_server(run, ["--slots", "4"]),
+               "full": start_server(run, ["--slots", "4", "--no-prefix-cache"])}
     res: dict[str, list[dict]] = {"cached": [], "full": []}
     clients = {name: httpx.Client() for name in servers}
     try:

@@ -72,6 +72,30 @@ def make_tiny_run(folder: str) -> str:
     return runs.save_run(folder, cfg, tok)
 
 
+def start_server(run: str, extra: list[str]):
+    """`python -m lm.serve --run RUN` on a free port: (process, base URL)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lm.serve", "--run", run, "--port", str(port),
+                             *extra], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_up(proc, base: str) -> float:
+    """Seconds until `/health` answers 200 (exits with the server's stderr if it never does)."""
+    import httpx   # requirements-serve.txt
+    t0 = time.perf_counter()
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.perf_counter() - t0 > 300:
+            raise SystemExit(f"server did not start:\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.5)
+
+
 def find_run(explicit: str | None, scratch: str) -> str:
     if explicit:
         return explicit
@@ -210,24 +234,9 @@ def main(argv=None) -> int:
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
     scratch = tempfile.mkdtemp(prefix="lm_bench_serve_")
     run = find_run(a.run, scratch)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "lm.serve", "--run", run, "--port",
-                               str(port), "--slots", str(a.slots)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server, base = start_server(run, ["--slots", str(a.slots)])
     try:
-        import httpx
-        t0 = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.perf_counter() - t0 > 300:
-                raise SystemExit(f"server did not start:\n{server.stderr.read()[-3000:]}")
-            time.sleep(0.5)
-        log(f"server up ({run}) in {time.perf_counter() - t0:.1f} s")
+        log(f"server up ({run}) in {wait_up(server, base):.1f} s")
         one_request(base, QUESTIONS[0], a.max_tokens, 0, a.timeout)      # warm every shape
         seq, seq_wall = phase(base, a.clients, a.per_client, a.max_tokens, a.timeout, False)
         log(f"sequential: {len(seq)} requests in {seq_wall:.1f} s")
