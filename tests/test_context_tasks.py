@@ -86,8 +86,15 @@ def test_recall_test_values_and_phrasings_never_train():
 def test_copy_docs_use_training_values_only():
     held = set(recall.split_values(recall.WORDS + recall.COLOURS + recall.FOODS + recall.CITIES,
                                    "test"))
-    words = {w for d in corpus.copy_docs(500) for w in re.findall(r"[a-z]+", d)}
+    docs = corpus.copy_docs(500)
+    words = {w for d in docs for w in re.findall(r"[A-Za-z]+", d)}
+    held |= set(recall.split_values(recall.PET_NAMES + recall.PEOPLE, "test"))
     assert held and not held & words
+    # most values are made up (only copying predicts them), and facts are asked about later
+    pooled = set(recall.WORDS + recall.COLOURS + recall.FOODS + recall.CITIES + recall.PET_NAMES
+                 + recall.PEOPLE)
+    answers = [a for d in docs for a in re.findall(r"Answer: ([A-Za-z]+)\.", d)]
+    assert len(answers) > 200 and sum(a not in pooled for a in answers) > len(answers) / 3
 
 
 def test_gsm8k_easy_is_held_out_and_easy(data_env):

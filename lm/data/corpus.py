@@ -90,29 +90,65 @@ def cc_texts() -> list[str]:
     return out
 
 
+# neutral sentences between a fact and the question about it: the lookup spans a distance
+FILLER_SENTENCES = (
+    "The weather was mild that day.", "Nobody was in a hurry.", "It had rained in the morning.",
+    "The shop on the corner was closed.", "A bus went past the window.",
+    "Someone was whistling a tune outside.", "The tea was getting cold.",
+    "There were a few clouds over the hills.", "The clock on the wall ticked on.",
+    "Children were playing in the park.", "The road was quiet.", "A cat slept in the sun.")
+RELATIONS = (("likes", "What does {a} like?"), ("lives in", "Where does {a} live?"),
+             ("has a dog called", "What is the name of {a}'s dog?"),
+             ("keeps the number", "Which number does {a} keep?"),
+             ("is friends with", "Who is {a} friends with?"))
+
+
 def copy_docs(n: int, seed: int = 0) -> list[str]:
-    """Documents whose second half repeats something of the first (a list of words and numbers,
-    a passage, a name-value table): text where attending back and copying pays, so the base model
-    learns to read its context (induction). Words from the recall task's training values only."""
+    """Documents whose later part repeats something of the earlier one (a list of words and
+    numbers, a passage, a table of facts asked about after a stretch of unrelated sentences):
+    text where attending back and copying pays, so the base model learns to read its context
+    (induction). Most values are made up (`recall.open_value`), so only copying predicts them;
+    the rest are the recall task's training values, never a held-out one."""
     rng = random.Random(f"copy_docs/{seed}")
     words = recall.split_values(recall.WORDS + recall.COLOURS + recall.FOODS + recall.CITIES,
                                 "train")
     names = recall.split_values(recall.PET_NAMES + recall.PEOPLE, "train")
+
+    def word() -> str:
+        if rng.random() < recall.OPEN_SHARE:
+            return recall.open_value("word", rng)
+        return rng.choice(words)
+
+    def name() -> str:
+        if rng.random() < recall.OPEN_SHARE:
+            return recall.open_value("name", rng)
+        return rng.choice(names)
+
+    def value(rel: str) -> str:
+        if rel == "keeps the number":
+            return str(rng.randint(0, 99999))
+        return name() if rel in ("has a dog called", "is friends with", "lives in") else word()
+
     out = []
     for _ in range(n):
-        kind = rng.choice(["list", "table", "echo"])
+        kind = rng.choice(["list", "table", "table", "echo"])
         if kind == "list":
-            items = [rng.choice(words) if rng.random() < 0.7 else str(rng.randint(0, 999))
+            items = [word() if rng.random() < 0.7 else str(rng.randint(0, 999))
                      for _ in range(rng.randint(4, 14))]
             out.append(f"Here is the list: {', '.join(items)}.\nOnce more, the list: "
                        f"{', '.join(items)}.")
         elif kind == "table":
-            rows = [(rng.choice(names), rng.choice(words)) for _ in range(rng.randint(2, 6))]
-            facts = " ".join(f"{a} likes {b}." for a, b in rows)
-            a, b = rng.choice(rows)
-            out.append(f"{facts}\nQuestion: what does {a} like? Answer: {b}.")
+            rows = []
+            for _ in range(rng.randint(1, 5)):
+                rel, ask = rng.choice(RELATIONS)
+                rows.append((name(), rel, value(rel), ask))
+            facts = " ".join(f"{a} {rel} {v}." for a, rel, v, _ in rows)
+            between = " ".join(rng.sample(FILLER_SENTENCES, rng.randint(0, 6)))
+            asked = rng.sample(rows, rng.randint(1, len(rows)))
+            qa = "\n".join(f"Question: {ask.format(a=a)} Answer: {v}." for a, _, v, ask in asked)
+            out.append("\n".join(x for x in (facts, between, qa) if x))
         else:
-            line = " ".join(rng.choice(words) for _ in range(rng.randint(5, 12)))
+            line = " ".join(word() for _ in range(rng.randint(5, 12)))
             out.append(f"Say it back: {line}\n{line}")
     return out
 
@@ -178,7 +214,7 @@ def synthetic_tokens(doc: dict, ordinary: int) -> list[int]:
 
 
 def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000,
-              word_problems: int = 8000, recall_problems: int = 6000, copies: int = 6000,
+              word_problems: int = 8000, recall_problems: int = 6000, copies: int = 12000,
               inductions: int = 0, token_copies: int = 0) -> tuple[list[Doc], list[Doc]]:
     shakespeare = _read("tinyshakespeare")
     cut = int(len(shakespeare) * 0.9)
