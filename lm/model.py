@@ -44,7 +44,7 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache=None,
-                 deterministic=True):
+                 deterministic=True, logits_at_B=None):
         c = self.cfg
         dt = c.compute_dtype
         B, T = tokens_BT.shape
@@ -82,6 +82,9 @@ class Transformer(nn.Module):
                 new_k.append(layer_cache[0])
                 new_v.append(layer_cache[1])
         x_BTD = norm(c, "ln_f")(x_BTD)
+        if logits_at_B is not None:  # the head at one position per row only (a prefill's last)
+            x_BTD = jnp.take_along_axis(x_BTD, logits_at_B[:, None, None], axis=1)
+            T = 1
 
         x_ND = x_BTD.reshape(B * T, -1)
         if c.tie_embeddings:
@@ -109,13 +112,15 @@ def init(cfg: ModelConfig, rng: Array) -> Params:
 
 
 def apply(params: Params, cfg: ModelConfig, tokens_BT: Array, *, positions_BT=None,
-          segment_ids_BT=None, cache=None, dropout_rng: Optional[Array] = None):
+          segment_ids_BT=None, cache=None, dropout_rng: Optional[Array] = None,
+          logits_at_B: Optional[Array] = None):
     """Logits [B, T, V] (float32); with `cache`, (logits, new_cache). Dropout iff `dropout_rng`.
+    `logits_at_B`: one position per row whose logits alone are computed ([B, 1, V]).
     `params` may hold the inference layouts of `lm.kernels` (packed weights, a head copy)."""
     deterministic = dropout_rng is None or cfg.dropout == 0.0
     rngs = None if deterministic else {"dropout": dropout_rng}
     return Transformer(cfg).apply({"params": params}, tokens_BT, positions_BT, segment_ids_BT,
-                                  cache, deterministic, rngs=rngs)
+                                  cache, deterministic, logits_at_B, rngs=rngs)
 
 
 def param_count(cfg: ModelConfig, *, non_embedding: bool = False) -> int:

@@ -195,6 +195,29 @@ def prefill(params, cfg: ModelConfig, cache: KVCache, tokens_BT: Array, lengths_
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def prefill_last(params, cfg: ModelConfig, cache: KVCache, tokens_BT: Array, lengths_B: Array):
+    """Append all of `tokens_BT[b, :lengths_B[b]]` to row b; (cache, logits_BV at each row's
+    last token): `prefill` and the first decode step's forward in one call, so a row's first
+    token comes from these logits (`take_token`) without another pass. lengths_B >= 1."""
+    B, T = tokens_BT.shape
+    S = cache.max_len
+    t_T = jnp.arange(T, dtype=jnp.int32)
+    pos_BT = cache.lengths[:, None] + t_T[None, :]
+    write_BT = (t_T[None, :] < lengths_B[:, None]) & (pos_BT < S)
+    pos_BT = jnp.where(write_BT, pos_BT, S)
+    logits, kv = model.apply(params, cfg, tokens_BT, positions_BT=pos_BT,
+                             cache=cache.model_cache(), logits_at_B=lengths_B - 1)
+    lengths = jnp.minimum(cache.lengths + lengths_B, S)
+    return KVCache(k=kv["k"], v=kv["v"], lengths=lengths), logits[:, 0]
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _first_step(state: DecodeState, logits_PV: Array) -> DecodeState:
+    """Every runnable row takes its first token from its prompt's last logits (`prefill_last`)."""
+    return take_token(state, jnp.repeat(logits_PV, state.n, axis=0), state.runnable())
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
 def step_logits(params, cfg: ModelConfig, cache: KVCache, tokens_B: Array):
     """Feed one token per row at position cache.lengths; (logits_BV, cache advanced by one)."""
     S = cache.max_len
@@ -205,13 +228,50 @@ def step_logits(params, cfg: ModelConfig, cache: KVCache, tokens_B: Array):
                                  lengths=jnp.minimum(cache.lengths + 1, S))
 
 
+def take_token(st: DecodeState, logits_RV: Array, run: Array) -> DecodeState:
+    """One decode step's bookkeeping, given the logits of the token each `run` row just fed
+    (its key/value already in the cache): choose the next token (the grammar mask, the sampler,
+    a forced tool token), record it with its log-probs, and finish rows on a stop token, the
+    budget or a full cache. Shared by `decode` and a prefill that computes the last logits."""
+    R, N = st.tokens.shape
+    rows = jnp.arange(R)
+    allowed = logits_RV if st.mask is None else structured.apply(st.mask, logits_RV)
+    tok = st.sampler.next_tokens(allowed, jax.vmap(jax.random.fold_in)(st.keys, st.n_gen))
+    forced = jnp.zeros((R,), bool)
+    if st.tools is not None:
+        forced_tok, forced = tool_use.next_forced(st.tools)
+        tok = jnp.where(forced, forced_tok, tok)
+    lse = jax.nn.logsumexp(logits_RV, axis=-1)
+    logp = jnp.take_along_axis(logits_RV, tok[:, None], axis=1)[:, 0] - lse
+
+    at = (rows, jnp.where(run, st.n_gen, N))                       # N: dropped
+    n_gen = st.n_gen + run.astype(jnp.int32)
+    hit_stop = run & ~forced & jnp.any(tok[:, None] == st.stop, axis=-1)
+    done = st.done | (run & (hit_stop | (n_gen >= st.max_new) | (st.cache.lengths >= st.limit)))
+    tools = st.tools
+    if tools is not None:
+        tools = tool_use.advance(tools, tok, run, forced, n_gen, done)
+    st = st.replace(
+        pending=jnp.where(run, tok, st.pending), n_gen=n_gen, done=done,
+        stopped=st.stopped | hit_stop,
+        tokens=st.tokens.at[at].set(tok, mode="drop"),
+        logprobs=st.logprobs.at[at].set(logp, mode="drop"),
+        forced=st.forced.at[at].set(forced, mode="drop"), tools=tools,
+        mask=None if st.mask is None else structured.advance(st.mask, run))
+    K = st.top_ids.shape[-1]
+    if K:                                   # static: only when top log-probs are asked for
+        top_v, top_i = jax.lax.top_k(logits_RV, K)
+        st = st.replace(top_ids=st.top_ids.at[at].set(top_i, mode="drop"),
+                        top_logprobs=st.top_logprobs.at[at].set(top_v - lse[:, None],
+                                                                mode="drop"))
+    return st
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("state",))
 def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array) -> DecodeState:
     """Run up to `max_steps` decode steps in one `lax.while_loop` (see the module docstring).
     `params` may hold decode layouts (`lm.kernels.with_head_copy`, packed weights)."""
-    R, N = state.tokens.shape
     S = state.cache.max_len
-    rows = jnp.arange(R)
 
     def cond(carry):
         st, i = carry
@@ -223,40 +283,9 @@ def decode(params, cfg: ModelConfig, state: DecodeState, max_steps: Array) -> De
         pos = jnp.where(run, st.cache.lengths, S)                    # S: a no-op row
         logits, kv = model.apply(params, cfg, st.pending[:, None], positions_BT=pos[:, None],
                                  cache=st.cache.model_cache())
-        logits = logits[:, 0]
-
-        allowed = logits if st.mask is None else structured.apply(st.mask, logits)
-        tok = st.sampler.next_tokens(allowed, jax.vmap(jax.random.fold_in)(st.keys, st.n_gen))
-        forced = jnp.zeros((R,), bool)
-        if st.tools is not None:
-            forced_tok, forced = tool_use.next_forced(st.tools)
-            tok = jnp.where(forced, forced_tok, tok)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        logp = jnp.take_along_axis(logits, tok[:, None], axis=1)[:, 0] - lse
-
-        at = (rows, jnp.where(run, st.n_gen, N))                       # N: dropped
-        n_gen = st.n_gen + run.astype(jnp.int32)
-        lengths = st.cache.lengths + run.astype(jnp.int32)
-        hit_stop = run & ~forced & jnp.any(tok[:, None] == st.stop, axis=-1)
-        done = st.done | (run & (hit_stop | (n_gen >= st.max_new) | (lengths >= st.limit)))
-        tools = st.tools
-        if tools is not None:
-            tools = tool_use.advance(tools, tok, run, forced, n_gen, done)
-        st = st.replace(
-            cache=KVCache(k=kv["k"], v=kv["v"], lengths=lengths),
-            pending=jnp.where(run, tok, st.pending), n_gen=n_gen, done=done,
-            stopped=st.stopped | hit_stop,
-            tokens=st.tokens.at[at].set(tok, mode="drop"),
-            logprobs=st.logprobs.at[at].set(logp, mode="drop"),
-            forced=st.forced.at[at].set(forced, mode="drop"), tools=tools,
-            mask=None if st.mask is None else structured.advance(st.mask, run))
-        K = st.top_ids.shape[-1]
-        if K:                                   # static: only when top log-probs are asked for
-            top_v, top_i = jax.lax.top_k(logits, K)
-            st = st.replace(top_ids=st.top_ids.at[at].set(top_i, mode="drop"),
-                            top_logprobs=st.top_logprobs.at[at].set(top_v - lse[:, None],
-                                                                    mode="drop"))
-        return st, i + 1
+        st = st.replace(cache=KVCache(k=kv["k"], v=kv["v"],
+                                      lengths=st.cache.lengths + run.astype(jnp.int32)))
+        return take_token(st, logits[:, 0], run), i + 1
 
     state, _ = jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
     return state
@@ -494,7 +523,8 @@ class Engine:
               top_logprobs: int = 0, cache_len: Optional[int] = None,
               out_len: Optional[int] = None,
               constrained: Optional[Sequence[bool]] = None,
-              cache: Optional[KVCache] = None) -> DecodeState:
+              cache: Optional[KVCache] = None, first_token: bool = False,
+              k_max: int = 0) -> DecodeState:
         """Prefill the prompts (one forward call) and build the decode state for P*n rows.
 
         `top_logprobs`: record the K most likely tokens at every step. `cache_len` / `out_len`:
@@ -502,7 +532,12 @@ class Engine:
         `constrained`: per prompt, whether its rows decode under a grammar mask; they wait for
         their first mask (`serve_grammar`) before they run. `cache`: one row per prompt already
         holding tokens (its `lengths`) that the prompt continues (prefix caching, `admit`); the
-        prompts are then the tokens after them, and `cache_len` must be its size."""
+        prompts are then the tokens after them, and `cache_len` must be its size.
+        `first_token`: every row takes its first token from the prefill's last logits (one
+        forward pass fewer before it exists: time to first token); rows under a grammar wait
+        for their mask and take theirs in `decode`. `k_max`: at least this many sampling
+        candidates (a slot state's count, so that a joining row's first token is drawn as its
+        later ones)."""
         prompts = _as_prompts(prompts)
         P = len(prompts)
         R = P * n
@@ -526,7 +561,18 @@ class Engine:
             raise ValueError(f"start: the given cache is {cache.batch} x {cache.max_len}, the "
                              f"call needs {P} x {S}")
         cache, toks, lens = self._shard_rows((cache, jnp.asarray(toks), jnp.asarray(lens)))
-        cache, pending = prefill(self.run_params(), self.cfg, cache, toks, lens)
+        con = None
+        if constrained is not None or self.structured:
+            con = np.zeros((P,), bool) if constrained is None else np.asarray(constrained, bool)
+            if con.shape != (P,):
+                raise ValueError(f"constrained: one flag per prompt ({P}), got {con.shape}")
+        # a constrained row's first token needs its mask first: those take the plain prefill
+        first_token = first_token and (con is None or not con.any())
+        if first_token:
+            cache, first_logits = prefill_last(self.run_params(), self.cfg, cache, toks, lens)
+            pending = jnp.zeros((P,), jnp.int32)        # replaced by the first token
+        else:
+            cache, pending = prefill(self.run_params(), self.cfg, cache, toks, lens)
         stop = _stop_array(stop_tokens, P, STOP_WIDTH if cache_len else None)
         ids = (np.arange(R, dtype=np.int32) if sample_ids is None
                else np.asarray(sample_ids, np.int32))
@@ -535,19 +581,19 @@ class Engine:
         sampler = Sampler.make(P, self.cfg.vocab_size, _per_prompt(temperature, P, "temperature"),
                                _per_prompt(top_k, P, "top_k"), _per_prompt(top_p, P, "top_p"),
                                self.impl)
-        con = None
-        if constrained is not None or self.structured:
-            con = np.zeros((P,), bool) if constrained is None else np.asarray(constrained, bool)
-            if con.shape != (P,):
-                raise ValueError(f"constrained: one flag per prompt ({P}), got {con.shape}")
-            con = jnp.asarray(con)
+        if k_max > sampler.k_max:
+            sampler = sampler.replace(k_max=int(k_max))
         init = _init_state_donate if n == 1 else _init_state_copy
         state = init(cache, pending, jnp.asarray(seed, jnp.uint32), jnp.asarray(ids),
                      jnp.asarray(np.repeat(budget, n)), jnp.asarray(np.repeat(stop, n, 0)),
                      jnp.asarray(S, jnp.int32), sampler, n=n,
                      tools=self.tools,
                      N=out_len or bucket(int(budget.max()), self.settings.min_buffer),
-                     Q=self.Q, K=int(top_logprobs), constrained=con, V=self.cfg.vocab_size)
+                     Q=self.Q, K=int(top_logprobs),
+                     constrained=None if con is None else jnp.asarray(con),
+                     V=self.cfg.vocab_size)
+        if first_token:
+            state = _first_step(state, first_logits)
         limit = state.limit            # a scalar: replicated, not row-sharded
         return self._shard_rows(state.replace(limit=None)).replace(limit=limit)
 
@@ -654,8 +700,8 @@ class Engine:
         of `state` holds in its cache (a finished request's prompt and reply: prefix caching).
         Those keys/values are copied, not computed again; only the rest is prefilled. n must
         leave at least one token of the prompt. `first_token`: the new rows take their first
-        decode step on their own, before they join (a step over P rows, not over every slot), so
-        their first token is out without waiting for the batch (time to first token)."""
+        token from the prefill's last logits before they join (`start`), so it is out without
+        waiting for the batch's next step (time to first token)."""
         S, N, K = state.cache.max_len, state.tokens.shape[1], state.top_ids.shape[-1]
         prompts = _as_prompts(prompts)
         if cached is not None and any(n > 0 for _, n in cached):
@@ -667,12 +713,10 @@ class Engine:
                                  "0 <= n < len(prompt)")
             kw["cache"] = _take_rows(state.cache, jnp.asarray(src), jnp.asarray(held))
             prompts = [p[n:] for p, n in zip(prompts, held)]
-        sub = self.start(prompts, cache_len=S, out_len=N, top_logprobs=K, **kw)
-        k_max = max(state.sampler.k_max, sub.sampler.k_max)     # one static candidate count
-        state = state.replace(sampler=state.sampler.replace(k_max=k_max))
-        sub = sub.replace(sampler=sub.sampler.replace(k_max=k_max))
-        if first_token:
-            sub = self._decode(sub, 1)
+        sub = self.start(prompts, cache_len=S, out_len=N, top_logprobs=K,
+                         first_token=first_token, k_max=state.sampler.k_max, **kw)
+        # one static candidate count for the whole state
+        state = state.replace(sampler=state.sampler.replace(k_max=sub.sampler.k_max))
         return _insert_rows(state, sub, jnp.asarray(np.asarray(slots, np.int32)))
 
     @staticmethod

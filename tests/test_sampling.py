@@ -119,6 +119,29 @@ def test_ragged_batch_equals_each_prompt_alone(family):
         np.testing.assert_allclose(alone.logprobs[0], together.logprobs[i], atol=1e-5)
 
 
+def test_first_token_from_the_prefill_is_a_decode_step(family):
+    """`start(first_token=True)` takes each row's first token from the prefill's last logits:
+    the same tokens, log-probs and top log-probs as a plain prefill and one more decode step,
+    greedy and sampled, one sample or several per prompt; a budget of one ends there."""
+    cfg, params = family
+    eng = sampling.Engine(params, cfg)
+    greedy = None
+    for kw in (dict(temperature=0.0), dict(temperature=1.0, seed=3, n=2),
+               dict(temperature=0.8, top_k=5, seed=1)):
+        a = eng.result(eng.decode(eng.start(PROMPTS, max_new_tokens=6, top_logprobs=3, **kw), 6))
+        b = eng.start(PROMPTS, max_new_tokens=6, top_logprobs=3, first_token=True, **kw)
+        assert (np.asarray(b.n_gen) == 1).all() and not np.asarray(b.done).any()
+        b = eng.result(eng.decode(b, 5))
+        assert b.rows() == a.rows(), kw
+        np.testing.assert_allclose(b.logprobs, a.logprobs, atol=1e-4)
+        np.testing.assert_array_equal(b.top_ids, a.top_ids)
+        np.testing.assert_allclose(b.top_logprobs, a.top_logprobs, atol=1e-4)
+        greedy = greedy if kw.get("temperature") else b.rows()
+    one = eng.start(PROMPTS, max_new_tokens=1, temperature=0.0, first_token=True)
+    assert np.asarray(one.done).all()
+    assert eng.result(one).rows() == [r[:1] for r in greedy]
+
+
 # Most tests below keep to one set of shapes (4 rows, <= 16 new tokens) so that they share the
 # compiled prefill/decode functions; each distinct static top_k is one more decode compile.
 KW = dict(max_new_tokens=10)
