@@ -226,3 +226,13 @@ def test_induction_docs_repeat_their_run_and_never_hold_out_words(data_env):
         copies = d.split("\n\n")
         assert len(copies) in (2, 3) and len(set(copies)) == 1 and copies[0]
         assert not {w.lower() for w in re.findall(r"[A-Za-z]+", d)} & held
+
+
+def test_recall_answers_copy_the_value_token_for_token():
+    """The reply writes the value after a space, as statements do, so its tokens are the same as
+    the ones in the context (a value at the start of a reply tokenizes differently)."""
+    rc = tasks.get("recall")
+    for i in range(300):
+        c = rc.example("train", i)
+        reply, v = c["messages"][-1]["content"], c["answer"]
+        assert f" {v}" in reply and not reply.startswith(v), reply

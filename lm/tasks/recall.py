@@ -193,7 +193,10 @@ class Recall(Generated):
         ask = rng.choice(kinds)
         value = facts[ask]
         msgs.append({"role": "user", "content": _pick(FACTS[ask][2], split, rng)})
-        answers = ["{v}.", "It's {v}.", "You told me it is {v}.", "{v}, as you said."]
+        # the value after a space, as the user wrote it: " Berlin" and "Berlin" are different
+        # tokens (" B"+"er"+"lin" against "B"+...), and a reply that starts with the value must
+        # map the first one instead of copying it (docs/context.md, "The first token")
+        answers = ["It's {v}.", "You told me it is {v}.", "That is {v}.", "You said {v}."]
         msgs.append({"role": "assistant", "content": rng.choice(answers).format(v=value)})
         return {"messages": msgs, "task": self.name, "answer": value, "fact": ask}
 
