@@ -39,3 +39,4 @@ from experiments import pretrain  # noqa: E402,F401  (registers)
 from experiments import web  # noqa: E402,F401
 from experiments import chat  # noqa: E402,F401
 from experiments import reasoning  # noqa: E402,F401
+from experiments import preference  # noqa: E402,F401

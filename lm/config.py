@@ -319,14 +319,25 @@ class RLConfig:
     pass_k: int = num(8, 1)               # held-out pass@k at each evaluation
 
 
-STAGES = ("pretrain", "sft", "grpo")
+@dataclass
+class PrefConfig:
+    """Preference optimisation (stage `dpo`): pairs of replies, one preferred
+    (`lm.data.preferences`), against the frozen parent as the reference policy."""
+    data: str = "hh_rlhf"                 # hh_rlhf or hh_rlhf:<subset>+<subset>
+    beta: float = num(0.1, 0, lo_open=True)   # DPO's beta (trl's default 0.1)
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"   # DPO (Rafailov et al.) or IPO (Azar et al.;
+                                          # log-ratios averaged per reply token, as trl does)
+    val_pairs: int = num(256, 0)          # held-out pairs for the evaluation's accuracy/margin
+
+
+STAGES = ("pretrain", "sft", "grpo", "dpo")
 
 
 @dataclass
 class Config:
     name: str = "unnamed"
     description: str = ""
-    stage: Literal["pretrain", "sft", "grpo"] = "pretrain"
+    stage: Literal["pretrain", "sft", "grpo", "dpo"] = "pretrain"
     init_from: str = ""                   # parent run: run dir, checkpoint dir, or experiment name
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -337,10 +348,11 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    pref: PrefConfig = field(default_factory=PrefConfig)
 
     def validate(self) -> "Config":
         self.model.validate()
-        for name in ("data", "optim", "mesh", "train", "checkpoint", "sft", "eval", "rl"):
+        for name in ("data", "optim", "mesh", "train", "checkpoint", "sft", "eval", "rl", "pref"):
             check_ranges(getattr(self, name), name)
         if self.data.seq_len > self.model.block_size:
             raise ConfigError(f"data.seq_len ({self.data.seq_len}) exceeds model.block_size "

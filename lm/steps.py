@@ -8,6 +8,7 @@ and RL objectives reuse the same step, sharding and checkpointing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Optional
 
@@ -37,6 +38,14 @@ def lm_loss(cfg: Config) -> LossFn:
         return losses.cross_entropy(logits, batch["targets"], batch.get("weights"), z,
                                     kernels.resolve_for(mcfg))
     return loss_fn
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def sequence_logprobs(params, cfg, inputs, targets):
+    """log p(target) per position, outside any gradient: a frozen or sampling policy's log-probs
+    (GRPO's old_logp and ref_logp, a preference stage's reference)."""
+    logits = model.apply(params, cfg, inputs)
+    return losses.token_logprobs(logits, targets, kernels.resolve_for(cfg))[0]
 
 
 def lm_eval_sums(cfg: Config):

@@ -84,6 +84,12 @@ GUTENBERG = {  # file under gutenberg/ -> canonical URL
 CC_TEXT = {  # Dolma's test fixtures (CCNet-processed Common Crawl)
     f"cc_en_head-{n}.jsonl.gz": "https://raw.githubusercontent.com/allenai/dolma/main/tests/data/"
                                 f"multiple_files/cc_en_head-{n}.jsonl.gz" for n in ("0091", "0174")}
+HH_RLHF = {  # Anthropic's HH-RLHF test sets (preference pairs; lm.data.preferences)
+    f"hh_rlhf/{s}": "https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/"
+                    f"{s}/test.jsonl.gz"
+    for s in ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")}
+for _n, _u in HH_RLHF.items():
+    FILES.setdefault(_n, RemoteFile(f"{_n}/test.jsonl.gz", _u))
 for _f, _u in GUTENBERG.items():
     FILES.setdefault(f"gutenberg/{_f}", RemoteFile(f"gutenberg/{_f}", _u))
 for _f, _u in CC_TEXT.items():

@@ -2,6 +2,7 @@
 
     advantages(rewards_PG, std_norm, eps)            (r - mean_g) [/ (std_g + eps)], per group
     policy_loss(logp, old_logp, ref_logp, adv, mask, entropy, cfg) -> (loss, metrics)
+    preference_loss(logp, ref_logp, tokens, beta, kind)   DPO / IPO over (chosen, rejected) pairs
 
 Per token t of a response (mask 1: a token the model sampled; prompts, padding and the engine's
 forced tool outputs are 0):
@@ -70,3 +71,29 @@ def policy_loss(logp_BT: Array, old_logp_BT: Array, ref_logp_BT: Array, adv_B: A
                "clip_frac": mean(engaged.astype(jnp.float32)), "ratio": mean(ratio),
                "entropy": mean(entropy_BT), "tokens": m.sum()}
     return loss, metrics
+
+
+def preference_loss(logp_2B: Array, ref_logp_2B: Array, tokens_2B: Array, beta: float,
+                    kind: str = "sigmoid") -> tuple[Array, dict]:
+    """DPO (`sigmoid`: -log σ(β·Δ), Rafailov et al. 2023) or IPO (`ipo`: (Δ/len - 1/(2β))², the
+    log-ratios averaged per reply token as trl does) over pairs; rows alternate chosen,
+    rejected (`lm.data.preferences.to_rows`: any even split of the rows keeps pairs whole). logp / ref_logp: each reply's summed
+    log-prob under the policy and the frozen reference; Δ = (chosen − ref) − (rejected − ref).
+    Metrics: the implied rewards β·(logp − ref) of both sides, their margin, and the share of
+    pairs the policy ranks right."""
+    ratio = logp_2B - ref_logp_2B
+    if kind == "ipo":
+        ratio = ratio / jnp.maximum(tokens_2B, 1.0)
+    chosen, rejected = ratio[0::2], ratio[1::2]
+    delta = chosen - rejected
+    if kind == "sigmoid":
+        per_pair = -jax.nn.log_sigmoid(beta * delta)
+    elif kind == "ipo":
+        per_pair = (delta - 1.0 / (2.0 * beta)) ** 2
+    else:
+        raise ValueError(f"preference loss {kind!r}: known sigmoid, ipo")
+    loss = jnp.mean(per_pair)
+    r_c, r_r = jax.lax.stop_gradient(beta * chosen), jax.lax.stop_gradient(beta * rejected)
+    return loss, {"loss": loss, "pref/accuracy": jnp.mean((r_c > r_r).astype(jnp.float32)),
+                  "pref/margin": jnp.mean(r_c - r_r), "pref/chosen_reward": jnp.mean(r_c),
+                  "pref/rejected_reward": jnp.mean(r_r)}

@@ -17,7 +17,6 @@ first update), every `eval.every` steps and at the end, and pass@k (`eval/<task>
 """
 from __future__ import annotations
 
-import functools
 import os
 import time
 
@@ -36,14 +35,8 @@ from lm.rl.rewards import Composite
 from lm.sampling import Engine
 from lm.stages import base
 from lm.stages.sft import write_samples
+from lm.steps import sequence_logprobs
 from lm.tasks.base import shows_work
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def sequence_logprobs(params, cfg, inputs, targets):
-    """log p(target) per position (no gradient): old_logp and ref_logp of a rollout batch."""
-    logits = model.apply(params, cfg, inputs)
-    return losses.token_logprobs(logits, targets, kernels.resolve_for(cfg))[0]
 
 
 class Stage(base.Stage):
