@@ -1,7 +1,8 @@
-"""Preference optimisation experiments (issue 27): DPO on Anthropic's HH-RLHF pairs from the tiny
-chat chain's SFT model.
+"""Preference experiments (issue 27): DPO and a reward model on Anthropic's HH-RLHF pairs, from
+the tiny chat chain's SFT model.
 
     python -m lm.main -e dpo_hh_tiny        # DPO (beta 0.1) on HH-RLHF from chat_tiny_sft
+    python -m lm.main -e rm_hh_tiny         # a reward model (Bradley-Terry) on the same pairs
 """
 from __future__ import annotations
 
@@ -28,3 +29,15 @@ def dpo_hh_tiny() -> Config:
         train=TrainConfig(steps=300, eval_every=50, log_every=10, sample_tokens=0),
         checkpoint=CheckpointConfig(every=100, keep=2),
     )
+
+
+@register("rm_hh_tiny", "a reward model on HH-RLHF (train split) from chat_tiny_sft: held-out "
+          "pairwise accuracy beside the length-only baseline")
+def rm_hh_tiny() -> Config:
+    cfg = dpo_hh_tiny()
+    cfg.stage = "rm"
+    cfg.model.head = "score"
+    cfg.optim = OptimConfig(lr=1e-4, min_lr=1e-5, schedule="cosine", warmup_steps=20, b1=0.9,
+                            b2=0.95, weight_decay=0.0, grad_clip=1.0)
+    cfg.eval = EvalConfig(tasks="")
+    return cfg

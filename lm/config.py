@@ -116,6 +116,9 @@ class ModelConfig:
     remat: bool = False                  # recompute each block in the backward pass
     # backend kernels (lm/kernels.py): auto = XLA:CPU layouts on CPU, plain JAX elsewhere
     kernels: Literal["auto", "plain", "xla_cpu", "onednn"] = "auto"
+    # the output: next-token logits ("lm"), or one scalar per position ("score": a reward model,
+    # read at a reply's last token; HF's *ForSequenceClassification with one label)
+    head: Literal["lm", "score"] = "lm"
 
     @property
     def compute_dtype(self):
@@ -321,8 +324,8 @@ class RLConfig:
 
 @dataclass
 class PrefConfig:
-    """Preference optimisation (stage `dpo`): pairs of replies, one preferred
-    (`lm.data.preferences`), against the frozen parent as the reference policy."""
+    """Preference stages (`dpo`, `rm`): pairs of replies, one preferred (`lm.data.preferences`);
+    dpo trains against the frozen parent as the reference policy."""
     data: str = "hh_rlhf"                 # hh_rlhf or hh_rlhf:<subset>+<subset>
     beta: float = num(0.1, 0, lo_open=True)   # DPO's beta (trl's default 0.1)
     loss: Literal["sigmoid", "ipo"] = "sigmoid"   # DPO (Rafailov et al.) or IPO (Azar et al.;
@@ -330,14 +333,14 @@ class PrefConfig:
     val_pairs: int = num(256, 0)          # held-out pairs for the evaluation's accuracy/margin
 
 
-STAGES = ("pretrain", "sft", "grpo", "dpo")
+STAGES = ("pretrain", "sft", "grpo", "dpo", "rm")
 
 
 @dataclass
 class Config:
     name: str = "unnamed"
     description: str = ""
-    stage: Literal["pretrain", "sft", "grpo", "dpo"] = "pretrain"
+    stage: Literal["pretrain", "sft", "grpo", "dpo", "rm"] = "pretrain"
     init_from: str = ""                   # parent run: run dir, checkpoint dir, or experiment name
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -82,6 +82,13 @@ class Transformer(nn.Module):
                 new_k.append(layer_cache[0])
                 new_v.append(layer_cache[1])
         x_BTD = norm(c, "ln_f")(x_BTD)
+        if c.head == "score":       # a reward model: one scalar per position, float32 [B, T]
+            if cache is not None or logits_at_B is not None:
+                raise ValueError("a model with head='score' has no cache or logits")
+            score = self.param("score", nn.with_logical_partitioning(normal(c.init_std),
+                                                                     ("embed", None)),
+                               (c.n_embd, 1), jnp.float32)
+            return (x_BTD @ score.astype(dt))[..., 0].astype(jnp.float32)
         if logits_at_B is not None:  # the head at one position per row only (a prefill's last)
             x_BTD = jnp.take_along_axis(x_BTD, logits_at_B[:, None, None], axis=1)
             T = 1
@@ -115,6 +122,7 @@ def apply(params: Params, cfg: ModelConfig, tokens_BT: Array, *, positions_BT=No
           segment_ids_BT=None, cache=None, dropout_rng: Optional[Array] = None,
           logits_at_B: Optional[Array] = None):
     """Logits [B, T, V] (float32); with `cache`, (logits, new_cache). Dropout iff `dropout_rng`.
+    With `cfg.head == "score"`: one scalar per position, [B, T] (a reward model).
     `logits_at_B`: one position per row whose logits alone are computed ([B, 1, V]).
     `params` may hold the inference layouts of `lm.kernels` (packed weights, a head copy)."""
     deterministic = dropout_rng is None or cfg.dropout == 0.0
@@ -138,7 +146,7 @@ def matmul_params(cfg: ModelConfig) -> int:
     D, H, F = cfg.n_embd, cfg.head_dim, cfg.hidden
     attn = D * (cfg.n_head + 2 * cfg.kv_heads) * H + cfg.n_head * H * D
     mlp = D * F * (3 if cfg.mlp == "swiglu" else 2)
-    return cfg.n_layer * (attn + mlp) + D * cfg.vocab_size
+    return cfg.n_layer * (attn + mlp) + D * (cfg.vocab_size if cfg.head == "lm" else 1)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: Optional[int] = None) -> float:

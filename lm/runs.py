@@ -175,14 +175,19 @@ def load(spec: str, *, step: Optional[int] = None, workdir: Optional[str] = None
 
 
 def check_compatible(parent: Run, cfg: Config) -> None:
-    """A child config must build the parent's parameter shapes (RunError naming both)."""
-    want = jax.tree_util.tree_map(lambda a: a.shape, abstract_params(cfg))
+    """A child config must build the parent's parameter shapes (RunError naming both); only the
+    output head may differ (`model.head`: a reward model from a language model), its body the
+    parent's."""
+    same_head = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, head=parent.config.model.head))
+    want = jax.tree_util.tree_map(lambda a: a.shape, abstract_params(same_head))
     have = jax.tree_util.tree_map(lambda a: a.shape, abstract_params(parent.config))
     if want != have:
         diffs = [f"model.{f.name}: parent {getattr(parent.config.model, f.name)!r}, "
                  f"this run {getattr(cfg.model, f.name)!r}"
                  for f in dataclasses.fields(cfg.model)
-                 if getattr(parent.config.model, f.name) != getattr(cfg.model, f.name)]
+                 if f.name != "head"
+                 and getattr(parent.config.model, f.name) != getattr(cfg.model, f.name)]
         raise RunError(f"init_from {parent.run_dir}: its model shape does not match this "
                        f"config's ({'; '.join(diffs) or 'parameter shapes differ'})")
 

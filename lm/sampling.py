@@ -442,6 +442,9 @@ class Engine:
                  tool_fn: Optional[Callable[[list[int]], list[int]]] = None,
                  max_tool_tokens: int = 64, max_len: Optional[int] = None,
                  settings: Optional[EngineSettings] = None, structured: bool = False):
+        if cfg.head != "lm":
+            raise ValueError("this model scores text (model.head='score': a reward model); it "
+                             "does not generate")
         self.settings = settings = settings or EngineSettings()
         self.tokenizer, self.structured, self._grammars = tokenizer, structured, None
         self.params, self.cfg = params, kernels.decode_config(cfg, settings.weights)

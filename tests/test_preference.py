@@ -202,3 +202,52 @@ def test_dpo_loss_matches_trl(tok, kind):
     # IPO squares a per-token mean near 1/(2β) = 5: compared relative to its size
     tol = 1e-4 if kind == "sigmoid" else 1e-4 * abs(out["trl"])
     assert out["max_abs_diff"] <= tol, out
+
+
+def _pairs_file(tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Say something {i}"}],
+             "chosen": "I am fine.", "rejected": "The cat sat on the mat."} for i in range(40)]
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    return f
+
+
+def test_reward_model_stage_learns_loads_and_refuses_to_generate(tok, tmp_path):
+    from lm import runs, sampling, train
+    from lm.logs import read_metrics
+    parent = _tiny_sft_parent(str(tmp_path / "parent"), tok)
+    cfg = _dpo_cfg(parent, tok, f"jsonl:{_pairs_file(tmp_path)}")
+    cfg.stage, cfg.model.head = "rm", "score"
+    cfg.optim.lr = cfg.optim.min_lr = 3e-3
+    train.run(cfg.validate(), run_dir=str(tmp_path / "rm"), progress=False)
+    m = read_metrics(str(tmp_path / "rm" / "metrics.jsonl"))
+    steps = [r for r in m if "loss" in r]
+    assert len(steps) == 12 and all("rm/accuracy" in r for r in steps)
+    final = [r for r in m if "val/accuracy" in r][-1]
+    assert final["val/accuracy"] == 1.0 and final["val/margin"] > 0.5
+    assert final["val/length_baseline"] == 0.0       # the chosen reply is the shorter one here
+    run = runs.load(str(tmp_path / "rm"))
+    p = runs.load(parent)
+    # the body is the parent's (trained on from there), the head is new
+    assert set(run.params) == set(p.params) | {"score"}
+    with pytest.raises(ValueError, match="does not generate"):
+        sampling.Engine(run.params, run.config.model)
+    # without the scalar head the stage says what to set
+    bad = _dpo_cfg(parent, tok, f"jsonl:{_pairs_file(tmp_path)}")
+    bad.stage = "rm"
+    from lm import stages
+    with pytest.raises(ConfigError, match="model.head=score"):
+        stages.build(bad.validate(), p.tokenizer, p)
+
+
+def test_reward_model_loss_matches_trl(tok):
+    pytest.importorskip("trl", reason="trl: pip install -r requirements-bench.txt")
+    from tools import rlhf_parity
+    mc = dataclasses.replace(modern(vocab_size=tok.vocab_size, block_size=128, n_layer=2,
+                                    n_head=4, n_kv_head=2, n_embd=32, mlp="swiglu",
+                                    mlp_hidden=96), logit_softcap=0.0, tie_embeddings=True,
+                             head="score")
+    cfg = Config(model=mc, data=DataConfig(seq_len=128)).validate()
+    items = P.encode(PAIRS, tok, 127)
+    out = rlhf_parity.compare_rm(_noisy(mc, 0, 0.1), cfg, tok, items)
+    assert abs(out["ours"] - np.log(2)) > 5e-3 and out["max_abs_diff"] <= 1e-4, out

@@ -1,14 +1,18 @@
 """Our preference losses against trl's own, on the same model and the same pairs.
 
-The policy and the reference are exported to transformers (`lm.interop.hf`); trl's `DPOTrainer`
-computes its loss (`_compute_loss`: the policy's and the reference's log-probs of each reply from
-its own forward passes, then its DPO or IPO loss) on a batch its own `DataCollatorForPreference`
-builds from our token ids; ours is `lm.stages.dpo`'s loss on `lm.data.preferences.to_rows` of the
-same pairs. Prints both losses and their absolute difference (fp32; the goal is <= 1e-4).
+DPO / IPO: the policy and the reference are exported to transformers (`lm.interop.hf`); trl's
+`DPOTrainer` computes its loss (`_compute_loss`: the policy's and the reference's log-probs of
+each reply from its own forward passes, then its DPO or IPO loss) on a batch its own
+`DataCollatorForPreference` builds from our token ids; ours is the `dpo` stage's loss on
+`lm.data.preferences.to_rows` of the same pairs. Reward model: the `rm` run exported as
+*ForSequenceClassification, trl's `RewardTrainer.compute_loss` on its collator's batch against the
+`rm` stage's loss on `score_rows`. Prints both losses and their absolute difference (fp32; the
+goal is <= 1e-4).
 
   python -m tools.rlhf_parity --run runs/dpo_hh_tiny/<ts> --json       # policy: the run,
                                                   # reference: its parent; pairs: its held-out ones
   python -m tools.rlhf_parity --run R --ref R2 --pairs 16 --loss ipo --json
+  python -m tools.rlhf_parity --run runs/rm_hh_tiny/<ts> --json        # a reward model run
 
 Needs torch, transformers and trl (pip install -r requirements-bench.txt).
 """
@@ -32,7 +36,8 @@ from lm import runs
 from lm.config import Config
 from lm.data import preferences
 from lm.interop import hf
-from lm.rl.loss import preference_loss
+from lm import model
+from lm.rl.loss import preference_loss, reward_model_loss
 from lm.steps import sequence_logprobs
 
 
@@ -100,6 +105,53 @@ def compare(params, ref_params, cfg: Config, tok, items, beta: float = 0.1,
             "max_abs_diff": abs(a - b)}
 
 
+def ours_rm(params, mcfg, items) -> float:
+    T = max(max(len(e.chosen), len(e.rejected)) for e in items)
+    b = preferences.score_rows(items, T)
+    r = np.asarray(model.apply(params, mcfg, jnp.asarray(b["inputs"])))
+    r = r[np.arange(len(r)), b["last"]]
+    return float(reward_model_loss(jnp.asarray(r))[0])
+
+
+def theirs_rm(folder: str, items) -> float:
+    """trl's reward-model loss on the same pairs, through its RewardTrainer and collator."""
+    # torch, transformers, trl: benchmark/cross-check dependencies (requirements-bench.txt)
+    import torch
+    import transformers
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    rm = transformers.AutoModelForSequenceClassification.from_pretrained(
+        folder, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    with tempfile.TemporaryDirectory() as out:
+        # rows are right-padded with id 0, as the export's config says (its pad_token_id); trl
+        # would otherwise pad with the tokenizer's EOS (our BOS, at every row's start)
+        args = RewardConfig(output_dir=out, report_to=[], use_cpu=True,
+                            per_device_train_batch_size=len(items), dataset_num_proc=None,
+                            pad_token=tok.convert_ids_to_tokens(0))
+        toy = Dataset.from_list([{"chosen": "b", "rejected": "c"}])
+        trainer = RewardTrainer(model=rm, args=args, train_dataset=toy, processing_class=tok)
+        batch = DataCollatorForPreference(pad_token_id=0)(
+            [{"chosen_ids": e.chosen, "rejected_ids": e.rejected} for e in items])
+        rm.eval()
+        with torch.no_grad():
+            loss = trainer.compute_loss(rm, batch)
+    return float(loss)
+
+
+def compare_rm(params, cfg: Config, tok, items) -> dict:
+    """Both reward-model losses on `items` (the model exported to a temporary folder)."""
+    mcfg = dataclasses.replace(cfg.model, kernels="plain", dtype="float32")
+    cfg = dataclasses.replace(cfg, model=mcfg)
+    with tempfile.TemporaryDirectory() as d:
+        folder = hf.export(params, cfg, tok, os.path.join(d, "rm"))
+        a, b = ours_rm(params, mcfg, items), theirs_rm(folder, items)
+    return {"loss": "reward_model", "pairs": len(items), "ours": a, "trl": b,
+            "max_abs_diff": abs(a - b)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,15 +164,26 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     run = runs.load(a.run)
+    pref = run.config.pref
+    pairs, stats = preferences.load(a.data or pref.data)
+    T = run.config.data.seq_len
+    if run.config.model.head == "score":          # a reward model
+        items = preferences.encode(preferences.split(pairs, "test"), run.tokenizer,
+                                   T - 1)[:a.pairs]
+        if not items:
+            raise SystemExit(f"no held-out pair fits {T} tokens")
+        out = compare_rm(run.params, run.config, run.tokenizer, items)
+        out.update(run=a.run)
+        print(json.dumps(out) if a.json else
+              f"reward model, {out['pairs']} pairs: ours {out['ours']:.6f}, trl "
+              f"{out['trl']:.6f}, |diff| {out['max_abs_diff']:.2e}")
+        return 0
     ref_ref = a.ref or run.config.init_from
     if not ref_ref:
         raise SystemExit("--ref: the run has no parent (init_from); name the reference run")
     ref = runs.load(ref_ref)
     if ref.tokenizer.to_dict() != run.tokenizer.to_dict():
         raise SystemExit(f"--ref {ref_ref}: its tokenizer differs from {a.run}'s")
-    pref = run.config.pref
-    pairs, stats = preferences.load(a.data or pref.data)
-    T = run.config.data.seq_len
     items = preferences.encode(preferences.split(pairs, "test"), run.tokenizer, T)[:a.pairs]
     if not items:
         raise SystemExit(f"no held-out pair fits {T} tokens")

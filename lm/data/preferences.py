@@ -240,14 +240,29 @@ def to_rows(items: list[Encoded], T: int) -> dict[str, np.ndarray]:
     return {"inputs": inputs, "targets": targets, "weights": weights}
 
 
-class PairBatches:
-    """Batches of B pairs, shuffled each epoch (seeded), forever; `get_state`/`set_state` give the
-    position for checkpoints."""
+def score_rows(items: list[Encoded], T: int) -> dict[str, np.ndarray]:
+    """A batch of pairs for a reward model, alternating chosen / rejected as `to_rows`: the whole
+    conversation as input ([2B, T], right-padded with 0) and the index of its last token (the
+    final reply's <|assistant_end|>, where the reward is read)."""
+    B = len(items)
+    inputs = np.zeros((2 * B, T), np.int32)
+    last = np.zeros((2 * B,), np.int32)
+    sides = [ids for e in items for ids in (e.chosen, e.rejected)]
+    for j, ids in enumerate(sides):
+        inputs[j, :len(ids)] = ids
+        last[j] = len(ids) - 1
+    return {"inputs": inputs, "last": last}
 
-    def __init__(self, items: list[Encoded], batch_pairs: int, seq_len: int, seed: int = 0):
+
+class PairBatches:
+    """Batches of B pairs (`rows`: `to_rows` or `score_rows`), shuffled each epoch (seeded),
+    forever; `get_state`/`set_state` give the position for checkpoints."""
+
+    def __init__(self, items: list[Encoded], batch_pairs: int, seq_len: int, seed: int = 0,
+                 rows=to_rows):
         if not items:
             raise PreferenceError("no preference pairs to train on")
-        self.items, self.B, self.T, self.seed = items, batch_pairs, seq_len, seed
+        self.items, self.B, self.T, self.seed, self.rows = items, batch_pairs, seq_len, seed, rows
         self.epoch, self.index = 0, 0
         self._order = self._perm()
 
@@ -265,7 +280,7 @@ class PairBatches:
                 self._order = self._perm()
             picked.append(self.items[int(self._order[self.index])])
             self.index += 1
-        return to_rows(picked, self.T)
+        return self.rows(picked, self.T)
 
     def get_state(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}

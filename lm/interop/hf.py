@@ -17,6 +17,7 @@ our split pattern), with the special tokens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -81,7 +82,10 @@ def to_hf(params: Any, m: ModelConfig) -> dict[str, np.ndarray]:
                 out[t + f"{mod}.{sub}.bias"] = p(h, mod, sub, "bias")
         out["transformer.ln_f.weight"] = p("ln_f", "scale")
         out["transformer.ln_f.bias"] = p("ln_f", "bias")
-        out["lm_head.weight"] = out["transformer.wte.weight"]
+        if m.head == "score":
+            out["score.weight"] = p("score").T
+        else:
+            out["lm_head.weight"] = out["transformer.wte.weight"]
         return out
     N, K, H, F = m.n_head, m.kv_heads, m.head_dim, m.hidden
     out["model.embed_tokens.weight"] = p("wte")
@@ -104,7 +108,10 @@ def to_hf(params: Any, m: ModelConfig) -> dict[str, np.ndarray]:
                     p(h, "attn", f"{x}_norm", "scale") if m.qk_norm_scale
                     else np.ones((H,), np.float32))
     out["model.norm.weight"] = p("ln_f", "scale")
-    out["lm_head.weight"] = p("wte") if m.tie_embeddings else p("lm_head", "kernel").T
+    if m.head == "score":         # *ForSequenceClassification's one-label head, [1, D]
+        out["score.weight"] = p("score").T
+    else:
+        out["lm_head.weight"] = p("wte") if m.tie_embeddings else p("lm_head", "kernel").T
     return out
 
 
@@ -158,6 +165,12 @@ def _get(tree, keys):
 def hf_config(m: ModelConfig, tok) -> dict:
     arch = architecture(m)
     bos = tok.bos_id or 0
+    if m.head == "score":     # a reward model: the sequence classifier with one label, read at
+        # the last token that is not padding (rows are right-padded with id 0)
+        lm = hf_config(dataclasses.replace(m, head="lm"), tok)
+        name = {"gpt2": "GPT2", "qwen3": "Qwen3", "llama": "Llama"}[arch]
+        return {**lm, "architectures": [f"{name}ForSequenceClassification"], "num_labels": 1,
+                "pad_token_id": 0, "problem_type": "regression"}
     if arch == "gpt2":
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
                 "vocab_size": m.vocab_size, "n_positions": m.block_size, "n_ctx": m.block_size,
@@ -356,7 +369,7 @@ def export(params, cfg: Config, tok: Tokenizer, out: str) -> str:
     os.makedirs(out, exist_ok=True)
     sd = to_hf(params, m)
     if m.tie_embeddings:
-        sd.pop("lm_head.weight")             # tied: HF ties it to the embedding on load
+        sd.pop("lm_head.weight", None)       # tied: HF ties it to the embedding on load
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()},
               os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out, "config.json"), "w") as f:

@@ -3,6 +3,7 @@
     advantages(rewards_PG, std_norm, eps)            (r - mean_g) [/ (std_g + eps)], per group
     policy_loss(logp, old_logp, ref_logp, adv, mask, entropy, cfg) -> (loss, metrics)
     preference_loss(logp, ref_logp, tokens, beta, kind)   DPO / IPO over (chosen, rejected) pairs
+    reward_model_loss(rewards)                       Bradley-Terry over (chosen, rejected) pairs
 
 Per token t of a response (mask 1: a token the model sampled; prompts, padding and the engine's
 forced tool outputs are 0):
@@ -77,8 +78,9 @@ def preference_loss(logp_2B: Array, ref_logp_2B: Array, tokens_2B: Array, beta: 
                     kind: str = "sigmoid") -> tuple[Array, dict]:
     """DPO (`sigmoid`: -log σ(β·Δ), Rafailov et al. 2023) or IPO (`ipo`: (Δ/len - 1/(2β))², the
     log-ratios averaged per reply token as trl does) over pairs; rows alternate chosen,
-    rejected (`lm.data.preferences.to_rows`: any even split of the rows keeps pairs whole). logp / ref_logp: each reply's summed
-    log-prob under the policy and the frozen reference; Δ = (chosen − ref) − (rejected − ref).
+    rejected (`lm.data.preferences.to_rows`: any even split of the rows keeps pairs whole).
+    logp / ref_logp: each reply's summed log-prob under the policy and the frozen reference;
+    Δ = (chosen − ref) − (rejected − ref).
     Metrics: the implied rewards β·(logp − ref) of both sides, their margin, and the share of
     pairs the policy ranks right."""
     ratio = logp_2B - ref_logp_2B
@@ -97,3 +99,16 @@ def preference_loss(logp_2B: Array, ref_logp_2B: Array, tokens_2B: Array, beta: 
     return loss, {"loss": loss, "pref/accuracy": jnp.mean((r_c > r_r).astype(jnp.float32)),
                   "pref/margin": jnp.mean(r_c - r_r), "pref/chosen_reward": jnp.mean(r_c),
                   "pref/rejected_reward": jnp.mean(r_r)}
+
+
+def reward_model_loss(rewards_2B: Array) -> tuple[Array, dict]:
+    """Bradley-Terry: -log σ(r_chosen - r_rejected), rows alternating chosen, rejected (as
+    trl's RewardTrainer without a margin). Metrics: the share of pairs ranked right, the mean
+    margin and the mean reward."""
+    chosen, rejected = rewards_2B[0::2], rewards_2B[1::2]
+    loss = jnp.mean(-jax.nn.log_sigmoid(chosen - rejected))
+    sg = jax.lax.stop_gradient
+    return loss, {"loss": loss,
+                  "rm/accuracy": jnp.mean((sg(chosen) > sg(rejected)).astype(jnp.float32)),
+                  "rm/margin": jnp.mean(sg(chosen - rejected)),
+                  "rm/reward": jnp.mean(sg(rewards_2B))}

@@ -8,11 +8,12 @@ is a module here with a `Stage` subclass, its name in `STAGES` and in `Config.st
 from __future__ import annotations
 
 from lm.config import Config
-from lm.stages import dpo, grpo, pretrain, sft
+from lm.stages import grpo, preference, pretrain, sft
 from lm.stages.base import Stage
 
 STAGES: dict[str, type[Stage]] = {"pretrain": pretrain.Stage, "sft": sft.Stage,
-                                  "grpo": grpo.Stage, "dpo": dpo.Stage}
+                                  "grpo": grpo.Stage, "dpo": preference.DPO,
+                                  "rm": preference.RewardModel}
 
 
 def get(name: str) -> type[Stage]:
