@@ -304,6 +304,8 @@ class RLConfig:
                                           # or a mixture "name:weight,name:weight"
     split: str = "train"                  # arithmetic keeps "rl": phrasings neither SFT nor eval use
     rewards: str = "correct:1"            # reward:weight,... (lm.rl.rewards names)
+    reward_model: str = ""                # the `rm` run the `model` reward reads (its score of the
+                                          # conversation with each rollout, one forward per batch)
     prompts: int = num(16, 1)             # P prompts per rollout batch
     samples: int = num(8, 1)              # G samples per prompt (the group)
     temperature: float = num(1.0, 0, lo_open=True)

@@ -317,3 +317,48 @@ def test_eval_cli_and_plot_tool_write_pass_at_k(tiny_parent, tmp_path, capsys):
     assert [r["pass_at"] for r in got["runs"]] == [{"1": res["pass_at"][
         "eval/arithmetic_easy_pass@1"], "2": res["pass_at"]["eval/arithmetic_easy_pass@2"]}] * 2
     assert (tmp_path / "o" / "pass_at_k.png").stat().st_size > 1000
+
+
+def test_grpo_rewards_from_a_reward_model_run(tiny_parent, tmp_path):
+    """`rl.rewards=model:1` with an rm run: each rollout's reward is the reward model's score of
+    prompt + reply at its last token (one batched forward pass); bad pairings are named errors."""
+    import dataclasses
+    from lm import runs
+    from lm.config import Config, ConfigError, DataConfig
+    from lm.stages import grpo
+    from lm.tokenizer import train_bpe, trained_specials
+    parent = runs.load(tiny_parent)
+    tok = parent.tokenizer
+    rm_cfg = Config(name="tiny_rm", stage="rm", init_from="x",
+                    model=dataclasses.replace(parent.config.model, head="score"),
+                    data=DataConfig(tokenizer="parent"))
+    rm_dir = runs.save_run(str(tmp_path / "rm"), rm_cfg, tok)
+    cfg = _grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1", reward_model=rm_dir)
+    st = grpo.Stage(cfg, tokenizer=tok, parent=parent)
+    batch, stats = st.rollouts(parent.params, 0)
+    rm = runs.load(rm_dir)
+    # the same scores, recomputed one sequence at a time from the rows the policy trains on
+    want = []
+    for r in range(batch["inputs"].shape[0]):
+        n = int(np.nonzero(batch["targets"][r])[0].max()) + 2     # the sequence's length
+        seq = np.concatenate([batch["inputs"][r, :1], batch["targets"][r, :n - 1]])
+        x = jnp.asarray(seq[None, :].astype(np.int32))
+        want.append(float(model.apply(rm.params, rm.config.model, x)[0, -1]))
+    assert stats["rl/model_score"] == pytest.approx(np.mean(want), abs=1e-4)
+    assert stats["rl/reward"] == pytest.approx(np.mean(want), abs=1e-4)
+    with pytest.raises(ConfigError, match="set rl.reward_model"):
+        grpo.Stage(_grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1"), tokenizer=tok,
+                   parent=parent)
+    with pytest.raises(ConfigError, match="does not use `model`"):
+        grpo.Stage(_grpo_cfg(tiny_parent, tok.vocab_size, reward_model=rm_dir), tokenizer=tok,
+                   parent=parent)
+    with pytest.raises(ConfigError, match="not a reward model"):
+        grpo.Stage(_grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1",
+                             reward_model=tiny_parent), tokenizer=tok, parent=parent)
+    other = train_bpe(["a different text altogether, 1 2 3"] * 40,
+                      256 + len(trained_specials()) + 20)
+    other_dir = runs.save_run(str(tmp_path / "rm2"), dataclasses.replace(
+        rm_cfg, model=dataclasses.replace(rm_cfg.model, vocab_size=other.vocab_size)), other)
+    with pytest.raises(ConfigError, match="tokenizer differs"):
+        grpo.Stage(_grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1",
+                             reward_model=other_dir), tokenizer=tok, parent=parent)

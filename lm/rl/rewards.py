@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import model
 from lm.config import ConfigError, parse_weights
 from lm.tasks.base import final_number
+from lm.sampling import bucket
 
 RewardFn = Callable[[object, dict, dict], float]
 REWARDS: dict[str, RewardFn] = {}
@@ -41,6 +47,41 @@ def format_kept(task, conv: dict, reply: dict) -> float:
 def answer_marker(task, conv: dict, reply: dict) -> float:
     """1.0 when the reply states a final answer (`#### N`), right or wrong."""
     return 1.0 if final_number(reply["text"]) is not None else 0.0
+
+
+@register("model")
+def model_score(task, conv: dict, reply: dict) -> float:
+    """A reward model's score of the conversation with the reply (`rl.reward_model`: an `rm`
+    run), computed for the whole rollout batch in one forward pass before the rewards
+    (`RewardModelScorer`)."""
+    return float(reply["model_score"])
+
+
+class RewardModelScorer:
+    """An `rm` run scoring rollouts: the reward at each sequence's last token, one jitted forward
+    pass per batch. Its tokenizer must be the policy's (the token ids are shared)."""
+
+    def __init__(self, run, policy_tokenizer, policy_name: str = "the policy"):
+        if run.config.model.head != "score":
+            raise ConfigError(f"rl.reward_model={run.run_dir}: a {run.config.stage!r} run, not a "
+                              f"reward model (stage rm, model.head=score)")
+        if run.tokenizer.to_dict() != policy_tokenizer.to_dict():
+            raise ConfigError(f"rl.reward_model={run.run_dir}: its tokenizer differs from "
+                              f"{policy_name}'s; a reward model scores the policy's token ids, "
+                              f"so both must come from the same tokenizer")
+        self.run = run
+        cfg = run.config.model
+        self._fn = jax.jit(lambda p, x: model.apply(p, cfg, x))
+
+    def __call__(self, sequences: list[list[int]]) -> np.ndarray:
+        """The reward of each token sequence (read at its last token), float32 [N]."""
+        n = max(map(len, sequences))
+        T = max(n, min(bucket(n), self.run.config.model.block_size))   # few compiled shapes
+        x = np.zeros((len(sequences), T), np.int32)
+        for i, s in enumerate(sequences):
+            x[i, :len(s)] = s
+        r = np.asarray(self._fn(self.run.params, jnp.asarray(x)))
+        return r[np.arange(len(sequences)), [len(s) - 1 for s in sequences]].astype(np.float32)
 
 
 def parse(spec: str) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 Each rollout batch: P prompts from the task's `rl.split` × G samples each (`rl.temperature`,
 `top_k`, `top_p`), tools on; the engine flags its forced tool-output tokens, which (with prompts
-and padding) get no gradient. Rewards come from the task's grader (`lm.rl.rewards`), advantages
+and padding) get no gradient. Rewards come from the task's grader (`lm.rl.rewards`), or from a
+reward model (`rl.rewards=model:1`, `rl.reward_model=<an rm run>`: its score of each prompt +
+rollout, one forward pass per batch, logged as `rl/model_score`), advantages
 are group-relative (`lm.rl.loss.advantages`), and the log-probs of the sampled tokens under the
 policy that sampled them (`old_logp`) and under the frozen parent (`ref_logp`) are computed by one
 jitted forward pass each, without gradients. A batch serves `rl.updates` optimizer steps (with
@@ -24,14 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import kernels, losses, model
+from lm import kernels, losses, model, runs
 from lm import conversation as chat
 from lm import tasks as task_lib
-from lm.config import Config, parse_weights
+from lm.config import Config, ConfigError, parse_weights
 from lm.eval.chat import evaluate_tasks, pass_at_k
 from lm.report import plot_rl_curves
 from lm.rl.loss import advantages, policy_loss
-from lm.rl.rewards import Composite
+from lm.rl.rewards import Composite, RewardModelScorer
 from lm.sampling import Engine
 from lm.stages import base
 from lm.stages.sft import write_samples
@@ -84,6 +86,15 @@ class Stage(base.Stage):
                              f"{[x for x in self.task.splits if x != 'test']} to practise on "
                              f"(test is held out for evaluation)")
         self.reward = Composite(rl.rewards)
+        self.scorer = None
+        if "model" in self.reward.weights:
+            if not rl.reward_model:
+                raise ConfigError("rl.rewards uses `model`: set rl.reward_model to an rm run")
+            self.scorer = RewardModelScorer(runs.load(rl.reward_model), tokenizer,
+                                            f"init_from={cfg.init_from}")
+        elif rl.reward_model:
+            raise ConfigError(f"rl.reward_model={rl.reward_model!r} is set but rl.rewards "
+                              f"({rl.rewards!r}) does not use `model`")
         # its own buffers: the train state starts from the same arrays and the step donates them
         self.ref_params = jax.tree.map(jnp.copy, parent.params)
         self.rollout_index = 0          # rollout batches made so far (the data position)
@@ -151,12 +162,16 @@ class Stage(base.Stage):
         rewards = np.zeros((rl.prompts, rl.samples), np.float32)
         lengths = np.zeros((B,), np.int32)
         errors_before = self.reward.errors
+        scores = (self.scorer([prompts[r // rl.samples] + g.row(r) for r in range(B)])
+                  if self.scorer is not None else None)
         for r in range(B):
             p, s = divmod(r, rl.samples)
             ids = g.row(r)
             parts = chat.parse_reply(ids, tok)
             reply = {"text": chat.reply_text(parts), "tokens": ids,
                      "format_ok": bool(g.stopped[r] and ids and ids[-1] == end)}
+            if scores is not None:
+                reply["model_score"] = float(scores[r])
             rewards[p, s] = self.reward(self.task, convs[p], reply)
             seq = prompts[p] + ids
             n = len(seq) - 1
@@ -168,7 +183,12 @@ class Stage(base.Stage):
         adv, zero = advantages(rewards, rl.std_norm, rl.adv_eps)
         batch = {"inputs": inputs, "targets": targets, "weights": weights,
                  "advantages": adv.reshape(-1)}
-        stats = {"rl/reward": float(rewards.mean()), "rl/response_tokens": float(lengths.mean()),
+        if scores is not None:          # the reward model's view, whatever else is weighted
+            extra = {"rl/model_score": float(scores.mean())}
+        else:
+            extra = {}
+        stats = {**extra,
+                 "rl/reward": float(rewards.mean()), "rl/response_tokens": float(lengths.mean()),
                  "rl/zero_var_groups": float(zero.mean()),
                  "rl/reward_errors": self.reward.errors - errors_before,
                  "rl/format": float(np.mean([x["format_ok"] for x in replies])),
