@@ -3,6 +3,8 @@ the tiny chat chain's SFT model.
 
     python -m lm.main -e dpo_hh_tiny        # DPO (beta 0.1) on HH-RLHF from chat_tiny_sft
     python -m lm.main -e rm_hh_tiny         # a reward model (Bradley-Terry) on the same pairs
+    python -m lm.main -e rm_tiny            # a reward model on the synthetic labeller's pairs
+    python -m lm.main -e rlhf_tiny          # GRPO against it, the true reward logged beside
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from lm.config import (CheckpointConfig, Config, DataConfig, EvalConfig, OptimCo
                        TrainConfig)
 
 from experiments import register
-from experiments.chat import _tiny_model
+from experiments.chat import _tiny_model, grpo_arith_tiny
 
 
 @register("dpo_hh_tiny", "DPO on HH-RLHF (train split) from chat_tiny_sft: held-out pairwise "
@@ -40,4 +42,32 @@ def rm_hh_tiny() -> Config:
     cfg.optim = OptimConfig(lr=1e-4, min_lr=1e-5, schedule="cosine", warmup_steps=20, b1=0.9,
                             b2=0.95, weight_decay=0.0, grad_clip=1.0)
     cfg.eval = EvalConfig(tasks="")
+    return cfg
+
+
+@register("rm_tiny", "a reward model on the synthetic labeller's pairs (arithmetic and word "
+          "problems; 10% label noise) from chat_tiny_sft: accuracy against the true order")
+def rm_tiny() -> Config:
+    cfg = rm_hh_tiny()
+    cfg.pref = PrefConfig(data="labeller:arithmetic_easy+word_problems", pairs=4000, noise=0.1,
+                          val_pairs=256)
+    cfg.train.steps = 200
+    return cfg
+
+
+@register("rlhf_tiny", "GRPO against rm_tiny's reward model, the labeller's true reward logged "
+          "beside it (rl/reward/labeller): where do they part?")
+def rlhf_tiny() -> Config:
+    cfg = grpo_arith_tiny()
+    cfg.rl.rewards = "model:1,labeller:0"
+    cfg.rl.reward_model = "rm_tiny"
+    cfg.train.steps, cfg.train.time_limit_s = 100, 1800
+    cfg.eval.every = 20
+    return cfg
+
+
+@register("rlhf_tiny_kl", "rlhf_tiny with a KL penalty to the SFT policy (k3, beta 0.1)")
+def rlhf_tiny_kl() -> Config:
+    cfg = rlhf_tiny()
+    cfg.rl.kl, cfg.rl.beta = "k3", 0.1
     return cfg

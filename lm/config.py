@@ -303,7 +303,8 @@ class RLConfig:
     task: str = "arithmetic_easy"         # the lm.tasks task whose `split` gives the prompts,
                                           # or a mixture "name:weight,name:weight"
     split: str = "train"                  # arithmetic keeps "rl": phrasings neither SFT nor eval use
-    rewards: str = "correct:1"            # reward:weight,... (lm.rl.rewards names)
+    rewards: str = "correct:1"            # reward:weight,... (lm.rl.rewards names; weight 0:
+                                          # logged as rl/reward/<name>, not optimised)
     reward_model: str = ""                # the `rm` run the `model` reward reads (its score of the
                                           # conversation with each rollout, one forward per batch)
     prompts: int = num(16, 1)             # P prompts per rollout batch
@@ -328,11 +329,13 @@ class RLConfig:
 class PrefConfig:
     """Preference stages (`dpo`, `rm`): pairs of replies, one preferred (`lm.data.preferences`);
     dpo trains against the frozen parent as the reference policy."""
-    data: str = "hh_rlhf"                 # hh_rlhf or hh_rlhf:<subset>+<subset>
+    data: str = "hh_rlhf"                 # hh_rlhf[:<subset>+...], labeller:<task>+..., jsonl:<path>
     beta: float = num(0.1, 0, lo_open=True)   # DPO's beta (trl's default 0.1)
     loss: Literal["sigmoid", "ipo"] = "sigmoid"   # DPO (Rafailov et al.) or IPO (Azar et al.;
                                           # log-ratios averaged per reply token, as trl does)
     val_pairs: int = num(256, 0)          # held-out pairs for the evaluation's accuracy/margin
+    pairs: int = num(4000, 1)             # labeller: pairs drawn (train + held out)
+    noise: float = num(0.1, 0, 0.5)       # labeller: the chance a label is flipped
 
 
 STAGES = ("pretrain", "sft", "grpo", "dpo", "rm")

@@ -251,3 +251,58 @@ def test_reward_model_loss_matches_trl(tok):
     items = P.encode(PAIRS, tok, 127)
     out = rlhf_parity.compare_rm(_noisy(mc, 0, 0.1), cfg, tok, items)
     assert abs(out["ours"] - np.log(2)) > 5e-3 and out["max_abs_diff"] <= 1e-4, out
+
+
+def test_labeller_true_reward_orders_the_variants_and_noise_flips_labels():
+    import random
+    from lm import tasks
+    from lm.rl import labeller
+    rng = random.Random(0)
+    off = []
+    for name in ("arithmetic_easy", "word_problems"):
+        task = tasks.get(name)
+        for i in range(20):
+            conv = task.example("train", i)
+            other = task.example("train", 10_000 + i)
+            r = {k: labeller.true_reward(task, conv, labeller.variant(k, task, conv, rng, other))
+                 for k in labeller.VARIANTS}
+            assert r["reference"] == pytest.approx(1.2), (name, i)
+            assert r["wrong"] < r["reference"] and r["rambling"] < r["reference"]
+            assert r["off_topic"] <= r["reference"] and r["polite"] == r["reference"]
+            off.append(r["off_topic"])
+    assert np.mean(off) < 0.5       # another question's reply is rarely right here (by chance)
+
+    def flipped(noise):
+        recs = labeller.pairs(["arithmetic_easy"], 300, seed=1, noise=noise)
+        task = tasks.get("arithmetic_easy")
+        bad = 0
+        for rec in recs:
+            conv = {"messages": rec["messages"] + [{"role": "assistant", "content": None}],
+                    "answer": rec["answer"]}
+            conv["messages"][-1]["content"] = rec["chosen"]     # only the grader reads it
+            # compare against the reference-free rules: correct + on topic
+            c = labeller.true_reward(task, {**conv, "messages": conv["messages"][:-1]},
+                                     rec["chosen"])
+            r = labeller.true_reward(task, {**conv, "messages": conv["messages"][:-1]},
+                                     rec["rejected"])
+            bad += c < r
+        return bad / len(recs)
+    assert flipped(0.0) < 0.05 and 0.2 < flipped(0.3) < 0.45
+
+
+def test_labeller_pairs_as_a_preference_source():
+    pairs, stats = P.load("labeller:arithmetic_easy+word_problems", 200, 0.1)
+    assert len(pairs) == stats.kept == 200 and {p.source for p in pairs} == {
+        "arithmetic_easy", "word_problems"}
+    assert all(p.chosen != p.rejected for p in pairs)
+    # held-out pairs carry the true order (no label noise), training pairs the noisy one
+    noisy, _ = P.load("labeller:arithmetic_easy+word_problems", 200, 0.5)
+    test, train = P.split(pairs, "test"), P.split(noisy, "train")
+    assert {p.key for p in P.split(noisy, "test")} == {p.key for p in test}
+    assert [(p.chosen, p.rejected) for p in P.split(noisy, "test")] == \
+        [(p.chosen, p.rejected) for p in test]
+    flips = sum((a.chosen, a.rejected) != (b.chosen, b.rejected)
+                for a, b in zip(P.split(pairs, "train"), train))
+    assert 0.3 * len(train) < flips < 0.7 * len(train)
+    with pytest.raises(P.PreferenceError, match="unknown tasks"):
+        P.load("labeller:nope")

@@ -333,7 +333,8 @@ def test_grpo_rewards_from_a_reward_model_run(tiny_parent, tmp_path):
                     model=dataclasses.replace(parent.config.model, head="score"),
                     data=DataConfig(tokenizer="parent"))
     rm_dir = runs.save_run(str(tmp_path / "rm"), rm_cfg, tok)
-    cfg = _grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1", reward_model=rm_dir)
+    cfg = _grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1,labeller:0",
+                    reward_model=rm_dir)
     st = grpo.Stage(cfg, tokenizer=tok, parent=parent)
     batch, stats = st.rollouts(parent.params, 0)
     rm = runs.load(rm_dir)
@@ -344,8 +345,10 @@ def test_grpo_rewards_from_a_reward_model_run(tiny_parent, tmp_path):
         seq = np.concatenate([batch["inputs"][r, :1], batch["targets"][r, :n - 1]])
         x = jnp.asarray(seq[None, :].astype(np.int32))
         want.append(float(model.apply(rm.params, rm.config.model, x)[0, -1]))
-    assert stats["rl/model_score"] == pytest.approx(np.mean(want), abs=1e-4)
+    assert stats["rl/reward/model"] == pytest.approx(np.mean(want), abs=1e-4)
+    # the labeller's true reward is logged beside it, weight 0: not in the optimised reward
     assert stats["rl/reward"] == pytest.approx(np.mean(want), abs=1e-4)
+    assert "rl/reward/labeller" in stats and stats["rl/reward/labeller"] >= -0.5
     with pytest.raises(ConfigError, match="set rl.reward_model"):
         grpo.Stage(_grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1"), tokenizer=tok,
                    parent=parent)

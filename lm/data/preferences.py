@@ -7,6 +7,9 @@ Sources (`load(spec)`):
   our conversation schema; a record that does not parse, has an empty side, or whose two sides
   differ before the last reply or are identical is counted and skipped (`PairStats`).
 
+- `labeller:<task>+<task>`: the synthetic labeller's pairs over those tasks' training prompts
+  (`lm.rl.labeller`: variants of the reference reply ranked by a known true reward, with label
+  noise `pref.noise` in the training split and none in the held-out one; `pref.pairs` of them).
 - `jsonl:<path>`: your own pairs, one JSON object a line: `{"messages": [...], "chosen": "...",
   "rejected": "..."}` (messages in the chat schema, ending with a user turn; a relative path is
   from the working directory), checked and counted like HH-RLHF's.
@@ -23,12 +26,14 @@ import dataclasses
 import gzip
 import json
 import re
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from lm import conversation as chat
+from lm import tasks
 from lm.data import sources
+from lm.rl import labeller
 from lm.tasks.base import held_out
 
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
@@ -38,8 +43,8 @@ HELD_OUT_EVERY = 10
 @dataclasses.dataclass
 class Pair:
     messages: list          # the conversation before the final reply (ends with a user turn)
-    chosen: str
-    rejected: str
+    chosen: Any             # a reply: text, or chat parts (text, calculator calls and outputs)
+    rejected: Any
     source: str = ""
 
     def conversation(self, reply: str) -> dict:
@@ -165,15 +170,35 @@ def jsonl(path: str) -> tuple[list[Pair], PairStats]:
     return out, stats
 
 
-def load(spec: str) -> tuple[list[Pair], PairStats]:
-    """Pairs of a source spec: `hh_rlhf`, `hh_rlhf:<subset>+<subset>` or `jsonl:<path>`."""
+def labelled(task_names: list[str], n: int, noise: float) -> tuple[list[Pair], PairStats]:
+    unknown = [t for t in task_names if t not in tasks.NAMES]
+    if unknown or not task_names:
+        raise PreferenceError(f"pref.data=labeller:...: unknown tasks {unknown}; known: "
+                              f"{sorted(tasks.NAMES)}")
+    stats, out = PairStats(), []
+    # the same prompts and replies without the noise: held-out pairs keep the true order, so a
+    # reward model is measured against the labeller's intent, not its mistakes
+    clean = labeller.pairs(task_names, n, noise=0.0)
+    for r, c in zip(labeller.pairs(task_names, n, noise=noise), clean):
+        stats.read += 1
+        pick = c if held_out(json.dumps(c["messages"], sort_keys=True), HELD_OUT_EVERY) else r
+        out.append(Pair(pick["messages"], pick["chosen"], pick["rejected"], source=pick["task"]))
+    stats.kept = len(out)
+    return out, stats
+
+
+def load(spec: str, pairs: int = 4000, noise: float = 0.1) -> tuple[list[Pair], PairStats]:
+    """Pairs of a source spec: `hh_rlhf`, `hh_rlhf:<subset>+<subset>`, `labeller:<task>+...`
+    (`pairs` of them, label noise `noise`) or `jsonl:<path>`."""
     name, _, arg = spec.partition(":")
     if name == "hh_rlhf":
         return hh_rlhf(tuple(arg.split("+")) if arg else HH_SUBSETS)
+    if name == "labeller":
+        return labelled([t for t in arg.split("+") if t], pairs, noise)
     if name == "jsonl" and arg:
         return jsonl(arg)
     raise PreferenceError(f"pref.data={spec!r}: known sources: hh_rlhf[:subset+...] "
-                          f"(subsets {list(HH_SUBSETS)}), jsonl:<path>")
+                          f"(subsets {list(HH_SUBSETS)}), labeller:<task>+..., jsonl:<path>")
 
 
 def split(pairs: list[Pair], which: str) -> list[Pair]:

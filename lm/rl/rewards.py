@@ -15,6 +15,7 @@ import numpy as np
 
 from lm import model
 from lm.config import ConfigError, parse_weights
+from lm.rl import labeller
 from lm.tasks.base import final_number
 from lm.sampling import bucket
 
@@ -92,18 +93,34 @@ def parse(spec: str) -> dict[str, float]:
     return out
 
 
+@register("labeller")
+def labeller_reward(task, conv: dict, reply: dict) -> float:
+    """The synthetic labeller's true reward (`lm.rl.labeller`): with weight 0 it is logged
+    (`rl/reward/labeller`) beside a reward model's score without steering the policy."""
+    return labeller.true_reward(task, conv, reply["text"])
+
+
 class Composite:
-    """Σ weight · reward over the registered functions; counts the calls that raised."""
+    """Σ weight · reward over the registered functions (weight 0: computed and logged only);
+    counts the calls that raised."""
 
     def __init__(self, spec: str | dict[str, float]):
         self.weights = parse(spec) if isinstance(spec, str) else dict(spec)
         self.errors = 0
 
-    def __call__(self, task, conv: dict, reply: dict) -> float:
-        total = 0.0
-        for name, w in self.weights.items():
+    def each(self, task, conv: dict, reply: dict) -> dict[str, float]:
+        """Every reward's own value (0 for one that raised, counted)."""
+        out = {}
+        for name in self.weights:
             try:
-                total += w * float(REWARDS[name](task, conv, reply))
+                out[name] = float(REWARDS[name](task, conv, reply))
             except Exception:  # noqa: BLE001 - a broken reward is a zero, counted, not a crash
                 self.errors += 1
-        return total
+                out[name] = 0.0
+        return out
+
+    def total(self, values: dict[str, float]) -> float:
+        return sum(self.weights[k] * v for k, v in values.items())
+
+    def __call__(self, task, conv: dict, reply: dict) -> float:
+        return self.total(self.each(task, conv, reply))

@@ -4,7 +4,8 @@ Each rollout batch: P prompts from the task's `rl.split` × G samples each (`rl.
 `top_k`, `top_p`), tools on; the engine flags its forced tool-output tokens, which (with prompts
 and padding) get no gradient. Rewards come from the task's grader (`lm.rl.rewards`), or from a
 reward model (`rl.rewards=model:1`, `rl.reward_model=<an rm run>`: its score of each prompt +
-rollout, one forward pass per batch, logged as `rl/model_score`), advantages
+rollout, one forward pass per batch); with several rewards (weight 0: logged, not optimised, e.g.
+`labeller:0` beside a reward model) each is logged as `rl/reward/<name>`; advantages
 are group-relative (`lm.rl.loss.advantages`), and the log-probs of the sampled tokens under the
 policy that sampled them (`old_logp`) and under the frozen parent (`ref_logp`) are computed by one
 jitted forward pass each, without gradients. A batch serves `rl.updates` optimizer steps (with
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import kernels, losses, model, runs
+from lm import kernels, losses, model, paths, runs
 from lm import conversation as chat
 from lm import tasks as task_lib
 from lm.config import Config, ConfigError, parse_weights
@@ -90,8 +91,11 @@ class Stage(base.Stage):
         if "model" in self.reward.weights:
             if not rl.reward_model:
                 raise ConfigError("rl.rewards uses `model`: set rl.reward_model to an rm run")
-            self.scorer = RewardModelScorer(runs.load(rl.reward_model), tokenizer,
-                                            f"init_from={cfg.init_from}")
+            try:
+                rm = runs.load(rl.reward_model, workdir=paths.workdir())
+            except runs.RunError as e:
+                raise ConfigError(f"rl.reward_model: {e}") from None
+            self.scorer = RewardModelScorer(rm, tokenizer, f"init_from={cfg.init_from}")
         elif rl.reward_model:
             raise ConfigError(f"rl.reward_model={rl.reward_model!r} is set but rl.rewards "
                               f"({rl.rewards!r}) does not use `model`")
@@ -164,6 +168,7 @@ class Stage(base.Stage):
         errors_before = self.reward.errors
         scores = (self.scorer([prompts[r // rl.samples] + g.row(r) for r in range(B)])
                   if self.scorer is not None else None)
+        per_reward: dict[str, float] = {}
         for r in range(B):
             p, s = divmod(r, rl.samples)
             ids = g.row(r)
@@ -172,7 +177,10 @@ class Stage(base.Stage):
                      "format_ok": bool(g.stopped[r] and ids and ids[-1] == end)}
             if scores is not None:
                 reply["model_score"] = float(scores[r])
-            rewards[p, s] = self.reward(self.task, convs[p], reply)
+            values = self.reward.each(self.task, convs[p], reply)
+            rewards[p, s] = self.reward.total(values)
+            for name, v in values.items():
+                per_reward[name] = per_reward.get(name, 0.0) + v / B
             seq = prompts[p] + ids
             n = len(seq) - 1
             inputs[r, :n], targets[r, :n] = seq[:-1], seq[1:]
@@ -183,10 +191,8 @@ class Stage(base.Stage):
         adv, zero = advantages(rewards, rl.std_norm, rl.adv_eps)
         batch = {"inputs": inputs, "targets": targets, "weights": weights,
                  "advantages": adv.reshape(-1)}
-        if scores is not None:          # the reward model's view, whatever else is weighted
-            extra = {"rl/model_score": float(scores.mean())}
-        else:
-            extra = {}
+        extra = {f"rl/reward/{k}": v for k, v in per_reward.items()} if len(per_reward) > 1 \
+            or scores is not None else {}
         stats = {**extra,
                  "rl/reward": float(rewards.mean()), "rl/response_tokens": float(lengths.mean()),
                  "rl/zero_var_groups": float(zero.mean()),

@@ -50,7 +50,7 @@ class _Pairs(base.Stage):
                               f"be even: rows come in (chosen, rejected) pairs")
         self.cfg, self.tokenizer = cfg, tokenizer
         try:
-            pairs, stats = preferences.load(cfg.pref.data)
+            pairs, stats = preferences.load(cfg.pref.data, cfg.pref.pairs, cfg.pref.noise)
         except preferences.PreferenceError as e:
             raise ConfigError(str(e)) from None
         max_len = d.seq_len - 1 + self.longest
