@@ -107,6 +107,15 @@ def chat_tiny_base_copy() -> Config:
     return cfg
 
 
+@register("chat_tiny_base_open_copies", "chat_tiny_base on chat_tiny_open_copies (copy documents "
+          "of made-up values and fact tables; an ablation: recall after SFT fell, docs/context.md)")
+def chat_tiny_base_open_copies() -> Config:
+    cfg = chat_tiny_base()
+    cfg.data = dataclasses.replace(cfg.data, source="chat_tiny_open_copies",
+                                   tokenizer_source="chat_tiny")
+    return cfg
+
+
 @register("chat_tiny_base_warm", "chat_tiny_base_drill (same steps and schedule) from "
           "chat_tiny_induction_warmup: do induction heads formed first survive the mixture?")
 def chat_tiny_base_warm() -> Config:
