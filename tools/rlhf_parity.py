@@ -78,9 +78,11 @@ def theirs(policy_dir: str, ref_dir: str, items, beta: float, kind: str) -> floa
     model, ref = load(policy_dir), load(ref_dir)
     tok = transformers.AutoTokenizer.from_pretrained(policy_dir)
     with tempfile.TemporaryDirectory() as out:
+        # fp32 throughout: with mixed precision on (transformers picks bf16 where the CPU has
+        # it), accelerate wraps the reference model's forward in bf16 autocast
         args = DPOConfig(output_dir=out, beta=beta, loss_type=[kind], report_to=[],
                          use_cpu=True, per_device_train_batch_size=len(items),
-                         max_length=None, dataset_num_proc=None)
+                         max_length=None, dataset_num_proc=None, bf16=False, fp16=False)
         toy = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}])
         trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=toy,
                              processing_class=tok)
@@ -130,7 +132,7 @@ def theirs_rm(folder: str, items) -> float:
         # would otherwise pad with the tokenizer's EOS (our BOS, at every row's start)
         args = RewardConfig(output_dir=out, report_to=[], use_cpu=True,
                             per_device_train_batch_size=len(items), dataset_num_proc=None,
-                            pad_token=tok.convert_ids_to_tokens(0))
+                            pad_token=tok.convert_ids_to_tokens(0), bf16=False, fp16=False)
         toy = Dataset.from_list([{"chosen": "b", "rejected": "c"}])
         trainer = RewardTrainer(model=rm, args=args, train_dataset=toy, processing_class=tok)
         batch = DataCollatorForPreference(pad_token_id=0)(
