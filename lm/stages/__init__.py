@@ -1,5 +1,5 @@
-"""Training stages: what differs between pretraining, SFT and RL, around the one loop in
-`lm.train` (the interface: `lm.stages.base.Stage`).
+"""Training stages: what differs between pretraining, SFT, RL and preference training, around
+the one loop in `lm.train` (the interface: `lm.stages.base.Stage`).
 
 The loop keeps what is shared: the compiled step, mesh and shardings, checkpoints (state + data
 position + RNG), `--resume`, Ctrl-C, the progress bar, metrics.jsonl and TensorBoard. A new stage
