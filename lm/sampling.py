@@ -175,6 +175,23 @@ class DecodeState:
 
 # ------------------------------------------------------------------------------------ pure fns
 
+def _append(params, cfg: ModelConfig, cache: KVCache, tokens_BT: Array, n_B: Array,
+            logits_at_B: Optional[Array] = None):
+    """Write `tokens_BT[b, :n_B[b]]` into row b at positions cache.lengths[b] + t (one forward
+    call; padding and positions past the cache write nothing); (cache, the logits at
+    `logits_at_B` or None)."""
+    T = tokens_BT.shape[1]
+    S = cache.max_len
+    t_T = jnp.arange(T, dtype=jnp.int32)
+    pos_BT = cache.lengths[:, None] + t_T[None, :]
+    pos_BT = jnp.where((t_T[None, :] < n_B[:, None]) & (pos_BT < S), pos_BT, S)
+    logits, kv = model.apply(params, cfg, tokens_BT, positions_BT=pos_BT,
+                             cache=cache.model_cache(), logits_at_B=logits_at_B)
+    lengths = jnp.minimum(cache.lengths + n_B, S)
+    return KVCache(k=kv["k"], v=kv["v"], lengths=lengths), (
+        None if logits_at_B is None else logits[:, 0])
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
 def prefill(params, cfg: ModelConfig, cache: KVCache, tokens_BT: Array, lengths_B: Array):
     """Append `tokens_BT[b, :lengths_B[b]]` to row b (at positions cache.lengths[b] + t).
@@ -182,16 +199,9 @@ def prefill(params, cfg: ModelConfig, cache: KVCache, tokens_BT: Array, lengths_
     All but each row's last token go into the cache in one forward call; the last one is
     returned as the row's pending token (the first decode step feeds it). lengths_B >= 1.
     """
-    B, T = tokens_BT.shape
-    S = cache.max_len
-    t_T = jnp.arange(T, dtype=jnp.int32)
-    pos_BT = cache.lengths[:, None] + t_T[None, :]
-    write_BT = (t_T[None, :] < lengths_B[:, None] - 1) & (pos_BT < S)
-    pos_BT = jnp.where(write_BT, pos_BT, S)
-    _, kv = model.apply(params, cfg, tokens_BT, positions_BT=pos_BT, cache=cache.model_cache())
-    pending = jnp.take_along_axis(tokens_BT, jnp.maximum(lengths_B - 1, 0)[:, None], axis=1)[:, 0]
-    lengths = jnp.minimum(cache.lengths + jnp.maximum(lengths_B - 1, 0), S)
-    return KVCache(k=kv["k"], v=kv["v"], lengths=lengths), pending
+    n_B = jnp.maximum(lengths_B - 1, 0)
+    cache, _ = _append(params, cfg, cache, tokens_BT, n_B)
+    return cache, jnp.take_along_axis(tokens_BT, n_B[:, None], axis=1)[:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
@@ -199,16 +209,7 @@ def prefill_last(params, cfg: ModelConfig, cache: KVCache, tokens_BT: Array, len
     """Append all of `tokens_BT[b, :lengths_B[b]]` to row b; (cache, logits_BV at each row's
     last token): `prefill` and the first decode step's forward in one call, so a row's first
     token comes from these logits (`take_token`) without another pass. lengths_B >= 1."""
-    B, T = tokens_BT.shape
-    S = cache.max_len
-    t_T = jnp.arange(T, dtype=jnp.int32)
-    pos_BT = cache.lengths[:, None] + t_T[None, :]
-    write_BT = (t_T[None, :] < lengths_B[:, None]) & (pos_BT < S)
-    pos_BT = jnp.where(write_BT, pos_BT, S)
-    logits, kv = model.apply(params, cfg, tokens_BT, positions_BT=pos_BT,
-                             cache=cache.model_cache(), logits_at_B=lengths_B - 1)
-    lengths = jnp.minimum(cache.lengths + lengths_B, S)
-    return KVCache(k=kv["k"], v=kv["v"], lengths=lengths), logits[:, 0]
+    return _append(params, cfg, cache, tokens_BT, lengths_B, logits_at_B=lengths_B - 1)
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))

@@ -4,8 +4,8 @@ Each rollout batch: P prompts from the task's `rl.split` × G samples each (`rl.
 `top_k`, `top_p`), tools on; the engine flags its forced tool-output tokens, which (with prompts
 and padding) get no gradient. Rewards come from the task's grader (`lm.rl.rewards`), or from a
 reward model (`rl.rewards=model:1`, `rl.reward_model=<an rm run>`: its score of each prompt +
-rollout, one forward pass per batch); with several rewards (weight 0: logged, not optimised, e.g.
-`labeller:0` beside a reward model) each is logged as `rl/reward/<name>`; advantages
+rollout, one forward pass per batch); each reward is logged as `rl/reward/<name>` (weight 0:
+logged, not optimised, e.g. `labeller:0` beside a reward model); advantages
 are group-relative (`lm.rl.loss.advantages`), and the log-probs of the sampled tokens under the
 policy that sampled them (`old_logp`) and under the frozen parent (`ref_logp`) are computed by one
 jitted forward pass each, without gradients. A batch serves `rl.updates` optimizer steps (with
@@ -191,9 +191,7 @@ class Stage(base.Stage):
         adv, zero = advantages(rewards, rl.std_norm, rl.adv_eps)
         batch = {"inputs": inputs, "targets": targets, "weights": weights,
                  "advantages": adv.reshape(-1)}
-        extra = {f"rl/reward/{k}": v for k, v in per_reward.items()} if len(per_reward) > 1 \
-            or scores is not None else {}
-        stats = {**extra,
+        stats = {**{f"rl/reward/{k}": v for k, v in per_reward.items()},
                  "rl/reward": float(rewards.mean()), "rl/response_tokens": float(lengths.mean()),
                  "rl/zero_var_groups": float(zero.mean()),
                  "rl/reward_errors": self.reward.errors - errors_before,

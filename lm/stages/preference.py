@@ -26,10 +26,9 @@ from lm import kernels, losses, model
 from lm import tasks as task_lib
 from lm.config import Config, ConfigError, parse_weights
 from lm.data import preferences
-from lm.eval.chat import evaluate_tasks
 from lm.rl.loss import preference_loss, reward_model_loss
 from lm.stages import base
-from lm.stages.sft import write_samples
+from lm.stages.sft import task_evals, write_samples
 from lm.steps import sequence_logprobs
 
 
@@ -148,20 +147,8 @@ class DPO(_Pairs):
                 .astype(np.float32)}
 
     def evaluate(self, loop, state, step: int, final: bool) -> dict:
-        cfg = self.cfg
-        out = super().evaluate(loop, state, step, final)
-        if self.tasks and (loop.due(step, cfg.eval.every) or final):
-            limit = (cfg.eval.final_limit or cfg.eval.limit) if final else cfg.eval.limit
-            m, shown = evaluate_tasks(loop.compiled.host_params(state), cfg.model,
-                                      self.tokenizer, self.tasks, limit=limit,
-                                      batch_size=cfg.eval.batch_size,
-                                      max_new_tokens=cfg.eval.max_new_tokens,
-                                      samples=cfg.eval.samples, progress=loop.progress,
-                                      lengths=True)
-            out.update(m)
-            if final:
-                self.samples = shown
-        return out
+        return {**super().evaluate(loop, state, step, final),
+                **task_evals(self, loop, state, step, final)}
 
     def finish(self, loop, state) -> dict:
         if self.samples:

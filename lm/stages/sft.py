@@ -106,22 +106,30 @@ class Stage(base.Stage):
         if self.val_groups and (loop.due(step, cfg.train.eval_every) or final):
             out.update(steps.evaluate(loop.compiled, state.params,
                                       self.val_groups, self.token_bytes))
-        if self.tasks and (loop.due(step, cfg.eval.every) or final):
-            limit = (cfg.eval.final_limit or cfg.eval.limit) if final else cfg.eval.limit
-            m, shown = evaluate_tasks(loop.compiled.host_params(state), cfg.model, self.tokenizer,
-                                      self.tasks, limit=limit, batch_size=cfg.eval.batch_size,
-                                      max_new_tokens=cfg.eval.max_new_tokens,
-                                      samples=cfg.eval.samples, progress=loop.progress,
-                                      lengths=True)
-            out.update(m)
-            if final:
-                self.samples = shown
+        out.update(task_evals(self, loop, state, step, final))
         return out
 
     def finish(self, loop, state) -> dict:
         if self.samples:
             write_samples(loop.run_dir, self.samples)
         return {"packing": self.batches.packer.stats.as_metrics()}
+
+
+def task_evals(stage, loop, state, step: int, final: bool) -> dict:
+    """A chat stage's held-out task accuracy through the engine (greedy, tools on: `eval.tasks`
+    over `stage.tasks`) when `eval.every` or the end is due; the final call keeps its sample
+    conversations in `stage.samples` (for `write_samples`)."""
+    cfg = stage.cfg
+    if not stage.tasks or not (loop.due(step, cfg.eval.every) or final):
+        return {}
+    limit = (cfg.eval.final_limit or cfg.eval.limit) if final else cfg.eval.limit
+    m, shown = evaluate_tasks(loop.compiled.host_params(state), cfg.model, stage.tokenizer,
+                              stage.tasks, limit=limit, batch_size=cfg.eval.batch_size,
+                              max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
+                              progress=loop.progress, lengths=True)
+    if final:
+        stage.samples = shown
+    return m
 
 
 def write_samples(run_dir: str, samples: list[dict]) -> None:
