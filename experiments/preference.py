@@ -5,6 +5,8 @@ the tiny chat chain's SFT model.
     python -m lm.main -e rm_hh_tiny         # a reward model (Bradley-Terry) on the same pairs
     python -m lm.main -e rm_tiny            # a reward model on the synthetic labeller's pairs
     python -m lm.main -e rlhf_tiny          # GRPO against it, the true reward logged beside
+    python -m lm.main -e rlhf_tiny_kl       # the same with a KL penalty to the SFT policy
+    python -m lm.main -e dpo_tiny           # DPO on the labeller pairs, at rlhf_tiny's wall time
 """
 from __future__ import annotations
 
@@ -59,18 +61,36 @@ def rm_tiny() -> Config:
 
 
 @register("rlhf_tiny", "GRPO against rm_tiny's reward model, the labeller's true reward logged "
-          "beside it (rl/reward/labeller): where do they part?")
+          "beside it (rl/reward/labeller, eval/reward/labeller): where do they part?")
 def rlhf_tiny() -> Config:
     cfg = grpo_arith_tiny()
-    cfg.rl.rewards = "model:1,labeller:0"
+    cfg.rl.rewards = "model:1,labeller:0"        # the labeller is watched, never optimised
     cfg.rl.reward_model = "rm_tiny"
-    cfg.train.steps, cfg.train.time_limit_s = 100, 1800
-    cfg.eval.every = 20
+    # 8 prompts × 8 samples: twice the steps of the chain's 16 × 8 in the same time, so the
+    # policy drifts far enough from SFT within 30 minutes to show what the RM lets it get away with
+    cfg.rl.prompts, cfg.data.batch_size = 8, 64
+    cfg.eval = EvalConfig(tasks="arithmetic_easy,word_problems", every=10, limit=64,
+                          final_limit=200, batch_size=128, rewards="model,labeller")
+    cfg.train.steps, cfg.train.time_limit_s = 100, 1500
+    cfg.checkpoint.every = 50
     return cfg
 
 
-@register("rlhf_tiny_kl", "rlhf_tiny with a KL penalty to the SFT policy (k3, beta 0.1)")
+@register("rlhf_tiny_kl", "rlhf_tiny with a KL penalty to the SFT policy (k3, beta 0.5)")
 def rlhf_tiny_kl() -> Config:
     cfg = rlhf_tiny()
-    cfg.rl.kl, cfg.rl.beta = "k3", 0.1
+    cfg.rl.kl, cfg.rl.beta = "k3", 0.5
+    return cfg
+
+
+@register("dpo_tiny", "DPO on rm_tiny's labeller pairs from chat_tiny_sft, at rlhf_tiny's wall "
+          "time: its true (labeller) reward and held-out accuracy beside RLHF's")
+def dpo_tiny() -> Config:
+    cfg = dpo_hh_tiny()
+    cfg.pref = rm_tiny().pref
+    cfg.data.seq_len = 256                 # labeller pairs are short (arithmetic replies)
+    cfg.eval = EvalConfig(tasks="arithmetic_easy,word_problems", every=100, limit=64,
+                          final_limit=200, batch_size=128, rewards="labeller")
+    # the same wall time as rlhf_tiny's training; the schedule is sized for the steps it reaches
+    cfg.train.steps, cfg.train.time_limit_s, cfg.train.eval_every = 1500, 1500, 100
     return cfg

@@ -39,6 +39,14 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.add_text(tag, text, step)
 
+    def write_records(self, name: str, step: int, records: list[dict]) -> None:
+        """Append records (each tagged with `step`) to `<name>.jsonl` beside metrics.jsonl:
+        what a run wants to show beyond scalars (sample rollouts, evaluation replies)."""
+        path = os.path.join(os.path.dirname(self.path), f"{name}.jsonl")
+        with open(path, "a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps({"step": int(step), **r}) + "\n")
+
     def close(self) -> None:
         self._f.close()
         if self._tb is not None:
@@ -52,6 +60,9 @@ class NullWriter:
         return {"step": int(step), **metrics}
 
     def write_text(self, *a, **k) -> None:
+        pass
+
+    def write_records(self, *a, **k) -> None:
         pass
 
     def close(self) -> None:

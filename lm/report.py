@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from lm import model, runs
 from lm.logs import read_metrics
+from lm.rl import rewards
 
 
 def _rows(run_dir: str) -> list[dict]:
@@ -95,6 +96,163 @@ def plot_rl_curves(metrics_path: str, path: str, tasks: list[str]) -> bool:
     ax_len.set_ylabel("reply tokens (mean)")
     ax_len.grid(alpha=0.3)
     ax_len.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def smooth(values: list[float], window: int) -> np.ndarray:
+    """Centred moving average (the window shrinks at the ends): rollout rewards are noisy."""
+    v = np.asarray(values, np.float64)
+    if len(v) == 0 or window <= 1:
+        return v
+    h = window // 2
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    lo = np.clip(np.arange(len(v)) - h, 0, len(v))
+    hi = np.clip(np.arange(len(v)) + h + 1, 0, len(v))
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def reward_series(rows: list[dict]) -> dict[str, dict[str, list]]:
+    """{reward name: {"rollout": [(step, mean)], "held_out": [(step, mean)]}} from the per-reward
+    keys a chat stage logs (`rl/reward/<name>`: its rollouts; `eval/reward/<name>`: its held-out
+    greedy replies)."""
+    out: dict[str, dict[str, list]] = {}
+    for r in rows:
+        for k, v in r.items():
+            for prefix, kind in (("rl/reward/", "rollout"), ("eval/reward/", "held_out")):
+                if k.startswith(prefix) and isinstance(v, (int, float)):
+                    out.setdefault(k[len(prefix):], {"rollout": [], "held_out": []})[kind] \
+                        .append((r["step"], float(v)))
+    for d in out.values():
+        d["held_out"] = sorted(dict(d["held_out"]).items())    # a final row repeats its step
+    return out
+
+
+def reward_summary(rows: list[dict], optimised: list[str], window: int = 9) -> dict:
+    """Per reward: its rollout mean (smoothed) at the start, peak and end, and its held-out mean
+    at step 0, best and end; and for each reward the run only watched (weight 0), where it
+    peaked and how the optimised rewards moved after that step — reward hacking is the watched
+    (true) reward falling while the optimised (proxy) one keeps rising."""
+    series = reward_series(rows)
+    out: dict = {"optimised": [n for n in optimised if n in series],
+                 "watched": [n for n in series if n not in optimised], "rewards": {},
+                 "parting": {}, "window": window}
+    for name, d in series.items():
+        e: dict = {}
+        if d["rollout"]:
+            steps, v = zip(*d["rollout"])
+            sm = smooth(list(v), window)
+            i = int(np.argmax(sm))
+            e["rollout"] = {"start": float(sm[0]), "peak": float(sm[i]), "peak_step": steps[i],
+                            "final": float(sm[-1]), "final_step": steps[-1]}
+        if d["held_out"]:
+            steps, v = zip(*d["held_out"])
+            i = int(np.argmax(v))
+            e["held_out"] = {"start": v[0], "start_step": steps[0], "best": v[i],
+                             "best_step": steps[i], "final": v[-1], "final_step": steps[-1]}
+        out["rewards"][name] = e
+    for w in out["watched"]:
+        part: dict = {}
+        for kind, peak_key, step_key in (("held_out", "best", "best_step"),
+                                         ("rollout", "peak", "peak_step")):
+            we = out["rewards"][w].get(kind)
+            if not we:
+                continue
+            at = we[step_key]
+            moves = {}
+            for o in out["optimised"]:
+                pts = dict(series[o][kind])
+                if kind == "rollout":
+                    steps = [s for s, _ in series[o][kind]]
+                    pts = dict(zip(steps, smooth([v for _, v in series[o][kind]], window)))
+                if at in pts and pts:
+                    last = max(pts)
+                    moves[o] = {"at_peak": float(pts[at]), "final": float(pts[last]),
+                                "change_after_peak": float(pts[last] - pts[at])}
+            part[kind] = {"peak_step": at, "at_peak": we[peak_key], "final": we["final"],
+                          "change_after_peak": we["final"] - we[peak_key], "optimised": moves,
+                          "hacked": bool(we["final"] < we[peak_key] and moves and
+                                         all(m["change_after_peak"] > 0 for m in moves.values()))}
+        out["parting"][w] = part
+    return out
+
+
+def reward_markdown(summary: dict) -> str:
+    """The reward summary as Markdown tables."""
+    lines = ["| reward | role | rollout start | rollout peak (step) | rollout final | held-out "
+             "step 0 | held-out best (step) | held-out final |", "|---|---|---|---|---|---|---|---|"]
+    for name, e in summary["rewards"].items():
+        role = "optimised" if name in summary["optimised"] else "watched"
+        ro, ho = e.get("rollout"), e.get("held_out")
+        cells = ([f"{ro['start']:.3f}", f"{ro['peak']:.3f} ({ro['peak_step']})",
+                  f"{ro['final']:.3f}"] if ro else ["", "", ""])
+        cells += ([f"{ho['start']:.3f}", f"{ho['best']:.3f} ({ho['best_step']})",
+                   f"{ho['final']:.3f}"] if ho else ["", "", ""])
+        lines.append(f"| {name} | {role} | " + " | ".join(cells) + " |")
+    for w, part in summary["parting"].items():
+        for kind, p in part.items():
+            moved = ", ".join(f"{o} {m['at_peak']:.3f} → {m['final']:.3f}"
+                              for o, m in p["optimised"].items())
+            lines.append(f"\n{w} ({kind.replace('_', '-')}, smoothed over "
+                         f"{summary['window']} steps for rollouts) peaks at step "
+                         f"{p['peak_step']} ({p['at_peak']:.3f}) and ends at {p['final']:.3f}; "
+                         f"after its peak: {moved or 'n/a'}"
+                         + (" — **the optimised reward rises while the watched one falls**"
+                            if p["hacked"] else ""))
+    return "\n".join(lines) + "\n"
+
+
+def plot_rewards(rows: list[dict], path: str, optimised: list[str], window: int = 9) -> bool:
+    """One panel per reward: its rollout mean per step (faint) and smoothed, and its held-out
+    mean per evaluation, the optimised rewards above the watched ones: a proxy that keeps
+    rising over a true reward that falls is reward hacking."""
+    series = reward_series(rows)
+    if len(series) < 2 and not any(d["held_out"] for d in series.values()):
+        return False
+    names = [n for n in optimised if n in series] + [n for n in series if n not in optimised]
+    fig = Figure(figsize=(7, 2.6 * len(names)))
+    axes = np.atleast_1d(fig.subplots(len(names), 1, sharex=True))
+    for ax, name in zip(axes, names):
+        d = series[name]
+        role = "optimised" if name in optimised else "watched, not optimised"
+        if d["rollout"]:
+            steps, v = zip(*d["rollout"])
+            ax.plot(steps, v, lw=0.8, alpha=0.3, color="C0")
+            ax.plot(steps, smooth(list(v), window), lw=1.8, color="C0",
+                    label=f"rollouts (mean, smoothed over {window})")
+        if d["held_out"]:
+            ax.plot(*zip(*d["held_out"]), "o-", color="C1", lw=1.5,
+                    label="held-out prompts (greedy)")
+        ax.set_ylabel(name)
+        ax.set_title(f"reward `{name}` ({role})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[-1].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def plot_pair_accuracy(rows: list[dict], path: str, title: str) -> bool:
+    """Held-out pairwise accuracy per evaluation (a reward model or DPO's implied reward) beside
+    the length-only baseline (the longer reply wins)."""
+    acc = sorted(dict((r["step"], r["val/accuracy"]) for r in rows
+                      if r.get("val/accuracy") is not None).items())
+    if not acc:
+        return False
+    fig, ax = _figure((7, 4))
+    ax.plot(*zip(*acc), "o-", lw=1.5, label="held-out pairwise accuracy")
+    base = [r["val/length_baseline"] for r in rows if r.get("val/length_baseline") is not None]
+    if base:
+        ax.axhline(base[-1], color="grey", ls="--", lw=1, label="length baseline")
+    ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+    ax.set_ylim(0.4, 1.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -181,6 +339,19 @@ def write(run_dir: str) -> str:
         lines += ["## Loss", "", "![loss](loss.png)", ""]
     if os.path.exists(os.path.join(ref.run_dir, "rl_curves.png")):
         lines += ["## RL curves", "", "![rl](rl_curves.png)", ""]
+    if plot_pair_accuracy(rows, os.path.join(ref.run_dir, "pair_accuracy.png"),
+                          f"{cfg.name}: held-out preference pairs ranked right"):
+        lines += ["## Held-out pairwise accuracy", "", "![pairs](pair_accuracy.png)", ""]
+    optimised = [k for k, w in rewards.parse(cfg.rl.rewards).items() if w] \
+        if cfg.stage == "grpo" else []
+    if plot_rewards(rows, os.path.join(ref.run_dir, "rewards.png"), optimised):
+        summary_r = reward_summary(rows, optimised)
+        table = reward_markdown(summary_r)
+        with open(os.path.join(ref.run_dir, "rewards.json"), "w") as f:
+            json.dump(summary_r, f, indent=1)
+        with open(os.path.join(ref.run_dir, "rewards.md"), "w") as f:
+            f.write(f"# Rewards of {cfg.name}\n\n![rewards](rewards.png)\n\n{table}")
+        lines += ["## Rewards", "", "![rewards](rewards.png)", "", table]
     lines += ["## Evaluations along the chain", ""]
     keys = sorted({k for _, ev in chain for k in ev})
     if keys:

@@ -92,3 +92,14 @@ def test_auto_dtype_is_bf16_exactly_where_the_bf16_kernels_run(monkeypatch):
     assert process.resolve(cfg).model.dtype == "float32"
     with pytest.raises(ConfigError, match="choose one of"):
         apply_overrides(experiments.get("shakespeare_char_cpu"), ["model.dtype=fp16"])
+
+
+def test_eval_rewards_only_for_stages_that_reply_and_only_known_names():
+    from lm.rl.rewards import parse
+    with pytest.raises(ConfigError, match="eval.rewards.*does not reply"):
+        Config(stage="pretrain", eval=dataclasses.replace(Config().eval,
+                                                          rewards="labeller")).validate()
+    Config(stage="sft", init_from="x",
+           eval=dataclasses.replace(Config().eval, rewards="labeller")).validate()
+    with pytest.raises(ConfigError, match="eval.rewards: unknown reward 'nope'"):
+        parse("labeller,nope", "eval.rewards")

@@ -224,6 +224,10 @@ def test_reward_model_stage_learns_loads_and_refuses_to_generate(tok, tmp_path):
     final = [r for r in m if "val/accuracy" in r][-1]
     assert final["val/accuracy"] == 1.0 and final["val/margin"] > 0.5
     assert final["val/length_baseline"] == 0.0       # the chosen reply is the shorter one here
+    # the report card plots the held-out accuracy curve
+    from lm import report
+    assert "pair_accuracy.png" in open(report.write(str(tmp_path / "rm"))).read()
+    assert (tmp_path / "rm" / "pair_accuracy.png").stat().st_size > 1000
     run = runs.load(str(tmp_path / "rm"))
     p = runs.load(parent)
     # the body is the parent's (trained on from there), the head is new

@@ -208,11 +208,11 @@ def test_grpo_stage_runs_logs_and_is_reproducible(tiny_parent, tmp_path):
     assert os.path.getsize(str(tmp_path / "r" / "rl_curves.png")) > 1000
     # the same seed gives the same rollouts
     st = grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)
-    a, _ = st.rollouts(parent.params, 3)
-    b, _ = st.rollouts(parent.params, 3)
+    a, _, _ = st.rollouts(parent.params, 3)
+    b, _, _ = st.rollouts(parent.params, 3)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-    c, _ = st.rollouts(parent.params, 4)
+    c, _, _ = st.rollouts(parent.params, 4)
     assert not np.array_equal(a["targets"], c["targets"])
     # forced tool outputs and prompts have no weight; some sampled tokens do
     assert a["weights"].sum() > 0 and (a["weights"][:, :5] == 0).all()
@@ -336,7 +336,7 @@ def test_grpo_rewards_from_a_reward_model_run(tiny_parent, tmp_path):
     cfg = _grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1,labeller:0",
                     reward_model=rm_dir)
     st = grpo.Stage(cfg, tokenizer=tok, parent=parent)
-    batch, stats = st.rollouts(parent.params, 0)
+    batch, stats, shown = st.rollouts(parent.params, 0)
     rm = runs.load(rm_dir)
     # the same scores, recomputed one sequence at a time from the rows the policy trains on
     want = []
@@ -349,10 +349,13 @@ def test_grpo_rewards_from_a_reward_model_run(tiny_parent, tmp_path):
     # the labeller's true reward is logged beside it, weight 0: not in the optimised reward
     assert stats["rl/reward"] == pytest.approx(np.mean(want), abs=1e-4)
     assert "rl/reward/labeller" in stats and stats["rl/reward/labeller"] >= -0.5
-    with pytest.raises(ConfigError, match="set rl.reward_model"):
+    # the rollouts shown (rollouts.jsonl): the best-rewarded one has the batch's top model score
+    best = [x for x in shown if x["which"] == "best"][0]
+    assert best["rewards"]["model"] == pytest.approx(max(want), abs=1e-4)
+    with pytest.raises(ConfigError, match="needs rl.reward_model"):
         grpo.Stage(_grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1"), tokenizer=tok,
                    parent=parent)
-    with pytest.raises(ConfigError, match="does not use `model`"):
+    with pytest.raises(ConfigError, match="nor eval.rewards uses `model`"):
         grpo.Stage(_grpo_cfg(tiny_parent, tok.vocab_size, reward_model=rm_dir), tokenizer=tok,
                    parent=parent)
     with pytest.raises(ConfigError, match="not a reward model"):
@@ -365,3 +368,94 @@ def test_grpo_rewards_from_a_reward_model_run(tiny_parent, tmp_path):
     with pytest.raises(ConfigError, match="tokenizer differs"):
         grpo.Stage(_grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1",
                              reward_model=other_dir), tokenizer=tok, parent=parent)
+
+
+def test_held_out_rewards_score_the_evaluation_replies(tiny_parent, tmp_path):
+    """`eval.rewards=model,labeller`: the reward model's score and the labeller's true reward of
+    each held-out greedy reply, per task and overall; the run also keeps its sample rollouts and
+    evaluation replies, and its report card plots and tabulates every reward."""
+    import dataclasses
+    import json
+    import os
+    from lm import report, runs, train
+    from lm import conversation as chat
+    from lm import tasks as task_lib
+    from lm.config import Config, DataConfig
+    from lm.eval.chat import evaluate_tasks
+    from lm.logs import read_metrics
+    from lm.rl import labeller
+    from lm.rl.rewards import HeldOutRewards
+    from lm.sampling import Engine
+    parent = runs.load(tiny_parent)
+    tok = parent.tokenizer
+    rm_cfg = Config(name="tiny_rm", stage="rm", init_from="x",
+                    model=dataclasses.replace(parent.config.model, head="score"),
+                    data=DataConfig(tokenizer="parent"))
+    rm_dir = runs.save_run(str(tmp_path / "rm"), rm_cfg, tok)
+    cfg = _grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1,labeller:0",
+                    reward_model=rm_dir)
+    cfg.eval.rewards = "model,labeller"
+    score = HeldOutRewards(cfg, tok)
+    seen = {}
+
+    def spy(task, convs, replies):
+        out = score(task, convs, replies)
+        seen.update(convs=convs, replies=replies, out=out)
+        return out
+    m, _ = evaluate_tasks(parent.params, parent.config.model, tok, ["arithmetic_easy"], limit=4,
+                          batch_size=4, max_new_tokens=16, score=spy,
+                          engine=Engine(parent.params, parent.config.model, tokenizer=tok,
+                                        tools=tok.chat))
+    rm = runs.load(rm_dir)
+    task = task_lib.get("arithmetic_easy")
+    want_rm, want_true = [], []
+    for c, r in zip(seen["convs"], seen["replies"]):
+        ids = chat.render_for_completion(c, tok) + list(r["tokens"])
+        x = jnp.asarray(np.asarray(ids, np.int32)[None])
+        want_rm.append(float(model.apply(rm.params, rm.config.model, x)[0, -1]))
+        want_true.append(labeller.true_reward(task, c, r["text"]))
+    assert m["eval/reward/model"] == pytest.approx(np.mean(want_rm), abs=1e-4)
+    assert m["eval/arithmetic_easy_reward/labeller"] == pytest.approx(np.mean(want_true))
+    assert m["eval/reward/labeller"] == pytest.approx(np.mean(want_true))
+    # end to end: the metrics, the records and the report's reward table
+    run_dir = str(tmp_path / "run")
+    train.run(cfg, run_dir=run_dir, progress=False)
+    rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    evals = [r for r in rows if "eval/reward/labeller" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4] and all("eval/reward/model" in r
+                                                               for r in evals)
+    with open(os.path.join(run_dir, "rollouts.jsonl")) as f:
+        shown = [json.loads(line) for line in f]
+    assert [r["step"] for r in shown] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert {r["which"] for r in shown} == {"best", "first"}
+    assert all(set(r["rewards"]) == {"model", "labeller"} for r in shown)
+    with open(os.path.join(run_dir, "eval_samples.jsonl")) as f:
+        assert {json.loads(line)["step"] for line in f} == {0, 2, 4}
+    report.write(run_dir)                   # the report card, as lm.main writes it at the end
+    with open(os.path.join(run_dir, "rewards.json")) as f:
+        summary = json.load(f)
+    assert summary["optimised"] == ["model"] and summary["watched"] == ["labeller"]
+    assert summary["rewards"]["labeller"]["held_out"]["start_step"] == 0
+    assert os.path.getsize(os.path.join(run_dir, "rewards.png")) > 1000
+
+
+def test_reward_summary_names_where_a_proxy_and_the_truth_part():
+    from lm.report import reward_summary, smooth
+    np.testing.assert_allclose(smooth([0, 3, 0, 3], 3), [1.5, 1, 2, 1.5])
+    steps = np.arange(1, 41)
+    proxy = steps / 40.0                                    # keeps rising
+    true = np.where(steps <= 15, steps / 15.0, 1 - (steps - 15) / 50.0)   # peaks at 15, falls
+    rows = [{"step": int(s), "rl/reward/model": float(p), "rl/reward/labeller": float(t)}
+            for s, p, t in zip(steps, proxy, true)]
+    rows += [{"step": s, "eval/reward/model": s / 40, "eval/reward/labeller": v}
+             for s, v in ((0, 0.1), (10, 0.8), (20, 0.9), (30, 0.7), (40, 0.5))]
+    out = reward_summary(rows, optimised=["model"], window=5)
+    held = out["parting"]["labeller"]["held_out"]
+    assert held["peak_step"] == 20 and held["hacked"]
+    assert held["optimised"]["model"]["change_after_peak"] == pytest.approx(0.5)
+    assert abs(out["parting"]["labeller"]["rollout"]["peak_step"] - 15) <= 2
+    assert out["parting"]["labeller"]["rollout"]["hacked"]
+    # both rising: no hacking
+    rows2 = [{"step": int(s), "rl/reward/model": float(p), "rl/reward/labeller": float(p)}
+             for s, p in zip(steps, proxy)]
+    assert not reward_summary(rows2, optimised=["model"])["parting"]["labeller"]["rollout"]["hacked"]

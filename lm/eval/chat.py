@@ -16,7 +16,7 @@ c of them graded correct, and every k <= n estimated from the same samples witho
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -102,15 +102,20 @@ def _graded(task, conv: dict, text: str) -> bool:
 def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_size: int = 64,
                    max_new_tokens: int = 0, samples: int = 0, progress: bool = False,
                    engine: Optional[Engine] = None, lengths: bool = False,
-                   strict_calls: bool = False) -> tuple[dict, list[dict]]:
+                   strict_calls: bool = False,
+                   score: Optional[Callable] = None) -> tuple[dict, list[dict]]:
     """(metrics, sample conversations) over the held-out split of each named task. `lengths`:
     also the mean reply length in tokens (`eval/<task>_tokens`) of generative tasks and the share
-    of replies that show their working (`eval/<task>_worked`, lm.tasks.base.shows_work)."""
+    of replies that show their working (`eval/<task>_worked`, lm.tasks.base.shows_work).
+    `score(task, convs, replies) -> {name: [value per reply]}` (e.g. `lm.rl.rewards.
+    HeldOutRewards`): its means per task (`eval/<task>_reward/<name>`) and over all generative
+    replies (`eval/reward/<name>`)."""
     engine = engine or Engine(params, cfg, tokenizer=tok, tools=tok.chat)
     metrics: dict[str, float] = {}
     shown: list[dict] = []
     fmt_ok = fmt_n = 0
     centred = []
+    scored: dict[str, list] = {}
     bar = tqdm(total=len(names), disable=not progress, desc="eval", leave=False)
     for name in names:
         task = task_lib.get(name)
@@ -134,6 +139,12 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
                 metrics[f"eval/{name}_tokens"] = float(np.mean([len(r["tokens"]) for r in replies]))
                 metrics[f"eval/{name}_worked"] = float(np.mean([shows_work(r["text"])
                                                                 for r in replies]))
+            if score is not None:
+                for k, v in score(task, convs, replies).items():
+                    metrics[f"eval/{name}_reward/{k}"] = float(np.mean(v))
+                    scored.setdefault(k, []).extend(v)
+                    for r, x in zip(replies, v):
+                        r.setdefault("rewards", {})[k] = float(x)
         else:
             raise ValueError(f"task {name!r} ({task.kind}) has no grader; evaluate it by loss")
         acc = float(np.mean(correct))
@@ -151,13 +162,16 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
         for c, r, ok in list(zip(convs, replies, correct))[:samples]:
             shown.append({"task": name, "prompt": c["messages"][-2]["content"]
                           if c["messages"][-1]["role"] == "assistant" else c["messages"][-1]["content"],
-                          "reply": r["text"], "correct": ok, "format_ok": r["format_ok"]})
+                          "reply": r["text"], "correct": ok, "format_ok": r["format_ok"],
+                          **({"rewards": r["rewards"]} if "rewards" in r else {})})
         bar.update(1)
     bar.close()
     if fmt_n:
         metrics["eval/format"] = fmt_ok / fmt_n
     if centred:
         metrics["eval/chatcore"] = float(np.mean(centred))
+    for k, v in scored.items():
+        metrics[f"eval/reward/{k}"] = float(np.mean(v))
     return metrics, shown
 
 

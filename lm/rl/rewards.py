@@ -7,14 +7,15 @@ loop.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import model
-from lm.config import ConfigError, parse_weights
+from lm import model, paths, runs
+from lm import conversation as chat
+from lm.config import Config, ConfigError, parse_weights
 from lm.rl import labeller
 from lm.tasks.base import final_number
 from lm.sampling import bucket
@@ -85,11 +86,22 @@ class RewardModelScorer:
         return r[np.arange(len(sequences)), [len(s) - 1 for s in sequences]].astype(np.float32)
 
 
-def parse(spec: str) -> dict[str, float]:
+def reward_model(cfg: Config, policy_tokenizer) -> RewardModelScorer:
+    """The scorer of `rl.reward_model` (an `rm` run: a path or an experiment's latest run)."""
+    if not cfg.rl.reward_model:
+        raise ConfigError("the `model` reward needs rl.reward_model: an rm run")
+    try:
+        rm = runs.load(cfg.rl.reward_model, workdir=paths.workdir())
+    except runs.RunError as e:
+        raise ConfigError(f"rl.reward_model: {e}") from None
+    return RewardModelScorer(rm, policy_tokenizer, f"init_from={cfg.init_from}")
+
+
+def parse(spec: str, key: str = "rl.rewards") -> dict[str, float]:
     """'name:weight,...' -> {name: weight}, validated against the registry (ConfigError)."""
-    out = parse_weights(spec, REWARDS, key="rl.rewards", kind="reward")
+    out = parse_weights(spec, REWARDS, key=key, kind="reward")
     if not out:
-        raise ConfigError("rl.rewards: no reward given")
+        raise ConfigError(f"{key}: no reward given")
     return out
 
 
@@ -104,8 +116,8 @@ class Composite:
     """Σ weight · reward over the registered functions (weight 0: computed and logged only);
     counts the calls that raised."""
 
-    def __init__(self, spec: str | dict[str, float]):
-        self.weights = parse(spec) if isinstance(spec, str) else dict(spec)
+    def __init__(self, spec: str | dict[str, float], key: str = "rl.rewards"):
+        self.weights = parse(spec, key) if isinstance(spec, str) else dict(spec)
         self.errors = 0
 
     def each(self, task, conv: dict, reply: dict) -> dict[str, float]:
@@ -124,3 +136,30 @@ class Composite:
 
     def __call__(self, task, conv: dict, reply: dict) -> float:
         return self.total(self.each(task, conv, reply))
+
+
+class HeldOutRewards:
+    """`eval.rewards` measured on a chat stage's held-out replies (`lm.eval.chat.evaluate_tasks`'s
+    `score`): each named reward of each reply, e.g. a reward model's score beside the labeller's
+    true reward of the same greedy replies, so the gap between them is seen on prompts the policy
+    never practised on. `model` needs `rl.reward_model` (or the stage's own scorer)."""
+
+    def __init__(self, cfg: Config, tokenizer, scorer: Optional[RewardModelScorer] = None):
+        self.reward = Composite({k: 1.0 for k in parse(cfg.eval.rewards, "eval.rewards")})
+        self.tokenizer = tokenizer
+        self.scorer = scorer
+        if "model" in self.reward.weights and scorer is None:
+            self.scorer = reward_model(cfg, tokenizer)
+
+    def __call__(self, task, convs: Sequence[dict], replies: Sequence[dict]) -> dict[str, list]:
+        """{reward name: [value per reply]} for replies (generate_replies' dicts) to convs."""
+        if self.scorer is not None:
+            seqs = [chat.render_for_completion(c, self.tokenizer) + list(r["tokens"])
+                    for c, r in zip(convs, replies)]
+            for r, s in zip(replies, self.scorer(seqs)):
+                r["model_score"] = float(s)
+        out: dict[str, list] = {name: [] for name in self.reward.weights}
+        for c, r in zip(convs, replies):
+            for name, v in self.reward.each(task, c, r).items():
+                out[name].append(v)
+        return out

@@ -27,19 +27,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import kernels, losses, model, paths, runs
+from lm import kernels, losses, model
 from lm import conversation as chat
 from lm import tasks as task_lib
 from lm.config import Config, ConfigError, parse_weights
 from lm.eval.chat import evaluate_tasks, pass_at_k
 from lm.report import plot_rl_curves
 from lm.rl.loss import advantages, policy_loss
-from lm.rl.rewards import Composite, RewardModelScorer
+from lm.rl.rewards import Composite, HeldOutRewards, reward_model
 from lm.sampling import Engine
 from lm.stages import base
 from lm.stages.sft import write_samples
 from lm.steps import sequence_logprobs
 from lm.tasks.base import shows_work
+
+
+def _last_user(conv: dict) -> str:
+    users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
+    return chat.reply_text(chat.parts_of(users[-1])) if users else ""
 
 
 class Stage(base.Stage):
@@ -87,18 +92,12 @@ class Stage(base.Stage):
                              f"{[x for x in self.task.splits if x != 'test']} to practise on "
                              f"(test is held out for evaluation)")
         self.reward = Composite(rl.rewards)
-        self.scorer = None
-        if "model" in self.reward.weights:
-            if not rl.reward_model:
-                raise ConfigError("rl.rewards uses `model`: set rl.reward_model to an rm run")
-            try:
-                rm = runs.load(rl.reward_model, workdir=paths.workdir())
-            except runs.RunError as e:
-                raise ConfigError(f"rl.reward_model: {e}") from None
-            self.scorer = RewardModelScorer(rm, tokenizer, f"init_from={cfg.init_from}")
-        elif rl.reward_model:
-            raise ConfigError(f"rl.reward_model={rl.reward_model!r} is set but rl.rewards "
-                              f"({rl.rewards!r}) does not use `model`")
+        uses_rm = "model" in self.reward.weights or "model" in cfg.eval.rewards.split(",")
+        self.scorer = reward_model(cfg, tokenizer) if uses_rm else None
+        if rl.reward_model and not uses_rm:
+            raise ConfigError(f"rl.reward_model={rl.reward_model!r} is set but neither "
+                              f"rl.rewards ({rl.rewards!r}) nor eval.rewards uses `model`")
+        self.score = HeldOutRewards(cfg, tokenizer, self.scorer) if cfg.eval.rewards else None
         # its own buffers: the train state starts from the same arrays and the step donates them
         self.ref_params = jax.tree.map(jnp.copy, parent.params)
         self.rollout_index = 0          # rollout batches made so far (the data position)
@@ -148,7 +147,9 @@ class Stage(base.Stage):
         rng = np.random.default_rng((self.cfg.data.seed, k))
         return [self.task.example(split, int(i)) for i in rng.integers(0, size, P)]
 
-    def rollouts(self, params, k: int) -> tuple[dict, dict]:
+    def rollouts(self, params, k: int) -> tuple[dict, dict, list[dict]]:
+        """(batch, stats, shown): shown = the batch's best-rewarded rollout and its first, with
+        every reward's value (rollouts.jsonl: what the policy is learning to say)."""
         cfg, rl, tok = self.cfg, self.cfg.rl, self.tokenizer
         convs = self.prompts(k)
         eng = self._engine(params)
@@ -167,7 +168,7 @@ class Stage(base.Stage):
         lengths = np.zeros((B,), np.int32)
         errors_before = self.reward.errors
         scores = (self.scorer([prompts[r // rl.samples] + g.row(r) for r in range(B)])
-                  if self.scorer is not None else None)
+                  if "model" in self.reward.weights else None)
         per_reward: dict[str, float] = {}
         for r in range(B):
             p, s = divmod(r, rl.samples)
@@ -178,6 +179,7 @@ class Stage(base.Stage):
             if scores is not None:
                 reply["model_score"] = float(scores[r])
             values = self.reward.each(self.task, convs[p], reply)
+            reply["rewards"] = values
             rewards[p, s] = self.reward.total(values)
             for name, v in values.items():
                 per_reward[name] = per_reward.get(name, 0.0) + v / B
@@ -197,13 +199,18 @@ class Stage(base.Stage):
                  "rl/reward_errors": self.reward.errors - errors_before,
                  "rl/format": float(np.mean([x["format_ok"] for x in replies])),
                  "rl/worked": float(np.mean([shows_work(x["text"]) for x in replies]))}
-        return batch, stats
+        best = int(np.argmax(rewards.reshape(-1)))
+        shown = [{"which": which, "prompt": _last_user(convs[r // rl.samples]),
+                  "reply": replies[r]["text"], "rewards": replies[r]["rewards"]}
+                 for which, r in (("best", best), ("first", 0))]
+        return batch, stats, shown
 
     def next_batch(self, loop, state) -> dict:
         if self.updates_left == 0:
             t0 = time.perf_counter()
             params = loop.compiled.host_params(state)
-            batch, stats = self.rollouts(params, self.rollout_index)
+            batch, stats, shown = self.rollouts(params, self.rollout_index)
+            loop.writer.write_records("rollouts", self.rollout_index + 1, shown)
             t1 = time.perf_counter()
             m = self.cfg.model
             ins, tg = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
@@ -231,15 +238,16 @@ class Stage(base.Stage):
         out, shown = evaluate_tasks(params, cfg.model, self.tokenizer, self.eval_tasks,
                                     limit=limit, batch_size=cfg.eval.batch_size,
                                     max_new_tokens=cfg.eval.max_new_tokens,
-                                    samples=cfg.eval.samples if final else 0,
+                                    samples=cfg.eval.samples,
                                     progress=loop.progress, engine=self._engine(params),
-                                    lengths=True)
+                                    lengths=True, score=self.score)
         if cfg.rl.pass_k > 1 and (step == 0 or final):    # k samples a problem: the ends only
             for name in self.eval_tasks:
                 out[f"eval/{name}_pass@{cfg.rl.pass_k}"] = pass_at_k(
                     self._engine(params), self.tokenizer, task_lib.get(name),
                     limit=min(limit, 64), k=cfg.rl.pass_k, temperature=cfg.rl.temperature,
                     batch_size=cfg.eval.batch_size)
+        loop.writer.write_records("eval_samples", step, shown)
         if final:
             self.samples = shown
         self.history.append({"step": step, **out})

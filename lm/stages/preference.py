@@ -27,6 +27,7 @@ from lm import tasks as task_lib
 from lm.config import Config, ConfigError, parse_weights
 from lm.data import preferences
 from lm.rl.loss import preference_loss, reward_model_loss
+from lm.rl.rewards import HeldOutRewards
 from lm.stages import base
 from lm.stages.sft import task_evals, write_samples
 from lm.steps import sequence_logprobs
@@ -138,6 +139,7 @@ class DPO(_Pairs):
         # its own buffers: the train state starts from the same arrays and the step donates them
         self.ref_params = jax.tree.map(jnp.copy, parent.params)
         self.tasks = list(parse_weights(cfg.eval.tasks, task_lib.NAMES, key="eval.tasks"))
+        self.score = HeldOutRewards(cfg, tokenizer) if cfg.eval.rewards else None
         self.samples: list[dict] = []
 
     def prepare(self, batch: dict) -> dict:

@@ -20,6 +20,7 @@ from lm.config import Config, ConfigError, parse_weights
 from lm.data.sft import SFTBatches
 from lm.data.tfds_builders import TaskExamples
 from lm.eval.chat import evaluate_tasks
+from lm.rl.rewards import HeldOutRewards
 from lm.stages import base
 from lm.state import checkpoint_target, reset_schedule_counts
 
@@ -78,6 +79,7 @@ class Stage(base.Stage):
                                                    micro=cfg.train.grad_accum)
         self.token_bytes = np.asarray(tokenizer.token_bytes())
         self.tasks = list(parse_weights(cfg.eval.tasks, tasks.NAMES, key="eval.tasks"))
+        self.score = HeldOutRewards(cfg, tokenizer) if cfg.eval.rewards else None
         self.samples: list[dict] = []
 
     def initial_state(self, state, parent):
@@ -117,8 +119,9 @@ class Stage(base.Stage):
 
 def task_evals(stage, loop, state, step: int, final: bool) -> dict:
     """A chat stage's held-out task accuracy through the engine (greedy, tools on: `eval.tasks`
-    over `stage.tasks`) when `eval.every` or the end is due; the final call keeps its sample
-    conversations in `stage.samples` (for `write_samples`)."""
+    over `stage.tasks`; `stage.score`: `eval.rewards` of the same replies) when `eval.every` or
+    the end is due; the final call keeps its sample conversations in `stage.samples` (for
+    `write_samples`)."""
     cfg = stage.cfg
     if not stage.tasks or not (loop.due(step, cfg.eval.every) or final):
         return {}
@@ -126,7 +129,7 @@ def task_evals(stage, loop, state, step: int, final: bool) -> dict:
     m, shown = evaluate_tasks(loop.compiled.host_params(state), cfg.model, stage.tokenizer,
                               stage.tasks, limit=limit, batch_size=cfg.eval.batch_size,
                               max_new_tokens=cfg.eval.max_new_tokens, samples=cfg.eval.samples,
-                              progress=loop.progress, lengths=True)
+                              progress=loop.progress, lengths=True, score=stage.score)
     if final:
         stage.samples = shown
     return m
