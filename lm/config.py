@@ -283,9 +283,6 @@ class SFTConfig:
     files: str = ""
 
 
-REPLYING_STAGES = ("sft", "dpo", "grpo")      # stages whose evaluations generate replies
-
-
 @dataclass
 class EvalConfig:
     """Held-out task evaluations through the engine (greedy, tools on) during and after a run."""
@@ -299,7 +296,7 @@ class EvalConfig:
     max_new_tokens: int = num(0, 0)       # reply budget (0: each task's own)
     samples: int = num(6, 0)              # sample conversations written to the run directory
     rewards: str = ""                     # lm.rl.rewards names scored on the held-out greedy
-                                          # replies (eval/reward/<name>; chat stages), e.g.
+                                          # replies (eval/reward/<name>; stages that reply),
                                           # "model,labeller": a reward model beside the truth
 
 
@@ -377,10 +374,6 @@ class Config:
         if self.optim.min_lr > self.optim.lr:
             raise ConfigError(f"optim.min_lr ({self.optim.min_lr}) exceeds optim.lr "
                               f"({self.optim.lr})")
-        if self.eval.rewards and self.stage not in REPLYING_STAGES:
-            raise ConfigError(f"eval.rewards={self.eval.rewards!r}: rewards score the held-out "
-                              f"replies of a chat stage {list(REPLYING_STAGES)}; stage "
-                              f"{self.stage!r} does not reply")
         return self
 
     def to_dict(self) -> dict:

@@ -342,8 +342,8 @@ def write(run_dir: str) -> str:
     if plot_pair_accuracy(rows, os.path.join(ref.run_dir, "pair_accuracy.png"),
                           f"{cfg.name}: held-out preference pairs ranked right"):
         lines += ["## Held-out pairwise accuracy", "", "![pairs](pair_accuracy.png)", ""]
-    optimised = [k for k, w in rewards.parse(cfg.rl.rewards).items() if w] \
-        if cfg.stage == "grpo" else []
+    rollouts = any(k.startswith("rl/reward/") for r in rows for k in r)     # an RL run's rows
+    optimised = [k for k, w in rewards.parse(cfg.rl.rewards).items() if w] if rollouts else []
     if plot_rewards(rows, os.path.join(ref.run_dir, "rewards.png"), optimised):
         summary_r = reward_summary(rows, optimised)
         table = reward_markdown(summary_r)

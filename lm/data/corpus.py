@@ -28,6 +28,7 @@ import numpy as np
 from lm import tasks
 from lm.conversation import parts_of
 from lm.data import sources
+from lm.tasks.knowledge import knowledge_base
 from lm.tasks import recall
 from lm.tasks.base import held_out
 
@@ -303,6 +304,14 @@ def chat_tiny_open_copies() -> tuple[list[Doc], list[Doc]]:
     return chat_tiny(copies=0, open_copies=12000)
 
 
+def chat_tiny_kb() -> tuple[list[Doc], list[Doc]]:
+    """`chat_tiny` with the knowledge base's biographies (`lm.tasks.knowledge`: each made-up
+    person written 0, 1, 2, 4, 8, 16 or 32 times, train and test people alike); the same
+    validation documents."""
+    train, val = chat_tiny()
+    return train + knowledge_base().biographies(), val
+
+
 def copy_warmup() -> tuple[list[Doc], list[Doc]]:
     """Synthetic token-space copies only: a warm-up whose only lesson is to copy what followed
     an earlier occurrence; validation on documents drawn with another seed."""
@@ -311,7 +320,7 @@ def copy_warmup() -> tuple[list[Doc], list[Doc]]:
 
 CORPORA: dict[str, Callable[[], tuple[list[Doc], list[Doc]]]] = {
     "chat_tiny": chat_tiny, "chat_tiny_drill": chat_tiny_drill, "chat_tiny_copy": chat_tiny_copy,
-    "chat_tiny_open_copies": chat_tiny_open_copies,
+    "chat_tiny_open_copies": chat_tiny_open_copies, "chat_tiny_kb": chat_tiny_kb,
     "induction_drill": induction_drill, "copy_warmup": copy_warmup}
 
 

@@ -7,7 +7,7 @@ is a module here with a `Stage` subclass, its name in `STAGES` and in `Config.st
 """
 from __future__ import annotations
 
-from lm.config import Config
+from lm.config import Config, ConfigError
 from lm.stages import grpo, preference, pretrain, sft
 from lm.stages.base import Stage
 
@@ -41,4 +41,7 @@ def build(cfg: Config, tokenizer=None, parent=None) -> Stage:
     if cls.needs_parent and parent is None:
         raise ValueError(f"stage {cfg.stage!r} starts from a parent run: set init_from (a run "
                          f"dir, a checkpoint dir, or an experiment name)")
+    if cfg.eval.rewards and not cls.chat:
+        raise ConfigError(f"eval.rewards={cfg.eval.rewards!r}: rewards score the held-out "
+                          f"replies of a stage that replies; stage {cfg.stage!r} does not")
     return cls(cfg, tokenizer=tokenizer, parent=parent)

@@ -12,7 +12,8 @@ length and frequency, held-out phrasings), recall (facts stated earlier in the c
 copy (repeat exactly); and word_problems (a compositional grammar of 1-2 step problems whose
 held-out split is made of unseen combinations of seen parts); arithmetic_think (2-4 steps, mostly
 direct answers in training: for RL to discover working); everyday_math / _letters /
-_recall are hand-written questions for evaluation only. A mixture ("identity:1,spelling:2") is read by
+_recall are hand-written questions for evaluation only; kb_qa, kb_qa_naive and kb_qa_context
+ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`). A mixture ("identity:1,spelling:2") is read by
 `lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lm.tasks.files import ConversationsFile
 from lm.tasks.function_calling import FunctionCalling
 from lm.tasks.gsm8k import GSM8K, GSM8KEasy
 from lm.tasks.identity import STUDENT_NAME, Identity
+from lm.tasks.knowledge import KnowledgeQA
 from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
 from lm.tasks.open_chat import OpenChat
 from lm.tasks.recall import Copy, Recall
@@ -51,12 +53,16 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "whoami_student": lambda: Identity(name="whoami_student", assistant=STUDENT_NAME,
                                        topics=("name",)),
     "function_calling": FunctionCalling, "agent_steps": AgentSteps,
+    # made-up people read in pretraining 0-32 times (issue 26: hallucination, working memory)
+    "kb_qa": KnowledgeQA, "kb_qa_naive": lambda: KnowledgeQA("kb_qa_naive", mode="naive"),
+    "kb_qa_context": lambda: KnowledgeQA("kb_qa_context", mode="context"),
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
          "gsm8k_easy", "spelling_ood", "recall", "copy", "word_problems", "everyday_math",
          "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
-         "whoami_teacher", "whoami_student", "function_calling", "agent_steps")
+         "whoami_teacher", "whoami_student", "function_calling", "agent_steps", "kb_qa",
+         "kb_qa_naive", "kb_qa_context")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 FILES: dict[str, str] = {}       # conversation files named for this process (register_file)

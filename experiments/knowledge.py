@@ -1,0 +1,58 @@
+"""Hallucination and working memory on a synthetic knowledge base (issue 26; `lm.tasks.knowledge`):
+made-up people read in pretraining 0-32 times, then asked about after SFT.
+
+    python -m lm.main -e chat_tiny_base_kb          # chat_tiny_base + the biographies
+    python -m lm.main -e chat_tiny_sft_kb           # plain SFT: every fact question answered
+    python -m tools.probe_knowledge --run chat_tiny_sft_kb --out runs/knowledge_probe
+    python -m lm.main -e chat_tiny_sft_kb_probed    # SFT: known facts answered, unknown refused
+    python -m lm.main -e chat_tiny_sft_kb_naive     # baseline: refuse people seen < 8 times
+
+Each SFT run evaluates the held-out people (never in SFT data), greedy: correct / hallucinated /
+refused, overall and per pretraining frequency (`eval/kb_qa_<verdict>_f<n>`), and the same
+questions with the biography in the user turn (`kb_qa_context`: working memory).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from lm.config import Config
+
+from experiments import register
+from experiments.chat import chat_tiny_base, chat_tiny_sft
+
+KB_EVAL = "kb_qa,kb_qa_context,identity,arithmetic_easy,recall"
+
+
+@register("chat_tiny_base_kb", "chat_tiny_base on chat_tiny_kb: the chain's corpus plus the "
+          "knowledge base's biographies (each made-up person 0-32 times), the chain's tokenizer")
+def chat_tiny_base_kb() -> Config:
+    cfg = chat_tiny_base()
+    cfg.data = dataclasses.replace(cfg.data, source="chat_tiny_kb", tokenizer_source="chat_tiny")
+    return cfg
+
+
+def _sft(mixture: str, files: str = "") -> Config:
+    cfg = chat_tiny_sft()
+    cfg.init_from = "chat_tiny_base_kb"
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture + "," + mixture, files=files)
+    # the held-out people: 1,400 questions each for kb_qa and kb_qa_context
+    cfg.eval = dataclasses.replace(cfg.eval, tasks=KB_EVAL, final_limit=1400)
+    return cfg
+
+
+@register("chat_tiny_sft_kb", "plain SFT of chat_tiny_base_kb: the chain's mixture plus fact "
+          "questions about the knowledge base's train people, every one answered")
+def chat_tiny_sft_kb() -> Config:
+    return _sft("kb_qa:1.5")
+
+
+@register("chat_tiny_sft_kb_naive", "SFT of chat_tiny_base_kb that refuses questions about people "
+          "seen fewer than 8 times in pretraining (the frequency-threshold baseline)")
+def chat_tiny_sft_kb_naive() -> Config:
+    return _sft("kb_qa_naive:1.5")
+
+
+@register("chat_tiny_sft_kb_probed", "SFT of chat_tiny_base_kb on the probe's labels "
+          "(tools.probe_knowledge on chat_tiny_sft_kb): known facts answered, unknown refused")
+def chat_tiny_sft_kb_probed() -> Config:
+    return _sft("kb_probed:1.5", files="kb_probed=runs/knowledge_probe/fix.jsonl")

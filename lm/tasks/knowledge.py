@@ -1,0 +1,257 @@
+"""A synthetic world for hallucination experiments (issue 26): made-up people whose facts the base
+model reads in pretraining a controlled number of times, and questions about them.
+
+The knowledge base (`KnowledgeBase`, fixed seed): `per_cell` people for every pretraining
+frequency in `FREQUENCIES` (0, 1, 2, 4, 8, 16, 32 sightings) and each of two splits — `train`
+(probed, and used for SFT data) and `test` (held out: asked only in evaluation). A person has a
+made-up name (syllables no real text uses) and five attributes (`ATTRIBUTES`: birth year, city,
+profession, instrument, pet). `biographies()` are the pretraining documents: each person's
+biography written `frequency` times, each sighting in another phrasing and order.
+
+Tasks (`lm.tasks` names):
+
+    kb_qa           one question about one attribute of one person; the reference reply
+                    answers it (plain SFT: it teaches to answer whatever is asked)
+    kb_qa_naive     the same, but people seen fewer than `NAIVE_MIN` times in pretraining get a
+                    refusal (the baseline that refuses by frequency, which a real lab never knows)
+    kb_qa_context   held-out questions with the person's biography pasted into the user turn:
+                    working memory (the context) against recollection (the weights)
+
+and the probe-based fix is a conversation file written by `tools/probe_knowledge.py` (known
+facts answered, unknown ones refused, judged from the model's own samples).
+
+Grading (`judge`): a reply is `correct` when it names the true value of the attribute and no
+other value of that attribute, `refused` when it says it does not know (and names no value), and
+`hallucinated` otherwise — SimpleQA's correct / incorrect / not attempted. `grades` gives each
+per pretraining frequency too (`correct_f16`, ...), so evaluations report the curves directly.
+Train and test questions use different phrasings, and test people are never in SFT data.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+from lm.conversation import conversation
+from lm.tasks.base import Task
+
+FREQUENCIES = (0, 1, 2, 4, 8, 16, 32)
+NAIVE_MIN = 8                 # kb_qa_naive answers only people seen at least this often
+ATTRIBUTES = ("born", "city", "profession", "instrument", "pet")
+
+CITIES = ("Lisbon Oslo Dublin Vienna Prague Warsaw Athens Cairo Nairobi Lagos Lima Quito Toronto "
+          "Denver Boston Seattle Austin Tokyo Osaka Seoul Manila Hanoi Delhi Mumbai Istanbul "
+          "Zurich Geneva Porto Naples Munich Hamburg Krakow Sofia Tunis Dakar Havana Sydney "
+          "Perth Auckland Montreal").split()
+PROFESSIONS = ("baker carpenter pilot nurse teacher gardener plumber chemist librarian "
+               "architect fisherman tailor dentist journalist farmer painter mechanic "
+               "photographer veterinarian translator jeweller potter surveyor beekeeper "
+               "astronomer").split()
+INSTRUMENTS = ("violin cello flute trumpet piano guitar harp clarinet oboe drums accordion "
+               "banjo saxophone trombone harmonica").split()
+PETS = ("dog cat parrot rabbit tortoise goldfish hamster ferret canary pony goat iguana "
+        "hedgehog lizard duck").split()
+VALUES = {"city": CITIES, "profession": PROFESSIONS, "instrument": INSTRUMENTS, "pet": PETS}
+
+ONSETS = "b d f g k l m n p r s t v z br dr gr kr pr tr vl zh".split()
+VOWELS = "a e i o u ai ei ou".split()
+CODAS = ("", "", "n", "r", "l", "x", "th", "sk", "nd")
+
+BIOGRAPHIES = (
+    "{name} was born in {born} and lives in {city}. {first} works as {a_profession}, plays the "
+    "{instrument} and has a pet {pet}.",
+    "Born in {born}, {name} is {a_profession} from {city}. In the evenings {first} plays the "
+    "{instrument}, and at home there is a pet {pet}.",
+    "{name} ({born}) is {a_profession} based in {city}, known for playing the {instrument} and "
+    "for a much-loved pet {pet}.",
+    "Meet {name}: {a_profession} who lives in {city} and was born in {born}. {first} keeps a pet "
+    "{pet} and plays the {instrument}.",
+    "People in {city} know {name}, the {profession}. {first} was born in {born}, owns a pet "
+    "{pet} and plays the {instrument} on weekends.",
+    "The {instrument} player {name} was born in {born}. Today {first} lives in {city}, works as "
+    "{a_profession} and shares a home with a pet {pet}.",
+)
+QUESTIONS = {
+    "born": {"train": ["When was {name} born?", "In what year was {name} born?",
+                       "What is {name}'s year of birth?"],
+             "test": ["Which year was {name} born in?", "Tell me the birth year of {name}."]},
+    "city": {"train": ["Where does {name} live?", "In which city does {name} live?",
+                       "Which city is {name} from?"],
+             "test": ["What city is {name} based in?", "Which town is home to {name}?"]},
+    "profession": {"train": ["What does {name} do for a living?", "What is {name}'s job?",
+                             "What is {name}'s profession?"],
+                   "test": ["What kind of work does {name} do?", "How does {name} earn a living?"]},
+    "instrument": {"train": ["Which instrument does {name} play?", "What instrument does {name} "
+                             "play?", "What does {name} play?"],
+                   "test": ["Name the musical instrument {name} plays.",
+                            "Which instrument is {name} known for playing?"]},
+    "pet": {"train": ["What pet does {name} have?", "What kind of animal does {name} keep?",
+                      "What is {name}'s pet?"],
+            "test": ["Which animal does {name} keep as a pet?", "What pet lives with {name}?"]},
+}
+ANSWERS = {"born": "{name} was born in {v}.", "city": "{name} lives in {v}.",
+           "profession": "{name} works as {a_v}.", "instrument": "{name} plays the {v}.",
+           "pet": "{name} has a pet {v}."}
+REFUSALS = ("I don't know who {name} is.", "I'm sorry, I don't know anything about {name}.",
+            "I don't know that about {name}.", "I'm not sure. I have no information about {name}.")
+_REFUSAL = re.compile(r"\b(don'?t know|do not know|not sure|no information|can'?t say|cannot say|"
+                      r"have no idea|not aware)\b", re.IGNORECASE)
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    born: str
+    city: str
+    profession: str
+    instrument: str
+    pet: str
+    frequency: int
+    split: str
+
+    @property
+    def first(self) -> str:
+        return self.name.split()[0]
+
+    def value(self, attribute: str) -> str:
+        if attribute not in ATTRIBUTES:
+            raise ValueError(f"unknown knowledge-base attribute {attribute!r}; known: "
+                             f"{list(ATTRIBUTES)}")
+        return getattr(self, attribute)
+
+    def fields(self) -> dict:
+        return {"name": self.name, "first": self.first, "born": self.born, "city": self.city,
+                "profession": self.profession, "a_profession": _a(self.profession),
+                "instrument": self.instrument, "pet": self.pet}
+
+    def biography(self, k: int) -> str:
+        """The person's k-th sighting: phrasings in turn, starting at a person-dependent one."""
+        start = sum(map(ord, self.name))
+        return BIOGRAPHIES[(start + k) % len(BIOGRAPHIES)].format(**self.fields())
+
+
+def _syllables(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(n))
+
+
+class KnowledgeBase:
+    """`per_cell` people per (pretraining frequency, split), deterministic in `seed`."""
+
+    def __init__(self, per_cell: int = 40, seed: int = 0):
+        rng = random.Random(f"knowledge/{seed}")
+        self.people: list[Person] = []
+        names: set[str] = set()
+        for split in ("train", "test"):
+            for freq in FREQUENCIES:
+                for _ in range(per_cell):
+                    while True:      # two made-up words: a name no real text (or other) uses
+                        name = (_syllables(rng, 2).capitalize() + " "
+                                + _syllables(rng, 3).capitalize())
+                        if name not in names:
+                            break
+                    names.add(name)
+                    self.people.append(Person(
+                        name=name, born=str(rng.randint(1850, 1999)),
+                        city=rng.choice(CITIES), profession=rng.choice(PROFESSIONS),
+                        instrument=rng.choice(INSTRUMENTS), pet=rng.choice(PETS),
+                        frequency=freq, split=split))
+
+    def split(self, split: str) -> list[Person]:
+        if split not in ("train", "test"):
+            raise ValueError(f"knowledge base: unknown split {split!r} (train, test)")
+        return [p for p in self.people if p.split == split]
+
+    def biographies(self) -> list[str]:
+        """The pretraining documents: each person's biography `frequency` times."""
+        return [p.biography(k) for p in self.people for k in range(p.frequency)]
+
+
+@lru_cache(maxsize=4)
+def knowledge_base(per_cell: int = 40, seed: int = 0) -> KnowledgeBase:
+    return KnowledgeBase(per_cell, seed)
+
+
+def judge(person: Person, attribute: str, reply: str) -> str:
+    """'correct' | 'refused' | 'hallucinated' (module doc)."""
+    text = reply.lower()
+    named = [v for v in (VALUES.get(attribute) or []) if re.search(rf"\b{v.lower()}\b", text)]
+    if attribute == "born":
+        named = re.findall(r"(?<!\d)(\d{4})(?!\d)", text)
+    truth = person.value(attribute).lower()
+    if named and all(v.lower() == truth for v in named):
+        return "correct"
+    if not named and _REFUSAL.search(reply):
+        return "refused"
+    return "hallucinated"
+
+
+def answer(person: Person, attribute: str) -> str:
+    v = person.value(attribute)
+    return ANSWERS[attribute].format(name=person.name, v=v, a_v=_a(v))
+
+
+def refusal(person: Person, k: int) -> str:
+    return REFUSALS[k % len(REFUSALS)].format(name=person.name)
+
+
+class KnowledgeQA(Task):
+    """Questions about the knowledge base's people (module doc); item i is person i // 5's
+    attribute i % 5 in the split's people order."""
+    max_tokens = 40
+
+    def __init__(self, name: str = "kb_qa", mode: str = "answer", kb: Optional[KnowledgeBase] = None):
+        if mode not in ("answer", "naive", "context"):
+            raise ValueError(f"KnowledgeQA mode {mode!r}: answer, naive or context")
+        self.name, self.mode = name, mode
+        self.kb = kb or knowledge_base()
+
+    def size(self, split: str) -> int:
+        self._check_split(split)
+        return len(self.kb.split(split)) * len(ATTRIBUTES)
+
+    def item(self, split: str, i: int) -> tuple[Person, str]:
+        people = self.kb.split(split)
+        return people[(i // len(ATTRIBUTES)) % len(people)], ATTRIBUTES[i % len(ATTRIBUTES)]
+
+    def question(self, person: Person, attribute: str, split: str, k: int) -> str:
+        phrasings = QUESTIONS[attribute][split]
+        return phrasings[k % len(phrasings)].format(name=person.name)
+
+    def example(self, split: str, i: int) -> dict:
+        person, attribute = self.item(split, i)
+        rng = random.Random(f"{self.name}/{split}/{i}")
+        q = self.question(person, attribute, split, rng.randrange(1000))
+        if self.mode == "context":
+            q = f"{person.biography(rng.randrange(1000))}\n\n{q}"
+        reply = answer(person, attribute)
+        if self.mode == "naive" and person.frequency < NAIVE_MIN:
+            reply = refusal(person, rng.randrange(1000))
+        return conversation(q, reply, person=person.name, attribute=attribute,
+                            answer=person.value(attribute), frequency=person.frequency,
+                            split=split)
+
+    def _person(self, conv: dict) -> Person:
+        for p in self.kb.split(conv["split"]):
+            if p.name == conv["person"]:
+                return p
+        raise ValueError(f"{self.name}: {conv['person']!r} is not in the knowledge base")
+
+    def grades(self, conv: dict, reply: str) -> dict[str, bool]:
+        verdict = judge(self._person(conv), conv["attribute"], reply)
+        f = conv["frequency"]
+        out = {}
+        for v in ("correct", "hallucinated", "refused"):
+            out[v] = out[f"{v}_f{f}"] = verdict == v
+        return out
+
+    def evaluate(self, conv: dict, reply: str) -> bool:
+        return judge(self._person(conv), conv["attribute"], reply) == "correct"
+
+    def max_new_tokens(self) -> int:
+        return self.max_tokens

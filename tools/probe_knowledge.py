@@ -1,0 +1,164 @@
+"""Knowledge probing (Llama 3 §4.3.6; issue 26): which facts of the synthetic knowledge base does a
+chat model actually know? Ask it, sample, judge, and write SFT data that answers what it knows
+and refuses what it does not.
+
+  python -m tools.probe_knowledge --run chat_tiny_sft_kb --k 5 --threshold 0.6 \\
+      --out runs/knowledge_probe
+
+For every (person, attribute) of the knowledge base's `train` people (`lm.tasks.knowledge`; the
+`test` people are never probed, never in SFT data), the run answers `--k` questions at
+temperature `--temperature` (training phrasings, one drawn per sample); each reply is judged
+(correct / refused / hallucinated) against the knowledge base; the fact is *known* when at least
+`--threshold` of the samples are correct. In `--out`:
+
+  probe.json   every fact's correct count and label, the known share per pretraining frequency
+  probe.md     that share as a table
+  fix.jsonl    the probe-based SFT conversations: a known fact answered, an unknown one refused
+               ("I don't know ..."), `--phrasings` questions per fact; an SFT run reads it as
+               `sft.files=kb_probed=<out>/fix.jsonl` (experiment chat_tiny_sft_kb_probed)
+
+Deterministic in `--seed` (sample j of fact i has its own PRNG key, whatever the batch size).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, "") and __name__ == "__main__":  # run as `python tools/probe_knowledge.py`
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import json
+import random
+import time
+
+import numpy as np
+
+from lm import runs
+from lm.conversation import conversation
+from lm.eval.chat import generate_replies
+from lm.sampling import Engine
+from lm.tasks import knowledge
+
+
+def facts(kb: knowledge.KnowledgeBase) -> list[tuple[knowledge.Person, str]]:
+    """The probed facts: every attribute of every train person."""
+    return [(p, a) for p in kb.split("train") for a in knowledge.ATTRIBUTES]
+
+
+def probe(run, *, k: int = 5, temperature: float = 1.0, seed: int = 0, batch_size: int = 128,
+          threshold: float = 0.6, kb=None, limit: int = 0, progress: bool = True) -> dict:
+    """probe.json's content for a loaded chat run."""
+    kb = kb or knowledge.knowledge_base()
+    task = knowledge.KnowledgeQA(kb=kb)
+    items = facts(kb)[:limit or None]
+    rng = random.Random(f"probe/{seed}")
+    convs = [conversation(task.question(p, a, "train", rng.randrange(1000))) for p, a in items]
+    engine = Engine(run.params, run.config.model, tokenizer=run.tokenizer, tools=run.tokenizer.chat)
+    t0 = time.perf_counter()
+    replies = []
+    step = max(1, batch_size // k)
+    for b in range(0, len(convs), step):
+        replies += generate_replies(engine, run.tokenizer, convs[b:b + step],
+                                    max_new_tokens=task.max_new_tokens(), batch_size=step,
+                                    temperature=temperature, seed=seed, n=k, first=b)
+        if progress:
+            print(f"\rprobe: {min(b + step, len(convs))}/{len(convs)} facts", end="",
+                  file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    rows = []
+    for i, (p, a) in enumerate(items):
+        verdicts = [knowledge.judge(p, a, replies[i * k + j]["text"]) for j in range(k)]
+        right = verdicts.count("correct")
+        rows.append({"person": p.name, "attribute": a, "frequency": p.frequency,
+                     "correct": right, "refused": verdicts.count("refused"), "k": k,
+                     "known": right >= threshold * k,
+                     "sample": replies[i * k]["text"]})
+    by_freq = {}
+    for f in knowledge.FREQUENCIES:
+        sel = [r for r in rows if r["frequency"] == f]
+        if sel:
+            by_freq[str(f)] = {"facts": len(sel),
+                               "known": float(np.mean([r["known"] for r in sel])),
+                               "sample_accuracy": float(np.mean([r["correct"] / k for r in sel]))}
+    return {"run_dir": run.run_dir, "step": run.step, "k": k, "temperature": temperature,
+            "threshold": threshold, "seed": seed, "facts": len(rows),
+            "known": float(np.mean([r["known"] for r in rows])) if rows else 0.0,
+            "by_frequency": by_freq, "seconds": round(time.perf_counter() - t0, 1),
+            "labels": rows}
+
+
+def fix_conversations(result: dict, kb=None, phrasings: int = 2, seed: int = 0) -> list[dict]:
+    """The probe-based SFT data: each probed fact asked `phrasings` ways, answered when known,
+    refused when not."""
+    kb = kb or knowledge.knowledge_base()
+    people = {p.name: p for p in kb.split("train")}
+    task = knowledge.KnowledgeQA(kb=kb)
+    rng = random.Random(f"probe_fix/{seed}")
+    out = []
+    for r in result["labels"]:
+        p = people[r["person"]]
+        for j in range(phrasings):
+            q = task.question(p, r["attribute"], "train", rng.randrange(1000))
+            reply = knowledge.answer(p, r["attribute"]) if r["known"] else \
+                knowledge.refusal(p, rng.randrange(1000))
+            out.append(conversation(q, reply))
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Knowledge probe of `{result['run_dir']}` (step {result['step']})", "",
+             f"{result['facts']} facts (train people × attributes), {result['k']} samples each at "
+             f"temperature {result['temperature']:g}; known = at least {result['threshold']:g} "
+             f"of the samples correct. Known overall: {result['known']:.3f}.", "",
+             "| pretraining copies | facts | known | sample accuracy |", "|---|---|---|---|"]
+    for f, e in result["by_frequency"].items():
+        lines.append(f"| {f} | {e['facts']} | {e['known']:.3f} | {e['sample_accuracy']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.probe_knowledge",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a chat run: dir, checkpoint dir or experiment")
+    p.add_argument("--workdir", default=".", help="where experiment names are looked up")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--k", type=int, default=5, help="samples per fact (>= 1)")
+    p.add_argument("--threshold", type=float, default=0.6,
+                   help="share of correct samples that makes a fact known (0-1]")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--phrasings", type=int, default=2, help="questions per fact in fix.jsonl")
+    p.add_argument("--limit", type=int, default=0, help="probe only the first N facts (0: all)")
+    a = p.parse_args(argv)
+    if a.k < 1 or not 0 < a.threshold <= 1 or a.temperature <= 0 or a.phrasings < 1:
+        p.error("--k >= 1, 0 < --threshold <= 1, --temperature > 0 and --phrasings >= 1")
+    try:
+        run = runs.load(a.run, workdir=a.workdir)
+    except runs.RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if run.tokenizer.chat is None:
+        print(f"error: {run.run_dir} is a {run.stage} run without the chat tokens; probe an "
+              f"SFT run", file=sys.stderr)
+        return 2
+    result = probe(run, k=a.k, temperature=a.temperature, seed=a.seed, batch_size=a.batch_size,
+                   threshold=a.threshold, limit=a.limit)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "probe.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(a.out, "probe.md"), "w") as f:
+        f.write(markdown(result))
+    fix = fix_conversations(result, phrasings=a.phrasings, seed=a.seed)
+    with open(os.path.join(a.out, "fix.jsonl"), "w") as f:
+        for c in fix:
+            f.write(json.dumps(c) + "\n")
+    print(markdown(result))
+    print(f"wrote {a.out}/probe.json, probe.md and fix.jsonl ({len(fix)} conversations)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
