@@ -6,6 +6,7 @@ made-up people read in pretraining 0-32 times, then asked about after SFT.
     python -m tools.probe_knowledge --run chat_tiny_sft_kb --out runs/knowledge_probe
     python -m lm.main -e chat_tiny_sft_kb_probed    # SFT: known facts answered, unknown refused
     python -m lm.main -e chat_tiny_sft_kb_naive     # baseline: refuse people seen < 8 times
+    python -m lm.main -e chat_tiny_sft_kb_search    # SFT: search the knowledge base, then answer
 
 Each SFT run evaluates the held-out people (never in SFT data), greedy: correct / hallucinated /
 refused, overall and per pretraining frequency (`eval/kb_qa_<verdict>_f<n>`), and the same
@@ -56,3 +57,11 @@ def chat_tiny_sft_kb_naive() -> Config:
           "(tools.probe_knowledge on chat_tiny_sft_kb): known facts answered, unknown refused")
 def chat_tiny_sft_kb_probed() -> Config:
     return _sft("kb_probed:1.5", files="kb_probed=runs/knowledge_probe/fix.jsonl")
+
+
+@register("chat_tiny_sft_kb_search", "SFT of chat_tiny_base_kb that searches before answering a "
+          "question about a person (lm.search over the knowledge base); evaluated with the tool")
+def chat_tiny_sft_kb_search() -> Config:
+    cfg = _sft("kb_search:1.5")
+    cfg.eval = dataclasses.replace(cfg.eval, tasks="kb_search," + KB_EVAL)
+    return cfg

@@ -21,7 +21,7 @@ import sys
 from typing import Iterator, Optional
 
 from lm import conversation as chat_format
-from lm import process, runs, sampling, stages
+from lm import process, runs, sampling, search, stages
 
 
 def pick_mode(mode: str, stage: str, tok) -> str:
@@ -38,13 +38,15 @@ class Session:
 
     def __init__(self, params, cfg, tok, mode: str, *, temperature: float = 0.8,
                  top_k: int = 50, top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0,
-                 tools: bool = True, chunk: int = 8, system: Optional[str] = None):
+                 tools: bool = True, chunk: int = 8, system: Optional[str] = None,
+                 search_index: Optional[search.SearchIndex] = None):
         self.cfg, self.tok, self.mode = cfg, tok, mode
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                              max_new_tokens=min(max_new_tokens, cfg.model.block_size - 1))
         self.seed, self.turn, self.chunk, self.system = seed, 0, chunk, system
         tool_ids = tok.chat if (mode == "chat" and tools) else None
-        self.engine = sampling.Engine(params, cfg.model, tokenizer=tok, tools=tool_ids)
+        self.engine = sampling.Engine(params, cfg.model, tokenizer=tok, tools=tool_ids,
+                                      tool_fn=search.engine_tool(tok, search_index))
         self.bos = tok.bos_id
         self.reset()
 
@@ -107,7 +109,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--system", default=None, help="a system message (chat mode)")
-    p.add_argument("--no_tools", action="store_true", help="don't evaluate calculator tool calls")
+    p.add_argument("--no_tools", action="store_true",
+                   help="don't evaluate tool calls (the calculator and search)")
+    p.add_argument("--search_corpus", default=None, metavar="PATH",
+                   help="passages for the search(\"...\") tool: JSONL ({\"text\": ...}) or one "
+                        "per line (default: the synthetic knowledge base)")
     p.add_argument("--prompt", default=None, help="answer this one prompt and exit")
     a = p.parse_args(argv)
     if not (a.run or a.checkpoint):
@@ -115,14 +121,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     process.configure_devices(rows=1)          # the engine runs on one device
     try:
+        index = search.from_file(a.search_corpus) if a.search_corpus else None
         run = runs.load(a.run or a.checkpoint, step=a.step)
-    except runs.RunError as e:
+    except (runs.RunError, search.SearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     mode = pick_mode(a.mode, run.stage, run.tokenizer)
     sess = Session(run.params, run.config, run.tokenizer, mode, temperature=a.temperature,
                    top_k=a.top_k, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed,
-                   tools=not a.no_tools, system=a.system)
+                   tools=not a.no_tools, system=a.system, search_index=index)
 
     def answer(text: str) -> None:
         for piece in sess.respond(text):

@@ -48,7 +48,8 @@ from lm import kernels, kvcache, model, structured, tool_use
 from lm.config import ModelConfig
 from lm.kvcache import KVCache
 from lm.tokenizer import ChatTokens
-from lm.tool_use import ToolState, calculator_tool
+from lm.search import engine_tool
+from lm.tool_use import ToolState
 
 Array = jax.Array
 
@@ -431,7 +432,8 @@ class Engine:
 
     `tools`: the tokenizer's chat tokens (`tok.chat`), which carry the tool protocol's ids (None:
     no tool calls). `tool_fn`: expression ids -> result ids (default: `calculator_tool` over the
-    tokenizer). `max_len`: a cache limit below the model's context. `settings`: how it runs
+    tokenizer with `lm.search.run_tool`: the calculator, and `search("...")` over the knowledge
+    base). `max_len`: a cache limit below the model's context. `settings`: how it runs
     (`EngineSettings`). `structured`: every decode state carries a grammar mask
     (`lm.structured`), so rows with a `response_format` can join any batch (the server's slots);
     `stream`/`generate` add it on their own when given a `response_format`. Compiled functions are
@@ -441,7 +443,7 @@ class Engine:
     def __init__(self, params, cfg: ModelConfig, *, tokenizer=None,
                  tools: Optional[ChatTokens] = None,
                  tool_fn: Optional[Callable[[list[int]], list[int]]] = None,
-                 max_tool_tokens: int = 64, max_len: Optional[int] = None,
+                 max_tool_tokens: int = 96, max_len: Optional[int] = None,
                  settings: Optional[EngineSettings] = None, structured: bool = False):
         if cfg.head != "lm":
             raise ValueError("this model scores text (model.head='score': a reward model); it "
@@ -455,7 +457,7 @@ class Engine:
             if tokenizer is None:
                 raise ValueError("tool calls need `tool_fn` or a `tokenizer` (to decode the "
                                  "expression and encode the result)")
-            tool_fn = calculator_tool(tokenizer.encode, tokenizer.decode)
+            tool_fn = engine_tool(tokenizer)
         self.tool_fn = tool_fn
         self.Q = max(4, int(max_tool_tokens)) if tools is not None else 1
         self.max_len = max_len

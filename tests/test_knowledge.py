@@ -114,3 +114,62 @@ def test_probe_labels_are_reproducible_and_make_the_fix_data(tiny_chat):
         assert verdict == ("correct" if r["known"] else "refused")
     held = {p.name for p in kn.knowledge_base().split("test")}
     assert not any(h in json.dumps(fix) for h in held)
+
+
+def test_search_tool_finds_each_person_and_reads_nothing_else(tmp_path):
+    from lm import search
+    idx = search.knowledge_index()
+    kb = kn.knowledge_base()
+    for p in kb.people[::13]:
+        assert idx.search(p.name) == kn.search_passage(p)
+        assert search.run_tool(search.search_call(p.name)) == kn.search_passage(p)
+    # the SFT reference's tool output is exactly what the tool returns
+    t = tasks.get("kb_search")
+    c = t.example("test", 11)
+    parts = c["messages"][-1]["content"]
+    assert parts[1]["text"] == search.run_tool(parts[0]["text"])
+    assert t.evaluate(c, f"<<{parts[0]['text']}={parts[1]['text']}>>{parts[2]['text']}")
+    # a passage in the tool output is not an answer: only the text after it is judged
+    assert not t.evaluate(c, f"<<{parts[0]['text']}={parts[1]['text']}>> I don't know.")
+    # nothing outside the corpus: a path or special-token text is words to match
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the launch code is 0000")
+    for q in (str(secret), "/etc/passwd", "<|assistant_end|><|bos|>", "../../etc/hostname"):
+        got = idx.search(q)
+        assert got == "No results." or got in idx.passages
+    assert search.run_tool('search("' + "x" * 300 + '")').startswith("Error: search query longer")
+    assert search.run_tool('search("")') == "Error: empty search query"
+    assert search.run_tool("2 + 3") == "5"                     # anything else: the calculator
+    with pytest.raises(search.SearchError, match="no passages"):
+        search.SearchIndex(["", "  "])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(search.SearchError, match="no passages"):
+        search.from_file(str(empty))
+    with pytest.raises(search.SearchError, match="No such file"):
+        search.from_file(str(tmp_path / "missing.txt"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n[1, 2]\n')
+    with pytest.raises(search.SearchError, match="bad.jsonl:2"):
+        search.from_file(str(bad))
+    own = search.from_file(str(_write(tmp_path / "own.txt", "Zorblat lives on the moon.\nOther.")))
+    assert search.run_tool('search("Zorblat")', own) == "Zorblat lives on the moon."
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_engine_runs_a_search_call_and_a_special_token_query_stays_text(tiny_chat):
+    """The default engine tool answers a search call with the passage as forced tokens; a query
+    holding special-token text is decoded and re-encoded as plain text."""
+    from lm.search import engine_tool
+    tok = tiny_chat.tokenizer
+    run = engine_tool(tok)
+    p = kn.knowledge_base().people[5]
+    out = tok.decode(run(tok.encode(f'search("{p.name}")')))
+    assert out == kn.search_passage(p)
+    specials = set(tok.chat.stops) | {tok.chat.python_start, tok.chat.output_end}
+    ids = run(tok.encode('search("<|assistant_end|> <|python_start|>")'))
+    assert not specials & set(ids)

@@ -17,7 +17,7 @@ import sys
 
 import uvicorn
 
-from lm import process, runs
+from lm import process, runs, search
 from lm.serve.app import MAX_BODY_BYTES, create_app
 
 
@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--allow-origin", action="append", default=[], metavar="URL",
                    help="a web origin (e.g. http://localhost:3000) whose pages may call the API "
                         "(repeatable)")
+    p.add_argument("--search-corpus", default=None, metavar="PATH",
+                   help="passages for the model's search(\"...\") tool: JSONL ({\"text\": ...}) "
+                        "or one per line (default: the synthetic knowledge base)")
     a = p.parse_args(argv)
     if min(a.slots, a.chunk, a.max_queue, a.max_body_bytes) < 1:
         p.error("--slots, --chunk, --max-queue and --max-body-bytes must be >= 1")
@@ -49,14 +52,15 @@ def main(argv=None) -> int:
 
     process.configure_devices(rows=1)          # the engine runs on one device
     try:
+        index = search.from_file(a.search_corpus) if a.search_corpus else None
         run = runs.load(a.run, step=a.step)
-    except runs.RunError as e:
+    except (runs.RunError, search.SearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     app = create_app(run, api_key=a.api_key, slots=a.slots, chunk=a.chunk,
                      max_queue=a.max_queue, host=a.host, allowed_hosts=a.allow_host,
                      allowed_origins=a.allow_origin, max_body_bytes=a.max_body_bytes,
-                     prefix_cache=not a.no_prefix_cache)
+                     prefix_cache=not a.no_prefix_cache, search=index)
     print(f"serving {run.config.name} ({run.stage}, step {run.step}) on http://{a.host}:{a.port}/",
           file=sys.stderr)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_graceful_shutdown=5)

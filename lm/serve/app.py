@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lm import conversation as chat
 from lm import stages, structured
 from lm.sampling import Engine, EngineSettings
+from lm.search import SearchIndex, engine_tool
 from lm.serve.schema import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest, Common, CompletionRequest
 from lm.serve.scheduler import APIOptions, QueueFull, Request, Sampling, Scheduler
 
@@ -539,15 +540,18 @@ def validation_error(request, e: RequestValidationError) -> JSONResponse:
 def create_app(run, *, api_key: Optional[str] = None, slots: int = 16, chunk: int = 8,
                max_queue: int = 64, warmup: bool = True, host: str = "127.0.0.1",
                allowed_hosts: Sequence[str] = (), allowed_origins: Sequence[str] = (),
-               max_body_bytes: int = MAX_BODY_BYTES, prefix_cache: bool = True) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, prefix_cache: bool = True,
+               search: Optional[SearchIndex] = None) -> FastAPI:
     """The FastAPI app serving `run` (an `lm.runs.Run`); its scheduler starts with the app.
     `host`: the bound address (requests must name it, a loopback name, or `allowed_hosts`).
     `prefix_cache`: a prompt that starts with what a free slot's cache holds (the same system
-    prompt, the earlier turns) reuses those keys/values (`usage.prompt_tokens_details`)."""
+    prompt, the earlier turns) reuses those keys/values (`usage.prompt_tokens_details`).
+    `search`: the corpus of the model's `search("...")` tool (default: the knowledge base)."""
     tok = run.tokenizer
     chat_ok = tok.chat is not None and stages.is_chat(run.stage)
     engine = Engine(run.params, run.config.model, tokenizer=tok,
                     tools=tok.chat if chat_ok else None,
+                    tool_fn=engine_tool(tok, search) if chat_ok else None,
                     settings=EngineSettings(grow_cache=False), structured=chat_ok)
     sched = Scheduler(engine, tok, slots=slots, chunk=chunk, max_queue=max_queue,
                       prefix_cache=prefix_cache,

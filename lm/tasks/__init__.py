@@ -12,7 +12,7 @@ length and frequency, held-out phrasings), recall (facts stated earlier in the c
 copy (repeat exactly); and word_problems (a compositional grammar of 1-2 step problems whose
 held-out split is made of unseen combinations of seen parts); arithmetic_think (2-4 steps, mostly
 direct answers in training: for RL to discover working); everyday_math / _letters /
-_recall are hand-written questions for evaluation only; kb_qa, kb_qa_naive and kb_qa_context
+_recall are hand-written questions for evaluation only; kb_qa, kb_qa_naive, kb_qa_context and kb_search
 ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`). A mixture ("identity:1,spelling:2") is read by
 `lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
 """
@@ -56,13 +56,14 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     # made-up people read in pretraining 0-32 times (issue 26: hallucination, working memory)
     "kb_qa": KnowledgeQA, "kb_qa_naive": lambda: KnowledgeQA("kb_qa_naive", mode="naive"),
     "kb_qa_context": lambda: KnowledgeQA("kb_qa_context", mode="context"),
+    "kb_search": lambda: KnowledgeQA("kb_search", mode="search"),
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
          "gsm8k_easy", "spelling_ood", "recall", "copy", "word_problems", "everyday_math",
          "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
          "whoami_teacher", "whoami_student", "function_calling", "agent_steps", "kb_qa",
-         "kb_qa_naive", "kb_qa_context")
+         "kb_qa_naive", "kb_qa_context", "kb_search")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 FILES: dict[str, str] = {}       # conversation files named for this process (register_file)

@@ -16,13 +16,16 @@ Tasks (`lm.tasks` names):
                     refusal (the baseline that refuses by frequency, which a real lab never knows)
     kb_qa_context   held-out questions with the person's biography pasted into the user turn:
                     working memory (the context) against recollection (the weights)
+    kb_search       the reference reply searches first (`lm.search`: the tool call
+                    `search("<name>")`, whose output is the person's biography), then answers
 
 and the probe-based fix is a conversation file written by `tools/probe_knowledge.py` (known
 facts answered, unknown ones refused, judged from the model's own samples).
 
 Grading (`judge`): a reply is `correct` when it names the true value of the attribute and no
 other value of that attribute, `refused` when it says it does not know (and names no value), and
-`hallucinated` otherwise — SimpleQA's correct / incorrect / not attempted. `grades` gives each
+`hallucinated` otherwise — SimpleQA's correct / incorrect / not attempted; tool calls and
+their outputs (`<<...>>` in reply text) are not part of the answer. `grades` gives each
 per pretraining frequency too (`correct_f16`, ...), so evaluations report the curves directly.
 Train and test questions use different phrasings, and test people are never in SFT data.
 """
@@ -177,8 +180,15 @@ def knowledge_base(per_cell: int = 40, seed: int = 0) -> KnowledgeBase:
     return KnowledgeBase(per_cell, seed)
 
 
+def search_passage(person: Person) -> str:
+    """What the search tool returns for the person's name (`lm.search.knowledge_index`'s
+    passage of that person)."""
+    return person.biography(0)
+
+
 def judge(person: Person, attribute: str, reply: str) -> str:
     """'correct' | 'refused' | 'hallucinated' (module doc)."""
+    reply = re.sub(r"<<.*?>>", " ", reply, flags=re.S)      # a tool's output is not an answer
     text = reply.lower()
     named = [v for v in (VALUES.get(attribute) or []) if re.search(rf"\b{v.lower()}\b", text)]
     if attribute == "born":
@@ -205,9 +215,12 @@ class KnowledgeQA(Task):
     attribute i % 5 in the split's people order."""
     max_tokens = 40
 
+    def max_new_tokens(self) -> int:
+        return self.max_tokens + (90 if self.mode == "search" else 0)    # the call and its output
+
     def __init__(self, name: str = "kb_qa", mode: str = "answer", kb: Optional[KnowledgeBase] = None):
-        if mode not in ("answer", "naive", "context"):
-            raise ValueError(f"KnowledgeQA mode {mode!r}: answer, naive or context")
+        if mode not in ("answer", "naive", "context", "search"):
+            raise ValueError(f"KnowledgeQA mode {mode!r}: answer, naive, context or search")
         self.name, self.mode = name, mode
         self.kb = kb or knowledge_base()
 
@@ -232,6 +245,10 @@ class KnowledgeQA(Task):
         reply = answer(person, attribute)
         if self.mode == "naive" and person.frequency < NAIVE_MIN:
             reply = refusal(person, rng.randrange(1000))
+        if self.mode == "search":
+            reply = [{"type": "python", "text": f'search("{person.name}")'},
+                     {"type": "output", "text": search_passage(person)},
+                     {"type": "text", "text": " " + reply}]
         return conversation(q, reply, person=person.name, attribute=attribute,
                             answer=person.value(attribute), frequency=person.frequency,
                             split=split)
@@ -252,6 +269,3 @@ class KnowledgeQA(Task):
 
     def evaluate(self, conv: dict, reply: str) -> bool:
         return judge(self._person(conv), conv["attribute"], reply) == "correct"
-
-    def max_new_tokens(self) -> int:
-        return self.max_tokens
