@@ -173,3 +173,45 @@ def test_engine_runs_a_search_call_and_a_special_token_query_stays_text(tiny_cha
     specials = set(tok.chat.stops) | {tok.chat.python_start, tok.chat.output_end}
     ids = run(tok.encode('search("<|assistant_end|> <|python_start|>")'))
     assert not specials & set(ids)
+
+
+def test_knowledge_report_tables_and_goals(tmp_path):
+    import dataclasses
+    from lm import runs
+    from lm.config import Config, DataConfig, EvalConfig, ModelConfig
+    from lm.tokenizer import train_bpe, trained_specials
+    from tools import knowledge_report as kr
+    tok = train_bpe(["a b c"] * 10, 256 + len(trained_specials()) + 2)
+    cfg = Config(name="x", stage="sft", init_from="x", data=DataConfig(tokenizer="parent"),
+                 model=ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1,
+                                   n_head=2, n_embd=16),
+                 eval=EvalConfig(tasks="kb_qa", final_limit=1400))
+    n = kr.counts("kb_qa", 1400)
+    assert set(n) == set(kn.FREQUENCIES) and sum(n.values()) == 1400
+
+    def fake(name, correct, halluc):
+        d = runs.save_run(str(tmp_path / name), dataclasses.replace(cfg, name=name), tok)
+        row = {"step": 1, "final": True, "eval/kb_qa": 0.5, "eval/kb_qa_n": 1400}
+        for f in kn.FREQUENCIES:
+            c, h = correct(f), halluc(f)
+            row.update({f"eval/kb_qa_correct_f{f}": c, f"eval/kb_qa_hallucinated_f{f}": h,
+                        f"eval/kb_qa_refused_f{f}": round(1 - c - h, 6)})
+        with open(f"{d}/metrics.jsonl", "w") as fh:
+            fh.write(json.dumps(row) + "\n")
+        return d
+    plain = fake("plain", lambda f: 0.6 if f >= 16 else 0.1, lambda f: 0.4 if f >= 16 else 0.9)
+    good = fake("good", lambda f: 0.58 if f >= 16 else 0.05, lambda f: 0.37 if f >= 16 else 0.05)
+    bad = fake("bad", lambda f: 0.4 if f >= 16 else 0.0, lambda f: 0.0 if f >= 16 else 0.2)
+    out = tmp_path / "rep"
+    assert kr.main(["--runs", f"plain={plain}", f"good={good}", f"bad={bad}",
+                    "--out", str(out)]) == 0
+    res = json.loads((out / "knowledge.json").read_text())
+    g = {x["label"]: x for x in res["goals"]}
+    assert g["good"]["hallucination_never_seen_ok"] and g["good"]["frequent_accuracy_ok"]
+    assert g["good"]["frequent_over_refusal_ok"]
+    assert g["bad"]["frequent_accuracy_drop"] == pytest.approx(0.2)
+    assert not g["bad"]["frequent_accuracy_ok"] and not g["bad"]["frequent_over_refusal_ok"]
+    cell = res["rows"][0]["tasks"]["kb_qa"]["by_copies"]["0"]["hallucinated"]
+    assert cell["n"] == n[0] and cell["se"] == pytest.approx((0.9 * 0.1 / n[0]) ** 0.5)
+    assert (out / "knowledge.png").stat().st_size > 1000
+    assert "not met" in (out / "knowledge.md").read_text()
