@@ -210,6 +210,14 @@ def _pairs_file(tmp_path):
     return f
 
 
+def run_pairs_held_out(cfg, run):
+    from lm.data import preferences
+    pairs, _ = preferences.load(cfg.pref.data, cfg.pref.pairs, cfg.pref.noise)
+    held = preferences.encode(preferences.split(pairs, "test"), run.tokenizer,
+                              cfg.data.seq_len - 1)
+    return held[:cfg.pref.val_pairs]
+
+
 def test_reward_model_stage_learns_loads_and_refuses_to_generate(tok, tmp_path):
     from lm import runs, sampling, train
     from lm.logs import read_metrics
@@ -229,6 +237,12 @@ def test_reward_model_stage_learns_loads_and_refuses_to_generate(tok, tmp_path):
     assert "pair_accuracy.png" in open(report.write(str(tmp_path / "rm"))).read()
     assert (tmp_path / "rm" / "pair_accuracy.png").stat().st_size > 1000
     run = runs.load(str(tmp_path / "rm"))
+    # tools.rm_breakdown rebuilds the same held-out pairs and ranks them as the stage did
+    from tools import rm_breakdown
+    res = rm_breakdown.breakdown(run)
+    assert res["pairs"] == len(run_pairs_held_out(cfg, run)) and res["accuracy"] == 1.0
+    assert rm_breakdown.kind("arithmetic_easy:wrong>reference") == \
+        "arithmetic_easy: reference vs wrong"
     p = runs.load(parent)
     # the body is the parent's (trained on from there), the head is new
     assert set(run.params) == set(p.params) | {"score"}

@@ -182,7 +182,9 @@ def labelled(task_names: list[str], n: int, noise: float) -> tuple[list[Pair], P
     for r, c in zip(labeller.pairs(task_names, n, noise=noise), clean):
         stats.read += 1
         pick = c if held_out(json.dumps(c["messages"], sort_keys=True), HELD_OUT_EVERY) else r
-        out.append(Pair(pick["messages"], pick["chosen"], pick["rejected"], source=pick["task"]))
+        # the source names the task and the variants (chosen>rejected): per-kind accuracy
+        out.append(Pair(pick["messages"], pick["chosen"], pick["rejected"],
+                        source=f"{pick['task']}:{'>'.join(pick['kinds'])}"))
     stats.kept = len(out)
     return out, stats
 

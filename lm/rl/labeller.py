@@ -14,7 +14,7 @@ higher true reward and flips the label with probability `noise` (the rate of a c
 ties give no pair).
 
 `pairs(task_names, n, seed, noise)`: for training prompts of the named tasks, two different
-variants of the reference reply — the reference itself, a wrong final answer, the reference with
+variants of the reference reply (`kinds`: the chosen's and the rejected's) — the reference itself, a wrong final answer, the reference with
 rambling appended, a polite opener ("Sure! ...") in front, another example's reply (off topic) —
 labelled as above. Held out as every preference source is (`lm.data.preferences.split`).
 """
@@ -130,6 +130,8 @@ def pairs(task_names: list[str], n: int, seed: int = 0, noise: float = 0.1) -> l
         if got is None:
             continue
         chosen, rejected, _ = got
+        kind = dict(zip((id(a), id(b)), kinds))
         out.append({"messages": conv["messages"][:-1], "chosen": chosen, "rejected": rejected,
-                    "task": name, "answer": conv.get("answer")})
+                    "task": name, "answer": conv.get("answer"),
+                    "kinds": [kind[id(chosen)], kind[id(rejected)]]})
     return out
