@@ -308,8 +308,14 @@ def test_labeller_true_reward_orders_the_variants_and_noise_flips_labels():
 
 def test_labeller_pairs_as_a_preference_source():
     pairs, stats = P.load("labeller:arithmetic_easy+word_problems", 200, 0.1)
-    assert len(pairs) == stats.kept == 200 and {p.source for p in pairs} == {
+    assert len(pairs) == stats.kept == 200 and {p.source.split(":")[0] for p in pairs} == {
         "arithmetic_easy", "word_problems"}
+    # the source names the variants, chosen first: held-out (noise-free) pairs keep the order
+    from lm.rl.labeller import VARIANTS
+    for p in P.split(pairs, "test"):
+        c, r = p.source.split(":")[1].split(">")
+        assert {c, r} <= set(VARIANTS) and (c, r) not in {("wrong", "reference"),
+                                                          ("rambling", "reference")}
     assert all(p.chosen != p.rejected for p in pairs)
     # held-out pairs carry the true order (no label noise), training pairs the noisy one
     noisy, _ = P.load("labeller:arithmetic_easy+word_problems", 200, 0.5)
