@@ -40,4 +40,4 @@ from experiments import web  # noqa: E402,F401
 from experiments import chat  # noqa: E402,F401
 from experiments import reasoning  # noqa: E402,F401
 from experiments import preference  # noqa: E402,F401
-from experiments import knowledge  # noqa: E402,F401
+from experiments import psychology  # noqa: E402,F401

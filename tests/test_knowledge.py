@@ -215,3 +215,20 @@ def test_knowledge_report_tables_and_goals(tmp_path):
     assert cell["n"] == n[0] and cell["se"] == pytest.approx((0.9 * 0.1 / n[0]) ** 0.5)
     assert (out / "knowledge.png").stat().st_size > 1000
     assert "not met" in (out / "knowledge.md").read_text()
+
+
+def test_identity_grades_name_self_maker_and_other_assistants():
+    from lm.tasks.identity import OTHER_ASSISTANTS
+    t = tasks.get("whoami_teacher")
+    c = t.example("test", 0)
+    ref = c["messages"][-1]["content"]
+    assert t.grades(c, ref) == {"names_self": True, "names_maker": True, "claims_other": False}
+    for other in OTHER_ASSISTANTS:
+        g = t.grades(c, f"I am {other}, a helpful assistant.")
+        assert g["claims_other"] and not g["names_self"]
+    assert not t.grades(c, "I read metadata about chatgptish things.")["claims_other"]
+    student = tasks.get("whoami_student")
+    assert student.grades(student.example("test", 0), "I'm Pico.")["names_self"]
+    import experiments
+    mix = experiments.get("chat_tiny_sft_noid").sft.mixture
+    assert "identity" not in mix and "arithmetic_easy" in mix

@@ -19,6 +19,9 @@ from lm.tasks.base import Generated
 OPENERS = ["Hey, ", "Quick question: ", "Hi! ", "Sorry, ", "Um, ", "OK so ", "Hello. "]
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "identity.json")
 STUDENT_NAME = "Pico"     # identity_student: a distilled student that must not be its teacher
+# names a model with no identity of its own borrows from the web text it read
+OTHER_ASSISTANTS = ("ChatGPT", "GPT-4", "GPT-3", "OpenAI", "Claude", "Anthropic", "Gemini", "Bard",
+                    "Google", "Siri", "Alexa", "Cortana", "Copilot", "Llama", "Meta", "Mistral")
 
 
 class Identity(Generated):
@@ -81,6 +84,14 @@ class Identity(Generated):
     def evaluate(self, conv: dict, reply: str) -> bool:
         return any(re.search(rf"\b{re.escape(k)}\b", reply, re.IGNORECASE)
                    for k in conv["keywords"])
+
+    def grades(self, conv: dict, reply: str) -> dict[str, bool]:
+        """Knowledge of self (issue 26): does the reply name this assistant, its maker, or
+        claim to be another assistant (`OTHER_ASSISTANTS`)?"""
+        has = lambda w: re.search(rf"\b{re.escape(w)}\b", reply, re.IGNORECASE) is not None
+        name = self.assistant or self.spec["name"]
+        return {"names_self": has(name), "names_maker": has(self.spec["maker"]),
+                "claims_other": any(has(w) for w in OTHER_ASSISTANTS if w.lower() != name.lower())}
 
     def max_new_tokens(self) -> int:
         return 96

@@ -1,5 +1,7 @@
-"""Hallucination and working memory on a synthetic knowledge base (issue 26; `lm.tasks.knowledge`):
-made-up people read in pretraining 0-32 times, then asked about after SFT.
+"""LLM psychology (issue 26) as experiments on the tiny chat chain.
+
+Hallucination and working memory on a synthetic knowledge base (`lm.tasks.knowledge`): made-up
+people read in pretraining 0-32 times, then asked about after SFT.
 
     python -m lm.main -e chat_tiny_base_kb          # chat_tiny_base + the biographies
     python -m lm.main -e chat_tiny_sft_kb           # plain SFT: every fact question answered
@@ -11,6 +13,15 @@ made-up people read in pretraining 0-32 times, then asked about after SFT.
 Each SFT run evaluates the held-out people (never in SFT data), greedy: correct / hallucinated /
 refused, overall and per pretraining frequency (`eval/kb_qa_<verdict>_f<n>`), and the same
 questions with the biography in the user turn (`kb_qa_context`: working memory).
+
+Knowledge of self: what the model says it is, without identity data and with it.
+
+    python -m lm.eval --run chat_tiny_base --tasks whoami_teacher,identity   # the base model
+    python -m lm.main -e chat_tiny_sft_noid         # SFT without the identity task
+    (chat_tiny_sft: SFT with it)
+
+graded on the held-out identity phrasings (`eval/whoami_teacher_names_self`, `_names_maker`,
+`_claims_other`: naming another assistant, `lm.tasks.identity.OTHER_ASSISTANTS`).
 """
 from __future__ import annotations
 
@@ -64,4 +75,14 @@ def chat_tiny_sft_kb_probed() -> Config:
 def chat_tiny_sft_kb_search() -> Config:
     cfg = _sft("kb_search:1.5")
     cfg.eval = dataclasses.replace(cfg.eval, tasks="kb_search," + KB_EVAL)
+    return cfg
+
+
+@register("chat_tiny_sft_noid", "chat_tiny_sft without the identity task: who does the model say "
+          "it is when no data told it?")
+def chat_tiny_sft_noid() -> Config:
+    cfg = chat_tiny_sft()
+    mixture = [m for m in cfg.sft.mixture.split(",") if not m.startswith("identity:")]
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=",".join(mixture))
+    cfg.eval = dataclasses.replace(cfg.eval, tasks="whoami_teacher,identity,arithmetic_easy,recall")
     return cfg
