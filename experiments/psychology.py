@@ -14,6 +14,12 @@ Each SFT run evaluates the held-out people (never in SFT data), greedy: correct 
 refused, overall and per pretraining frequency (`eval/kb_qa_<verdict>_f<n>`), and the same
 questions with the biography in the user turn (`kb_qa_context`: working memory).
 
+Models need tokens to think: the same arithmetic SFT'd in three reply formats (`lm.tasks.thinking`:
+calculator, reasoning written out, answer first), nothing else in the mixture that calls the
+calculator; held-out problems and mental addition of 1-4 digit numbers.
+
+    python -m lm.main -e chat_tiny_sft_think_calculator    # and _reasoning, _answer_first
+
 Knowledge of self: what the model says it is, without identity data and with it.
 
     python -m lm.eval --run chat_tiny_base --tasks whoami_teacher,identity   # the base model
@@ -86,3 +92,23 @@ def chat_tiny_sft_noid() -> Config:
     cfg.sft = dataclasses.replace(cfg.sft, mixture=",".join(mixture))
     cfg.eval = dataclasses.replace(cfg.eval, tasks="whoami_teacher,identity,arithmetic_easy,recall")
     return cfg
+
+
+# the chain's SFT mixture without the tasks whose replies use the calculator (so a format's
+# model sees only its own way of doing arithmetic)
+_NO_CALC = "identity:1.5,spelling:2,recall:2,copy:0.5,mmlu:0.2,dolly:0.25,alpaca:0.25"
+THINK_EVAL = "arithmetic_easy,mental_d1,mental_d2,mental_d3,mental_d4"
+
+
+def _think(fmt: str) -> Config:
+    cfg = chat_tiny_sft()
+    arith = "arithmetic_easy" if fmt == "calculator" else f"arithmetic_easy_{fmt}"
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=f"{_NO_CALC},{arith}:3,mental_add_{fmt}:2")
+    cfg.eval = dataclasses.replace(cfg.eval, tasks=THINK_EVAL, final_limit=400)
+    return cfg
+
+
+for _fmt in ("calculator", "reasoning", "answer_first"):
+    register(f"chat_tiny_sft_think_{_fmt}", f"SFT of chat_tiny_base with arithmetic replies in "
+             f"the {_fmt.replace('_', ' ')} format only (same problems, same budget): held-out "
+             f"problems and mental addition by operand size")((lambda f: lambda: _think(f))(_fmt))

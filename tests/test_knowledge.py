@@ -232,3 +232,38 @@ def test_identity_grades_name_self_maker_and_other_assistants():
     import experiments
     mix = experiments.get("chat_tiny_sft_noid").sft.mixture
     assert "identity" not in mix and "arithmetic_easy" in mix
+
+
+def test_reply_formats_share_problems_and_grade_the_stated_answer():
+    from lm import conversation as ch
+    from lm.tasks.thinking import column_addition
+    base = tasks.get("arithmetic_easy")
+    for fmt in ("reasoning", "answer_first"):
+        t = tasks.get(f"arithmetic_easy_{fmt}")
+        for split in ("train", "test"):
+            for i in range(30):
+                a, b = base.example(split, i), t.example(split, i)
+                assert a["messages"][:-1] == b["messages"][:-1] and a["answer"] == b["answer"]
+                reply = b["messages"][-1]["content"]
+                assert isinstance(reply, str) and "<<" not in reply     # no calculator
+                assert t.evaluate(b, reply)
+        first = t.example("test", 0)
+        wrong = str(int(first["answer"]) + 1)
+        if fmt == "answer_first":   # the first number counts, whatever the steps say after it
+            assert not t.evaluate(first, f"#### {wrong}\n... = {first['answer']}")
+    for a, b in ((0, 0), (5, 7), (99, 1), (1234, 8766), (4321, 5)):
+        assert column_addition(a, b).endswith(f"= {a + b}.")
+    for d in (1, 2, 3, 4):
+        t = tasks.get(f"mental_d{d}")
+        for i in range(20):
+            c = t.example("test", i)
+            q = c["messages"][0]["content"]
+            nums = [int(x) for x in __import__("re").findall(r"\d+", q)]
+            assert all(len(str(n)) == d for n in nums) and sum(nums) == int(c["answer"])
+    train = {tasks.get("mental_add_calculator").example("train", i)["messages"][0]["content"]
+             for i in range(300)}
+    test = {tasks.get("mental_d3").example("test", i)["messages"][0]["content"]
+            for i in range(300)}
+    assert not train & test
+    r = tasks.get("mental_add_reasoning").example("train", 3)["messages"][-1]["content"]
+    assert r.rstrip().split("\n")[-1].startswith("#### ") and ch.reply_text(ch.parts_of(r)) == r

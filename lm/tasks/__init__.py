@@ -13,7 +13,9 @@ copy (repeat exactly); and word_problems (a compositional grammar of 1-2 step pr
 held-out split is made of unseen combinations of seen parts); arithmetic_think (2-4 steps, mostly
 direct answers in training: for RL to discover working); everyday_math / _letters /
 _recall are hand-written questions for evaluation only; kb_qa, kb_qa_naive, kb_qa_context and kb_search
-ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`). A mixture ("identity:1,spelling:2") is read by
+ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`);
+arithmetic_easy_<format>, mental_add_<format> and mental_d1-4 put the same arithmetic in three
+reply formats (`lm.tasks.thinking`). A mixture ("identity:1,spelling:2") is read by
 `lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lm.tasks.function_calling import FunctionCalling
 from lm.tasks.gsm8k import GSM8K, GSM8KEasy
 from lm.tasks.identity import STUDENT_NAME, Identity
 from lm.tasks.knowledge import KnowledgeQA
+from lm.tasks.thinking import ArithmeticFormat, MentalAdd
 from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
 from lm.tasks.open_chat import OpenChat
 from lm.tasks.recall import Copy, Recall
@@ -57,13 +60,22 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "kb_qa": KnowledgeQA, "kb_qa_naive": lambda: KnowledgeQA("kb_qa_naive", mode="naive"),
     "kb_qa_context": lambda: KnowledgeQA("kb_qa_context", mode="context"),
     "kb_search": lambda: KnowledgeQA("kb_search", mode="search"),
+    # models need tokens to think (issue 26): one problem set, three reply formats
+    "arithmetic_easy_reasoning": lambda: ArithmeticFormat("reasoning"),
+    "arithmetic_easy_answer_first": lambda: ArithmeticFormat("answer_first"),
+    **{f"mental_add_{f}": (lambda f: (lambda: MentalAdd(f"mental_add_{f}", f)))(f)
+       for f in ("calculator", "reasoning", "answer_first")},
+    **{f"mental_d{d}": (lambda d: (lambda: MentalAdd(f"mental_d{d}", digits=d)))(d)
+       for d in (1, 2, 3, 4)},
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
          "gsm8k_easy", "spelling_ood", "recall", "copy", "word_problems", "everyday_math",
          "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
          "whoami_teacher", "whoami_student", "function_calling", "agent_steps", "kb_qa",
-         "kb_qa_naive", "kb_qa_context", "kb_search")
+         "kb_qa_naive", "kb_qa_context", "kb_search", "arithmetic_easy_reasoning",
+         "arithmetic_easy_answer_first", "mental_add_calculator", "mental_add_reasoning",
+         "mental_add_answer_first", "mental_d1", "mental_d2", "mental_d3", "mental_d4")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 FILES: dict[str, str] = {}       # conversation files named for this process (register_file)
