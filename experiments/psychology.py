@@ -20,6 +20,14 @@ calculator; held-out problems and mental addition of 1-4 digit numbers.
 
     python -m lm.main -e chat_tiny_sft_think_calculator    # and _reasoning, _answer_first
 
+Tokenization and spelling: the chain's BPE model against a byte-level one (the same model and
+steps, a tokenizer with no merges: 256 bytes + the chat specials), each SFT'd with spelling
+answered by the calculator (`tool`, the chain's), spelled out and counted by position
+(`spell`), or with the count alone (`direct`).
+
+    python -m lm.main -e chat_tiny_base_bytes
+    python -m lm.main -e chat_tiny_sft_spell_direct        # and _spell, _tool; _bytes_* on bytes
+
 Knowledge of self: what the model says it is, without identity data and with it.
 
     python -m lm.eval --run chat_tiny_base --tasks whoami_teacher,identity   # the base model
@@ -34,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 
 from lm.config import Config
+from lm.tokenizer import trained_specials
 
 from experiments import register
 from experiments.chat import chat_tiny_base, chat_tiny_sft
@@ -112,3 +121,35 @@ for _fmt in ("calculator", "reasoning", "answer_first"):
     register(f"chat_tiny_sft_think_{_fmt}", f"SFT of chat_tiny_base with arithmetic replies in "
              f"the {_fmt.replace('_', ' ')} format only (same problems, same budget): held-out "
              f"problems and mental addition by operand size")((lambda f: lambda: _think(f))(_fmt))
+
+
+BYTES = 256 + len(trained_specials())          # a BPE with no merges: bytes + the specials
+SPELL_EVAL = "spelling,everyday_letters,spelling_ood"
+
+
+@register("chat_tiny_base_bytes", "chat_tiny_base with a byte-level tokenizer (no merges; the chat "
+          "specials kept): the same model, steps and tokens per step")
+def chat_tiny_base_bytes() -> Config:
+    cfg = chat_tiny_base()
+    cfg.model = dataclasses.replace(cfg.model, vocab_size=BYTES)
+    cfg.data = dataclasses.replace(cfg.data, tokenizer=f"bpe:{BYTES}")
+    return cfg
+
+
+def _spell(fmt: str, bytes_: bool) -> Config:
+    cfg = chat_tiny_sft()
+    task = "spelling" if fmt == "tool" else f"spelling_{fmt}"
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture.replace("spelling:", f"{task}:"))
+    cfg.eval = dataclasses.replace(cfg.eval, tasks=SPELL_EVAL, final_limit=400)
+    if bytes_:
+        cfg.init_from = "chat_tiny_base_bytes"
+        cfg.model = dataclasses.replace(cfg.model, vocab_size=BYTES)
+    return cfg
+
+
+for _fmt in ("tool", "spell", "direct"):
+    for _bytes in (False, True):
+        register(f"chat_tiny_sft_{'bytes_' if _bytes else ''}spell_{_fmt}",
+                 f"SFT of chat_tiny_base{'_bytes' if _bytes else ''} with spelling answered "
+                 f"{dict(tool='with the calculator', spell='by spelling out', direct='directly')[_fmt]}"
+                 f": held-out words")((lambda f, b: lambda: _spell(f, b))(_fmt, _bytes))

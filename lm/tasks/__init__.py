@@ -15,7 +15,8 @@ direct answers in training: for RL to discover working); everyday_math / _letter
 _recall are hand-written questions for evaluation only; kb_qa, kb_qa_naive, kb_qa_context and kb_search
 ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`);
 arithmetic_easy_<format>, mental_add_<format> and mental_d1-4 put the same arithmetic in three
-reply formats (`lm.tasks.thinking`). A mixture ("identity:1,spelling:2") is read by
+reply formats (`lm.tasks.thinking`); spelling_spell and spelling_direct are spelling's items
+answered without the calculator. A mixture ("identity:1,spelling:2") is read by
 `lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
 """
 from __future__ import annotations
@@ -67,6 +68,8 @@ FACTORIES: dict[str, Callable[[], Task]] = {
        for f in ("calculator", "reasoning", "answer_first")},
     **{f"mental_d{d}": (lambda d: (lambda: MentalAdd(f"mental_d{d}", digits=d)))(d)
        for d in (1, 2, 3, 4)},
+    # spelling's words in the other reply formats: spell out and count, or the count alone
+    "spelling_spell": lambda: Spelling(fmt="spell"), "spelling_direct": lambda: Spelling(fmt="direct"),
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
@@ -75,7 +78,8 @@ NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling"
          "whoami_teacher", "whoami_student", "function_calling", "agent_steps", "kb_qa",
          "kb_qa_naive", "kb_qa_context", "kb_search", "arithmetic_easy_reasoning",
          "arithmetic_easy_answer_first", "mental_add_calculator", "mental_add_reasoning",
-         "mental_add_answer_first", "mental_d1", "mental_d2", "mental_d3", "mental_d4")
+         "mental_add_answer_first", "mental_d1", "mental_d2", "mental_d3", "mental_d4",
+         "spelling_spell", "spelling_direct")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 FILES: dict[str, str] = {}       # conversation files named for this process (register_file)

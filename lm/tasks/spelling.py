@@ -118,6 +118,27 @@ def answer_parts(word: str, letter: str) -> tuple[list[dict], str]:
     ], n
 
 
+REPLY_FORMATS = ("tool", "spell", "direct")
+
+
+def reply_in_format(word: str, letter: str, fmt: str) -> tuple[list[dict] | str, str]:
+    """The reply in one of `REPLY_FORMATS` (issue 26, tokenization and spelling): `tool` spells
+    the word and counts with the calculator (the chain's), `spell` spells it and counts by
+    naming the positions, `direct` gives the count alone."""
+    if fmt == "tool":
+        return answer_parts(word, letter)
+    n = word.count(letter)
+    are = f"There {'is' if n == 1 else 'are'} {n} {letter}'s in the word {word}.\n#### {n}"
+    if fmt == "direct":
+        return are, str(n)
+    if fmt != "spell":
+        raise ValueError(f"unknown spelling reply format {fmt!r}; known: {list(REPLY_FORMATS)}")
+    at = [str(k + 1) for k, c in enumerate(word) if c == letter]
+    where = (f"The letter {letter} is at position{'s' if n > 1 else ''} {', '.join(at)}."
+             if at else f"The letter {letter} does not occur.")
+    return f"Let me spell it: {'-'.join(word)}.\n{where}\n{are}", str(n)
+
+
 def _read(name: str) -> str:
     try:
         with open(sources.fetch(name), encoding="utf-8-sig") as f:
@@ -127,12 +148,17 @@ def _read(name: str) -> str:
 
 
 class Spelling(Generated):
+    """`fmt`: the reply format (`REPLY_FORMATS`; the same words, letters and questions in each,
+    as `spelling`'s), e.g. `spelling_direct` answers with the count alone."""
     name = "spelling"
     kind = "generative"
 
-    def __init__(self, seed: int = 0, words: list[str] | None = None):
+    def __init__(self, seed: int = 0, words: list[str] | None = None, fmt: str = "tool"):
         self.seed = seed
         self._given = words
+        self.fmt = fmt
+        if fmt != "tool":
+            self.name = f"spelling_{fmt}"
 
     @cached_property
     def counts(self) -> Counter:
@@ -166,12 +192,12 @@ class Spelling(Generated):
 
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        rng = self.rng(split, i)
+        rng = self.rng(split, i, key=type(self).name)     # a format's items are spelling's
         word = self.pick_word(split, rng)
         present = sorted(set(word))
         letter = rng.choice(present) if rng.random() < 0.85 else rng.choice(
             [c for c in LETTERS if c not in word])
-        parts, n = answer_parts(word, letter)
+        parts, n = reply_in_format(word, letter, self.fmt)
         q = self.question(split, rng).format(l=letter, w=word, u=letter.upper(),
                                              c=word.capitalize())
         return conversation(q, parts, task=self.name, answer=n, word=word, letter=letter)

@@ -1,5 +1,5 @@
-"""The synthetic knowledge base (issue 26): deterministic, its held-out people never in SFT data,
-the judge, and the probe's reproducibility."""
+"""LLM psychology (issue 26): the synthetic knowledge base (deterministic, its held-out people
+never in SFT data), the judge, the probe, the search tool, reply formats, knowledge of self."""
 import json
 
 import pytest
@@ -267,3 +267,31 @@ def test_reply_formats_share_problems_and_grade_the_stated_answer():
     assert not train & test
     r = tasks.get("mental_add_reasoning").example("train", 3)["messages"][-1]["content"]
     assert r.rstrip().split("\n")[-1].startswith("#### ") and ch.reply_text(ch.parts_of(r)) == r
+
+
+def test_spelling_formats_share_items_and_count_right():
+    from lm.tasks.spelling import REPLY_FORMATS, Spelling, reply_in_format
+    words = ["strawberry", "banana", "committee", "sky", "bookkeeper", "mississippi", "a"] * 3
+    tool = Spelling(words=words)
+    for fmt in REPLY_FORMATS:
+        t = Spelling(words=words, fmt=fmt)
+        for i in range(12):
+            a, b = tool.example("train", i), t.example("train", i)
+            assert (a["word"], a["letter"], a["messages"][0]) == \
+                (b["word"], b["letter"], b["messages"][0])
+            assert b["answer"] == str(b["word"].count(b["letter"]))
+    reply, n = reply_in_format("strawberry", "r", "spell")
+    assert "s-t-r-a-w-b-e-r-r-y" in reply and "positions 3, 8, 9" in reply and n == "3"
+    direct, _ = reply_in_format("strawberry", "r", "direct")
+    assert "-" not in direct and direct.endswith("#### 3")
+    assert "does not occur" in reply_in_format("sky", "e", "spell")[0]
+    with pytest.raises(ValueError, match="unknown spelling reply format"):
+        reply_in_format("sky", "s", "shout")
+    import experiments
+    for fmt in REPLY_FORMATS:
+        cfg = experiments.get(f"chat_tiny_sft_bytes_spell_{fmt}")
+        want = "spelling:" if fmt == "tool" else f"spelling_{fmt}:"
+        from experiments.psychology import BYTES
+        assert want in cfg.sft.mixture and cfg.model.vocab_size == BYTES
+    assert experiments.get("chat_tiny_base_bytes").data.tokenizer == \
+        f"bpe:{experiments.get('chat_tiny_base_bytes').model.vocab_size}"
