@@ -42,7 +42,7 @@ class SearchIndex:
         passages = [p.strip() for p in passages if p and p.strip()]
         if not passages:
             raise SearchError(f"search corpus {name!r} has no passages: give at least one")
-        import bm25s    # optional-weight import: 1.2 s (scipy) that engines without search skip
+        import bm25s    # 1.2 s (scipy): paid by the first index, not by every engine
         self.name, self.passages = name, passages
         self._bm25s = bm25s
         self._index = bm25s.BM25()
