@@ -295,3 +295,19 @@ def test_spelling_formats_share_items_and_count_right():
         assert want in cfg.sft.mixture and cfg.model.vocab_size == BYTES
     assert experiments.get("chat_tiny_base_bytes").data.tokenizer == \
         f"bpe:{experiments.get('chat_tiny_base_bytes').model.vocab_size}"
+
+
+def test_server_and_cli_use_the_given_search_corpus(tiny_chat, tmp_path, capsys):
+    from lm import search
+    from lm.serve import __main__ as serve_main
+    from lm.serve.app import create_app
+    own = search.from_file(str(_write(tmp_path / "own.jsonl", '{"text": "Zorblat lives on Mars."}')))
+    app = create_app(tiny_chat, warmup=False, search=own)
+    tok = tiny_chat.tokenizer
+    run_tool = app.state.lm.scheduler.engine.tool_fn
+    assert tok.decode(run_tool(tok.encode('search("Zorblat")'))) == "Zorblat lives on Mars."
+    assert tok.decode(run_tool(tok.encode("6*7"))) == "42"
+    # a bad corpus is a clear error before anything loads
+    assert serve_main.main(["--run", tiny_chat.run_dir, "--search-corpus",
+                            str(tmp_path / "none.txt")]) == 2
+    assert "No such file" in capsys.readouterr().err
