@@ -42,16 +42,24 @@ Rendered: `<|tools_start|> [definitions as JSON] <|tools_end|>` right after BOS;
 `<|tool_call_start|> {"name": ..., "arguments": {...}} <|tool_call_end|>` inside the assistant
 turn; a result as `<|tool_result_start|> content <|tool_result_end|>` after that turn. Mask: the
 calls are trained (markers and JSON); definitions and results never are.
+
+Images (`lm.images`): a user turn may be a list of `text` and `image` parts, and an assistant
+turn may hold `image` parts (the model draws); an image part is `{"type": "image", "codes":
+[...]}`, its codebook codes, rendered `<|image_start|> <|image_k|> ... <|image_end|>` (mask 0 in
+a user turn, 1 in the assistant's). `reply_text` shows one as `[image c0 c1 ...]`. Pixels and data
+URLs become codes at the edges (the server, the chat CLI, the tasks).
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Iterable, Optional, Sequence
 
-from lm.tokenizer import CHAT_SPECIAL_TOKENS, ChatTokens, FunctionTokens, Tokenizer
+from lm.tokenizer import CHAT_SPECIAL_TOKENS, IMAGE_SPECIALS, ChatTokens, FunctionTokens, Tokenizer
 
 ROLES = ("system", "user", "assistant", "tool")
-PART_TYPES = ("text", "python", "output", "tool_call")
+PART_TYPES = ("text", "python", "output", "tool_call", "image")
+USER_PART_TYPES = ("text", "image")
+IMAGE_CODES = len(IMAGE_SPECIALS) - 2        # the codebook's size (lm.images.CODES)
 CHAT_TOKENS = CHAT_SPECIAL_TOKENS[1:]     # the chat set after <|bos|>
 
 
@@ -64,6 +72,16 @@ def parts_of(content: Any) -> list[dict]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     return list(content)
+
+
+def _check_codes(part: dict, where: str) -> None:
+    codes = part.get("codes")
+    n = len(codes) if isinstance(codes, list) else 0
+    side = int(round(n ** 0.5))
+    if not n or side * side != n or not all(isinstance(c, int) and 0 <= c < IMAGE_CODES
+                                            for c in codes):
+        raise ConversationError(f"{where}: an image part needs 'codes', a square number of "
+                                f"integers in 0-{IMAGE_CODES - 1}")
 
 
 def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
@@ -108,8 +126,20 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
                                     f"alternate user/assistant, starting with user)")
         expect = "assistant" if role == "user" else "user"
         if role == "user":
+            if isinstance(content, list) and content:
+                for j, p in enumerate(content):
+                    if not isinstance(p, dict) or p.get("type") not in USER_PART_TYPES:
+                        raise ConversationError(f"turn {i}, part {j}: a user part is text or an "
+                                                f"image, got {p!r}")
+                    if p["type"] == "image":
+                        _check_codes(p, f"turn {i}, part {j}")
+                    elif not isinstance(p.get("text"), str):
+                        raise ConversationError(f"turn {i}, part {j}: a part needs a 'text' "
+                                                f"string")
+                continue
             if not isinstance(content, str) or not content.strip():
-                raise ConversationError(f"turn {i}: the user turn must be non-empty text")
+                raise ConversationError(f"turn {i}: the user turn must be non-empty text (or a "
+                                        f"list of text and image parts)")
             continue
         if isinstance(content, str):
             if not content.strip():
@@ -122,6 +152,9 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
             if not isinstance(p, dict) or p.get("type") not in PART_TYPES:
                 raise ConversationError(f"turn {i}, part {j}: unknown part {p!r} (types: "
                                         f"{list(PART_TYPES)})")
+            if p["type"] == "image":
+                _check_codes(p, f"turn {i}, part {j}")
+                continue
             if p["type"] == "tool_call":
                 call_arguments(p, where=f"turn {i}, part {j}")
                 if not isinstance(p.get("name"), str) or not p["name"]:
@@ -214,10 +247,27 @@ def call_prefix(tok: Tokenizer, name: str) -> list[int]:
 def _merged(msgs: list[dict]) -> list[dict]:
     """A system message folded into the first user turn (nanochat's choice)."""
     if msgs and msgs[0]["role"] == "system":
-        first = msgs[1]
-        merged = dict(first, content=msgs[0]["content"] + "\n\n" + first["content"])
+        first, system = msgs[1], msgs[0]["content"] + "\n\n"
+        merged = dict(first, content=system + first["content"] if isinstance(
+            first["content"], str) else [{"type": "text", "text": system}] + first["content"])
         return [merged] + list(msgs[2:])
     return list(msgs)
+
+
+def image_ids(codes: Sequence[int], tok) -> list[int]:
+    """An image part's tokens: `<|image_start|>`, one reserved special per code, `<|image_end|>`."""
+    start, end, ids = image_tokens(tok)
+    return [start] + [ids[c] for c in codes] + [end]
+
+
+def image_tokens(tok) -> tuple[int, int, list[int]]:
+    """(image_start, image_end, the code tokens' ids) of a chat tokenizer."""
+    try:
+        return (tok.special_id(IMAGE_SPECIALS[0]), tok.special_id(IMAGE_SPECIALS[1]),
+                [tok.special_id(n) for n in IMAGE_SPECIALS[2:]])
+    except KeyError:
+        raise ConversationError(f"the tokenizer {tok.name!r} has no image tokens (reserved "
+                                f"special slots); image parts need one trained here") from None
 
 
 def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[int], list[int]]:
@@ -243,7 +293,9 @@ def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[i
     for msg in msgs:
         if msg["role"] == "user":
             add([t.user_start], 0)
-            add(tok.encode(msg["content"]), 0)
+            for p in parts_of(msg["content"]):
+                add(image_ids(p["codes"], tok) if p["type"] == "image" else tok.encode(p["text"]),
+                    0)
             add([t.user_end], 0)
             continue
         if msg["role"] == "tool":
@@ -264,6 +316,8 @@ def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[i
                 add([t.python_start], 1)
                 add(tok.encode(p["text"]), 1)
                 add([t.python_end], 1)
+            elif p["type"] == "image":
+                add(image_ids(p["codes"], tok), 1)
             else:
                 add([t.output_start], 0)
                 add(tok.encode(p["text"]), 0)
@@ -335,11 +389,29 @@ def parse_reply(ids: Sequence[int], tok) -> list[dict]:
                 parts.append({"type": kind, "text": text})
         buf.clear()
 
+    try:
+        img_start, img_end, codes = image_tokens(tok)
+    except ConversationError:
+        img_start, img_end, codes = None, None, []
+    code_of = {c: k for k, c in enumerate(codes)}
     for i in ids:
         i = int(i)
         if i == t.assistant_end:
             break
-        if i in (t.python_start, t.output_start, call_start):
+        if kind == "image":                    # only code tokens until <|image_end|>
+            if i == img_end:
+                parts.append({"type": "image", "codes": [code_of[c] for c in buf]})
+                buf.clear()
+                kind = "text"
+            elif i in code_of:
+                buf.append(i)
+            continue
+        if i == img_start:
+            flush()
+            kind = "image"
+        elif i in code_of:                     # a stray code outside an image: dropped
+            continue
+        elif i in (t.python_start, t.output_start, call_start):
             flush()
             kind = {t.python_start: "python", t.output_start: "output"}.get(i, "tool_call")
         elif i in (t.python_end, t.output_end, call_end):
@@ -350,7 +422,10 @@ def parse_reply(ids: Sequence[int], tok) -> list[dict]:
             continue
         else:
             buf.append(i)
-    flush()
+    if kind == "image":                       # unterminated: the codes written so far
+        parts.append({"type": "image", "codes": [code_of[c] for c in buf]})
+    else:
+        flush()
     return parts
 
 
@@ -376,13 +451,15 @@ def tool_calls(parts: list[dict]) -> list[dict]:
 
 def reply_text(parts: list[dict]) -> str:
     """A reply as readable text: calculator calls shown as `<<expr=result>>` (GSM8K's notation),
-    function calls as `[call {"name": ..., "arguments": ...}]`."""
+    function calls as `[call {"name": ..., "arguments": ...}]`, images as `[image c0 c1 ...]`."""
     out = []
     for k, p in enumerate(parts):
         if p["type"] == "text":
             out.append(p["text"])
         elif p["type"] == "tool_call":
             out.append(f"[call {p['text'] if 'text' in p else call_json(p)}]")
+        elif p["type"] == "image":
+            out.append(f"[image {' '.join(map(str, p['codes']))}]")
         elif p["type"] == "python":
             nxt = parts[k + 1] if k + 1 < len(parts) else None
             result = nxt["text"] if nxt is not None and nxt["type"] == "output" else "?"

@@ -70,7 +70,10 @@ RESERVED_SPECIALS = 64
 # assistant writes, and a result the client sends back
 FUNCTION_SPECIALS = ("<|tools_start|>", "<|tools_end|>", "<|tool_call_start|>",
                      "<|tool_call_end|>", "<|tool_result_start|>", "<|tool_result_end|>")
-NAMED_SPECIALS: dict[str, int] = {name: 9 + k for k, name in enumerate(FUNCTION_SPECIALS)}
+# images as tokens (lm.images): start/end markers and a 32-vector codebook's codes
+IMAGE_SPECIALS = ("<|image_start|>", "<|image_end|>") + tuple(f"<|image_{k}|>" for k in range(32))
+NAMED_SPECIALS: dict[str, int] = {name: 9 + k for k, name in
+                                  enumerate(FUNCTION_SPECIALS + IMAGE_SPECIALS)}
 GPT2_ENDOFTEXT = "<|endoftext|>"
 ARTIFACT_VERSION = 1
 DEFAULT_MAX_DOC_CHARS = 10_000

@@ -28,6 +28,10 @@ ALLOWED_INNER_IMPORTS = {
                                "server: OpenAIModel only; the engine path needs none",
     ("lm/structured.py", "llguidance.tiktoken"): "llguidance (requirements-serve.txt) compiles "
                                                  "response_format grammars: serving only",
+    ("lm/tasks/vision.py", "sklearn.datasets"): "scikit-learn (~1 s to import) holds the bundled "
+                                                "digits: the vision tasks only",
+    ("lm/tasks/vision.py", "sklearn.linear_model"): "the pixel baseline's logistic regression "
+                                                    "(scikit-learn): reports only",
     ("lm/search.py", "bm25s"): "bm25s imports scipy (1.2 s): paid when the first search index is "
                                "built, not by every process that builds an engine",
     ("lm/data/web/recipe.py", "ray"): "Ray takes seconds to import and serves --executor ray only",

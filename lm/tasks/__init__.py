@@ -16,7 +16,8 @@ _recall are hand-written questions for evaluation only; kb_qa, kb_qa_naive, kb_q
 ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`);
 arithmetic_easy_<format>, mental_add_<format> and mental_d1-4 put the same arithmetic in three
 reply formats (`lm.tasks.thinking`); spelling_spell and spelling_direct are spelling's items
-answered without the calculator. A mixture ("identity:1,spelling:2") is read by
+answered without the calculator; digits, picture_describe and picture_draw put images in the
+conversation as tokens (`lm.tasks.vision`, `lm.images`). A mixture ("identity:1,spelling:2") is read by
 `lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lm.tasks.gsm8k import GSM8K, GSM8KEasy
 from lm.tasks.identity import STUDENT_NAME, Identity
 from lm.tasks.knowledge import KnowledgeQA
 from lm.tasks.thinking import ArithmeticFormat, MentalAdd
+from lm.tasks.vision import Digits, Pictures
 from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
 from lm.tasks.open_chat import OpenChat
 from lm.tasks.recall import Copy, Recall
@@ -70,6 +72,9 @@ FACTORIES: dict[str, Callable[[], Task]] = {
        for d in (1, 2, 3, 4)},
     # spelling's words in the other reply formats: spell out and count, or the count alone
     "spelling_spell": lambda: Spelling(fmt="spell"), "spelling_direct": lambda: Spelling(fmt="direct"),
+    # images as tokens (issue 31): read a digit, describe a picture, draw one
+    "digits": Digits, "picture_describe": lambda: Pictures("describe"),
+    "picture_draw": lambda: Pictures("draw"),
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
@@ -79,7 +84,7 @@ NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling"
          "kb_qa_naive", "kb_qa_context", "kb_search", "arithmetic_easy_reasoning",
          "arithmetic_easy_answer_first", "mental_add_calculator", "mental_add_reasoning",
          "mental_add_answer_first", "mental_d1", "mental_d2", "mental_d3", "mental_d4",
-         "spelling_spell", "spelling_direct")
+         "spelling_spell", "spelling_direct", "digits", "picture_describe", "picture_draw")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 FILES: dict[str, str] = {}       # conversation files named for this process (register_file)

@@ -1,0 +1,128 @@
+"""Images as tokens (issue 31): the codebook, encode/decode, the tasks' held-out splits, the chat
+format's image parts, and bad input."""
+import base64
+
+import numpy as np
+import pytest
+
+from lm import conversation as ch
+from lm import images, tasks
+from lm.tasks import vision
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from lm.tokenizer import train_bpe, trained_specials
+    return train_bpe(["What digit is this? It is the digit 7. #### 7 Draw a red cross."] * 30,
+                     256 + len(trained_specials()) + 40)
+
+
+def test_codebook_is_the_tools_and_round_trips_with_the_reported_error():
+    from tools import image_codebook
+    assert np.allclose(image_codebook.learn(), images.codebook(), atol=2e-4)
+    err = image_codebook.errors()
+    assert err["pictures"]["mse"] == 0.0                     # drawn in the palette's blocks
+    assert 0 < err["digits"]["mse"] < 0.02
+    for s, c, p in vision.combinations("train")[:20]:
+        img = vision.picture(s, c, p)
+        assert np.array_equal(images.decode(images.encode(img)), img)
+        assert vision.detect(img) == (s, c, p)
+
+
+def test_held_out_images_and_combinations_never_reach_training():
+    d = vision.digits()
+    train = {img.tobytes() for img, _ in d["train"]}
+    assert len(d["test"]) > 300 and not any(img.tobytes() in train for img, _ in d["test"])
+    test_combos = set(vision.combinations("test"))
+    assert test_combos and not test_combos & set(vision.combinations("train"))
+    for name in ("picture_describe", "picture_draw"):
+        t = tasks.get(name)
+        seen = {(c["shape"], c["colour"], c["position"])
+                for c in (t.example("train", i) for i in range(2000))}
+        assert not seen & test_combos
+        assert {(c["shape"], c["colour"], c["position"])
+                for c in (t.example("test", i) for i in range(t.size("test")))} == test_combos
+    digits = tasks.get("digits")
+    seen = {tuple(digits.example("train", i)["messages"][0]["content"][0]["codes"])
+            for i in range(3000)}
+    held = {tuple(digits.example("test", i)["messages"][0]["content"][0]["codes"])
+            for i in range(digits.size("test"))}
+    # codes can coincide for near-identical images; the images themselves never do (above)
+    assert len(held - seen) > 0.9 * len(held)
+
+
+def test_image_parts_render_and_parse_back(tok):
+    draw = tasks.get("picture_draw").example("test", 5)
+    ids, mask = ch.render(draw, tok)
+    start, end, codes = ch.image_tokens(tok)
+    i0, i1 = ids.index(start), ids.index(end)
+    assert all(m == 1 for m in mask[i0:i1 + 1])              # the drawing is trained
+    reply = ids[len(ch.render_for_completion(draw, tok)):]
+    parts = ch.parse_reply(reply, tok)
+    want = draw["messages"][-1]["content"]
+    assert parts == want
+    text = ch.reply_text(parts)
+    assert tasks.get("picture_draw").evaluate(draw, text)
+    # a user image is never trained; stray codes outside an image are dropped; an unterminated
+    # image keeps its codes
+    read = tasks.get("digits").example("train", 3)
+    ids, mask = ch.render(read, tok)
+    assert mask[ids.index(start)] == 0 and mask[ids.index(end)] == 0
+    assert ch.parse_reply([codes[3], start, codes[1], codes[2]], tok) == [
+        {"type": "image", "codes": [1, 2]}]
+    # with a system message the image stays in the first user turn
+    sys_conv = {"messages": [{"role": "system", "content": "Be brief."}] + read["messages"]}
+    assert ch.render(sys_conv, tok)[0].count(start) == 1
+
+
+def test_bad_images_and_parts_are_named_errors(tmp_path):
+    with pytest.raises(images.ImageError, match="square with an even side"):
+        images.encode(np.zeros((8, 6, 3), np.uint8))
+    with pytest.raises(images.ImageError, match="H×W×3 uint8"):
+        images.encode(np.zeros((8, 8), np.uint8))
+    with pytest.raises(images.ImageError, match="not a readable image"):
+        images.from_png(b"\x89PNG\r\n\x1a\n broken")
+    from PIL import Image
+    import io
+    buf = io.BytesIO()
+    Image.new("CMYK", (8, 8)).save(buf, format="JPEG")
+    with pytest.raises(images.ImageError, match="mode 'CMYK'"):
+        images.from_png(buf.getvalue())
+    with pytest.raises(images.ImageError, match="base64 data URL"):
+        images.from_data_url("https://example.com/cat.png")
+    with pytest.raises(images.ImageError, match="not a readable image"):
+        images.from_data_url("data:image/png;base64," + base64.b64encode(b"hello").decode())
+    with pytest.raises(images.ImageError, match="No such file"):
+        images.load_file(str(tmp_path / "none.png"))
+    img = vision.picture("cross", "red", "top")
+    assert np.array_equal(images.from_data_url(images.data_url(img)), img)
+    with pytest.raises(images.ImageError, match="square grid"):
+        images.decode([0, 1, 2])
+    for codes in ([], [0, 1, 2], [0, 0, 0, 99], "abc"):
+        bad = {"messages": [{"role": "user", "content": [{"type": "image", "codes": codes}]}]}
+        with pytest.raises(ch.ConversationError, match="square number"):
+            ch.validate(bad)
+    with pytest.raises(ch.ConversationError, match="text or an image"):
+        ch.validate({"messages": [{"role": "user", "content": [{"type": "python", "text": "1"}]}]})
+
+
+def test_grades_and_detection():
+    t = tasks.get("picture_describe")
+    c = t.example("test", 0)
+    s, col, p = c["shape"], c["colour"], c["position"]
+    assert t.evaluate(c, c["messages"][-1]["content"])
+    other = next(x for x in vision.SHAPES if x != s)
+    g = t.grades(c, f"A {col} {other} at the {p}.")
+    assert g == {"shape": False, "colour": True, "position": True}
+    assert not t.grades(c, f"A {col} {s} or a {other}.")["shape"]
+    draw = tasks.get("picture_draw")
+    d = draw.example("test", 0)
+    wrong = vision.picture(d["shape"], d["colour"],
+                           next(x for x in vision.POSITIONS if x != d["position"]))
+    text = f"[image {' '.join(map(str, images.encode(wrong)))}]"
+    assert draw.grades(d, text) == {"shape": True, "colour": True, "position": False}
+    assert draw.grades(d, "I cannot draw.") == {"shape": False, "colour": False,
+                                                "position": False}
+    two = vision.picture("dot", "red", "top") | vision.picture("dot", "blue", "bottom")
+    assert vision.detect(two) is None
+    assert 0.9 < vision.pixel_baseline() < 1.0
