@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Optional, Sequence
 
+from lm import images
 from lm.tokenizer import CHAT_SPECIAL_TOKENS, IMAGE_SPECIALS, ChatTokens, FunctionTokens, Tokenizer
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -481,28 +482,56 @@ def conversation(user: str, assistant: Any = None, system: Optional[str] = None,
     return {"messages": msgs, **extra}
 
 
+def image_markdown(codes: Sequence[int]) -> str:
+    """A drawn image as Markdown with a PNG data URL (what the server and the chat page show)."""
+    try:
+        return f"![image]({images.data_url(images.decode(codes))})"
+    except images.ImageError as e:
+        return f"[unfinished image: {e}]"
+
+
 class TextStream:
     """Incremental detokenizer for streamed replies: whole UTF-8 characters only. With
     `chat=True`, calculator calls show as `<<expr=result>>` (as `reply_text` writes them), other
     special tokens are hidden, and a function call's text is not shown: each finished call is
-    queued as a tool_call part (`take_calls`); otherwise special tokens show by name."""
+    queued as a tool_call part (`take_calls`); a drawn image shows, once finished, as
+    `image_fn(codes)` (default: Markdown with a PNG data URL); otherwise special tokens show by
+    name."""
 
     SHOWN = {"<|python_start|>": "<<", "<|python_end|>": "=", "<|output_end|>": ">>"}
 
-    def __init__(self, tok, chat: bool = True):
-        self.tok, self.chat = tok, chat
+    def __init__(self, tok, chat: bool = True, image_fn=image_markdown):
+        self.tok, self.chat, self.image_fn = tok, chat, image_fn
         self.dec = tok.stream_decoder()
         self.special = {int(i): s for s, i in tok.special_tokens.items()}
         f = tok.functions if chat else None
         self.call_start, self.call_end = (f.call_start, f.call_end) if f else (None, None)
         self.call: Optional[list[int]] = None      # ids of the call being written
         self.calls: list[dict] = []                # finished calls not yet taken
+        try:
+            start, end, codes = image_tokens(tok) if chat else (None, None, [])
+        except ConversationError:
+            start, end, codes = None, None, []
+        self.img_start, self.img_end = start, end
+        self.code_of = {c: k for k, c in enumerate(codes)}
+        self.image: Optional[list[int]] = None     # codes of the image being drawn
 
     def push(self, ids) -> str:
         out = []
         for i in ids:
             i = int(i)
-            if self.call is not None and i != self.call_end and i not in self.special:
+            if self.image is not None:
+                if i == self.img_end:
+                    out.append(self.image_fn(self.image))
+                    self.image = None
+                elif i in self.code_of:
+                    self.image.append(self.code_of[i])
+            elif i == self.img_start and self.img_start is not None:
+                out.append(self.dec.flush())
+                self.image = []
+            elif i in self.code_of:             # a stray code outside an image: hidden
+                continue
+            elif self.call is not None and i != self.call_end and i not in self.special:
                 self.call.append(i)
             elif i == self.call_start and self.call_start is not None:
                 out.append(self.dec.flush())
@@ -528,4 +557,7 @@ class TextStream:
         if self.call is not None:              # the reply ended inside a call
             self.calls.append(parse_call(self.tok.decode(self.call)))
             self.call = None
+        if self.image is not None:             # the reply ended inside an image
+            codes, self.image = self.image, None
+            return self.dec.flush() + (self.image_fn(codes) if codes else "")
         return self.dec.flush()

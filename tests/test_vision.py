@@ -126,3 +126,67 @@ def test_grades_and_detection():
     two = vision.picture("dot", "red", "top") | vision.picture("dot", "blue", "bottom")
     assert vision.detect(two) is None
     assert 0.9 < vision.pixel_baseline() < 1.0
+
+
+def test_server_takes_image_parts_and_names_bad_images(tmp_path):
+    """OpenAI image_url parts become image tokens in the user turn; a drawn reply sent back as
+    Markdown becomes an image part again; bad images are 400s naming the message."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from lm.serve import app as serve_app
+    from lm.serve.schema import ChatRequest
+    from tests.test_serve import _make_run
+    run = _make_run(tmp_path / "r", "sft")
+    app = serve_app.create_app(run, allowed_hosts=["testserver"], warmup=False)
+    img = vision.picture("cross", "red", "top left")
+    url = images.data_url(img)
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "Describe the picture."}]}]
+    conv = serve_app.conversation_of(ChatRequest(messages=msgs))
+    assert conv["messages"][0]["content"][0] == {"type": "image", "codes": images.encode(img)}
+    back = serve_app.conversation_of(ChatRequest(messages=msgs + [
+        {"role": "assistant", "content": f"Here: {ch.image_markdown(images.encode(img))}"},
+        {"role": "user", "content": "Again."}]))
+    assert back["messages"][1]["content"][1] == {"type": "image", "codes": images.encode(img)}
+    small = [{"role": "user", "content": [{"type": "image_url", "image_url": {
+        "url": images.data_url(vision.digits()["test"][0][0])}}, {"type": "text", "text": "?"}]}]
+    with TestClient(app) as c:              # (a digit: the tiny test model's context is 96)
+        r = c.post("/v1/chat/completions", json={"messages": small, "max_tokens": 4})
+        assert r.status_code == 200, r.text
+        for bad, code in (([{"type": "image_url", "image_url": {
+                "url": "data:image/png;base64,aGVsbG8="}}], "invalid_image"),
+                          ([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+                           "invalid_image")):
+            r = c.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": bad}], "max_tokens": 4})
+            assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+            assert "messages[0]" in r.json()["error"]["message"]
+        from PIL import Image
+        import io
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((10, 8, 3), np.uint8)).save(buf, format="PNG")
+        odd = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": odd}}]}], "max_tokens": 4})
+        assert r.status_code == 400 and "8×10" in r.json()["error"]["message"], r.text
+        r = c.post("/v1/chat/completions", json={"messages": [
+            {"role": "system", "content": [{"type": "image_url", "image_url": {"url": url}}]},
+            {"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert r.status_code == 400 and "images go in user messages" in r.json()["error"]["message"]
+
+
+def test_streamed_drawings_show_as_images(tok):
+    codes = images.encode(vision.picture("dot", "blue", "centre"))
+    start, end, ids = ch.image_tokens(tok)
+    stream = ch.TextStream(tok)
+    out = stream.push(tok.encode("Here: ") + [start] + [ids[c] for c in codes[:40]])
+    out += stream.push([ids[c] for c in codes[40:]] + [end])
+    assert out.startswith("Here: ![image](data:image/png;base64,")
+    url = out[len("Here: ![image]("):-1]
+    assert np.array_equal(images.from_data_url(url), images.decode(codes))
+    cut = ch.TextStream(tok)
+    cut.push([start] + [ids[c] for c in codes[:5]])
+    assert cut.flush().startswith("[unfinished image")
+    saved = []
+    own = ch.TextStream(tok, image_fn=lambda c: saved.append(c) or "[saved]")
+    assert own.push([start] + [ids[c] for c in codes] + [end]) == "[saved]" and saved == [codes]

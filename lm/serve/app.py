@@ -21,6 +21,7 @@ import dataclasses
 import hmac
 import json
 import os
+import re
 import time
 from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
@@ -32,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lm import conversation as chat
-from lm import stages, structured
+from lm import images, stages, structured
 from lm.sampling import Engine, EngineSettings
 from lm.search import SearchIndex, engine_tool
 from lm.serve.schema import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest, Common, CompletionRequest
@@ -94,7 +95,7 @@ def _prompt_ids(s: Served, body: Common, chat_mode: bool, forced: tuple = ()
     reply's forced start, appended to a chat prompt (tool_prefix)."""
     tok, param = s.tok, "messages" if chat_mode else "prompt"
     if chat_mode:
-        texts = [_text(m.content) for m in body.messages] + \
+        texts = [_plain(m.content) for m in body.messages] + \
             [t.function.model_dump_json() for t in body.tools or []]
     else:
         p = body.prompt
@@ -124,10 +125,58 @@ def _prompt_ids(s: Served, body: Common, chat_mode: bool, forced: tuple = ()
         raise APIError(400, f"{param}: {e}", param=param, code="invalid_value") from None
 
 
-def _text(content) -> str:
+def _plain(content) -> str:
+    """A message's text parts (its images are at most MAX_SIDE² / 4 tokens each)."""
     if content is None:
         return ""
-    return "".join(p.text for p in content) if isinstance(content, list) else content
+    return "".join(p.text for p in content if p.type == "text") \
+        if isinstance(content, list) else content
+
+
+def _text(content, k: int) -> str:
+    if content is None:
+        return ""
+    if not isinstance(content, list):
+        return content
+    if any(p.type == "image_url" for p in content):
+        raise APIError(400, f"messages[{k}]: images go in user messages", param="messages",
+                       code="invalid_value")
+    return "".join(p.text for p in content)
+
+
+_MD_IMAGE = re.compile(r"!\[[^\]]*\]\((data:image/[^)\s]+)\)")
+
+
+def _image(url: str, k: int) -> dict:
+    try:
+        return {"type": "image", "codes": images.encode(images.from_data_url(url))}
+    except images.ImageError as e:
+        raise APIError(400, f"messages[{k}]: {e}", param="messages",
+                       code="invalid_image") from None
+
+
+def _user_content(content, k: int):
+    """A user message's content: text, or text and image parts (images as codes)."""
+    if not isinstance(content, list) or not any(p.type == "image_url" for p in content):
+        return _text(content, k)
+    return [_image(p.image_url.url, k) if p.type == "image_url" else
+            {"type": "text", "text": p.text} for p in content]
+
+
+def _assistant_content(text: str, k: int):
+    """An earlier reply as sent back by a client: the images it drew (Markdown with a data URL,
+    as this server writes them) become image parts again."""
+    if not _MD_IMAGE.search(text):
+        return text
+    parts, last = [], 0
+    for m in _MD_IMAGE.finditer(text):
+        if m.start() > last:
+            parts.append({"type": "text", "text": text[last:m.start()]})
+        parts.append(_image(m.group(1), k))
+        last = m.end()
+    if last < len(text):
+        parts.append({"type": "text", "text": text[last:]})
+    return parts
 
 
 def conversation_of(body: ChatRequest) -> dict:
@@ -136,7 +185,10 @@ def conversation_of(body: ChatRequest) -> dict:
     offered functions unless tool_choice is 'none'."""
     msgs = []
     for k, m in enumerate(body.messages):
-        text = _text(m.content)
+        if m.role == "user":
+            msgs.append({"role": "user", "content": _user_content(m.content, k)})
+            continue
+        text = _text(m.content, k)
         if m.role == "assistant" and m.tool_calls:
             parts = ([{"type": "text", "text": text}] if text else []) + [
                 {"type": "tool_call", "id": c.id, "name": c.function.name,
@@ -147,6 +199,8 @@ def conversation_of(body: ChatRequest) -> dict:
                 raise APIError(400, f"messages[{k}]: a tool message needs 'tool_call_id'",
                                param="messages", code="invalid_value")
             msgs.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": text})
+        elif m.role == "assistant":
+            msgs.append({"role": "assistant", "content": _assistant_content(text, k)})
         else:
             msgs.append({"role": "system" if m.role == "developer" else m.role,
                          "content": text})

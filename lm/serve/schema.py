@@ -24,6 +24,18 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: StrictStr = Field(description="a base64 data URL: data:image/png;base64,...")
+
+
+class ImagePart(BaseModel):
+    """OpenAI's image content part; the image becomes tokens (`lm.images`) in a user turn."""
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 MAX_TOOLS = 128
 
 
@@ -43,7 +55,7 @@ class ToolCall(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[StrictStr, list[TextPart], None] = None
+    content: Union[StrictStr, list[Union[TextPart, ImagePart]], None] = None
     tool_calls: Optional[list[ToolCall]] = None      # assistant: the calls it made
     tool_call_id: Optional[StrictStr] = None         # tool: the call this result answers
 
