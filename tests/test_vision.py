@@ -190,3 +190,36 @@ def test_streamed_drawings_show_as_images(tok):
     saved = []
     own = ch.TextStream(tok, image_fn=lambda c: saved.append(c) or "[saved]")
     assert own.push([start] + [ids[c] for c in codes] + [end]) == "[saved]" and saved == [codes]
+
+
+def test_chat_page_sends_an_image_and_shows_drawn_ones(tmp_path):
+    """In a real browser: an attached image goes out as an image_url part (the reply comes back,
+    no error) and shows in the user's message; Markdown PNG data URLs in a reply render as
+    pictures, other image URLs never do."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from tests.test_serve import _browser, _make_run, create_app, serving
+    run = _make_run(tmp_path / "r", "sft", never_stop=True)
+    url = images.data_url(vision.digits()["test"][0][0])
+    with serving(create_app(run, slots=2, chunk=2)) as server:
+        d = _browser()
+        try:
+            d.get(server + "/")
+            WebDriverWait(d, 30).until(lambda d: "chat" in d.find_element(By.ID, "model").text)
+            d.execute_script("setAttached(arguments[0])", url)
+            d.find_element(By.ID, "input").send_keys("What digit is this?")
+            d.find_element(By.ID, "send").click()
+            WebDriverWait(d, 60).until(lambda d: any(
+                "finish" in m.text for m in d.find_elements(By.CSS_SELECTOR, ".msg .meta")))
+            assert not d.find_elements(By.CSS_SELECTOR, ".msg.error")
+            pics = d.find_elements(By.CSS_SELECTOR, ".msg.user img.picture")
+            assert len(pics) == 1 and pics[0].get_attribute("src") == url
+            sent = d.execute_script("return history[0].content")
+            assert sent[0]["type"] == "image_url" and sent[1]["text"] == "What digit is this?"
+            shown = d.execute_script(
+                "const el = document.createElement('div');"
+                "render(el, arguments[0]); return [el.querySelectorAll('img').length, el.textContent];",
+                f"Here: ![image]({url}) and ![x](http://example.com/x.png)")
+            assert shown[0] == 1 and "http://example.com/x.png" in shown[1]
+        finally:
+            d.quit()
