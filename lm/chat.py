@@ -12,16 +12,22 @@ base models):
   until `<|assistant_end|>`, and its calculator calls are evaluated by the engine (shown as
   `<<expr=result>>`).
 
-Commands: `/reset` clears the conversation, `/quit` (or Ctrl-D) exits.
+Images (chat mode, a tokenizer with the image slots: `lm.images`): `--image PATH` (a PNG) goes
+with `--prompt` or the first message, `/image PATH` with the next one; an image the model draws
+is saved as a PNG (`--save_images`, default the current folder) and its path shown.
+
+Commands: `/reset` clears the conversation, `/image PATH` attaches an image to the next message,
+`/quit` (or Ctrl-D) exits.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Iterator, Optional
 
 from lm import conversation as chat_format
-from lm import process, runs, sampling, search, stages
+from lm import images, process, runs, sampling, search, stages
 
 
 def pick_mode(mode: str, stage: str, tok) -> str:
@@ -39,7 +45,7 @@ class Session:
     def __init__(self, params, cfg, tok, mode: str, *, temperature: float = 0.8,
                  top_k: int = 50, top_p: float = 1.0, max_new_tokens: int = 256, seed: int = 0,
                  tools: bool = True, chunk: int = 8, system: Optional[str] = None,
-                 search_index: Optional[search.SearchIndex] = None):
+                 search_index: Optional[search.SearchIndex] = None, save_images: str = "."):
         self.cfg, self.tok, self.mode = cfg, tok, mode
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                              max_new_tokens=min(max_new_tokens, cfg.model.block_size - 1))
@@ -48,6 +54,7 @@ class Session:
         self.engine = sampling.Engine(params, cfg.model, tokenizer=tok, tools=tool_ids,
                                       tool_fn=search.engine_tool(tok, search_index))
         self.bos = tok.bos_id
+        self.save_images, self.saved = save_images, 0
         self.reset()
 
     def reset(self) -> None:
@@ -68,17 +75,36 @@ class Session:
         head = [self.bos] if self.bos is not None else []
         return head + ids[len(ids) - room + len(head):]
 
-    def respond(self, text: str) -> Iterator[str]:
-        """Stream the model's answer (chat) or continuation (completion) as text pieces."""
+    def _save(self, codes: list[int]) -> str:
+        """A drawn image written as a PNG; the text shown in its place."""
+        try:
+            png = images.to_png(images.decode(codes))
+        except images.ImageError as e:
+            return f"[unfinished image: {e}]"
+        os.makedirs(self.save_images, exist_ok=True)
+        self.saved += 1
+        path = os.path.join(self.save_images, f"lm_image_{self.turn}_{self.saved}.png")
+        with open(path, "wb") as f:
+            f.write(png)
+        return f"[image saved to {path}]"
+
+    def respond(self, text: str, image: Optional[str] = None) -> Iterator[str]:
+        """Stream the model's answer (chat) or continuation (completion) as text pieces;
+        `image`: a PNG's path sent with the text (chat mode; ImageError if unusable)."""
+        if image is not None and self.mode != "chat":
+            raise images.ImageError("images go with chat mode only")
         if self.mode == "chat":
-            self.messages.append({"role": "user", "content": text})
+            content = text if image is None else [
+                {"type": "image", "codes": images.encode(images.load_file(image))},
+                {"type": "text", "text": text}]
+            self.messages.append({"role": "user", "content": content})
             prompt = chat_format.render_for_completion({"messages": self.messages}, self.tok)
             stops = list(self.tok.chat.stops)
         else:
             prompt = ([self.bos] if self.bos is not None else []) + list(self.tok.encode(text))
             stops = [self.bos] if self.bos is not None else []
         prompt = self._fit(prompt or [0])
-        out = chat_format.TextStream(self.tok, chat=self.mode == "chat")
+        out = chat_format.TextStream(self.tok, chat=self.mode == "chat", image_fn=self._save)
         gen: list[int] = []
         it = self.engine.stream([prompt], chunk=self.chunk, seed=self.seed,
                                 sample_ids=[self.turn], stop_tokens=stops, **self.sampling)
@@ -115,6 +141,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="passages for the search(\"...\") tool: JSONL ({\"text\": ...}) or one "
                         "per line (default: the synthetic knowledge base)")
     p.add_argument("--prompt", default=None, help="answer this one prompt and exit")
+    p.add_argument("--image", default=None, metavar="PNG",
+                   help="an image sent with --prompt or the first message (chat mode)")
+    p.add_argument("--save_images", default=".", metavar="DIR",
+                   help="where images the model draws are saved (default: here)")
     a = p.parse_args(argv)
     if not (a.run or a.checkpoint):
         p.error("give --run RUN_DIR (or an experiment name) or --checkpoint CHECKPOINT_DIR")
@@ -129,10 +159,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     mode = pick_mode(a.mode, run.stage, run.tokenizer)
     sess = Session(run.params, run.config, run.tokenizer, mode, temperature=a.temperature,
                    top_k=a.top_k, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed,
-                   tools=not a.no_tools, system=a.system, search_index=index)
+                   tools=not a.no_tools, system=a.system, search_index=index,
+                   save_images=a.save_images)
+    pending = [a.image]                  # the image that goes with the next message
 
     def answer(text: str) -> None:
-        for piece in sess.respond(text):
+        image, pending[0] = pending[0], None
+        for piece in sess.respond(text, image):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -141,11 +174,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if a.prompt is not None:
         try:
             answer(a.prompt)
-        except ValueError as e:       # text the tokenizer cannot encode, a prompt too long
-            print(f"error: {e}", file=sys.stderr)
+        except ValueError as e:       # text the tokenizer cannot encode, a prompt too long,
+            print(f"error: {e}", file=sys.stderr)        # an unusable image
             return 2
         return 0
-    print(f"{run.config.name} step {run.step} ({mode} mode; /reset, /quit)", file=sys.stderr)
+    print(f"{run.config.name} step {run.step} ({mode} mode; /reset, /image PATH, /quit)",
+          file=sys.stderr)
     while True:
         try:
             line = input("> " if mode == "chat" else "prompt> ")
@@ -158,6 +192,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if cmd == "/reset":
             sess.reset()
             print("(conversation cleared)", file=sys.stderr)
+            continue
+        if cmd.startswith("/image"):
+            pending[0] = cmd[len("/image"):].strip() or None
+            print(f"(image {pending[0]} goes with the next message)" if pending[0] else
+                  "(usage: /image PATH)", file=sys.stderr)
             continue
         if not cmd:
             continue

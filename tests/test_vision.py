@@ -223,3 +223,25 @@ def test_chat_page_sends_an_image_and_shows_drawn_ones(tmp_path):
             assert shown[0] == 1 and "http://example.com/x.png" in shown[1]
         finally:
             d.quit()
+
+
+def test_chat_cli_sends_an_image_and_saves_drawn_ones(tmp_path, capsys):
+    from lm import chat
+    from tests.test_serve import _make_run
+    run = _make_run(tmp_path / "r", "sft")
+    png = tmp_path / "digit.png"
+    png.write_bytes(images.to_png(vision.digits()["test"][0][0]))
+    assert chat.main(["--run", run.run_dir, "--prompt", "What digit?", "--image", str(png),
+                      "--max_new_tokens", "4", "--temperature", "0"]) == 0
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert chat.main(["--run", run.run_dir, "--prompt", "What digit?", "--image", str(bad),
+                      "--max_new_tokens", "4"]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    # a drawn image becomes a PNG file, its path shown in the reply
+    sess = chat.Session(run.params, run.config, run.tokenizer, "chat",
+                        save_images=str(tmp_path / "out"))
+    codes = images.encode(vision.picture("dot", "red", "centre"))
+    shown = sess._save(codes)
+    path = shown[len("[image saved to "):-1]
+    assert np.array_equal(images.load_file(path), images.decode(codes))
