@@ -95,7 +95,7 @@ def test_text_that_spells_special_tokens_stays_text(tok):
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]},
      "turn 1: the assistant turn is empty"),
     ({"messages": [{"role": "user", "content": "a"},
-                   {"role": "assistant", "content": [{"type": "image", "text": "x"}]}]},
+                   {"role": "assistant", "content": [{"type": "video", "text": "x"}]}]},
      "turn 1, part 0: unknown part"),
     ({"messages": [{"role": "user", "content": "a"},
                    {"role": "assistant", "content": [{"type": "python", "text": ""}]}]},
