@@ -41,3 +41,4 @@ from experiments import chat  # noqa: E402,F401
 from experiments import reasoning  # noqa: E402,F401
 from experiments import preference  # noqa: E402,F401
 from experiments import psychology  # noqa: E402,F401
+from experiments import multimodal  # noqa: E402,F401

@@ -1,0 +1,30 @@
+"""Multimodality by tokens (issue 31): images become tokens of the same transformer (`lm.images`:
+2×2 patches -> a 32-code codebook in the tokenizer's reserved special slots), so the chain's base
+model needs no new vocabulary; SFT teaches it to read a digit, describe a picture and draw one.
+
+    python -m lm.main -e chat_tiny_sft_vision
+    python -m tools.image_codebook            # reconstruction error, the pixel baseline
+
+Held out: one digit image in five, one shape × colour × position combination in five
+(`lm.tasks.vision`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from lm.config import Config
+
+from experiments import register
+from experiments.chat import chat_tiny_sft
+
+VISION_EVAL = "digits,picture_describe,picture_draw,identity,arithmetic_easy"
+
+
+@register("chat_tiny_sft_vision", "SFT of chat_tiny_base with image tasks added (read a digit, "
+          "describe a picture, draw one), images as tokens in reserved special slots")
+def chat_tiny_sft_vision() -> Config:
+    cfg = chat_tiny_sft()
+    cfg.sft = dataclasses.replace(
+        cfg.sft, mixture=cfg.sft.mixture + ",digits:2,picture_describe:1,picture_draw:1.5")
+    cfg.eval = dataclasses.replace(cfg.eval, tasks=VISION_EVAL, final_limit=400)
+    return cfg
