@@ -160,8 +160,8 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
         if task.baseline < 1:
             centred.append((acc - task.baseline) / (1 - task.baseline))
         for c, r, ok in list(zip(convs, replies, correct))[:samples]:
-            shown.append({"task": name, "prompt": c["messages"][-2]["content"]
-                          if c["messages"][-1]["role"] == "assistant" else c["messages"][-1]["content"],
+            asked = c["messages"][-2 if c["messages"][-1]["role"] == "assistant" else -1]
+            shown.append({"task": name, "prompt": chat.reply_text(chat.parts_of(asked["content"])),
                           "reply": r["text"], "correct": ok, "format_ok": r["format_ok"],
                           **({"rewards": r["rewards"]} if "rewards" in r else {})})
         bar.update(1)
