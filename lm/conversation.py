@@ -43,11 +43,12 @@ Rendered: `<|tools_start|> [definitions as JSON] <|tools_end|>` right after BOS;
 turn; a result as `<|tool_result_start|> content <|tool_result_end|>` after that turn. Mask: the
 calls are trained (markers and JSON); definitions and results never are.
 
-Images (`lm.images`): a user turn may be a list of `text` and `image` parts, and an assistant
-turn may hold `image` parts (the model draws); an image part is `{"type": "image", "codes":
-[...]}`, its codebook codes, rendered `<|image_start|> <|image_k|> ... <|image_end|>` (mask 0 in
-a user turn, 1 in the assistant's). `reply_text` shows one as `[image c0 c1 ...]`. Pixels and data
-URLs become codes at the edges (the server, the chat CLI, the tasks).
+Images and speech (`lm.images`, `lm.audio`): a user turn may be a list of `text`, `image` and
+`audio` parts, and an assistant turn may hold `image` parts (the model draws); such a part is
+`{"type": "image" | "audio", "codes": [...]}`, its codebook codes, rendered `<|image_start|>
+<|image_k|> ... <|image_end|>` (`<|audio_...|>` likewise; mask 0 in a user turn, 1 in the
+assistant's). `reply_text` shows one as `[image c0 c1 ...]`. Pixels, sound and data URLs become
+codes at the edges (the server, the chat CLI, the tasks).
 """
 from __future__ import annotations
 
@@ -55,12 +56,13 @@ import json
 from typing import Any, Iterable, Optional, Sequence
 
 from lm import images
-from lm.tokenizer import CHAT_SPECIAL_TOKENS, IMAGE_SPECIALS, ChatTokens, FunctionTokens, Tokenizer
+from lm.tokenizer import (AUDIO_SPECIALS, CHAT_SPECIAL_TOKENS, IMAGE_SPECIALS, ChatTokens,
+                          FunctionTokens, Tokenizer)
 
 ROLES = ("system", "user", "assistant", "tool")
-PART_TYPES = ("text", "python", "output", "tool_call", "image")
-USER_PART_TYPES = ("text", "image")
-IMAGE_CODES = len(IMAGE_SPECIALS) - 2        # the codebook's size (lm.images.CODES)
+PART_TYPES = ("text", "python", "output", "tool_call", "image", "audio")
+USER_PART_TYPES = ("text", "image", "audio")
+MEDIA = {"image": IMAGE_SPECIALS, "audio": AUDIO_SPECIALS}    # start, end, then one per code
 CHAT_TOKENS = CHAT_SPECIAL_TOKENS[1:]     # the chat set after <|bos|>
 
 
@@ -76,13 +78,14 @@ def parts_of(content: Any) -> list[dict]:
 
 
 def _check_codes(part: dict, where: str) -> None:
-    codes = part.get("codes")
+    kind, codes = part["type"], part.get("codes")
+    top = len(MEDIA[kind]) - 2
     n = len(codes) if isinstance(codes, list) else 0
-    side = int(round(n ** 0.5))
-    if not n or side * side != n or not all(isinstance(c, int) and 0 <= c < IMAGE_CODES
-                                            for c in codes):
-        raise ConversationError(f"{where}: an image part needs 'codes', a square number of "
-                                f"integers in 0-{IMAGE_CODES - 1}")
+    square = kind != "image" or int(round(n ** 0.5)) ** 2 == n
+    if not n or not square or not all(isinstance(c, int) and 0 <= c < top for c in codes):
+        shape = "a square number of" if kind == "image" else "a list of"
+        raise ConversationError(f"{where}: an {kind} part needs 'codes', {shape} integers in "
+                                f"0-{top - 1}")
 
 
 def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
@@ -130,9 +133,9 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
             if isinstance(content, list) and content:
                 for j, p in enumerate(content):
                     if not isinstance(p, dict) or p.get("type") not in USER_PART_TYPES:
-                        raise ConversationError(f"turn {i}, part {j}: a user part is text or an "
-                                                f"image, got {p!r}")
-                    if p["type"] == "image":
+                        raise ConversationError(f"turn {i}, part {j}: a user part is text, an "
+                                                f"image or audio, got {p!r}")
+                    if p["type"] in MEDIA:
                         _check_codes(p, f"turn {i}, part {j}")
                     elif not isinstance(p.get("text"), str):
                         raise ConversationError(f"turn {i}, part {j}: a part needs a 'text' "
@@ -140,7 +143,7 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
                 continue
             if not isinstance(content, str) or not content.strip():
                 raise ConversationError(f"turn {i}: the user turn must be non-empty text (or a "
-                                        f"list of text and image parts)")
+                                        f"list of text, image and audio parts)")
             continue
         if isinstance(content, str):
             if not content.strip():
@@ -153,7 +156,7 @@ def validate(conv: dict, *, require_reply: bool = False) -> list[dict]:
             if not isinstance(p, dict) or p.get("type") not in PART_TYPES:
                 raise ConversationError(f"turn {i}, part {j}: unknown part {p!r} (types: "
                                         f"{list(PART_TYPES)})")
-            if p["type"] == "image":
+            if p["type"] in MEDIA:
                 _check_codes(p, f"turn {i}, part {j}")
                 continue
             if p["type"] == "tool_call":
@@ -255,20 +258,21 @@ def _merged(msgs: list[dict]) -> list[dict]:
     return list(msgs)
 
 
-def image_ids(codes: Sequence[int], tok) -> list[int]:
-    """An image part's tokens: `<|image_start|>`, one reserved special per code, `<|image_end|>`."""
-    start, end, ids = image_tokens(tok)
+def media_ids(kind: str, codes: Sequence[int], tok) -> list[int]:
+    """An image or audio part's tokens: its start marker, one reserved special per code, its end
+    marker."""
+    start, end, ids = media_tokens(tok, kind)
     return [start] + [ids[c] for c in codes] + [end]
 
 
-def image_tokens(tok) -> tuple[int, int, list[int]]:
-    """(image_start, image_end, the code tokens' ids) of a chat tokenizer."""
+def media_tokens(tok, kind: str = "image") -> tuple[int, int, list[int]]:
+    """(start, end, the code tokens' ids) of `kind` ("image", "audio") in a chat tokenizer."""
     try:
-        return (tok.special_id(IMAGE_SPECIALS[0]), tok.special_id(IMAGE_SPECIALS[1]),
-                [tok.special_id(n) for n in IMAGE_SPECIALS[2:]])
+        return tuple([tok.special_id(n) for n in MEDIA[kind][:2]]) + (
+            [tok.special_id(n) for n in MEDIA[kind][2:]],)
     except KeyError:
-        raise ConversationError(f"the tokenizer {tok.name!r} has no image tokens (reserved "
-                                f"special slots); image parts need one trained here") from None
+        raise ConversationError(f"the tokenizer {tok.name!r} has no {kind} tokens (reserved "
+                                f"special slots); {kind} parts need one trained here") from None
 
 
 def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[int], list[int]]:
@@ -295,8 +299,8 @@ def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[i
         if msg["role"] == "user":
             add([t.user_start], 0)
             for p in parts_of(msg["content"]):
-                add(image_ids(p["codes"], tok) if p["type"] == "image" else tok.encode(p["text"]),
-                    0)
+                add(media_ids(p["type"], p["codes"], tok) if p["type"] in MEDIA
+                    else tok.encode(p["text"]), 0)
             add([t.user_end], 0)
             continue
         if msg["role"] == "tool":
@@ -317,8 +321,8 @@ def render(conv: dict, tok, *, max_tokens: Optional[int] = None) -> tuple[list[i
                 add([t.python_start], 1)
                 add(tok.encode(p["text"]), 1)
                 add([t.python_end], 1)
-            elif p["type"] == "image":
-                add(image_ids(p["codes"], tok), 1)
+            elif p["type"] in MEDIA:
+                add(media_ids(p["type"], p["codes"], tok), 1)
             else:
                 add([t.output_start], 0)
                 add(tok.encode(p["text"]), 0)
@@ -390,27 +394,30 @@ def parse_reply(ids: Sequence[int], tok) -> list[dict]:
                 parts.append({"type": kind, "text": text})
         buf.clear()
 
-    try:
-        img_start, img_end, codes = image_tokens(tok)
-    except ConversationError:
-        img_start, img_end, codes = None, None, []
-    code_of = {c: k for k, c in enumerate(codes)}
+    starts, ends, code_of = {}, {}, {}
+    for media in MEDIA:
+        try:
+            start, end, codes = media_tokens(tok, media)
+        except ConversationError:
+            continue
+        starts[start], ends[end] = media, media
+        code_of.update({c: (media, k) for k, c in enumerate(codes)})
     for i in ids:
         i = int(i)
         if i == t.assistant_end:
             break
-        if kind == "image":                    # only code tokens until <|image_end|>
-            if i == img_end:
-                parts.append({"type": "image", "codes": [code_of[c] for c in buf]})
+        if kind in MEDIA:                      # only its code tokens until its end marker
+            if ends.get(i) == kind:
+                parts.append({"type": kind, "codes": list(buf)})
                 buf.clear()
                 kind = "text"
-            elif i in code_of:
-                buf.append(i)
+            elif code_of.get(i, ("",))[0] == kind:
+                buf.append(code_of[i][1])
             continue
-        if i == img_start:
+        if i in starts:
             flush()
-            kind = "image"
-        elif i in code_of:                     # a stray code outside an image: dropped
+            kind = starts[i]
+        elif i in code_of or i in ends:        # stray codes or markers outside their part
             continue
         elif i in (t.python_start, t.output_start, call_start):
             flush()
@@ -423,8 +430,8 @@ def parse_reply(ids: Sequence[int], tok) -> list[dict]:
             continue
         else:
             buf.append(i)
-    if kind == "image":                       # unterminated: the codes written so far
-        parts.append({"type": "image", "codes": [code_of[c] for c in buf]})
+    if kind in MEDIA:                          # unterminated: the codes written so far
+        parts.append({"type": kind, "codes": list(buf)})
     else:
         flush()
     return parts
@@ -459,8 +466,8 @@ def reply_text(parts: list[dict]) -> str:
             out.append(p["text"])
         elif p["type"] == "tool_call":
             out.append(f"[call {p['text'] if 'text' in p else call_json(p)}]")
-        elif p["type"] == "image":
-            out.append(f"[image {' '.join(map(str, p['codes']))}]")
+        elif p["type"] in MEDIA:
+            out.append(f"[{p['type']} {' '.join(map(str, p['codes']))}]")
         elif p["type"] == "python":
             nxt = parts[k + 1] if k + 1 < len(parts) else None
             result = nxt["text"] if nxt is not None and nxt["type"] == "output" else "?"
@@ -509,7 +516,7 @@ class TextStream:
         self.call: Optional[list[int]] = None      # ids of the call being written
         self.calls: list[dict] = []                # finished calls not yet taken
         try:
-            start, end, codes = image_tokens(tok) if chat else (None, None, [])
+            start, end, codes = media_tokens(tok, "image") if chat else (None, None, [])
         except ConversationError:
             start, end, codes = None, None, []
         self.img_start, self.img_end = start, end

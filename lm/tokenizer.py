@@ -72,8 +72,12 @@ FUNCTION_SPECIALS = ("<|tools_start|>", "<|tools_end|>", "<|tool_call_start|>",
                      "<|tool_call_end|>", "<|tool_result_start|>", "<|tool_result_end|>")
 # images as tokens (lm.images): start/end markers and a 32-vector codebook's codes
 IMAGE_SPECIALS = ("<|image_start|>", "<|image_end|>") + tuple(f"<|image_{k}|>" for k in range(32))
+# speech as tokens (lm.audio): markers and a 22-vector codebook of log-mel frames (the reserve's
+# last slots: the 64 are all named now)
+AUDIO_SPECIALS = ("<|audio_start|>", "<|audio_end|>") + tuple(f"<|audio_{k}|>" for k in range(22))
 NAMED_SPECIALS: dict[str, int] = {name: 9 + k for k, name in
-                                  enumerate(FUNCTION_SPECIALS + IMAGE_SPECIALS)}
+                                  enumerate(FUNCTION_SPECIALS + IMAGE_SPECIALS + AUDIO_SPECIALS)}
+assert len(NAMED_SPECIALS) <= RESERVED_SPECIALS, "named specials live in the reserve"
 GPT2_ENDOFTEXT = "<|endoftext|>"
 ARTIFACT_VERSION = 1
 DEFAULT_MAX_DOC_CHARS = 10_000

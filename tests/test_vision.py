@@ -54,7 +54,7 @@ def test_held_out_images_and_combinations_never_reach_training():
 def test_image_parts_render_and_parse_back(tok):
     draw = tasks.get("picture_draw").example("test", 5)
     ids, mask = ch.render(draw, tok)
-    start, end, codes = ch.image_tokens(tok)
+    start, end, codes = ch.media_tokens(tok, "image")
     i0, i1 = ids.index(start), ids.index(end)
     assert all(m == 1 for m in mask[i0:i1 + 1])              # the drawing is trained
     reply = ids[len(ch.render_for_completion(draw, tok)):]
@@ -102,7 +102,7 @@ def test_bad_images_and_parts_are_named_errors(tmp_path):
         bad = {"messages": [{"role": "user", "content": [{"type": "image", "codes": codes}]}]}
         with pytest.raises(ch.ConversationError, match="square number"):
             ch.validate(bad)
-    with pytest.raises(ch.ConversationError, match="text or an image"):
+    with pytest.raises(ch.ConversationError, match="text, an image or audio"):
         ch.validate({"messages": [{"role": "user", "content": [{"type": "python", "text": "1"}]}]})
 
 
@@ -177,7 +177,7 @@ def test_server_takes_image_parts_and_names_bad_images(tmp_path):
 
 def test_streamed_drawings_show_as_images(tok):
     codes = images.encode(vision.picture("dot", "blue", "centre"))
-    start, end, ids = ch.image_tokens(tok)
+    start, end, ids = ch.media_tokens(tok, "image")
     stream = ch.TextStream(tok)
     out = stream.push(tok.encode("Here: ") + [start] + [ids[c] for c in codes[:40]])
     out += stream.push([ids[c] for c in codes[40:]] + [end])
