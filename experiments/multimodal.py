@@ -7,6 +7,12 @@ model needs no new vocabulary; SFT teaches it to read a digit, describe a pictur
 
 Held out: one digit image in five, one shape × colour × position combination in five
 (`lm.tasks.vision`).
+
+Speech the same way (`lm.audio`: 40 ms log-mel frames -> a 22-code codebook in the reserve's last
+slots): words spoken by espeak-ng (`lm.tasks.speech`), one voice in four held out.
+
+    python -m lm.main -e chat_tiny_sft_speech
+    python -m tools.audio_codebook            # reconstruction error on the held-out voices
 """
 from __future__ import annotations
 
@@ -27,4 +33,16 @@ def chat_tiny_sft_vision() -> Config:
     cfg.sft = dataclasses.replace(
         cfg.sft, mixture=cfg.sft.mixture + ",digits:2,picture_describe:1,picture_draw:1.5")
     cfg.eval = dataclasses.replace(cfg.eval, tasks=VISION_EVAL, final_limit=400)
+    return cfg
+
+
+SPEECH_EVAL = "speech_digits,speech_digits_noisy,speech_words,identity,arithmetic_easy"
+
+
+@register("chat_tiny_sft_speech", "SFT of chat_tiny_base with spoken words added (what was "
+          "said?), speech as tokens in reserved special slots; held-out voices")
+def chat_tiny_sft_speech() -> Config:
+    cfg = chat_tiny_sft()
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture + ",speech_words:3")
+    cfg.eval = dataclasses.replace(cfg.eval, tasks=SPEECH_EVAL, final_limit=400)
     return cfg

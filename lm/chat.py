@@ -12,12 +12,13 @@ base models):
   until `<|assistant_end|>`, and its calculator calls are evaluated by the engine (shown as
   `<<expr=result>>`).
 
-Images (chat mode, a tokenizer with the image slots: `lm.images`): `--image PATH` (a PNG) goes
-with `--prompt` or the first message, `/image PATH` with the next one; an image the model draws
-is saved as a PNG (`--save_images`, default the current folder) and its path shown.
+Images and speech (chat mode, a tokenizer with the reserved slots: `lm.images`, `lm.audio`):
+`--image PATH` (a PNG) or `--audio PATH` (a 16 kHz 16-bit WAV) goes with `--prompt` or the first
+message, `/image PATH` or `/audio PATH` with the next one; an image the model draws is saved as a
+PNG (`--save_images`, default the current folder) and its path shown.
 
-Commands: `/reset` clears the conversation, `/image PATH` attaches an image to the next message,
-`/quit` (or Ctrl-D) exits.
+Commands: `/reset` clears the conversation, `/image PATH` and `/audio PATH` attach a picture or a
+recording to the next message, `/quit` (or Ctrl-D) exits.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import sys
 from typing import Iterator, Optional
 
 from lm import conversation as chat_format
-from lm import images, process, runs, sampling, search, stages
+from lm import audio, images, process, runs, sampling, search, stages
 
 
 def pick_mode(mode: str, stage: str, tok) -> str:
@@ -37,6 +38,13 @@ def pick_mode(mode: str, stage: str, tok) -> str:
     if mode != "auto":
         return mode
     return "chat" if stages.is_chat(stage) and tok.chat is not None else "completion"
+
+
+def media_part(kind: str, path: str) -> dict:
+    """A PNG or WAV file as an image or audio part (its codes)."""
+    if kind == "image":
+        return {"type": "image", "codes": images.encode(images.load_file(path))}
+    return {"type": "audio", "codes": audio.encode(audio.load_file(path))}
 
 
 class Session:
@@ -88,15 +96,15 @@ class Session:
             f.write(png)
         return f"[image saved to {path}]"
 
-    def respond(self, text: str, image: Optional[str] = None) -> Iterator[str]:
+    def respond(self, text: str, attach: Optional[tuple[str, str]] = None) -> Iterator[str]:
         """Stream the model's answer (chat) or continuation (completion) as text pieces;
-        `image`: a PNG's path sent with the text (chat mode; ImageError if unusable)."""
-        if image is not None and self.mode != "chat":
-            raise images.ImageError("images go with chat mode only")
+        `attach`: ("image", PNG path) or ("audio", WAV path) sent with the text (chat mode;
+        ImageError / AudioError if unusable)."""
+        if attach is not None and self.mode != "chat":
+            raise ValueError("images and audio go with chat mode only")
         if self.mode == "chat":
-            content = text if image is None else [
-                {"type": "image", "codes": images.encode(images.load_file(image))},
-                {"type": "text", "text": text}]
+            content = text if attach is None else [media_part(*attach),
+                                                   {"type": "text", "text": text}]
             self.messages.append({"role": "user", "content": content})
             prompt = chat_format.render_for_completion({"messages": self.messages}, self.tok)
             stops = list(self.tok.chat.stops)
@@ -143,6 +151,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--prompt", default=None, help="answer this one prompt and exit")
     p.add_argument("--image", default=None, metavar="PNG",
                    help="an image sent with --prompt or the first message (chat mode)")
+    p.add_argument("--audio", default=None, metavar="WAV",
+                   help="a recording (16 kHz, 16-bit) sent with --prompt or the first message")
     p.add_argument("--save_images", default=".", metavar="DIR",
                    help="where images the model draws are saved (default: here)")
     a = p.parse_args(argv)
@@ -161,11 +171,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                    top_k=a.top_k, top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=a.seed,
                    tools=not a.no_tools, system=a.system, search_index=index,
                    save_images=a.save_images)
-    pending = [a.image]                  # the image that goes with the next message
+    if a.image and a.audio:
+        p.error("give --image or --audio, not both")
+    # what goes with the next message: ("image" | "audio", path) or None
+    pending = [("image", a.image) if a.image else ("audio", a.audio) if a.audio else None]
 
     def answer(text: str) -> None:
-        image, pending[0] = pending[0], None
-        for piece in sess.respond(text, image):
+        attach, pending[0] = pending[0], None
+        for piece in sess.respond(text, attach):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -178,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: {e}", file=sys.stderr)        # an unusable image
             return 2
         return 0
-    print(f"{run.config.name} step {run.step} ({mode} mode; /reset, /image PATH, /quit)",
+    print(f"{run.config.name} step {run.step} ({mode} mode; /reset, /image PATH, /audio PATH, /quit)",
           file=sys.stderr)
     while True:
         try:
@@ -193,10 +206,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             sess.reset()
             print("(conversation cleared)", file=sys.stderr)
             continue
-        if cmd.startswith("/image"):
-            pending[0] = cmd[len("/image"):].strip() or None
-            print(f"(image {pending[0]} goes with the next message)" if pending[0] else
-                  "(usage: /image PATH)", file=sys.stderr)
+        if cmd.startswith(("/image", "/audio")):
+            kind, _, path = cmd[1:].partition(" ")
+            pending[0] = (kind, path.strip()) if path.strip() else None
+            print(f"({kind} {path.strip()} goes with the next message)" if pending[0] else
+                  f"(usage: /{kind} PATH)", file=sys.stderr)
             continue
         if not cmd:
             continue

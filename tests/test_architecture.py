@@ -32,6 +32,8 @@ ALLOWED_INNER_IMPORTS = {
                                                 "digits: the vision tasks only",
     ("lm/tasks/vision.py", "sklearn.linear_model"): "the pixel baseline's logistic regression "
                                                     "(scikit-learn): reports only",
+    ("lm/audio.py", "librosa"): "librosa (numba) takes seconds to import: speech features only",
+    ("lm/tasks/speech.py", "scipy.signal"): "resampling espeak-ng's clips: making speech data only",
     ("lm/search.py", "bm25s"): "bm25s imports scipy (1.2 s): paid when the first search index is "
                                "built, not by every process that builds an engine",
     ("lm/data/web/recipe.py", "ray"): "Ray takes seconds to import and serves --executor ray only",

@@ -172,7 +172,7 @@ def test_server_takes_image_parts_and_names_bad_images(tmp_path):
         r = c.post("/v1/chat/completions", json={"messages": [
             {"role": "system", "content": [{"type": "image_url", "image_url": {"url": url}}]},
             {"role": "user", "content": "hi"}], "max_tokens": 4})
-        assert r.status_code == 400 and "images go in user messages" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "images and audio go in user messages" in r.json()["error"]["message"]
 
 
 def test_streamed_drawings_show_as_images(tok):

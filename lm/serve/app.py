@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lm import conversation as chat
-from lm import images, stages, structured
+from lm import audio, images, stages, structured
 from lm.sampling import Engine, EngineSettings
 from lm.search import SearchIndex, engine_tool
 from lm.serve.schema import MAX_STOP, MAX_TOP_LOGPROBS, ChatRequest, Common, CompletionRequest
@@ -138,9 +138,9 @@ def _text(content, k: int) -> str:
         return ""
     if not isinstance(content, list):
         return content
-    if any(p.type == "image_url" for p in content):
-        raise APIError(400, f"messages[{k}]: images go in user messages", param="messages",
-                       code="invalid_value")
+    if any(p.type != "text" for p in content):
+        raise APIError(400, f"messages[{k}]: images and audio go in user messages",
+                       param="messages", code="invalid_value")
     return "".join(p.text for p in content)
 
 
@@ -155,12 +155,21 @@ def _image(url: str, k: int) -> dict:
                        code="invalid_image") from None
 
 
+def _sound(part, k: int) -> dict:
+    try:
+        return {"type": "audio", "codes": audio.encode(audio.from_base64(
+            part.input_audio.data, part.input_audio.format))}
+    except audio.AudioError as e:
+        raise APIError(400, f"messages[{k}]: {e}", param="messages",
+                       code="invalid_audio") from None
+
+
 def _user_content(content, k: int):
-    """A user message's content: text, or text and image parts (images as codes)."""
-    if not isinstance(content, list) or not any(p.type == "image_url" for p in content):
+    """A user message's content: text, or text, image and audio parts (as codes)."""
+    if not isinstance(content, list) or all(p.type == "text" for p in content):
         return _text(content, k)
-    return [_image(p.image_url.url, k) if p.type == "image_url" else
-            {"type": "text", "text": p.text} for p in content]
+    return [_image(p.image_url.url, k) if p.type == "image_url" else _sound(p, k)
+            if p.type == "input_audio" else {"type": "text", "text": p.text} for p in content]
 
 
 def _assistant_content(text: str, k: int):

@@ -36,6 +36,19 @@ class ImagePart(BaseModel):
     image_url: ImageURL
 
 
+class InputAudio(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    data: StrictStr = Field(description="base64 of a 16-bit PCM WAV at 16 kHz")
+    format: StrictStr = "wav"
+
+
+class AudioPart(BaseModel):
+    """OpenAI's input_audio content part; the sound becomes tokens (`lm.audio`) in a user turn."""
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
 MAX_TOOLS = 128
 
 
@@ -55,7 +68,7 @@ class ToolCall(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[StrictStr, list[Union[TextPart, ImagePart]], None] = None
+    content: Union[StrictStr, list[Union[TextPart, ImagePart, AudioPart]], None] = None
     tool_calls: Optional[list[ToolCall]] = None      # assistant: the calls it made
     tool_call_id: Optional[StrictStr] = None         # tool: the call this result answers
 

@@ -17,7 +17,8 @@ ask about made-up people of a knowledge base read in pretraining (`lm.tasks.know
 arithmetic_easy_<format>, mental_add_<format> and mental_d1-4 put the same arithmetic in three
 reply formats (`lm.tasks.thinking`); spelling_spell and spelling_direct are spelling's items
 answered without the calculator; digits, picture_describe and picture_draw put images in the
-conversation as tokens (`lm.tasks.vision`, `lm.images`). A mixture ("identity:1,spelling:2") is read by
+conversation as tokens (`lm.tasks.vision`, `lm.images`), speech_digits(_noisy) and speech_words
+spoken words (`lm.tasks.speech`, `lm.audio`). A mixture ("identity:1,spelling:2") is read by
 `lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lm.tasks.function_calling import FunctionCalling
 from lm.tasks.gsm8k import GSM8K, GSM8KEasy
 from lm.tasks.identity import STUDENT_NAME, Identity
 from lm.tasks.knowledge import KnowledgeQA
+from lm.tasks.speech import DIGITS, Speech
 from lm.tasks.thinking import ArithmeticFormat, MentalAdd
 from lm.tasks.vision import Digits, Pictures
 from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
@@ -75,6 +77,10 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     # images as tokens (issue 31): read a digit, describe a picture, draw one
     "digits": Digits, "picture_describe": lambda: Pictures("describe"),
     "picture_draw": lambda: Pictures("draw"),
+    # speech as tokens (issue 31): what was said, in voices training never heard
+    "speech_digits": lambda: Speech("speech_digits", DIGITS),
+    "speech_digits_noisy": lambda: Speech("speech_digits_noisy", DIGITS, noise_db=10.0),
+    "speech_words": lambda: Speech("speech_words"),
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
@@ -84,7 +90,8 @@ NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling"
          "kb_qa_naive", "kb_qa_context", "kb_search", "arithmetic_easy_reasoning",
          "arithmetic_easy_answer_first", "mental_add_calculator", "mental_add_reasoning",
          "mental_add_answer_first", "mental_d1", "mental_d2", "mental_d3", "mental_d4",
-         "spelling_spell", "spelling_direct", "digits", "picture_describe", "picture_draw")
+         "spelling_spell", "spelling_direct", "digits", "picture_describe", "picture_draw",
+         "speech_digits", "speech_digits_noisy", "speech_words")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}
 FILES: dict[str, str] = {}       # conversation files named for this process (register_file)
