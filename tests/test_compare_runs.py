@@ -30,3 +30,27 @@ def test_table_reads_each_summary_and_writes_json_and_markdown(tmp_path):
     assert all(os.path.exists(os.path.join(d, f)) for d in dirs
                for f in ("compare.md", "compare.png"))
     assert compare_runs.main(["--runs", str(tmp_path / "nope")]) == 2
+
+
+def test_a_step_row_and_reward_errors(tmp_path):
+    """`run@STEP` reads the evaluation logged at that step (early stopping); a mean reward's
+    error is the one the evaluation logged, not a binomial one."""
+    d = _run(tmp_path / "r", "rl", "sft")
+    rows = [{"step": 0, "eval/reward/true": 0.9, "eval/reward/true_n": 50,
+             "eval/reward/true_se": 0.02, "eval/arith": 0.7, "eval/arith_n": 100},
+            {"step": 5, "loss": 1.0},
+            {"step": 10, "eval/reward/true": -0.3, "eval/reward/true_n": 50,
+             "eval/reward/true_se": 0.05, "eval/arith": 0.2, "eval/arith_n": 100}]
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(d, "summary.json"), "w") as f:
+        json.dump({k: v for k, v in rows[2].items() if k != "step"}, f)
+    out = tmp_path / "t"
+    assert compare_runs.main(["--runs", f"end={d}", f"stopped={d}@0", "--out", str(out),
+                              "--tasks", "reward/true,arith"]) == 0
+    table = json.load(open(out / "compare.json"))
+    end, stopped = table["rows"]
+    assert end["eval"]["reward/true"] == {"acc": -0.3, "n": 50, "se": 0.05}
+    assert stopped["eval"]["reward/true"]["acc"] == 0.9 and stopped["eval"]["arith"]["acc"] == 0.7
+    assert math.isclose(stopped["eval"]["arith"]["se"], math.sqrt(0.7 * 0.3 / 100))
+    assert compare_runs.main(["--runs", f"{d}@7"]) == 2          # nothing logged at step 7

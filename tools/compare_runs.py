@@ -6,7 +6,8 @@ with the binomial standard error of every accuracy, written as JSON and Markdown
       --workdir /work/runs_c6 --out runs/distill_table --into_runs
 
 `--runs` takes run dirs, checkpoint dirs or experiment names (their latest run in `--workdir`),
-optionally labelled `label=spec`. `--tasks` picks the columns (default: every `eval/<task>` the
+optionally labelled `label=spec`; `spec@STEP` reads the evaluation the run logged at that step
+instead of its final one (what early stopping there would report). `--tasks` picks the columns (default: every `eval/<task>` the
 runs share). `--into_runs` also writes the table into each run's dir (`compare.json`,
 `compare.md`, `compare.png`: grouped bars with ± 1 s.e.), so a run carries the comparison it was
 made for.
@@ -30,14 +31,32 @@ from lm import runs
 
 
 def row_of(summary: dict, tasks: list[str]) -> dict:
-    """task -> {"acc", "n", "se"} from a summary's `eval/<task>` and `eval/<task>_n`."""
+    """task -> {"acc", "n", "se"} from a summary's `eval/<task>` and `eval/<task>_n` (the
+    binomial error), or `eval/<task>_se` where the evaluation logged one (a mean reward,
+    `eval/reward/<name>`)."""
     out = {}
     for t in tasks:
         acc, n = summary.get(f"eval/{t}"), summary.get(f"eval/{t}_n")
         if acc is None:
             continue
-        se = math.sqrt(acc * (1 - acc) / n) if n else None
+        se = summary.get(f"eval/{t}_se")
+        if se is None and n and 0 <= acc <= 1:
+            se = math.sqrt(acc * (1 - acc) / n)
         out[t] = {"acc": acc, "n": n, "se": se}
+    return out
+
+
+def at_step(run_dir: str, step: int) -> dict:
+    """The evaluation a run logged at `step` (its metrics.jsonl rows of that step merged): what
+    the run would report had it stopped there (early stopping)."""
+    out: dict = {}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if r.get("step") == step:
+                out.update({k: v for k, v in r.items() if k.startswith("eval/")})
+    if not out:
+        raise runs.RunError(f"{run_dir} logged no evaluation at step {step}")
     return out
 
 
@@ -58,7 +77,8 @@ def markdown(table: dict) -> str:
                          if c["se"] is not None else f"{c['acc']:.3f}")
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("± one binomial standard error, sqrt(p(1-p)/n); n per cell in the JSON.")
+    lines.append("± one standard error: binomial, sqrt(p(1-p)/n), for accuracies; the spread "
+                 "over items for mean rewards; n per cell in the JSON.")
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +95,10 @@ def plot(table: dict, path: str) -> None:
                width, yerr=[(c["se"] or 0) if c else 0 for c in cells], capsize=2,
                label=r["label"])
     ax.set_xticks(x, tasks, rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("held-out accuracy")
+    vals = [c["acc"] for r in rows for c in r["eval"].values()]
+    if vals and 0 <= min(vals) and max(vals) <= 1:
+        ax.set_ylim(0, 1.05)
+    ax.set_ylabel("held-out accuracy (or mean reward)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -87,7 +109,13 @@ def build(specs: list[str], tasks: list[str] | None, workdir: str | None) -> dic
     loaded = []
     for spec in specs:
         label, _, target = spec.rpartition("=")
+        target, _, step = target.partition("@")
         ref = runs.resolve(target, workdir=workdir)
+        if step:
+            if not step.isdigit():
+                raise runs.RunError(f"{spec}: @STEP must be a step number")
+            loaded.append((label or spec, ref.run_dir, at_step(ref.run_dir, int(step))))
+            continue
         path = os.path.join(ref.run_dir, "summary.json")
         if not os.path.exists(path):
             raise runs.RunError(f"{ref.run_dir} has no summary.json (did the run finish?)")

@@ -172,6 +172,9 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
         metrics["eval/chatcore"] = float(np.mean(centred))
     for k, v in scored.items():
         metrics[f"eval/reward/{k}"] = float(np.mean(v))
+        metrics[f"eval/reward/{k}_n"] = len(v)
+        metrics[f"eval/reward/{k}_se"] = float(np.std(v, ddof=1) / np.sqrt(len(v))) \
+            if len(v) > 1 else 0.0
     return metrics, shown
 
 
