@@ -121,7 +121,8 @@ def reward_series(rows: list[dict]) -> dict[str, dict[str, list]]:
     for r in rows:
         for k, v in r.items():
             for prefix, kind in (("rl/reward/", "rollout"), ("eval/reward/", "held_out")):
-                if k.startswith(prefix) and isinstance(v, (int, float)):
+                if k.startswith(prefix) and isinstance(v, (int, float)) and \
+                        not k.endswith(("_n", "_se")):
                     out.setdefault(k[len(prefix):], {"rollout": [], "held_out": []})[kind] \
                         .append((r["step"], float(v)))
     for d in out.values():
