@@ -221,6 +221,13 @@ def test_chat_page_sends_an_image_and_shows_drawn_ones(tmp_path):
                 "render(el, arguments[0]); return [el.querySelectorAll('img').length, el.textContent];",
                 f"Here: ![image]({url}) and ![x](http://example.com/x.png)")
             assert shown[0] == 1 and "http://example.com/x.png" in shown[1]
+            calls = d.execute_script(
+                "const el = document.createElement('div');"
+                "render(el, arguments[0]);"
+                "return [...el.querySelectorAll('.tool')].map(s => [s.title, s.textContent]);",
+                '<<search("Keidin")=Keidin plays the harp.>> and <<2+3=5>>')
+            assert calls == [["search", '🔎 search("Keidin") → Keidin plays the harp.'],
+                             ["calculator", "🧮 2+3 = 5"]]
         finally:
             d.quit()
 
