@@ -252,3 +252,18 @@ def test_chat_cli_sends_an_image_and_saves_drawn_ones(tmp_path, capsys):
     shown = sess._save(codes)
     path = shown[len("[image saved to "):-1]
     assert np.array_equal(images.load_file(path), images.decode(codes))
+
+
+def test_samples_show_pictures(tmp_path):
+    from lm.stages.sft import write_samples
+    codes = images.encode(vision.picture("ring", "green", "bottom"))
+    write_samples(str(tmp_path), [{"task": "picture_draw", "prompt": "Draw a green ring.",
+                                   "reply": f"Here it is: [image {' '.join(map(str, codes))}]",
+                                   "correct": True, "format_ok": True},
+                                  {"task": "digits", "prompt": "[image 1 2 3] What digit?",
+                                   "reply": "#### 7", "correct": False, "format_ok": True}])
+    md = (tmp_path / "samples.md").read_text()
+    pngs = sorted((tmp_path / "samples").glob("*.png"))
+    assert len(pngs) == 1 and f'src="samples/{pngs[0].name}"' in md
+    assert np.array_equal(images.load_file(str(pngs[0])), images.decode(codes))
+    assert "[image 1 2 3]" in md                     # not a square grid: left as text

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import paths, runs, steps, tasks
+from lm import images, paths, runs, steps, tasks
 from lm.config import Config, ConfigError, parse_weights
 from lm.data.sft import SFTBatches
 from lm.data.tfds_builders import TaskExamples
@@ -135,16 +136,35 @@ def task_evals(stage, loop, state, step: int, final: bool) -> dict:
     return m
 
 
+_IMAGE = re.compile(r"\[image ([\d ]+)\]")
+
+
+def _pictures(run_dir: str, text: str, stem: str) -> str:
+    """Text with its `[image c0 c1 ...]` parts saved as PNGs in `samples/` and shown inline."""
+    def save(m: re.Match) -> str:
+        try:
+            png = images.to_png(images.decode(int(c) for c in m.group(1).split()))
+        except images.ImageError:
+            return m.group(0)
+        os.makedirs(os.path.join(run_dir, "samples"), exist_ok=True)
+        name = f"samples/{stem}_{m.start()}.png"
+        with open(os.path.join(run_dir, name), "wb") as f:
+            f.write(png)
+        return f'<img src="{name}" width="72" style="image-rendering: pixelated">'
+    return _IMAGE.sub(save, text)
+
+
 def write_samples(run_dir: str, samples: list[dict]) -> None:
     """samples.jsonl and a readable samples.md of the final evaluation's conversations."""
     with open(os.path.join(run_dir, "samples.jsonl"), "w", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s) + "\n")
     lines = ["# Sample conversations (held-out, greedy, tools on)\n"]
-    for s in samples:
+    for k, s in enumerate(samples):
         mark = "correct" if s["correct"] else "wrong"
         fmt = "" if s["format_ok"] else ", no <|assistant_end|>"
-        lines.append(f"## {s['task']} ({mark}{fmt})\n\n**User:** {s['prompt']}\n\n"
-                     f"**Assistant:** {s['reply']}\n")
+        prompt, reply = (_pictures(run_dir, s[key], f"{k}_{key}") for key in ("prompt", "reply"))
+        lines.append(f"## {s['task']} ({mark}{fmt})\n\n**User:** {prompt}\n\n"
+                     f"**Assistant:** {reply}\n")
     with open(os.path.join(run_dir, "samples.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
