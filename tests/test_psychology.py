@@ -311,3 +311,39 @@ def test_server_and_cli_use_the_given_search_corpus(tiny_chat, tmp_path, capsys)
     assert serve_main.main(["--run", tiny_chat.run_dir, "--search-corpus",
                             str(tmp_path / "none.txt")]) == 2
     assert "No such file" in capsys.readouterr().err
+
+
+def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
+    import dataclasses
+    from lm import runs
+    from lm.config import Config, DataConfig, EvalConfig, ModelConfig
+    from lm.tokenizer import train_bpe, trained_specials
+    from tools import psychology
+    tok = train_bpe(["a b c"] * 10, 256 + len(trained_specials()) + 2)
+    cfg = Config(name="x", stage="sft", init_from="x", data=DataConfig(tokenizer="parent"),
+                 model=ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1,
+                                   n_head=2, n_embd=16), eval=EvalConfig())
+    work = tmp_path / "w"
+    for name, acc in (("chat_tiny_sft_think_calculator", 0.9), ("chat_tiny_sft_think_reasoning",
+                                                                 0.6)):
+        d = runs.save_run(str(work / "runs" / name / "20260101-000000"),
+                          dataclasses.replace(cfg, name=name), tok)
+        with open(f"{d}/summary.json", "w") as f:
+            json.dump({"complete": True}, f)
+        with open(f"{d}/metrics.jsonl", "w") as f:
+            f.write(json.dumps({"step": 1, "final": True, "eval/arithmetic_easy": acc,
+                                "eval/arithmetic_easy_n": 100, "eval/mental_d3": 0.5,
+                                "eval/mental_d3_n": 50}) + "\n")
+    import argparse
+    a = argparse.Namespace(workdir=str(work), rerun=False)
+    assert psychology.step_command("chat_tiny_sft_think_calculator", a) is None   # reused
+    assert psychology.step_command("chat_tiny_sft_think_answer_first", a)[-5:] == [
+        "-e", "chat_tiny_sft_think_answer_first", "--workdir", str(work), "--no_progress"]
+    assert psychology.main(["--parts", "think", "--tables", "--workdir", str(work)]) == 0
+    t = json.load(open(work / "runs" / "psychology" / "think.json"))
+    calc = t["rows"][0]["eval"]
+    assert t["rows"][0]["label"] == "chat_tiny_sft_think_calculator" and len(t["rows"]) == 2
+    assert calc["arithmetic_easy"]["acc"] == 0.9 and calc["mental_d1"] is None
+    assert abs(calc["mental_d3"]["se"] - (0.25 / 50) ** 0.5) < 1e-9
+    with pytest.raises(SystemExit):
+        psychology.main(["--parts", "nope"])

@@ -1,0 +1,183 @@
+"""Issue 26's experiments in one command (each run is `python -m lm.main -e NAME`), then their
+tables: hallucination and working memory, tokens to think, tokenization and spelling, knowledge
+of self.
+
+  python -m tools.psychology --workdir /work/runs                    # every part
+  python -m tools.psychology --parts think,self --workdir /work/runs
+  python -m tools.psychology --tables --workdir /work/runs           # only the tables
+
+Parts (in order; a run whose latest one is complete is reused unless `--rerun`):
+
+  knowledge  chat_tiny_base_kb, chat_tiny_sft_kb, the probe (tools.probe_knowledge), then
+             chat_tiny_sft_kb_probed, _naive, _search; table: tools.knowledge_report
+  think      chat_tiny_sft_think_calculator, _reasoning, _answer_first (from chat_tiny_base)
+  spelling   chat_tiny_base_bytes, then chat_tiny_sft_[bytes_]spell_{tool,spell,direct}
+  self       chat_tiny_sft_noid, and the base model asked as a chat (python -m lm.eval)
+
+Tables go to `--out` (default <workdir>/runs/psychology): JSON and Markdown per part, each
+accuracy with ± one binomial standard error.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, "") and __name__ == "__main__":
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import json
+import math
+import subprocess
+
+from lm import runs
+from lm.report import final_evals
+from tools import knowledge_report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = {
+    "knowledge": ["chat_tiny_base_kb", "chat_tiny_sft_kb", "probe", "chat_tiny_sft_kb_probed",
+                  "chat_tiny_sft_kb_naive", "chat_tiny_sft_kb_search"],
+    "think": [f"chat_tiny_sft_think_{f}" for f in ("calculator", "reasoning", "answer_first")],
+    "spelling": ["chat_tiny_base_bytes"] + [f"chat_tiny_sft_{b}spell_{f}" for b in ("", "bytes_")
+                                            for f in ("tool", "spell", "direct")],
+    "self": ["chat_tiny_sft_noid", "base_as_chat"],
+}
+COLUMNS = {
+    "think": ["arithmetic_easy", "mental_d1", "mental_d2", "mental_d3", "mental_d4"],
+    "spelling": ["spelling", "everyday_letters", "spelling_ood"],
+    "self": ["whoami_teacher", "whoami_teacher_names_self", "whoami_teacher_names_maker",
+             "whoami_teacher_claims_other", "identity"],
+}
+
+
+def complete(name: str, workdir: str) -> bool:
+    try:
+        ref = runs.resolve(name, workdir=workdir)
+    except runs.RunError:
+        return False
+    path = os.path.join(ref.run_dir, "summary.json")
+    return os.path.exists(path) and json.load(open(path)).get("complete", False)
+
+
+def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
+    """The command of one step, or None when it is done and not to be rerun."""
+    py = sys.executable
+    if step == "probe":
+        out = os.path.join(a.workdir, "runs", "knowledge_probe")
+        if os.path.exists(os.path.join(out, "fix.jsonl")) and not a.rerun:
+            return None
+        return [py, "-m", "tools.probe_knowledge", "--run", "chat_tiny_sft_kb", "--workdir",
+                a.workdir, "--out", out]
+    if step == "base_as_chat":
+        ref = runs.resolve("chat_tiny_base", workdir=a.workdir)
+        if os.path.exists(os.path.join(ref.run_dir, "eval_self.json")) and not a.rerun:
+            return None
+        return [py, "-m", "lm.eval", "--run", ref.run_dir, "--tasks",
+                "chat:whoami_teacher,chat:identity", "--out",
+                os.path.join(ref.run_dir, "eval_self.json")]
+    if complete(step, a.workdir) and not a.rerun:
+        return None
+    return [py, "-m", "lm.main", "-e", step, "--workdir", a.workdir, "--no_progress"]
+
+
+def final_row(run_dir: str) -> dict:
+    """The run's final evaluation (its counts `_n` included)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    rows = [json.loads(x) for x in open(path)] if os.path.exists(path) else []
+    finals = [r for r in rows if r.get("final")]
+    return finals[-1] if finals else final_evals(run_dir)
+
+
+def cell(ev: dict, key: str, n: int | None) -> dict | None:
+    v = ev.get(f"eval/{key}")
+    if v is None:
+        return None
+    n = ev.get(f"eval/{key}_n", n)
+    return {"acc": v, "n": n, "se": math.sqrt(v * (1 - v) / n) if n else None}
+
+
+def table(part: str, workdir: str) -> dict:
+    rows = []
+    names = [s for s in PARTS[part] if s not in ("probe",)]
+    for name in names:
+        if name == "base_as_chat":
+            try:
+                ref = runs.resolve("chat_tiny_base", workdir=workdir)
+                ev = json.load(open(os.path.join(ref.run_dir, "eval_self.json")))["chat"]
+            except (runs.RunError, OSError):
+                continue
+            label = "chat_tiny_base (as a chat)"
+        else:
+            try:
+                ref = runs.resolve(name, workdir=workdir)
+            except runs.RunError:
+                continue
+            ev, label = final_row(ref.run_dir), name
+        base_n = {c: ev.get(f"eval/{c.split('_names')[0].split('_claims')[0]}_n")
+                  for c in COLUMNS.get(part, [])}
+        rows.append({"label": label, "eval": {c: cell(ev, c, base_n[c])
+                                              for c in COLUMNS.get(part, [])}})
+    return {"part": part, "columns": COLUMNS.get(part, []), "rows": rows}
+
+
+def markdown(t: dict) -> str:
+    lines = [f"## {t['part']}", "", "| run | " + " | ".join(t["columns"]) + " |",
+             "|---|" + "---|" * len(t["columns"])]
+    for r in t["rows"]:
+        cells = ["" if c is None else f"{c['acc']:.3f}" + (f" ± {c['se']:.3f}" if c["se"]
+                                                          else "")
+                 for c in (r["eval"][k] for k in t["columns"])]
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.psychology",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {list(PARTS)}")
+    p.add_argument("--workdir", default=ROOT)
+    p.add_argument("--out", default=None)
+    p.add_argument("--rerun", action="store_true", help="run every step again")
+    p.add_argument("--tables", action="store_true", help="no runs: only the tables")
+    a = p.parse_args(argv)
+    parts = [x for x in a.parts.split(",") if x]
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown:
+        p.error(f"--parts: unknown {unknown}; known: {list(PARTS)}")
+    out = a.out or os.path.join(a.workdir, "runs", "psychology")
+    if not a.tables:
+        for part in parts:
+            for step in PARTS[part]:
+                cmd = step_command(step, a)
+                if cmd is None:
+                    print(f"[psychology] {step}: done, reused", file=sys.stderr)
+                    continue
+                print(f"[psychology] {step}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+                r = subprocess.run(cmd, cwd=ROOT)
+                if r.returncode != 0:
+                    print(f"[psychology] {step} failed (exit {r.returncode})", file=sys.stderr)
+                    return r.returncode
+    os.makedirs(out, exist_ok=True)
+    for part in parts:
+        if part == "knowledge":
+            specs = [f"{k}={n}" for k, n in (("plain", "chat_tiny_sft_kb"),
+                                             ("probed", "chat_tiny_sft_kb_probed"),
+                                             ("naive", "chat_tiny_sft_kb_naive"),
+                                             ("search", "chat_tiny_sft_kb_search"))
+                     if complete(n, a.workdir)]
+            if specs:
+                knowledge_report.main(["--runs", *specs, "--workdir", a.workdir, "--out",
+                                       os.path.join(out, "knowledge")])
+            continue
+        t = table(part, a.workdir)
+        with open(os.path.join(out, f"{part}.json"), "w") as f:
+            json.dump(t, f, indent=1)
+        with open(os.path.join(out, f"{part}.md"), "w") as f:
+            f.write(markdown(t))
+        print(markdown(t))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
