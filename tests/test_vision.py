@@ -206,7 +206,13 @@ def test_chat_page_sends_an_image_and_shows_drawn_ones(tmp_path):
         try:
             d.get(server + "/")
             WebDriverWait(d, 30).until(lambda d: "chat" in d.find_element(By.ID, "model").text)
-            d.execute_script("setAttached(arguments[0])", url)
+            # a dropped file is read as a data URL and attached to the next message
+            d.execute_script(
+                "const bytes = Uint8Array.from(atob(arguments[0].split(',')[1]), c => c.charCodeAt(0));"
+                "const dt = new DataTransfer();"
+                "dt.items.add(new File([bytes], 'd.png', {type: 'image/png'}));"
+                "$('log').dispatchEvent(new DragEvent('drop', {dataTransfer: dt}));", url)
+            WebDriverWait(d, 10).until(lambda d: d.execute_script("return attached") == url)
             d.find_element(By.ID, "input").send_keys("What digit is this?")
             d.find_element(By.ID, "send").click()
             WebDriverWait(d, 60).until(lambda d: any(
