@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import kernels, kvcache, model, sampling
+from lm import kernels, kvcache, model, sampling, tool_use
 from lm.config import ModelConfig, modern
 from lm.tokenizer import ChatTokens
 from lm.tools_calc import calculate
@@ -388,7 +388,7 @@ def test_tool_call_with_scripted_model():
     # Row 1: 'a' -> 'b' -> 'c' -> END, no tool call (runs on while row 0 waits for the host).
     trans = script([BOS, PY_START, *c("2+3"), PY_END], [OUT_END, END], [*c("abc"), END])
     eng = sampling.Engine(scripted_params(trans), SCRIPTED, tools=TOOLS,
-                          tool_fn=sampling.calculator_tool(encode, decode))
+                          tool_fn=tool_use.calculator_tool(encode, decode))
     kw = dict(max_new_tokens=40, temperature=0.0, stop_tokens=[END])
     g = eng.generate([[BOS], c("a")], **kw)
     want = [PY_START, *c("2+3"), PY_END, OUT_START, *c("5"), OUT_END, END]
