@@ -46,3 +46,12 @@ def chat_tiny_sft_speech() -> Config:
     cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture + ",speech_words:3")
     cfg.eval = dataclasses.replace(cfg.eval, tasks=SPEECH_EVAL, final_limit=400)
     return cfg
+
+
+@register("chat_tiny_sft_vision_heavy", "chat_tiny_sft_vision with three times the image tasks' "
+          "weight in the mixture (does more image data per step buy accuracy?)")
+def chat_tiny_sft_vision_heavy() -> Config:
+    cfg = chat_tiny_sft_vision()
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=chat_tiny_sft().sft.mixture
+                                  + ",digits:6,picture_describe:3,picture_draw:4.5")
+    return cfg
