@@ -10,7 +10,8 @@ transformer as text, between `<|audio_start|>` and `<|audio_end|>`.
 The tokens are the tokenizer's last 24 reserved special slots (`lm.tokenizer.AUDIO_SPECIALS`:
 two markers and 22 codes), so the chain's base model needs no new vocabulary. The codebook file
 (`CODEBOOK_FILE`: the features' mean and scale and 22 k-means centroids of the training voices'
-frames) is written by `tools/audio_codebook.py`. Bad input (not a 16-bit PCM WAV, another sample
+frames, clean and with noise; each utterance's mean frame is taken out first) is written by
+`tools/audio_codebook.py`. Bad input (not a 16-bit PCM WAV, another sample
 rate, no samples, too long) raises `AudioError` with what was wrong.
 """
 from __future__ import annotations
@@ -75,8 +76,11 @@ def raw_features(wave) -> np.ndarray:
 
 
 def features(wave) -> np.ndarray:
-    cb = codebook()
-    return (raw_features(wave) - cb["mean"]) / cb["scale"]
+    """Normalised frames: each mel band's mean over the utterance taken out (cepstral mean
+    normalisation: a steady noise floor or a louder microphone moves every frame alike), then the
+    codebook's scale."""
+    cb, raw = codebook(), raw_features(wave)
+    return (raw - raw.mean(0, keepdims=True) - cb["mean"]) / cb["scale"]
 
 
 def encode_features(f) -> list[int]:

@@ -3,11 +3,12 @@
   python -m tools.audio_codebook            # writes the file, prints the reconstruction error
   python -m tools.audio_codebook --check    # exit 1 if the file is not what this would write
 
-From the training voices' clean clips (`lm.tasks.speech`, made with espeak-ng): the log-mel
-features' per-dimension mean and scale, then 22 k-means centroids (scikit-learn, fixed seed) of
-the normalised frames. Reports, on the held-out voices, the mean squared error of encode -> decode
-in normalised feature units and as a share of the features' variance (1.0 = no better than the
-mean frame).
+From the training voices' clips (`lm.tasks.speech`, made with espeak-ng), clean and at each
+training noise level, each utterance's mean frame taken out: the frames' per-dimension mean and
+scale, then 22 k-means centroids (scikit-learn, fixed seed) of the normalised frames. Reports, on
+the held-out voices and per noise level, the mean squared error of encode -> decode in normalised
+units, as a share of the features' variance (1.0 = no better than the mean frame), and how many
+codes the clips use.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ if __package__ in (None, "") and __name__ == "__main__":
 
 import argparse
 import json
+import random
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -27,8 +29,19 @@ from lm import audio
 from lm.tasks import speech
 
 
+def cmn(wave) -> np.ndarray:
+    """Log-mel frames less their utterance mean (as `audio.features`, before the scale)."""
+    raw = audio.raw_features(wave)
+    return raw - raw.mean(0, keepdims=True)
+
+
 def learn(seed: int = 0) -> dict:
-    f = np.concatenate([audio.raw_features(c["wave"]) for c in speech.clips("train")])
+    """From every training clip clean and at each of `speech.NOISE_DB`'s levels: the frames the
+    training tasks show (a codebook learned on clean speech alone maps noisy frames to one
+    code)."""
+    rng = random.Random(f"audio_codebook/{seed}")
+    f = np.concatenate([cmn(speech.noisy(c["wave"], level, rng)) for c in speech.clips("train")
+                        for level in speech.NOISE_DB])
     mean, scale = f.mean(0), f.std(0) + 1e-3
     km = KMeans(n_clusters=audio.CODES, n_init=4, random_state=seed).fit(
         ((f - mean) / scale).astype(np.float64))
@@ -37,11 +50,18 @@ def learn(seed: int = 0) -> dict:
 
 
 def errors() -> dict:
-    f = [audio.features(c["wave"]) for c in speech.clips("test")]
-    err = float(np.mean(np.concatenate([(x - audio.decode(audio.encode_features(x))) ** 2
-                                        for x in f])))
-    var = float(np.concatenate(f).var(0).mean())
-    return {"clips": len(f), "mse": err, "share_of_variance": err / var}
+    """Per noise level, on the held-out voices."""
+    out = {}
+    for level in speech.NOISE_DB:
+        rng = random.Random("audio_codebook/errors")
+        f = [audio.features(speech.noisy(c["wave"], level, rng)) for c in speech.clips("test")]
+        err = float(np.mean(np.concatenate([(x - audio.decode(audio.encode_features(x))) ** 2
+                                            for x in f])))
+        var = float(np.concatenate(f).var(0).mean())
+        codes = {c for x in f for c in audio.encode_features(x)}
+        out["clean" if level is None else f"{level:g}dB"] = {
+            "clips": len(f), "mse": err, "share_of_variance": err / var, "codes_used": len(codes)}
+    return out
 
 
 def main(argv=None) -> int:
