@@ -319,6 +319,17 @@ def test_eval_cli_and_plot_tool_write_pass_at_k(tiny_parent, tmp_path, capsys):
     assert (tmp_path / "o" / "pass_at_k.png").stat().st_size > 1000
 
 
+def _rm_run(parent, tmp_path):
+    """(config, dir) of a tiny reward model (random weights) on the parent's tokenizer."""
+    import dataclasses
+    from lm import runs
+    from lm.config import Config, DataConfig
+    cfg = Config(name="tiny_rm", stage="rm", init_from="x",
+                 model=dataclasses.replace(parent.config.model, head="score"),
+                 data=DataConfig(tokenizer="parent"))
+    return cfg, runs.save_run(str(tmp_path / "rm"), cfg, parent.tokenizer)
+
+
 def test_grpo_rewards_from_a_reward_model_run(tiny_parent, tmp_path):
     """`rl.rewards=model:1` with an rm run: each rollout's reward is the reward model's score of
     prompt + reply at its last token (one batched forward pass); bad pairings are named errors."""
@@ -329,10 +340,7 @@ def test_grpo_rewards_from_a_reward_model_run(tiny_parent, tmp_path):
     from lm.tokenizer import train_bpe, trained_specials
     parent = runs.load(tiny_parent)
     tok = parent.tokenizer
-    rm_cfg = Config(name="tiny_rm", stage="rm", init_from="x",
-                    model=dataclasses.replace(parent.config.model, head="score"),
-                    data=DataConfig(tokenizer="parent"))
-    rm_dir = runs.save_run(str(tmp_path / "rm"), rm_cfg, tok)
+    rm_cfg, rm_dir = _rm_run(parent, tmp_path)
     cfg = _grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1,labeller:0",
                     reward_model=rm_dir)
     st = grpo.Stage(cfg, tokenizer=tok, parent=parent)
@@ -388,10 +396,7 @@ def test_held_out_rewards_score_the_evaluation_replies(tiny_parent, tmp_path):
     from lm.sampling import Engine
     parent = runs.load(tiny_parent)
     tok = parent.tokenizer
-    rm_cfg = Config(name="tiny_rm", stage="rm", init_from="x",
-                    model=dataclasses.replace(parent.config.model, head="score"),
-                    data=DataConfig(tokenizer="parent"))
-    rm_dir = runs.save_run(str(tmp_path / "rm"), rm_cfg, tok)
+    rm_cfg, rm_dir = _rm_run(parent, tmp_path)
     cfg = _grpo_cfg(tiny_parent, tok.vocab_size, rewards="model:1,labeller:0",
                     reward_model=rm_dir)
     cfg.eval.rewards = "model,labeller"

@@ -14,6 +14,8 @@ for a digit, its numeral) and no other word of the list.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
@@ -74,7 +76,9 @@ def clips(split: str) -> list[dict]:
     rng = random.Random(f"speech/{split}")
     specs = [(w, v, *rng.choice([(s, p) for s in SPEEDS for p in PITCHES]))
              for v in voices(split) for w in WORDS for _ in range(TAKES)]
-    path = paths.cache_dir(f"speech-{split}-{len(specs)}.npz")
+    # named by what is in it: another word list, voice or setting makes another file
+    key = hashlib.sha256(json.dumps(specs).encode()).hexdigest()[:12]
+    path = paths.cache_dir(f"speech-{split}-{len(specs)}-{key}.npz")
     if os.path.exists(path):
         z = np.load(path)
         waves = np.split(z["samples"], z["ends"][:-1])
