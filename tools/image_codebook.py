@@ -67,7 +67,8 @@ def main(argv=None) -> int:
         json.dump({"patch": images.PATCH, "seed": a.seed, "fixed": 6,
                    "codebook": cb.tolist()}, f)
     images.codebook.cache_clear()
-    print(json.dumps({**errors(), "digits_pixel_logistic_regression": vision.pixel_baseline()}))
+    print(json.dumps({**errors(), "digits_pixel_logistic_regression": vision.pixel_baseline(),
+                      "digits_token_logistic_regression": vision.token_baseline()}))
     return 0
 
 
