@@ -1,6 +1,7 @@
 """LLM psychology (issue 26): the synthetic knowledge base (deterministic, its held-out people
 never in SFT data), the judge, the probe, the search tool, reply formats, knowledge of self."""
 import json
+import os
 
 import pytest
 
@@ -345,5 +346,9 @@ def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
     assert t["rows"][0]["label"] == "chat_tiny_sft_think_calculator" and len(t["rows"]) == 2
     assert calc["arithmetic_easy"]["acc"] == 0.9 and calc["mental_d1"] is None
     assert abs(calc["mental_d3"]["se"] - (0.25 / 50) ** 0.5) < 1e-9
+    for row in t["rows"]:                    # each run's dir holds the table it is part of
+        assert json.load(open(os.path.join(row["run_dir"], "think.json")))["rows"] == t["rows"]
+        assert "chat_tiny_sft_think_reasoning" in open(os.path.join(row["run_dir"],
+                                                                    "think.md")).read()
     with pytest.raises(SystemExit):
         psychology.main(["--parts", "nope"])

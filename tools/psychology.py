@@ -107,16 +107,17 @@ def table(part: str, workdir: str) -> dict:
                 ev = json.load(open(os.path.join(ref.run_dir, "eval_self.json")))["chat"]
             except (runs.RunError, OSError):
                 continue
-            label = "chat_tiny_base (as a chat)"
+            label, run_dir = "chat_tiny_base (as a chat)", ref.run_dir
         else:
             try:
                 ref = runs.resolve(name, workdir=workdir)
             except runs.RunError:
                 continue
-            ev, label = final_row(ref.run_dir), name
+            ev, label, run_dir = final_row(ref.run_dir), name, ref.run_dir
         base_n = {c: ev.get(f"eval/{c.split('_names')[0].split('_claims')[0]}_n")
                   for c in COLUMNS.get(part, [])}
-        rows.append({"label": label, "eval": {c: cell(ev, c, base_n[c])
+        rows.append({"label": label, "run_dir": run_dir,
+                     "eval": {c: cell(ev, c, base_n[c])
                                               for c in COLUMNS.get(part, [])}})
     return {"part": part, "columns": COLUMNS.get(part, []), "rows": rows}
 
@@ -168,13 +169,14 @@ def main(argv=None) -> int:
                      if complete(n, a.workdir)]
             if specs:
                 knowledge_report.main(["--runs", *specs, "--workdir", a.workdir, "--out",
-                                       os.path.join(out, "knowledge")])
+                                       os.path.join(out, "knowledge"), "--into_runs"])
             continue
         t = table(part, a.workdir)
-        with open(os.path.join(out, f"{part}.json"), "w") as f:
-            json.dump(t, f, indent=1)
-        with open(os.path.join(out, f"{part}.md"), "w") as f:
-            f.write(markdown(t))
+        for folder in [out] + [r["run_dir"] for r in t["rows"]]:   # the set, and each run's dir
+            with open(os.path.join(folder, f"{part}.json"), "w") as f:
+                json.dump(t, f, indent=1)
+            with open(os.path.join(folder, f"{part}.md"), "w") as f:
+                f.write(markdown(t))
         print(markdown(t))
     return 0
 
