@@ -1,7 +1,7 @@
 """LLM psychology (issue 26) as experiments on the tiny chat chain.
 
 Hallucination and working memory on a synthetic knowledge base (`lm.tasks.knowledge`): made-up
-people read in pretraining 0-32 times, then asked about after SFT.
+people read in pretraining 0-128 times, then asked about after SFT.
 
     python -m lm.main -e chat_tiny_base_kb          # chat_tiny_base + the biographies
     python -m lm.main -e chat_tiny_sft_kb           # plain SFT: every fact question answered
@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 
 from lm.config import Config
+from lm.tasks.knowledge import ATTRIBUTES, knowledge_base
 from lm.tokenizer import trained_specials
 
 from experiments import register
@@ -51,7 +52,8 @@ KB_EVAL = "kb_qa,kb_qa_context,identity,arithmetic_easy,recall"
 
 
 @register("chat_tiny_base_kb", "chat_tiny_base on chat_tiny_kb: the chain's corpus plus the "
-          "knowledge base's biographies (each made-up person 0-32 times), the chain's tokenizer")
+          "knowledge base's biographies (each made-up person 0-128 times, spaced), the chain's "
+          "tokenizer")
 def chat_tiny_base_kb() -> Config:
     cfg = chat_tiny_base()
     cfg.data = dataclasses.replace(cfg.data, source="chat_tiny_kb", tokenizer_source="chat_tiny")
@@ -62,8 +64,9 @@ def _sft(mixture: str, files: str = "") -> Config:
     cfg = chat_tiny_sft()
     cfg.init_from = "chat_tiny_base_kb"
     cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture + "," + mixture, files=files)
-    # the held-out people: 1,400 questions each for kb_qa and kb_qa_context
-    cfg.eval = dataclasses.replace(cfg.eval, tasks=KB_EVAL, final_limit=1400)
+    # every held-out person's every attribute, for kb_qa and kb_qa_context alike
+    cfg.eval = dataclasses.replace(cfg.eval, tasks=KB_EVAL,
+                                   final_limit=len(knowledge_base().split("test")) * len(ATTRIBUTES))
     return cfg
 
 

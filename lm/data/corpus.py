@@ -306,7 +306,7 @@ def chat_tiny_open_copies() -> tuple[list[Doc], list[Doc]]:
 
 def chat_tiny_kb() -> tuple[list[Doc], list[Doc]]:
     """`chat_tiny` with the knowledge base's biographies (`lm.tasks.knowledge`: each made-up
-    person written 0, 1, 2, 4, 8, 16 or 32 times, train and test people alike); the same
+    person written 0 to 128 times, spaced, train and test people alike); the same
     validation documents."""
     train, val = chat_tiny()
     return train + knowledge_base().biographies(), val

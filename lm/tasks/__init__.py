@@ -61,7 +61,7 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "whoami_student": lambda: Identity(name="whoami_student", assistant=STUDENT_NAME,
                                        topics=("name",)),
     "function_calling": FunctionCalling, "agent_steps": AgentSteps,
-    # made-up people read in pretraining 0-32 times (issue 26: hallucination, working memory)
+    # made-up people read in pretraining 0-128 times (issue 26: hallucination, working memory)
     "kb_qa": KnowledgeQA, "kb_qa_naive": lambda: KnowledgeQA("kb_qa_naive", mode="naive"),
     "kb_qa_context": lambda: KnowledgeQA("kb_qa_context", mode="context"),
     "kb_search": lambda: KnowledgeQA("kb_search", mode="search"),

@@ -2,11 +2,13 @@
 model reads in pretraining a controlled number of times, and questions about them.
 
 The knowledge base (`KnowledgeBase`, fixed seed): `per_cell` people for every pretraining
-frequency in `FREQUENCIES` (0, 1, 2, 4, 8, 16, 32 sightings) and each of two splits — `train`
+frequency in `FREQUENCIES` (0, 1, 2, ..., 128 sightings) and each of two splits — `train`
 (probed, and used for SFT data) and `test` (held out: asked only in evaluation). A person has a
 made-up name (syllables no real text uses) and five attributes (`ATTRIBUTES`: birth year, city,
 profession, instrument, pet). `biographies()` are the pretraining documents: each person's
-biography written `frequency` times, each sighting in another phrasing and order.
+biography written `frequency` times, each sighting in another phrasing and order, the sightings
+spread evenly through the documents (spaced, never massed: a person's sightings side by side in
+the token stream land in one window, one update instead of many).
 
 Tasks (`lm.tasks` names):
 
@@ -40,7 +42,9 @@ from typing import Optional
 from lm.conversation import conversation
 from lm.tasks.base import Task
 
-FREQUENCIES = (0, 1, 2, 4, 8, 16, 32)
+# 64 and 128 beyond the issue's 0-32: the chain's base hardly learns a fact from 32 sightings
+# (docs/results.md, "Hallucinations"), so the curve needs people it does know
+FREQUENCIES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 NAIVE_MIN = 8                 # kb_qa_naive answers only people seen at least this often
 ATTRIBUTES = ("born", "city", "profession", "instrument", "pet")
 
@@ -146,7 +150,7 @@ def _syllables(rng: random.Random, n: int) -> str:
 class KnowledgeBase:
     """`per_cell` people per (pretraining frequency, split), deterministic in `seed`."""
 
-    def __init__(self, per_cell: int = 40, seed: int = 0):
+    def __init__(self, per_cell: int = 30, seed: int = 0):
         rng = random.Random(f"knowledge/{seed}")
         self.people: list[Person] = []
         names: set[str] = set()
@@ -171,12 +175,19 @@ class KnowledgeBase:
         return [p for p in self.people if p.split == split]
 
     def biographies(self) -> list[str]:
-        """The pretraining documents: each person's biography `frequency` times."""
-        return [p.biography(k) for p in self.people for k in range(p.frequency)]
+        """The pretraining documents: each person's biography `frequency` times, in an order that
+        spaces each person's sightings evenly (sighting k of a person seen f times sits at
+        (k + u) / f of the list, u a per-person random phase)."""
+        rng = random.Random("knowledge/order")
+        timed = []
+        for i, p in enumerate(self.people):
+            u = rng.random()
+            timed += [((k + u) / p.frequency, i, k) for k in range(p.frequency)]
+        return [self.people[i].biography(k) for _, i, k in sorted(timed)]
 
 
 @lru_cache(maxsize=4)
-def knowledge_base(per_cell: int = 40, seed: int = 0) -> KnowledgeBase:
+def knowledge_base(per_cell: int = 30, seed: int = 0) -> KnowledgeBase:
     return KnowledgeBase(per_cell, seed)
 
 
