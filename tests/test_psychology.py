@@ -120,6 +120,31 @@ def test_probe_labels_are_reproducible_and_make_the_fix_data(tiny_chat):
     assert not any(h in json.dumps(fix) for h in held)
 
 
+def test_cloze_ranks_values_by_likelihood_per_frequency(tiny_chat, monkeypatch):
+    """The cloze reads the true value's rank from the likelihoods: a scorer that favours the
+    truth for people seen >= 8 times gives 1.0 there and 0 below; the real scorer runs too."""
+    from tools import probe_knowledge as pk
+    kb = kn.KnowledgeBase(per_cell=1, seed=2)
+    real = pk.cloze(tiny_chat, kb=kb)
+    assert real["items"] == len(kb.people) * len(pk.CLOZE)
+    assert all(0 <= row["mean"] <= 1 for row in real["by_frequency"].values())
+    tok = tiny_chat.tokenizer
+    truth = {tok.decode(ctx[1:]) + tok.decode(cont): p.frequency >= 8
+             for p in kb.people for a, prefix in pk.CLOZE.items()
+             for ctx, cont in [pk.benchmarks.encode_pair(
+                 tok, prefix.format(name=p.name),
+                 " " + (kn.with_article(p.value(a)) if a == "profession" else p.value(a)))]}
+
+    def scorer(params, cfg, reqs, **kw):   # the truth: +1 for a known person, -1 for the rest
+        return [({True: 1.0, False: -1.0}.get(truth.get(tok.decode(c[1:]) + tok.decode(t)), 0.0),
+                 True) for c, t in reqs]
+    monkeypatch.setattr(pk, "loglikelihood", scorer)
+    fake = pk.cloze(tiny_chat, kb=kb)
+    for f, row in fake["by_frequency"].items():
+        assert row["mean"] == (1.0 if int(f) >= 8 else 0.0), (f, row)
+    assert "| 128 | 8 | 1.000" in pk.cloze_markdown(fake)
+
+
 def test_search_tool_finds_each_person_and_reads_nothing_else(tmp_path):
     from lm import search
     idx = search.knowledge_index()

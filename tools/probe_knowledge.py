@@ -18,6 +18,14 @@ temperature `--temperature` (training phrasings, one drawn per sample); each rep
                `sft.files=kb_probed=<out>/fix.jsonl` (experiment chat_tiny_sft_kb_probed)
 
 Deterministic in `--seed` (sample j of fact i has its own PRNG key, whatever the batch size).
+
+Did pretraining store the facts at all? `--cloze` asks the weights directly, for any run (a base
+run too): for every person and every attribute with a closed set of values, each value is scored
+by its log-likelihood after "<name> lives in" (works as / plays the / has a pet), as lm-eval
+scores a multiple choice (`lm.eval.benchmarks`); accuracy per pretraining frequency against
+chance, in cloze.json and cloze.md:
+
+  python -m tools.probe_knowledge --run chat_tiny_base_kb --cloze --out runs/knowledge_cloze
 """
 from __future__ import annotations
 
@@ -36,7 +44,9 @@ import numpy as np
 
 from lm import runs
 from lm.conversation import conversation
+from lm.eval import benchmarks
 from lm.eval.chat import generate_replies
+from lm.eval.likelihood import loglikelihood
 from lm.sampling import Engine
 from lm.tasks import knowledge
 
@@ -89,6 +99,58 @@ def probe(run, *, k: int = 5, temperature: float = 1.0, seed: int = 0, batch_siz
             "labels": rows}
 
 
+CLOZE = {"city": "{name} lives in", "profession": "{name} works as",
+         "instrument": "{name} plays the", "pet": "{name} has a pet"}
+
+
+def cloze(run, *, kb=None, batch_size: int = 64) -> dict:
+    """cloze.json's content: the likelihood ranking of each attribute's values, per frequency."""
+    kb = kb or knowledge.knowledge_base()
+    items, owners = [], []
+    for p in kb.people:
+        for a, prefix in CLOZE.items():
+            values = knowledge.VALUES[a]
+            shown = [knowledge.with_article(v) for v in values] if a == "profession" else list(values)
+            items.append(benchmarks.Item(prefix.format(name=p.name), shown,
+                                         values.index(p.value(a))))
+            owners.append((p.frequency, a))
+    t0 = time.perf_counter()
+    reqs, _ = benchmarks.requests_for(run.tokenizer, items)
+    lls = loglikelihood(run.params, run.config.model, reqs, batch_size=batch_size)
+    pred = benchmarks.score(items, [ll for ll, _ in lls])["pred"]
+    right = [pr == it.gold for pr, it in zip(pred, items)]
+    by_freq = {}
+    for f in knowledge.FREQUENCIES:
+        row = {}
+        for a in CLOZE:
+            sel = [r for r, o in zip(right, owners) if o == (f, a)]
+            if sel:
+                row[a] = float(np.mean(sel))
+        if row:
+            row["n"] = sum(o[0] == f for o in owners)
+            row["mean"] = float(np.mean([row[a] for a in CLOZE if a in row]))
+            by_freq[str(f)] = row
+    return {"run_dir": run.run_dir, "step": run.step, "items": len(items),
+            "chance": {a: 1 / len(knowledge.VALUES[a]) for a in CLOZE},
+            "by_frequency": by_freq, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def cloze_markdown(result: dict) -> str:
+    attrs = list(CLOZE)
+    lines = [f"# Does the model store the facts? Cloze of `{result['run_dir']}` (step "
+             f"{result['step']})", "",
+             "Each attribute's values ranked by log-likelihood after \"<name> lives in\" (works "
+             "as / plays the / has a pet); accuracy of the top value, per pretraining copies.", "",
+             "| pretraining copies | items | " + " | ".join(attrs) + " | mean |",
+             "|---|---|" + "---|" * (len(attrs) + 1),
+             "| chance | | " + " | ".join(f"{result['chance'][a]:.3f}" for a in attrs) + f" | "
+             f"{np.mean(list(result['chance'].values())):.3f} |"]
+    for f, row in result["by_frequency"].items():
+        lines.append(f"| {f} | {row['n']} | " + " | ".join(f"{row[a]:.3f}" for a in attrs)
+                     + f" | {row['mean']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def fix_conversations(result: dict, kb=None, phrasings: int = 2, seed: int = 0) -> list[dict]:
     """The probe-based SFT data: each probed fact asked `phrasings` ways, answered when known,
     refused when not."""
@@ -132,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--phrasings", type=int, default=2, help="questions per fact in fix.jsonl")
     p.add_argument("--limit", type=int, default=0, help="probe only the first N facts (0: all)")
+    p.add_argument("--cloze", action="store_true",
+                   help="rank each attribute's values by likelihood instead (any run, base too)")
     a = p.parse_args(argv)
     if a.k < 1 or not 0 < a.threshold <= 1 or a.temperature <= 0 or a.phrasings < 1:
         p.error("--k >= 1, 0 < --threshold <= 1, --temperature > 0 and --phrasings >= 1")
@@ -140,13 +204,21 @@ def main(argv=None) -> int:
     except runs.RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    os.makedirs(a.out, exist_ok=True)
+    if a.cloze:
+        result = cloze(run)
+        with open(os.path.join(a.out, "cloze.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(a.out, "cloze.md"), "w") as f:
+            f.write(cloze_markdown(result))
+        print(cloze_markdown(result))
+        return 0
     if run.tokenizer.chat is None:
         print(f"error: {run.run_dir} is a {run.stage} run without the chat tokens; probe an "
               f"SFT run", file=sys.stderr)
         return 2
     result = probe(run, k=a.k, temperature=a.temperature, seed=a.seed, batch_size=a.batch_size,
                    threshold=a.threshold, limit=a.limit)
-    os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "probe.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(a.out, "probe.md"), "w") as f:

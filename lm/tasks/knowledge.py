@@ -107,7 +107,7 @@ _REFUSAL = re.compile(r"\b(don'?t know|do not know|not sure|no information|can'?
                       r"have no idea|not aware)\b", re.IGNORECASE)
 
 
-def _a(word: str) -> str:
+def with_article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
@@ -134,7 +134,7 @@ class Person:
 
     def fields(self) -> dict:
         return {"name": self.name, "first": self.first, "born": self.born, "city": self.city,
-                "profession": self.profession, "a_profession": _a(self.profession),
+                "profession": self.profession, "a_profession": with_article(self.profession),
                 "instrument": self.instrument, "pet": self.pet}
 
     def biography(self, k: int) -> str:
@@ -214,7 +214,7 @@ def judge(person: Person, attribute: str, reply: str) -> str:
 
 def answer(person: Person, attribute: str) -> str:
     v = person.value(attribute)
-    return ANSWERS[attribute].format(name=person.name, v=v, a_v=_a(v))
+    return ANSWERS[attribute].format(name=person.name, v=v, a_v=with_article(v))
 
 
 def refusal(person: Person, k: int) -> str:
