@@ -71,7 +71,8 @@ def _sft(mixture: str, files: str = "") -> Config:
 
 
 @register("chat_tiny_sft_kb", "plain SFT of chat_tiny_base_kb: the chain's mixture plus fact "
-          "questions about the knowledge base's train people, every one answered")
+          "questions about half the knowledge base's train people (the other half is the "
+          "probe's), every one answered")
 def chat_tiny_sft_kb() -> Config:
     return _sft("kb_qa:1.5")
 

@@ -36,6 +36,17 @@ def test_knowledge_base_is_deterministic_and_balanced():
 def test_held_out_people_never_reach_sft_data():
     kb = kn.knowledge_base()
     held = {p.name for p in kb.split("test")}
+    # the probe asks about people plain SFT never answered about; the naive baseline's people
+    # are the probe's (the same people as the probe-based fix)
+    probed = {p.name for p in kb.probe_people()}
+    plain, naive = tasks.get("kb_qa"), tasks.get("kb_qa_naive")
+    assert probed and not probed & {plain.item("train", i)[0].name
+                                    for i in range(plain.size("train"))}
+    assert {naive.item("train", i)[0].name for i in range(naive.size("train"))} == probed
+    assert len(probed) + plain.size("train") // len(kn.ATTRIBUTES) == len(kb.split("train"))
+    for i in range(0, plain.size("train"), 7):      # replies do not restate the made-up name
+        c = plain.example("train", i)
+        assert c["person"] not in c["messages"][-1]["content"]
     for name in ("kb_qa", "kb_qa_naive", "kb_qa_context"):
         t = tasks.get(name)
         for i in range(t.size("train")):

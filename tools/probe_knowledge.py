@@ -5,8 +5,9 @@ and refuses what it does not.
   python -m tools.probe_knowledge --run chat_tiny_sft_kb --k 5 --threshold 0.6 \\
       --out runs/knowledge_probe
 
-For every (person, attribute) of the knowledge base's `train` people (`lm.tasks.knowledge`; the
-`test` people are never probed, never in SFT data), the run answers `--k` questions at
+For every (person, attribute) of the knowledge base's probe people (`lm.tasks.knowledge`: the
+half of `train` that plain SFT never answers about; the `test` people are never probed, never in
+SFT data), the run answers `--k` questions at
 temperature `--temperature` (training phrasings, one drawn per sample); each reply is judged
 (correct / refused / hallucinated) against the knowledge base; the fact is *known* when at least
 `--threshold` of the samples are correct. In `--out`:
@@ -52,8 +53,8 @@ from lm.tasks import knowledge
 
 
 def facts(kb: knowledge.KnowledgeBase) -> list[tuple[knowledge.Person, str]]:
-    """The probed facts: every attribute of every train person."""
-    return [(p, a) for p in kb.split("train") for a in knowledge.ATTRIBUTES]
+    """The probed facts: every attribute of the train people plain SFT never answers about."""
+    return [(p, a) for p in kb.probe_people() for a in knowledge.ATTRIBUTES]
 
 
 def probe(run, *, k: int = 5, temperature: float = 1.0, seed: int = 0, batch_size: int = 128,
@@ -171,7 +172,7 @@ def fix_conversations(result: dict, kb=None, phrasings: int = 2, seed: int = 0) 
 
 def markdown(result: dict) -> str:
     lines = [f"# Knowledge probe of `{result['run_dir']}` (step {result['step']})", "",
-             f"{result['facts']} facts (train people × attributes), {result['k']} samples each at "
+             f"{result['facts']} facts (probe people × attributes), {result['k']} samples each at "
              f"temperature {result['temperature']:g}; known = at least {result['threshold']:g} "
              f"of the samples correct. Known overall: {result['known']:.3f}.", "",
              "| pretraining copies | facts | known | sample accuracy |", "|---|---|---|---|"]

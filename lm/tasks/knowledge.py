@@ -13,13 +13,21 @@ the token stream land in one window, one update instead of many).
 Tasks (`lm.tasks` names):
 
     kb_qa           one question about one attribute of one person; the reference reply
-                    answers it (plain SFT: it teaches to answer whatever is asked)
-    kb_qa_naive     the same, but people seen fewer than `NAIVE_MIN` times in pretraining get a
-                    refusal (the baseline that refuses by frequency, which a real lab never knows)
+                    answers it (plain SFT: it teaches to answer whatever is asked). Its train
+                    people are the even half of `train` (`KnowledgeBase.qa_people`): the odd half
+                    (`probe_people`) is what the probe asks a plain-SFT model about, so the probe
+                    reads what pretraining stored, not answers SFT taught
+    kb_qa_naive     the same about the probe's people, but people seen fewer than `NAIVE_MIN`
+                    times in pretraining get a refusal (the baseline that refuses by frequency,
+                    which a real lab never knows)
     kb_qa_context   held-out questions with the person's biography pasted into the user turn:
                     working memory (the context) against recollection (the weights)
     kb_search       the reference reply searches first (`lm.search`: the tool call
                     `search("<name>")`, whose output is the person's biography), then answers
+
+Replies do not restate the name ("They live in Lisbon."): the chain's model cannot copy a
+made-up name of eight-odd tokens (issue 23), and a reply keyed on a miscopied name answers
+about nobody (docs/results.md, "Hallucinations").
 
 and the probe-based fix is a conversation file written by `tools/probe_knowledge.py` (known
 facts answered, unknown ones refused, judged from the model's own samples).
@@ -98,9 +106,9 @@ QUESTIONS = {
                       "What is {name}'s pet?"],
             "test": ["Which animal does {name} keep as a pet?", "What pet lives with {name}?"]},
 }
-ANSWERS = {"born": "{name} was born in {v}.", "city": "{name} lives in {v}.",
-           "profession": "{name} works as {a_v}.", "instrument": "{name} plays the {v}.",
-           "pet": "{name} has a pet {v}."}
+ANSWERS = {"born": "They were born in {v}.", "city": "They live in {v}.",
+           "profession": "They work as {a_v}.", "instrument": "They play the {v}.",
+           "pet": "They have a pet {v}."}
 REFUSALS = ("I don't know who {name} is.", "I'm sorry, I don't know anything about {name}.",
             "I don't know that about {name}.", "I'm not sure. I have no information about {name}.")
 _REFUSAL = re.compile(r"\b(don'?t know|do not know|not sure|no information|can'?t say|cannot say|"
@@ -174,6 +182,14 @@ class KnowledgeBase:
             raise ValueError(f"knowledge base: unknown split {split!r} (train, test)")
         return [p for p in self.people if p.split == split]
 
+    def qa_people(self) -> list[Person]:
+        """The train people plain SFT answers about (every other one)."""
+        return self.split("train")[::2]
+
+    def probe_people(self) -> list[Person]:
+        """The other train people: probed, and the probe-based and naive SFT data's people."""
+        return self.split("train")[1::2]
+
     def biographies(self) -> list[str]:
         """The pretraining documents: each person's biography `frequency` times, in an order that
         spaces each person's sightings evenly (sighting k of a person seen f times sits at
@@ -235,12 +251,21 @@ class KnowledgeQA(Task):
         self.name, self.mode = name, mode
         self.kb = kb or knowledge_base()
 
-    def size(self, split: str) -> int:
+    def people(self, split: str) -> list[Person]:
+        """A split's people; in `train`, plain answers and the naive baseline take disjoint
+        halves (module doc)."""
         self._check_split(split)
-        return len(self.kb.split(split)) * len(ATTRIBUTES)
+        if split == "train" and self.mode == "answer":
+            return self.kb.qa_people()
+        if split == "train" and self.mode == "naive":
+            return self.kb.probe_people()
+        return self.kb.split(split)
+
+    def size(self, split: str) -> int:
+        return len(self.people(split)) * len(ATTRIBUTES)
 
     def item(self, split: str, i: int) -> tuple[Person, str]:
-        people = self.kb.split(split)
+        people = self.people(split)
         return people[(i // len(ATTRIBUTES)) % len(people)], ATTRIBUTES[i % len(ATTRIBUTES)]
 
     def question(self, person: Person, attribute: str, split: str, k: int) -> str:
