@@ -163,6 +163,13 @@ def test_search_tool_finds_each_person_and_reads_nothing_else(tmp_path):
     for p in kb.people[::13]:
         assert idx.search(p.name) == kn.search_passage(p)
         assert search.run_tool(search.search_call(p.name)) == kn.search_passage(p)
+    # a miscopied name (as the tiny model writes them) still finds its person; a query that
+    # shares little with every passage finds nothing
+    for p in kb.people[5::37]:
+        first, last = p.name.split()
+        assert idx.search(f"{first[:-1]}q {last[:-3]}{last[-1]}x") == kn.search_passage(p), p
+    for q in ("weather in Paris tomorrow", "Barack Obama", "who won the 1998 world cup"):
+        assert idx.search(q) == "No results.", q
     # the SFT reference's tool output is exactly what the tool returns
     t = tasks.get("kb_search")
     c = t.example("test", 11)
