@@ -62,9 +62,8 @@ class SearchIndex:
         if not passages:
             raise SearchError(f"search corpus {name!r} has no passages: give at least one")
         import bm25s    # 1.2 s (scipy): paid by the first index, not by every engine
-        from bm25s.stopwords import STOPWORDS_EN
         self.name, self.passages = name, passages
-        self._stop = frozenset(STOPWORDS_EN)
+        self._stop = frozenset(bm25s.stopwords.STOPWORDS_EN)
         self._terms = [set(terms(p, self._stop)) for p in passages]
         self._index = bm25s.BM25()
         self._index.index([terms(p, self._stop) for p in passages], show_progress=False)
