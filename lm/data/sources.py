@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -132,7 +133,7 @@ def fetch(name: str, *, timeout: float = 60.0) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = None
     try:
-        print(f"downloading {spec.url} -> {path}")
+        print(f"downloading {spec.url} -> {path}", file=sys.stderr)   # stdout may be --json
         with urllib.request.urlopen(spec.url, timeout=timeout) as r, \
                 tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False) as tmp:
             shutil.copyfileobj(r, tmp)
