@@ -65,8 +65,8 @@ def _sft(mixture: str, files: str = "") -> Config:
     cfg.init_from = "chat_tiny_base_kb"
     cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture + "," + mixture, files=files)
     # every held-out person's every attribute, for kb_qa and kb_qa_context alike
-    cfg.eval = dataclasses.replace(cfg.eval, tasks=KB_EVAL,
-                                   final_limit=len(knowledge_base().split("test")) * len(ATTRIBUTES))
+    held_out = len(knowledge_base().split("test")) * len(ATTRIBUTES)
+    cfg.eval = dataclasses.replace(cfg.eval, tasks=KB_EVAL, final_limit=held_out)
     return cfg
 
 

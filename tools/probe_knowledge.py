@@ -111,7 +111,8 @@ def cloze(run, *, kb=None, batch_size: int = 64) -> dict:
     for p in kb.people:
         for a, prefix in CLOZE.items():
             values = knowledge.VALUES[a]
-            shown = [knowledge.with_article(v) for v in values] if a == "profession" else list(values)
+            shown = ([knowledge.with_article(v) for v in values] if a == "profession"
+                     else list(values))
             items.append(benchmarks.Item(prefix.format(name=p.name), shown,
                                          values.index(p.value(a))))
             owners.append((p.frequency, a))
@@ -181,6 +182,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write(out: str, stem: str, result: dict, to_markdown) -> None:
+    """<stem>.json and <stem>.md in `out`; the Markdown printed too."""
+    with open(os.path.join(out, f"{stem}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(to_markdown(result))
+    print(to_markdown(result))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.probe_knowledge",
                                 description=__doc__.splitlines()[0])
@@ -207,12 +217,7 @@ def main(argv=None) -> int:
         return 2
     os.makedirs(a.out, exist_ok=True)
     if a.cloze:
-        result = cloze(run)
-        with open(os.path.join(a.out, "cloze.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.join(a.out, "cloze.md"), "w") as f:
-            f.write(cloze_markdown(result))
-        print(cloze_markdown(result))
+        write(a.out, "cloze", cloze(run), cloze_markdown)
         return 0
     if run.tokenizer.chat is None:
         print(f"error: {run.run_dir} is a {run.stage} run without the chat tokens; probe an "
@@ -220,15 +225,11 @@ def main(argv=None) -> int:
         return 2
     result = probe(run, k=a.k, temperature=a.temperature, seed=a.seed, batch_size=a.batch_size,
                    threshold=a.threshold, limit=a.limit)
-    with open(os.path.join(a.out, "probe.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(a.out, "probe.md"), "w") as f:
-        f.write(markdown(result))
+    write(a.out, "probe", result, markdown)
     fix = fix_conversations(result, phrasings=a.phrasings, seed=a.seed)
     with open(os.path.join(a.out, "fix.jsonl"), "w") as f:
         for c in fix:
             f.write(json.dumps(c) + "\n")
-    print(markdown(result))
     print(f"wrote {a.out}/probe.json, probe.md and fix.jsonl ({len(fix)} conversations)")
     return 0
 
