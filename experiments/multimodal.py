@@ -55,3 +55,11 @@ def chat_tiny_sft_vision_heavy() -> Config:
     cfg.sft = dataclasses.replace(cfg.sft, mixture=chat_tiny_sft().sft.mixture
                                   + ",digits:6,picture_describe:3,picture_draw:4.5")
     return cfg
+
+
+@register("chat_tiny_sft_speech_heavy", "chat_tiny_sft_speech with twice the spoken words' weight "
+          "in the mixture (does more speech per step buy the digits' last points?)")
+def chat_tiny_sft_speech_heavy() -> Config:
+    cfg = chat_tiny_sft_speech()
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=chat_tiny_sft().sft.mixture + ",speech_words:6")
+    return cfg
