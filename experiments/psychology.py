@@ -10,6 +10,12 @@ people read in pretraining 0-128 times, then asked about after SFT.
     python -m lm.main -e chat_tiny_sft_kb_naive     # baseline: refuse people seen < 8 times
     python -m lm.main -e chat_tiny_sft_kb_search    # SFT: search the knowledge base, then answer
 
+The same chain on `chat_tiny_kb_qa` (`_kb_qa` for `_kb` in every name; the probe writes
+runs/knowledge_probe_qa): question-answer conversations about plain SFT's people are in
+pretraining too, so the base may learn to answer from what it read (mixed training, Allen-Zhu and
+Li, Physics of Language Models 3.1); the probe's and the held-out people are still read only as
+biographies. `python -m tools.psychology --parts knowledge --kb kb_qa` runs it all.
+
 Each SFT run evaluates the held-out people (never in SFT data), greedy: correct / hallucinated /
 refused, overall and per pretraining frequency (`eval/kb_qa_<verdict>_f<n>`), and the same
 questions with the biography in the user turn (`kb_qa_context`: working memory).
@@ -51,18 +57,20 @@ from experiments.chat import chat_tiny_base, chat_tiny_sft
 KB_EVAL = "kb_qa,kb_qa_context,identity,arithmetic_easy,recall"
 
 
-@register("chat_tiny_base_kb", "chat_tiny_base on chat_tiny_kb: the chain's corpus plus the "
-          "knowledge base's biographies (each made-up person 0-128 times, spaced), the chain's "
-          "tokenizer")
-def chat_tiny_base_kb() -> Config:
+# the knowledge-base chains: `_kb` (biographies only) and `_kb_qa` (mixed training: question-answer
+# conversations about plain SFT's people in pretraining too, Allen-Zhu and Li, Physics of LMs 3.1)
+KB_VARIANTS = {"kb": "chat_tiny_kb", "kb_qa": "chat_tiny_kb_qa"}
+
+
+def _base_kb(corpus: str) -> Config:
     cfg = chat_tiny_base()
-    cfg.data = dataclasses.replace(cfg.data, source="chat_tiny_kb", tokenizer_source="chat_tiny")
+    cfg.data = dataclasses.replace(cfg.data, source=corpus, tokenizer_source="chat_tiny")
     return cfg
 
 
-def _sft(mixture: str, files: str = "") -> Config:
+def _sft(variant: str, mixture: str, files: str = "") -> Config:
     cfg = chat_tiny_sft()
-    cfg.init_from = "chat_tiny_base_kb"
+    cfg.init_from = f"chat_tiny_base_{variant}"
     cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture + "," + mixture, files=files)
     # every held-out person's every attribute, for kb_qa and kb_qa_context alike
     held_out = len(knowledge_base().split("test")) * len(ATTRIBUTES)
@@ -70,31 +78,38 @@ def _sft(mixture: str, files: str = "") -> Config:
     return cfg
 
 
-@register("chat_tiny_sft_kb", "plain SFT of chat_tiny_base_kb: the chain's mixture plus fact "
-          "questions about half the knowledge base's train people (the other half is the "
-          "probe's), every one answered")
-def chat_tiny_sft_kb() -> Config:
-    return _sft("kb_qa:1.5")
-
-
-@register("chat_tiny_sft_kb_naive", "SFT of chat_tiny_base_kb that refuses questions about people "
-          "seen fewer than 8 times in pretraining (the frequency-threshold baseline)")
-def chat_tiny_sft_kb_naive() -> Config:
-    return _sft("kb_qa_naive:1.5")
-
-
-@register("chat_tiny_sft_kb_probed", "SFT of chat_tiny_base_kb on the probe's labels "
-          "(tools.probe_knowledge on chat_tiny_sft_kb): known facts answered, unknown refused")
-def chat_tiny_sft_kb_probed() -> Config:
-    return _sft("kb_probed:1.5", files="kb_probed=runs/knowledge_probe/fix.jsonl")
-
-
-@register("chat_tiny_sft_kb_search", "SFT of chat_tiny_base_kb that searches before answering a "
-          "question about a person (lm.search over the knowledge base); evaluated with the tool")
-def chat_tiny_sft_kb_search() -> Config:
-    cfg = _sft("kb_search:1.5")
+def _search(variant: str) -> Config:
+    cfg = _sft(variant, "kb_search:1.5")
     cfg.eval = dataclasses.replace(cfg.eval, tasks="kb_search," + KB_EVAL)
     return cfg
+
+
+def probe_dir(variant: str) -> str:
+    """Where `tools.probe_knowledge` writes the variant's probe (the probed SFT reads its
+    fix.jsonl), relative to the workdir."""
+    return "runs/knowledge_probe" + variant[2:]
+
+
+_WHAT = {"kb": "the knowledge base's biographies (each made-up person 0-128 times)",
+         "kb_qa": "the knowledge base's biographies (each made-up person 0-128 times) and "
+                  "question-answer conversations about plain SFT's people (mixed training)"}
+for _v, _corpus in KB_VARIANTS.items():
+    _base = f"chat_tiny_base_{_v}"
+    register(_base, f"chat_tiny_base on {_corpus}: the chain's corpus plus {_WHAT[_v]}, the "
+             "chain's tokenizer")(lambda c=_corpus: _base_kb(c))
+    register(f"chat_tiny_sft_{_v}", f"plain SFT of {_base}: the chain's mixture plus fact "
+             "questions about half the knowledge base's train people (the other half is the "
+             "probe's), every one answered")(lambda v=_v: _sft(v, "kb_qa:1.5"))
+    register(f"chat_tiny_sft_{_v}_naive", f"SFT of {_base} that refuses questions about people "
+             "seen fewer than 8 times in pretraining (the frequency-threshold baseline)")(
+        lambda v=_v: _sft(v, "kb_qa_naive:1.5"))
+    register(f"chat_tiny_sft_{_v}_probed", f"SFT of {_base} on the probe's labels "
+             f"(tools.probe_knowledge on chat_tiny_sft_{_v}): known facts answered, unknown "
+             "refused")(lambda v=_v: _sft(v, "kb_probed:1.5",
+                                           files=f"kb_probed={probe_dir(v)}/fix.jsonl"))
+    register(f"chat_tiny_sft_{_v}_search", f"SFT of {_base} that searches before answering a "
+             "question about a person (lm.search over the knowledge base); evaluated with the "
+             "tool")(lambda v=_v: _search(v))
 
 
 @register("chat_tiny_sft_noid", "chat_tiny_sft without the identity task: who does the model say "

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from lm import tasks
+from lm.data import corpus
 from lm.tasks import knowledge as kn
 
 
@@ -28,9 +29,6 @@ def test_knowledge_base_is_deterministic_and_balanced():
             assert all(p.value(x) in t for x in kn.ATTRIBUTES)
         if p.frequency >= 2:
             assert len(set(mine)) > 1                    # phrasings vary between sightings
-            # spaced, not massed: consecutive sightings at least half an even spacing apart
-            at = [i for i, t in enumerate(bios) if p.name in t]
-            assert min(b - a for a, b in zip(at, at[1:])) >= len(bios) / p.frequency / 2
 
 
 def test_held_out_people_never_reach_sft_data():
@@ -398,3 +396,40 @@ def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
                                                                     "think.md")).read()
     with pytest.raises(SystemExit):
         psychology.main(["--parts", "nope"])
+
+
+def test_question_answer_pretraining_is_about_plain_sfts_read_people_only():
+    kb = kn.knowledge_base()
+    qa_people = {p.name: p for p in kb.qa_people()}
+    docs = corpus.kb_qa_docs(copies=3)
+    about = [d["person"] for d in docs]
+    # mixed training: the probe's and the held-out people are read only as biographies
+    assert set(about) == {n for n, p in qa_people.items() if p.frequency > 0}
+    for name in set(about):
+        assert about.count(name) == 3 * len(kn.ATTRIBUTES)
+    for d in docs[:50]:
+        p = qa_people[d["person"]]
+        assert kn.judge(p, d["attribute"], d["messages"][-1]["content"]) == "correct"
+        assert d["messages"][0]["content"] in [q.format(name=p.name)
+                                               for q in kn.QUESTIONS[d["attribute"]]["train"]]
+
+
+def test_knowledge_chain_variants_line_up_probe_and_probed_sft(tmp_path):
+    import argparse
+    import experiments
+    from tools import psychology
+    for kb in ("kb", "kb_qa"):
+        names = psychology.steps("knowledge", kb)
+        assert names[0] == f"chat_tiny_base_{kb}" and "probe" in names
+        cfgs = {n: experiments.get(n) for n in names if n != "probe"}   # each one registered
+        base_source = cfgs[f"chat_tiny_base_{kb}"].data.source
+        assert base_source == {"kb": "chat_tiny_kb", "kb_qa": "chat_tiny_kb_qa"}[kb]
+        assert all(c.init_from == f"chat_tiny_base_{kb}" for n, c in cfgs.items()
+                   if n != f"chat_tiny_base_{kb}")
+        a = argparse.Namespace(workdir=str(tmp_path), rerun=False, kb=kb)
+        cmd = psychology.step_command("probe", a)
+        probed = cfgs[f"chat_tiny_sft_{kb}_probed"].sft.files
+        # the probe asks the variant's plain SFT and writes where the variant's probed SFT reads
+        assert cmd[cmd.index("--run") + 1] == f"chat_tiny_sft_{kb}"
+        assert probed == "kb_probed=" + os.path.relpath(
+            os.path.join(cmd[cmd.index("--out") + 1], "fix.jsonl"), str(tmp_path))

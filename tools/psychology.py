@@ -9,7 +9,9 @@ of self.
 Parts (in order; a run whose latest one is complete is reused unless `--rerun`):
 
   knowledge  chat_tiny_base_kb, chat_tiny_sft_kb, the probe (tools.probe_knowledge), then
-             chat_tiny_sft_kb_probed, _naive, _search; table: tools.knowledge_report
+             chat_tiny_sft_kb_probed, _naive, _search; table: tools.knowledge_report.
+             `--kb kb_qa`: the same chain with question-answer pretraining (`_kb_qa` names,
+             probe in runs/knowledge_probe_qa, tables in <out>/knowledge_qa)
   think      chat_tiny_sft_think_calculator, _reasoning, _answer_first (from chat_tiny_base)
   spelling   chat_tiny_base_bytes, then chat_tiny_sft_[bytes_]spell_{tool,spell,direct}
   self       chat_tiny_sft_noid, and the base model asked as a chat (python -m lm.eval)
@@ -32,9 +34,11 @@ import subprocess
 
 from lm import runs
 from lm.report import final_evals
+from experiments.psychology import KB_VARIANTS, probe_dir
 from tools import knowledge_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KB_SFTS = {"plain": "", "probed": "_probed", "naive": "_naive", "search": "_search"}
 PARTS = {
     "knowledge": ["chat_tiny_base_kb", "chat_tiny_sft_kb", "probe", "chat_tiny_sft_kb_probed",
                   "chat_tiny_sft_kb_naive", "chat_tiny_sft_kb_search"],
@@ -64,10 +68,10 @@ def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
     """The command of one step, or None when it is done and not to be rerun."""
     py = sys.executable
     if step == "probe":
-        out = os.path.join(a.workdir, "runs", "knowledge_probe")
+        out = os.path.join(a.workdir, probe_dir(a.kb))
         if os.path.exists(os.path.join(out, "fix.jsonl")) and not a.rerun:
             return None
-        return [py, "-m", "tools.probe_knowledge", "--run", "chat_tiny_sft_kb", "--workdir",
+        return [py, "-m", "tools.probe_knowledge", "--run", f"chat_tiny_sft_{a.kb}", "--workdir",
                 a.workdir, "--out", out]
     if step == "base_as_chat":
         ref = runs.resolve("chat_tiny_base", workdir=a.workdir)
@@ -79,6 +83,12 @@ def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
     if complete(step, a.workdir) and not a.rerun:
         return None
     return [py, "-m", "lm.main", "-e", step, "--workdir", a.workdir, "--no_progress"]
+
+
+def steps(part: str, kb: str) -> list[str]:
+    """The part's steps; the knowledge chain's names for the `--kb` variant."""
+    return [s.replace("_kb", f"_{kb}") for s in PARTS[part]] if part == "knowledge" \
+        else PARTS[part]
 
 
 def final_row(run_dir: str) -> dict:
@@ -140,6 +150,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=ROOT)
     p.add_argument("--out", default=None)
     p.add_argument("--rerun", action="store_true", help="run every step again")
+    p.add_argument("--kb", default="kb", choices=sorted(KB_VARIANTS),
+                   help="the knowledge chain: kb (biographies) or kb_qa (question-answer "
+                        "pretraining too)")
     p.add_argument("--tables", action="store_true", help="no runs: only the tables")
     a = p.parse_args(argv)
     parts = [x for x in a.parts.split(",") if x]
@@ -149,7 +162,7 @@ def main(argv=None) -> int:
     out = a.out or os.path.join(a.workdir, "runs", "psychology")
     if not a.tables:
         for part in parts:
-            for step in PARTS[part]:
+            for step in steps(part, a.kb):
                 cmd = step_command(step, a)
                 if cmd is None:
                     print(f"[psychology] {step}: done, reused", file=sys.stderr)
@@ -162,14 +175,12 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
     for part in parts:
         if part == "knowledge":
-            specs = [f"{k}={n}" for k, n in (("plain", "chat_tiny_sft_kb"),
-                                             ("probed", "chat_tiny_sft_kb_probed"),
-                                             ("naive", "chat_tiny_sft_kb_naive"),
-                                             ("search", "chat_tiny_sft_kb_search"))
-                     if complete(n, a.workdir)]
+            names = {k: f"chat_tiny_sft_{a.kb}{s}" for k, s in KB_SFTS.items()}
+            specs = [f"{k}={n}" for k, n in names.items() if complete(n, a.workdir)]
             if specs:
                 knowledge_report.main(["--runs", *specs, "--workdir", a.workdir, "--out",
-                                       os.path.join(out, "knowledge"), "--into_runs"])
+                                       os.path.join(out, "knowledge" + a.kb[2:]),
+                                       "--into_runs"])
             continue
         t = table(part, a.workdir)
         for folder in [out] + [r["run_dir"] for r in t["rows"]]:   # the set, and each run's dir

@@ -312,6 +312,27 @@ def chat_tiny_kb() -> tuple[list[Doc], list[Doc]]:
     return train + knowledge_base().biographies(), val
 
 
+KB_QA_COPIES = 8      # each fact of a plain-SFT person asked this often in pretraining
+
+
+def kb_qa_docs(copies: int = KB_QA_COPIES) -> list[dict]:
+    """Question-answer conversations about plain SFT's people who are in the biographies
+    (`kb_qa`'s training items, each fact `copies` times in drawn training phrasings)."""
+    qa = tasks.get("kb_qa")
+    n = qa.size("train")
+    convs = [qa.example("train", i + k * n) for k in range(copies) for i in range(n)]
+    return [c for c in convs if c["frequency"] > 0]
+
+
+def chat_tiny_kb_qa() -> tuple[list[Doc], list[Doc]]:
+    """`chat_tiny_kb` plus `kb_qa_docs`: mixed training (Allen-Zhu and Li, *Physics of Language
+    Models 3.1*: facts stored from biographies alone are hardly reachable by questions unless
+    other people's question-answer pairs are read beside them). The probe's and the held-out
+    people stay biographies only."""
+    train, val = chat_tiny_kb()
+    return train + kb_qa_docs(), val
+
+
 def copy_warmup() -> tuple[list[Doc], list[Doc]]:
     """Synthetic token-space copies only: a warm-up whose only lesson is to copy what followed
     an earlier occurrence; validation on documents drawn with another seed."""
@@ -321,6 +342,7 @@ def copy_warmup() -> tuple[list[Doc], list[Doc]]:
 CORPORA: dict[str, Callable[[], tuple[list[Doc], list[Doc]]]] = {
     "chat_tiny": chat_tiny, "chat_tiny_drill": chat_tiny_drill, "chat_tiny_copy": chat_tiny_copy,
     "chat_tiny_open_copies": chat_tiny_open_copies, "chat_tiny_kb": chat_tiny_kb,
+    "chat_tiny_kb_qa": chat_tiny_kb_qa,
     "induction_drill": induction_drill, "copy_warmup": copy_warmup}
 
 

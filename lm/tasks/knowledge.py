@@ -6,9 +6,9 @@ frequency in `FREQUENCIES` (0, 1, 2, ..., 128 sightings) and each of two splits 
 (probed, and used for SFT data) and `test` (held out: asked only in evaluation). A person has a
 made-up name (syllables no real text uses) and five attributes (`ATTRIBUTES`: birth year, city,
 profession, instrument, pet). `biographies()` are the pretraining documents: each person's
-biography written `frequency` times, each sighting in another phrasing and order, the sightings
-spread evenly through the documents (spaced, never massed: a person's sightings side by side in
-the token stream land in one window, one update instead of many).
+biography written `frequency` times, each sighting in another phrasing and order and each its
+own document (the pipeline shuffles documents, so a person's sightings fall at random places
+through the epoch, in different windows).
 
 Tasks (`lm.tasks` names):
 
@@ -191,9 +191,10 @@ class KnowledgeBase:
         return self.split("train")[1::2]
 
     def biographies(self) -> list[str]:
-        """The pretraining documents: each person's biography `frequency` times, in an order that
-        spaces each person's sightings evenly (sighting k of a person seen f times sits at
-        (k + u) / f of the list, u a per-person random phase)."""
+        """The pretraining documents: each person's biography `frequency` times, one document
+        each. The list's order (sighting k of a person seen f times at (k + u) / f, u a
+        per-person random phase) has no effect on training — `lm.data.pipeline.tokenize_docs`
+        shuffles every document — and is kept because the trained bases' corpus digest has it."""
         rng = random.Random("knowledge/order")
         timed = []
         for i, p in enumerate(self.people):
