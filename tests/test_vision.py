@@ -51,6 +51,27 @@ def test_held_out_images_and_combinations_never_reach_training():
     assert len(held - seen) > 0.9 * len(held)
 
 
+def test_questions_are_varied_in_training_and_held_out_in_the_test():
+    def asked(name, split, n):
+        t = tasks.get(name)
+        out = set()
+        for i in range(n):
+            c = t.example(split, i)
+            content = c["messages"][0]["content"]
+            text = content if isinstance(content, str) else next(
+                p["text"] for p in content if p.get("type") == "text")
+            if name == "picture_draw":             # the request's frame, the picture left out
+                text = text.replace(f"{c['colour']} {c['shape']} at the {c['position']}", "X")
+            out.add(text)
+        return out
+    for name, at_least in (("digits", 10), ("picture_describe", 10), ("picture_draw", 15)):
+        t = tasks.get(name)
+        train = asked(name, "train", 3000)
+        test = asked(name, "test", t.size("test"))
+        assert len(train) >= at_least and len(test) == 2
+        assert not train & test, (name, train & test)
+
+
 def test_image_parts_render_and_parse_back(tok):
     draw = tasks.get("picture_draw").example("test", 5)
     ids, mask = ch.render(draw, tok)

@@ -37,14 +37,33 @@ POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom 
 CELL, BLOCK = 6, 2
 SIDE = 3 * CELL
 
+# Training phrasings are many (a model trained on three drawing requests took "I'd like a red
+# square at the top left." for small talk: docs/results.md, images as tokens); the test phrasings
+# are held out, never produced by the training lists (tests/test_vision.py).
 DIGIT_QUESTIONS = {"train": ["What digit is this?", "Which digit is shown?", "Read the digit.",
-                             "What number is in this image?"],
+                             "What number is in this image?", "Which digit is this?",
+                             "What digit does this image show?", "Name the digit.",
+                             "Identify the digit.", "Can you read this number?",
+                             "What's the number in the image?", "Tell me which digit this is.",
+                             "What number is written here?", "Say the digit you see.",
+                             "Which digit is written here?", "What number does it show?"],
                    "test": ["Tell me the digit in the picture.", "Which number do you see?"]}
 DESCRIBE_QUESTIONS = {"train": ["Describe the picture.", "What is in this image?",
-                                "What do you see?"],
+                                "What do you see?", "What does the image show?",
+                                "Describe what you see.", "What's in the picture?",
+                                "Tell me about this image.", "What is shown here?",
+                                "Can you describe this picture?", "What's drawn here?",
+                                "Say what is in the picture.", "What does this picture contain?",
+                                "Explain the image."],
                       "test": ["Tell me what the picture shows.", "Describe this image, please."]}
-DRAW_QUESTIONS = {"train": ["Draw a {c} {s} at the {p}.", "Please draw a {c} {s} at the {p}.",
-                            "Make a picture of a {c} {s} at the {p}."],
+DRAW_FRAMES = ["Draw {x}.", "Please draw {x}.", "Make a picture of {x}.", "Sketch {x}.",
+               "Paint {x}.", "Show me {x}.", "Give me a picture of {x}.", "Could you sketch {x}?",
+               "Would you paint {x}?", "Create an image of {x}.", "Draw me {x}, please.",
+               "I want {x}.", "I want a picture of {x}.", "Let me see {x}.",
+               "Produce an image with {x}.", "{X}, please.", "Picture {x} for me.",
+               "Could you make {x}?", "I need an image of {x}.", "Please make {x}."]
+DRAW_QUESTIONS = {"train": [f.replace("{x}", "a {c} {s} at the {p}")
+                            .replace("{X}", "A {c} {s} at the {p}") for f in DRAW_FRAMES],
                   "test": ["Can you draw a {c} {s} at the {p}?", "I'd like a {c} {s} at the {p}."]}
 
 
