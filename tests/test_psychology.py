@@ -138,20 +138,26 @@ def test_cloze_ranks_values_by_likelihood_per_frequency(tiny_chat, monkeypatch):
     assert real["items"] == len(kb.people) * len(pk.CLOZE)
     assert all(0 <= row["mean"] <= 1 for row in real["by_frequency"].values())
     tok = tiny_chat.tokenizer
-    truth = {tok.decode(ctx[1:]) + tok.decode(cont): p.frequency >= 8
-             for p in kb.people for a, prefix in pk.CLOZE.items()
-             for ctx, cont in [pk.benchmarks.encode_pair(
-                 tok, prefix.format(name=p.name),
-                 " " + (kn.with_article(p.value(a)) if a == "profession" else p.value(a)))]}
 
-    def scorer(params, cfg, reqs, **kw):   # the truth: +1 for a known person, -1 for the rest
-        return [({True: 1.0, False: -1.0}.get(truth.get(tok.decode(c[1:]) + tok.decode(t)), 0.0),
-                 True) for c, t in reqs]
-    monkeypatch.setattr(pk, "loglikelihood", scorer)
+    def knows(who):         # a scorer that ranks the truth first exactly for people `who` picks
+        truth = {tok.decode(ctx[1:]) + tok.decode(cont): who(p)
+                 for p in kb.people for a, prefix in pk.CLOZE.items()
+                 for ctx, cont in [pk.benchmarks.encode_pair(
+                     tok, prefix.format(name=p.name),
+                     " " + (kn.with_article(p.value(a)) if a == "profession" else p.value(a)))]}
+        return lambda params, cfg, reqs, **kw: [
+            ({True: 1.0, False: -1.0}.get(truth.get(tok.decode(c[1:]) + tok.decode(t)), 0.0), True)
+            for c, t in reqs]
+    monkeypatch.setattr(pk, "loglikelihood", knows(lambda p: p.frequency >= 8))
     fake = pk.cloze(tiny_chat, kb=kb)
     for f, row in fake["by_frequency"].items():
         assert row["mean"] == (1.0 if int(f) >= 8 else 0.0), (f, row)
     assert "| 128 | 8 | 1.000" in pk.cloze_markdown(fake)
+    # by whose facts: a model that knows only the held-out people
+    monkeypatch.setattr(pk, "loglikelihood", knows(lambda p: p.split == "test"))
+    groups = pk.cloze(tiny_chat, kb=kb)["by_group"]
+    assert set(groups["test"].values()) == {1.0}
+    assert set(groups["qa"].values()) == set(groups["probe"].values()) == {0.0}
 
 
 def test_search_tool_finds_each_person_and_reads_nothing_else(tmp_path):

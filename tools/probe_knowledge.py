@@ -107,7 +107,9 @@ CLOZE = {"city": "{name} lives in", "profession": "{name} works as",
 def cloze(run, *, kb=None, batch_size: int = 64) -> dict:
     """cloze.json's content: the likelihood ranking of each attribute's values, per frequency."""
     kb = kb or knowledge.knowledge_base()
-    items, owners = [], []
+    group = {p.name: g for g, people in (("qa", kb.qa_people()), ("probe", kb.probe_people()),
+                                         ("test", kb.split("test"))) for p in people}
+    items, owners, groups = [], [], []
     for p in kb.people:
         for a, prefix in CLOZE.items():
             values = knowledge.VALUES[a]
@@ -116,6 +118,7 @@ def cloze(run, *, kb=None, batch_size: int = 64) -> dict:
             items.append(benchmarks.Item(prefix.format(name=p.name), shown,
                                          values.index(p.value(a))))
             owners.append((p.frequency, a))
+            groups.append(group[p.name])
     t0 = time.perf_counter()
     reqs, _ = benchmarks.requests_for(run.tokenizer, items)
     lls = loglikelihood(run.params, run.config.model, reqs, batch_size=batch_size)
@@ -132,9 +135,15 @@ def cloze(run, *, kb=None, batch_size: int = 64) -> dict:
             row["n"] = sum(o[0] == f for o in owners)
             row["mean"] = float(np.mean([row[a] for a in CLOZE if a in row]))
             by_freq[str(f)] = row
+    # plain SFT's people (whose questions a mixed-training corpus holds), the probe's, held-out
+    by_group = {g: {str(f): float(np.mean(sel)) for f in knowledge.FREQUENCIES
+                    if (sel := [r for r, o, gg in zip(right, owners, groups)
+                                if gg == g and o[0] == f])}
+                for g in ("qa", "probe", "test")}
     return {"run_dir": run.run_dir, "step": run.step, "items": len(items),
             "chance": {a: 1 / len(knowledge.VALUES[a]) for a in CLOZE},
-            "by_frequency": by_freq, "seconds": round(time.perf_counter() - t0, 1)}
+            "by_frequency": by_freq, "by_group": by_group,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def cloze_markdown(result: dict) -> str:
@@ -150,6 +159,15 @@ def cloze_markdown(result: dict) -> str:
     for f, row in result["by_frequency"].items():
         lines.append(f"| {f} | {row['n']} | " + " | ".join(f"{row[a]:.3f}" for a in attrs)
                      + f" | {row['mean']:.3f} |")
+    groups = result.get("by_group")
+    if groups:
+        lines += ["", "By whose facts (mean over the attributes): plain SFT's people (`qa`), the "
+                  "probe's (`probe`), the held-out ones (`test`).", "",
+                  "| pretraining copies | qa | probe | test |", "|---|---|---|---|"]
+        for f in result["by_frequency"]:
+            lines.append(f"| {f} | " + " | ".join(f"{groups[g][f]:.3f}" if f in groups[g]
+                                                   else "" for g in ("qa", "probe", "test"))
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
