@@ -24,7 +24,8 @@ Did pretraining store the facts at all? `--cloze` asks the weights directly, for
 run too): for every person and every attribute with a closed set of values, each value is scored
 by its log-likelihood after "<name> lives in" (works as / plays the / has a pet), as lm-eval
 scores a multiple choice (`lm.eval.benchmarks`); accuracy per pretraining frequency against
-chance, in cloze.json and cloze.md:
+chance, and by whose facts (plain SFT's people, the probe's, the held-out ones: what an SFT keeps
+of the people it never mentions), in cloze.json and cloze.md:
 
   python -m tools.probe_knowledge --run chat_tiny_base_kb --cloze --out runs/knowledge_cloze
 """

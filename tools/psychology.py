@@ -32,9 +32,9 @@ import json
 import math
 import subprocess
 
+from experiments.psychology import KB_VARIANTS, probe_dir
 from lm import runs
 from lm.report import final_evals
-from experiments.psychology import KB_VARIANTS, probe_dir
 from tools import knowledge_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
