@@ -5,11 +5,14 @@ shakespeare_char_cpu`, in this environment) and `../shared/peers/nanogpt/run_bab
 CPU baby GPT, unchanged) one after the other for `--rounds` rounds, times each process from start
 to exit, and parses both final validation losses (ours: the 200-batch estimate of the README;
 nanoGPT's: its own 20-batch estimate). Prints median wall times and the ratio peer / ours (> 1:
-ours faster). Needs torch for the peer (requirements-bench.txt) and tinyshakespeare in
+ours faster). Our runs share the machine's compile cache (`lm.process.compile_cache`, as a
+user's second run does: XLA's programs and the oneDNN kernel already built); `--cold` gives each
+of our runs an empty one (a first run on a fresh machine). Needs torch for the peer (requirements-bench.txt) and tinyshakespeare in
 `$LM_DATA_DIR` (default ../shared/data).
 
   python -m tools.bench_main                 # table
   python -m tools.bench_main --json --rounds 3
+  python -m tools.bench_main --json --cold     # every run of ours compiles from scratch
 """
 from __future__ import annotations
 
@@ -34,9 +37,11 @@ SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 PEER = os.path.join(SHARED, "peers", "nanogpt", "run_baby.sh")
 
 
-def ours(extra: list[str], cap: str | None = None) -> dict:
+def ours(extra: list[str], cap: str | None = None, cold: bool = False) -> dict:
     work = tempfile.mkdtemp(prefix="lm_bench_main_")
     env = dict(os.environ)
+    if cold:
+        env["LM_MACHINE_CACHE_DIR"] = os.path.join(work, "machine_cache")
     env.setdefault("LM_DATA_DIR", os.path.join(SHARED, "data"))
     env.pop("XLA_FLAGS", None)
     env = bench_host.isa_env(cap, env)
@@ -73,6 +78,8 @@ def main(argv=None) -> int:
                    help="override for our run (ablations), passed to lm.main")
     p.add_argument("--isa", choices=sorted(bench_host.CAPS), default=None,
                    help="cap both sides at this ISA (another host kind, emulated from this one)")
+    p.add_argument("--cold", action="store_true",
+                   help="each of our runs with an empty compile cache (a fresh machine's first run)")
     a = p.parse_args(argv)
     if a.rounds < 1:
         p.error("--rounds must be >= 1")
@@ -80,7 +87,7 @@ def main(argv=None) -> int:
     extra = [x for s in a.set for x in ("--set", s)]
     mine, theirs = [], []
     for r in range(a.rounds):
-        mine.append(ours(extra, a.isa))
+        mine.append(ours(extra, a.isa, a.cold))
         log(f"round {r + 1}/{a.rounds}: lm {mine[-1]['wall_s']:.1f} s (val {mine[-1]['val_loss']:.4f})")
         theirs.append(peer(a.isa))
         log(f"round {r + 1}/{a.rounds}: nanoGPT {theirs[-1]['wall_s']:.1f} s "
@@ -92,7 +99,8 @@ def main(argv=None) -> int:
            "peer_val_loss": theirs[-1]["val_loss"], "rounds": a.rounds,
            "walls": [round(x["wall_s"], 2) for x in mine],
            "peer_walls": [round(x["wall_s"], 2) for x in theirs],
-           "host_isa": bench_host.host_isa(a.isa), "isa_cap": a.isa}
+           "host_isa": bench_host.host_isa(a.isa), "isa_cap": a.isa,
+           "compile_cache": "cold" if a.cold else "machine"}
     if a.json:
         print(json.dumps(out))
         return 0

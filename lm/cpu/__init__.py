@@ -3,7 +3,8 @@ JAX's FFI. `lm.kernels` is its only user.
 
 The library is compiled with the system C++ compiler against jaxlib's FFI headers and the
 `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (requirements.txt), into
-`lm.paths.cache_dir("cpu")`, keyed by the source and the jaxlib version. Where anything is
+`lm.paths.machine_cache_dir("cpu")` (shared by every work folder), keyed by the source, the
+jaxlib version and the environment it links against. Where anything is
 missing (no compiler, no wheel), `load()` returns None with the reason in `load_error()`, and the
 kernels fall back to XLA's own dot.
 """
@@ -63,6 +64,17 @@ def _proc_flags() -> frozenset[str]:
         return frozenset()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; '' where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        return ""
+    return line.split(":", 1)[1].strip() if ":" in line else ""
+
+
 def capped(flags: frozenset[str], cap: Optional[str]) -> frozenset[str]:
     """`flags` as a CPU capped at `cap` shows them (an unknown cap drops nothing: XLA rejects it)."""
     drops = _ISA_DROPS.get(cap or "", ())
@@ -96,8 +108,8 @@ def build() -> str:
     src = open(SOURCE, "rb").read()
     flags = ["-O3", "-std=c++17", "-shared", "-fPIC"]
     key = hashlib.sha256(src + jaxlib.__version__.encode() + " ".join(flags).encode()
-                         ).hexdigest()[:12]
-    out = os.path.join(paths.cache_dir("cpu"), f"liblm_onednn-{key}.so")
+                         + prefix.encode() + jax.ffi.include_dir().encode()).hexdigest()[:12]
+    out = os.path.join(paths.machine_cache_dir("cpu"), f"liblm_onednn-{key}.so")
     if os.path.exists(out):
         return out
     os.makedirs(os.path.dirname(out), exist_ok=True)
