@@ -1,6 +1,10 @@
 """Model: published GPT-2 shapes, causality, packed-segment isolation, families, dtypes, FLOPs."""
 import dataclasses
 import math
+import os
+import subprocess
+import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -227,10 +231,12 @@ def _onednn_or_skip():
         pytest.fail(f"the oneDNN kernel should build on this machine: {cpu.load_error()}")
 
 
-@pytest.mark.parametrize("shape", [(33, 64, 48), (1, 128, 256), (256, 96, 8)])
+# (1024, 256, 512): 134M multiply-adds, over the kernel's serial threshold (2^26): every thread
+@pytest.mark.parametrize("shape", [(33, 64, 48), (1, 128, 256), (256, 96, 8), (1024, 256, 512)])
 def test_onednn_matmul_equals_the_plain_path_gradients_included(shape):
     """bf16 matmuls through oneDNN: the value and both gradients of XLA's bf16 dot, to bf16
-    precision, on random shapes (including transposed operands in the backward)."""
+    precision, on random shapes (including transposed operands in the backward), below and above
+    the size where the kernel starts to use more than the calling thread."""
     _onednn_or_skip()
     M, D, F = shape
     rng = np.random.default_rng(M)
@@ -252,6 +258,31 @@ def test_onednn_matmul_equals_the_plain_path_gradients_included(shape):
     np.testing.assert_allclose(np.asarray(kernels.tied_logits(x, wte, "onednn"), np.float32),
                                np.asarray(x, np.float32) @ np.asarray(wte, np.float32).T,
                                rtol=2e-2, atol=2e-2 * float(jnp.abs(x).max()))
+
+
+def test_onednn_serial_and_threaded_products_agree():
+    """The same products with every call on the calling thread (LM_ONEDNN_SERIAL_MACS huge) and
+    every call split over the threads (0), in two processes: the thread count changes the work
+    split, not the arithmetic (and the serial scope leaves later calls their threads)."""
+    _onednn_or_skip()
+    code = ("import numpy as np, jax.numpy as jnp; from lm import kernels; "
+            "rng = np.random.default_rng(0); outs = []\n"
+            "for M, D, F in ((768, 128, 384), (1024, 256, 512), (64, 512, 128)):\n"
+            "    x = jnp.asarray(rng.normal(size=(M, D)), jnp.bfloat16)\n"
+            "    w = jnp.asarray(rng.normal(size=(D, F)) * 0.1, jnp.bfloat16)\n"
+            "    outs.append(np.asarray(kernels.matmul(x, w, 'onednn'), np.float32).ravel())\n"
+            "np.save('OUT', np.concatenate(outs))")
+    res = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, macs in (("serial", str(1 << 40)), ("threaded", "0")):
+            out = os.path.join(d, f"{name}.npy")
+            env = {**os.environ, "LM_ONEDNN_SERIAL_MACS": macs,
+                   "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+            r = subprocess.run([sys.executable, "-c", code.replace("OUT", out)], env=env,
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+            res[name] = np.load(out)
+    np.testing.assert_allclose(res["serial"], res["threaded"], rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("shape", [(1, 384, 1152), (2, 33, 64), (8, 64, 70), (13, 161, 32),

@@ -106,7 +106,7 @@ def build() -> str:
         raise RuntimeError("oneDNN headers/library not found in this environment (pip install "
                            "onednn-cpu-gomp onednn-devel-cpu-gomp: requirements.txt)")
     src = open(SOURCE, "rb").read()
-    flags = ["-O3", "-std=c++17", "-shared", "-fPIC"]
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp"]  # omp_*: threads per call
     key = hashlib.sha256(src + jaxlib.__version__.encode() + " ".join(flags).encode()
                          + prefix.encode() + jax.ffi.include_dir().encode()).hexdigest()[:12]
     out = os.path.join(paths.machine_cache_dir("cpu"), f"liblm_onednn-{key}.so")

@@ -12,6 +12,7 @@
 // Built by lm/cpu/__init__.py against jaxlib's FFI headers and the onednn-cpu-gomp wheel.
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <functional>
 #include <cstdint>
@@ -19,6 +20,8 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include <omp.h>
 
 #include "dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -47,6 +50,25 @@ bool Dtype(ffi::DataType t, dnnl::memory::data_type* out) {
 struct Cached {
   dnnl::matmul prim;
   dnnl::memory a, b, c;
+};
+
+// Products below this many multiply-adds run on the calling thread alone: oneDNN's split over
+// OpenMP threads costs more than it saves at that size, and it holds the other cores while XLA
+// has independent work for them (the main job's matmuls, 6-50M each: 23.1 -> 20.2 ms a step on
+// a 2-core AMX host, docs/performance.md). LM_ONEDNN_SERIAL_MACS overrides it (0: never serial).
+int64_t SerialMacs() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("LM_ONEDNN_SERIAL_MACS");
+    return e ? std::atoll(e) : (int64_t{1} << 26);
+  }();
+  return v;
+}
+
+// omp_set_num_threads for this thread while in scope (an ICV of the calling thread only).
+struct OmpThreads {
+  int before;
+  explicit OmpThreads(int n) : before(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~OmpThreads() { omp_set_num_threads(before); }
 };
 
 void AppendKey(std::string* key, ffi::Span<const int64_t> v) {
@@ -87,7 +109,12 @@ ffi::Error Matmul(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer
   dnnl::memory::data_type in_t, out_t;
   if (!Dtype(a.element_type(), &in_t) || !Dtype(c->element_type(), &out_t))
     return ffi::Error::InvalidArgument("onednn_matmul: only bf16 and f32 buffers");
-  std::string key;
+  int64_t macs = a_dims[r - 2] * a_dims[r - 1] * b_dims[r - 1];
+  for (size_t i = 0; i + 2 < r; ++i) macs *= a_dims[i];
+  // oneDNN sizes its work split by the thread count when the primitive is made: keep it in the key
+  const int nthr = macs < SerialMacs() ? 1 : omp_get_max_threads();
+  OmpThreads threads(nthr);
+  std::string key = std::to_string(nthr) + ":";
   key.push_back(static_cast<char>('0' + static_cast<int>(in_t)));
   key.push_back(static_cast<char>('0' + static_cast<int>(out_t)));
   for (auto v : {a_dims, a_strides, b_dims, b_strides, c_dims, c_strides}) AppendKey(&key, v);
