@@ -10,6 +10,11 @@
 
 Every bench's JSON carries `host_isa` (and `isa_cap` when capped), so a figure says which kind of
 host it was measured on, and whether that kind was real or emulated by a cap.
+
+What a cap does not reach: XLA's YNN matmul kernels pick their ISA at run time, past
+`--xla_cpu_max_isa` (a 2048³ fp32 dot: 310 GFLOP/s capped at AVX2, 316 uncapped, on a 2-core AMX
+Xeon; torch 230 capped, 403 uncapped). So an emulated AVX2 figure flatters our side's matmuls:
+it is an upper bound for a real AVX2 host (docs/performance.md, "The main job on other hosts").
 """
 from __future__ import annotations
 
