@@ -1,7 +1,7 @@
 """The explicit KV cache: one pytree, created from the model config, passed to and returned by the
 jitted prefill/decode functions (which donate it, so XLA updates it in place).
 
-    k, v     tuples over layers of [batch, kv_heads, max_len, head_dim]   (compute dtype)
+    k, v     tuples over layers of [batch, kv_heads, max_len, head_dim]   (`storage_dtype`)
     lengths  [batch] int32   tokens held by each row (= the next write position)
 
 GQA-aware: the cache holds `cfg.kv_heads` heads, not `n_head`. Row `b` holds valid keys/values in
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from lm import kernels
 from lm.config import ModelConfig
 
 Array = jax.Array
@@ -50,6 +51,17 @@ class KVCache:
         return {"k": self.k, "v": self.v}
 
 
+def storage_dtype(cfg: ModelConfig):
+    """The cache's element type: the compute dtype, except bf16 compute on the CPU kernels, where
+    the cache holds the bf16-rounded keys and values as float32 (the same numbers). XLA:CPU runs a
+    bf16 dot by converting both operands to float32, which converted every layer's whole cache at
+    every decode step: 8.3 of 10.5 ms per step at 16 rows of chat_tiny (docs/performance.md)."""
+    dt = jnp.dtype(cfg.compute_dtype)
+    if dt == jnp.bfloat16 and kernels.resolve_for(cfg) in ("xla_cpu", "onednn"):
+        return jnp.dtype(jnp.float32)
+    return dt
+
+
 def init(cfg: ModelConfig, batch: int, max_len: Optional[int] = None, dtype=None) -> KVCache:
     """An empty cache for `batch` rows of up to `max_len` tokens (default: the model's block size).
 
@@ -63,7 +75,7 @@ def init(cfg: ModelConfig, batch: int, max_len: Optional[int] = None, dtype=None
         raise ValueError(f"max_len {max_len} exceeds block_size {cfg.block_size} (learned "
                          f"position embeddings)")
     shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
-    dtype = dtype or cfg.compute_dtype
+    dtype = dtype or storage_dtype(cfg)
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layer))
     return KVCache(k=zeros(), v=zeros(), lengths=jnp.zeros((batch,), jnp.int32))
 
@@ -74,7 +86,7 @@ def abstract(cfg: ModelConfig, batch: int, max_len: Optional[int] = None, dtype=
 
 
 def nbytes(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> int:
-    itemsize = jnp.dtype(dtype or cfg.compute_dtype).itemsize
+    itemsize = jnp.dtype(dtype or storage_dtype(cfg)).itemsize
     return 2 * cfg.n_layer * batch * cfg.kv_heads * max_len * cfg.head_dim * itemsize
 
 

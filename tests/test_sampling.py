@@ -99,11 +99,18 @@ def test_bfloat16_cache_close_to_full_forward():
     seq = np.random.default_rng(1).integers(0, V, (2, 12)).astype(np.int32)
     full = np.asarray(_forward(params, cfg, jnp.asarray(seq)))
     c = kvcache.init(cfg, 2, 16)
-    assert c.k[0].dtype == jnp.bfloat16
+    assert c.k[0].dtype == kvcache.storage_dtype(cfg)
+    # a cache stored in bf16 itself: the float32 storage of the CPU kernels holds the same numbers
+    c16 = kvcache.init(cfg, 2, 16, dtype=jnp.bfloat16)
     c, _ = sampling.prefill(params, cfg, c, jnp.asarray(seq[:, :8]), jnp.asarray([4, 4]))
+    c16, _ = sampling.prefill(params, cfg, c16, jnp.asarray(seq[:, :8]), jnp.asarray([4, 4]))
     for p in range(3, 12):
         out, c = sampling.step_logits(params, cfg, c, jnp.asarray(seq[:, p]))
+        out16, c16 = sampling.step_logits(params, cfg, c16, jnp.asarray(seq[:, p]))
         np.testing.assert_allclose(np.asarray(out), full[:, p], atol=0.1)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(out16))
+    k = np.asarray(c.k[0], np.float32)
+    np.testing.assert_array_equal(k, np.asarray(jnp.asarray(k).astype(jnp.bfloat16), np.float32))
     g = sampling.Engine(params, cfg).generate(PROMPTS, max_new_tokens=8, temperature=0.7, seed=0)
     assert (g.lengths == 8).all() and np.isfinite(g.logprobs).all() and (g.logprobs <= 0).all()
 
