@@ -7,8 +7,8 @@ to exit, and parses both final validation losses (ours: the 200-batch estimate o
 nanoGPT's: its own 20-batch estimate). Prints median wall times and the ratio peer / ours (> 1:
 ours faster). Our runs share the machine's compile cache (`lm.process.compile_cache`, as a
 user's second run does: XLA's programs and the oneDNN kernel already built); `--cold` gives each
-of our runs an empty one (a first run on a fresh machine). Needs torch for the peer (requirements-bench.txt) and tinyshakespeare in
-`$LM_DATA_DIR` (default ../shared/data).
+of our runs an empty one (a first run on a fresh machine). Needs torch for the peer
+(requirements-bench.txt) and tinyshakespeare in `$LM_DATA_DIR` (default ../shared/data).
 
   python -m tools.bench_main                 # table
   python -m tools.bench_main --json --rounds 3

@@ -12,10 +12,10 @@
 // Built by lm/cpu/__init__.py against jaxlib's FFI headers and the onednn-cpu-gomp wheel.
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
-#include <functional>
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
