@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--isa", choices=sorted(bench_host.CAPS), default=None,
                    help="cap both sides at this ISA (another host kind, emulated from this one)")
     p.add_argument("--cold", action="store_true",
-                   help="each of our runs with an empty compile cache (a fresh machine's first run)")
+                   help="each of our runs with an empty compile cache (a fresh machine's first "
+                        "run)")
     a = p.parse_args(argv)
     if a.rounds < 1:
         p.error("--rounds must be >= 1")
