@@ -122,7 +122,8 @@ class ModelConfig:
 
     @property
     def compute_dtype(self):
-        """The dtype activations (and the KV cache) are computed in."""
+        """The dtype activations are computed in (the KV cache stores them as
+        `lm.kvcache.storage_dtype` says)."""
         if self.dtype == "auto":
             raise ConfigError("model.dtype='auto' is decided for the host at the entry point "
                               "(lm.process.resolve(cfg)) before a model is built")

@@ -264,6 +264,11 @@ def peak_flops(cfg: Config) -> float:
     """Peak FLOP/s of all devices in use: a table for accelerators, a measurement on CPU."""
     dev = jax.devices()[0]
     if dev.platform == "cpu":
+        if kernels.resolve_for(cfg.model) == "onednn" and cfg.model.compute_dtype == jnp.bfloat16:
+            # the rate of the kernel the run multiplies with (oneDNN's bf16, AMX where present):
+            # against XLA's fp32 dot, a bf16 run on an AMX host showed an MFU above 1
+            return measure_matmul_flops(dtype=jnp.bfloat16,
+                                        fn=lambda x, y: kernels.matmul(x, y, "onednn"))
         return measure_matmul_flops()
     kind = dev.device_kind
     for name, f in _PEAK_BF16.items():
