@@ -84,6 +84,13 @@ def _search(variant: str) -> Config:
     return cfg
 
 
+def _light(cfg: Config) -> Config:
+    """The same SFT at a third of the learning rate: plain SFT (lr 1e-3, 800 steps) overwrote
+    most of what the base stored about people it does not mention (docs/results.md)."""
+    cfg.optim = dataclasses.replace(cfg.optim, lr=3e-4, min_lr=3e-6)
+    return cfg
+
+
 def probe_dir(variant: str) -> str:
     """Where `tools.probe_knowledge` writes the variant's probe (the probed SFT reads its
     fix.jsonl), relative to the workdir."""
@@ -110,6 +117,9 @@ for _v, _corpus in KB_VARIANTS.items():
     register(f"chat_tiny_sft_{_v}_search", f"SFT of {_base} that searches before answering a "
              "question about a person (lm.search over the knowledge base); evaluated with the "
              "tool")(lambda v=_v: _search(v))
+    register(f"chat_tiny_sft_{_v}_light", f"chat_tiny_sft_{_v} at a third of the learning rate "
+             "(3e-4 instead of 1e-3): does a lighter SFT keep what the base stored about the "
+             "people it does not mention?")(lambda v=_v: _light(_sft(v, "kb_qa:1.5")))
 
 
 @register("chat_tiny_sft_noid", "chat_tiny_sft without the identity task: who does the model say "
