@@ -439,3 +439,16 @@ def test_knowledge_chain_variants_line_up_probe_and_probed_sft(tmp_path):
         assert cmd[cmd.index("--run") + 1] == f"chat_tiny_sft_{kb}"
         assert probed == "kb_probed=" + os.path.relpath(
             os.path.join(cmd[cmd.index("--out") + 1], "fix.jsonl"), str(tmp_path))
+
+
+def test_light_sft_is_plain_sft_at_a_lower_learning_rate():
+    """The forgetting ablation changes one thing: the learning rate (its schedule's floor with it)."""
+    import dataclasses
+    import experiments
+    for kb in ("kb", "kb_qa"):
+        plain = experiments.get(f"chat_tiny_sft_{kb}")
+        light = experiments.get(f"chat_tiny_sft_{kb}_light")
+        assert light.optim.lr < plain.optim.lr and light.optim.min_lr < plain.optim.min_lr
+        same = dataclasses.replace(light, optim=plain.optim, name=plain.name,
+                                   description=plain.description)
+        assert same.to_json() == plain.to_json()
