@@ -164,7 +164,17 @@ def test_f32_logits_and_greedy_continuations_match(exported, monkeypatch):
     assert max(diffs) <= 1e-3
 
 
+def _llama_cpp_amx() -> bool:
+    """Whether this llama.cpp build runs its AMX int8 kernels (a native build on an AMX CPU)."""
+    return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
 def test_q8_0_greedy_agreement_is_reported(exported):
+    if _llama_cpp_amx():
+        # a segfault in llama_decode would end the whole suite (docs/gguf.md: seen on an AMX
+        # Xeon with llama-cpp-python 0.3.36, before and after landing 45's changes)
+        pytest.skip("host hardware: llama.cpp's q8_0 decode segfaults in its AMX build "
+                    "(docs/gguf.md)")
     arch, cfg, params, tok, files, ours, greedy = exported
     assert os.path.getsize(files["q8_0"]) < 0.6 * os.path.getsize(files["f32"])
     with _llama(files["q8_0"]) as llm:
