@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as `python tools/bench_train.py`: import fr
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -77,6 +78,11 @@ class Ours:
         self.jax, self.np = jax, np
         c = CONFIGS[name]
         self.cfg = our_config(c, dtype)
+        if dtype == "bfloat16" and cpu_devices <= 1 and kernels.bf16_kernels_expected() and \
+                kernels.onednn_available():
+            # lm.main's bf16 path: the oneDNN custom calls on one device (`auto` would see this
+            # process's several devices and take XLA's bf16 dot, 2.8x slower on `small`)
+            self.cfg.model = dataclasses.replace(self.cfg.model, kernels="onednn")
         self.impl = kernels.resolve_for(self.cfg.model)
         # the oneDNN custom call (bf16) runs on one device, as lm.main sets it up
         auto = 1 if self.impl == "onednn" else parallel.auto_cpu_devices(c["batch_size"],
