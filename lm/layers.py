@@ -108,12 +108,10 @@ def cached_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array, positions_BT: 
     K = k_BTKH.shape[2]
     at = (jnp.arange(B)[:, None], slice(None), positions_BT)
     # values rounded to the compute dtype, stored as the cache's (float32 for bf16 on the CPU:
-    # `kvcache.storage_dtype`), read without a convert of the whole buffer
+    # `kvcache.storage_dtype`) and read as stored: no convert of the whole buffer per step
     k_buf = k_buf.at[at].set(k_BTKH.astype(dtype).astype(k_buf.dtype), mode="drop")
     v_buf = v_buf.at[at].set(v_BTKH.astype(dtype).astype(v_buf.dtype), mode="drop")
     k_BKSH, v_BKSH = k_buf, v_buf
-    if k_buf.dtype != jnp.float32:
-        k_BKSH, v_BKSH = k_buf.astype(dtype), v_buf.astype(dtype)
     q_BTKGH = q_BTNH.astype(dtype).reshape(B, T, K, N // K, H)
     s_BKGTS = jnp.einsum("bksh,btkgh->bkgts", k_BKSH, q_BTKGH,
                          preferred_element_type=jnp.float32) * scale

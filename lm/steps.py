@@ -260,6 +260,12 @@ def measure_matmul_flops(n: int = 1024, reps: int = 5, dtype=jnp.float32, fn=Non
     return 2 * n ** 3 / float(np.min(times))
 
 
+def measure_onednn_flops(n: int = 1024, reps: int = 5) -> float:
+    """`measure_matmul_flops` of the oneDNN bf16 custom call (`kernels.matmul(..., "onednn")`)."""
+    return measure_matmul_flops(n, reps, dtype=jnp.bfloat16,
+                                fn=lambda x, y: kernels.matmul(x, y, "onednn"))
+
+
 def peak_flops(cfg: Config) -> float:
     """Peak FLOP/s of all devices in use: a table for accelerators, a measurement on CPU."""
     dev = jax.devices()[0]
@@ -267,8 +273,7 @@ def peak_flops(cfg: Config) -> float:
         if kernels.resolve_for(cfg.model) == "onednn" and cfg.model.compute_dtype == jnp.bfloat16:
             # the rate of the kernel the run multiplies with (oneDNN's bf16, AMX where present):
             # against XLA's fp32 dot, a bf16 run on an AMX host showed an MFU above 1
-            return measure_matmul_flops(dtype=jnp.bfloat16,
-                                        fn=lambda x, y: kernels.matmul(x, y, "onednn"))
+            return measure_onednn_flops()
         return measure_matmul_flops()
     kind = dev.device_kind
     for name, f in _PEAK_BF16.items():

@@ -81,7 +81,7 @@ class Ours:
         if dtype == "bfloat16" and cpu_devices <= 1 and kernels.bf16_kernels_expected() and \
                 kernels.onednn_available():
             # lm.main's bf16 path: the oneDNN custom calls on one device (`auto` would see this
-            # process's several devices and take XLA's bf16 dot, 2.8x slower on `small`)
+            # process's several devices and take XLA's bf16 dot, 3.1x slower on `small`)
             self.cfg.model = dataclasses.replace(self.cfg.model, kernels="onednn")
         self.impl = kernels.resolve_for(self.cfg.model)
         # the oneDNN custom call (bf16) runs on one device, as lm.main sets it up
@@ -149,13 +149,11 @@ def jax_matmul_gflops(n: int = 2048) -> float:
 
 def onednn_matmul_gflops(n: int = 2048) -> float:
     """Our bf16 matmul (the oneDNN custom call) on one device, best of 10; 0 if unavailable."""
-    import jax.numpy as jnp
     from lm import kernels
-    from lm.steps import measure_matmul_flops
+    from lm.steps import measure_onednn_flops
     if not kernels.onednn_available():
         return 0.0
-    return measure_matmul_flops(n, reps=10, dtype=jnp.bfloat16,
-                                fn=lambda x, y: kernels.matmul(x, y, "onednn")) / 1e9
+    return measure_onednn_flops(n, reps=10) / 1e9
 
 
 def main(argv=None) -> int:
