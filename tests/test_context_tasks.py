@@ -83,6 +83,67 @@ def test_recall_test_values_and_phrasings_never_train():
     assert len(set(made_up)) > 1000 and len(made_up) > len(train) / 3
 
 
+def _abstracted(text: str, values) -> str:
+    for v in sorted(values, key=len, reverse=True):
+        text = re.sub(rf"(?<!\w){re.escape(v)}(?!\w)", "{v}", text, flags=re.I)
+    return text
+
+
+def test_recall_training_never_uses_a_held_out_phrasing():
+    """Neither the grammar nor the fixed training frames produce a test-split phrasing (any key in
+    its key's place) or an everyday-set sentence, even inside a longer turn; the grammar's
+    conversations ask for a fact that was stated, by a key or a type that names one fact."""
+    t = tasks.get("recall")
+    held = {recall.frame(x) for _, says, asks in recall.FACTS.values()
+            for x in says["test"] + asks["test"]}
+    everyday = tasks.get("everyday_recall")
+    daily = {recall.frame(_abstracted(m["content"], [c["answer"]]), keys=False)
+             for c in (everyday.example("test", i) for i in range(everyday.size("test")))
+             for m in c["messages"] if m["role"] == "user"}
+    assert len(held) >= 20 and len(daily) == 20
+    grammar = 0
+    for i in range(4000):
+        c = t.example("train", i)
+        assert c["answer"] in c["values"]
+        grammar += any(m["content"] not in {x for _, says, _ in recall.FACTS.values()
+                                            for x in says["train"]} for m in c["messages"][:1])
+        for m in c["messages"]:
+            if m["role"] != "user":
+                continue
+            text = _abstracted(m["content"], c["values"])
+            with_keys, words = f" {recall.frame(text)} ", f" {recall.frame(text, keys=False)} "
+            assert not [h for h in held if f" {h} " in with_keys], (i, m["content"])
+            assert not [d for d in daily if f" {d} " in words], (i, m["content"])
+        assert c["answer"] in user_text(c)
+    assert grammar > 2000          # most training conversations come from the grammar
+
+
+def test_recall_grammar_questions_name_one_fact():
+    rng = random.Random(0)
+    for _ in range(3000):
+        msgs, ask, facts = recall.grammar_conversation(rng)
+        same = [f for f in facts if f["type"] == ask["type"]]
+        assert len({f["value"] for f in facts}) == len(facts)
+        if len(same) > 1:   # two facts of a type: their keys differ and neither is generic
+            assert len({f["key"] for f in same}) == len(same)
+            assert all(f["key"] and f["key"] not in recall.GENERIC_KEYS for f in same)
+            assert ask["key"].lower() in msgs[-1]["content"].lower()
+
+
+def test_copy_training_asks_never_use_the_test_asks_or_their_parts():
+    t = tasks.get("copy")
+    test_asks = {a.replace("{t}", "").strip().lower() for a in recall.COPY_ASKS["test"]}
+    for i in range(3000):
+        c = t.example("train", i)
+        q = c["messages"][0]["content"]
+        assert c["answer"] in q
+        ask = q.replace(c["answer"], "").lower()
+        assert not any(p in ask for p in recall.COPY_HELD_OUT_PARTS), q
+        assert not any(a in ask for a in test_asks), q
+    assert any(recall.copy_grammar_ask(random.Random(i)) not in recall.COPY_ASKS["train"]
+               for i in range(10))
+
+
 def test_copy_docs_use_training_values_only():
     held = set(recall.split_values(recall.WORDS + recall.COLOURS + recall.FOODS + recall.CITIES,
                                    "test"))

@@ -102,6 +102,11 @@ def same_number(a: Optional[str], b: Optional[str]) -> bool:
         return False
 
 
+def has_word(reply: str, value: str) -> bool:
+    """`value` in `reply` as a whole word, case aside (the recall graders)."""
+    return re.search(rf"(?<![\w]){re.escape(value.lower())}(?![\w])", reply.lower()) is not None
+
+
 def stable_hash(text: str) -> int:
     """A hash that is the same in every process (Python's `hash` of a str is salted)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")

@@ -11,8 +11,7 @@ import os
 from functools import cached_property
 
 from lm.conversation import conversation
-from lm.tasks.base import Task, final_number, same_number
-from lm.tasks.recall import has_word
+from lm.tasks.base import Task, final_number, has_word, same_number
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "everyday.json")
 LETTER_ASKS = ["How many {l}'s are in the word {w}?", "how many times does {l} appear in {w}",

@@ -15,11 +15,14 @@ strings and sentences; graded on the exact copy.
 """
 from __future__ import annotations
 
+import json
 import random
 import re
+from typing import Optional
 
 from lm.conversation import conversation
-from lm.tasks.base import Generated, stable_hash
+from lm.tasks.base import Generated, has_word, stable_hash
+from lm.tasks.everyday import DATA as EVERYDAY_DATA
 
 # value pools: a value is held out (test only) by a stable hash of itself
 PET_NAMES = ("Rex Max Bella Luna Charlie Lucy Cooper Daisy Milo Bailey Coco Rocky Buddy Rosie "
@@ -113,7 +116,7 @@ FACTS = {
                 "I mention?", "What was the number?"],
       "test": ["Can you repeat the number I gave you?", "What number was it again?"]}),
     "city": (CITIES, {
-        "train": ["I live in {v}.", "I grew up in {v}.", "My hometown is {v}.",
+        "train": ["I grew up in {v}.", "My hometown is {v}.",
                   "Next week I'm flying to {v}.", "I was born in {v}."],
         "test": ["These days I'm based in {v}.", "My family moved to {v} last year."]},
      {"train": ["Which city do I live in?", "Where did I grow up?", "What city did I mention?",
@@ -161,8 +164,304 @@ def _pick(options: dict, split: str, rng: random.Random) -> str:
     return rng.choice(options["test" if split == "test" else "train"])
 
 
-def has_word(reply: str, value: str) -> bool:
-    return re.search(rf"(?<![\w]){re.escape(value.lower())}(?![\w])", reply.lower()) is not None
+# ---- a grammar of training conversations (issue 23) -------------------------------------------
+# FACTS' fixed templates give each kind 2-6 frames. The SFT model copies a value from a frame it
+# was trained on (0.70-0.76 on values it never saw) and not from one it was not (0.20-0.23):
+# it learned the templates, not the lookup (docs/context.md, "Copying or phrasing?"). Relations x
+# keys x frames x openers, endings and chit-chat around the fact, so that no fixed wording says
+# where the value is: the question's key has to be matched against what was said. Frames are
+# held out against the test split's and the everyday set's phrasings (`frame`: keys and value
+# abstracted), and the test split's own keys (terrier, brother, dish, ticket, room number, ...)
+# are never keys here.
+PET_KEYS = ["dog", "cat", "puppy", "kitten", "parrot", "hamster", "rabbit", "goldfish", "horse",
+            "tortoise", "budgie", "pony", "guinea pig", "lizard", "ferret", "pet", "canary",
+            "goat", "turtle"]
+PERSON_KEYS = ["best friend", "sister", "neighbour", "boss", "cousin", "teacher", "roommate",
+               "colleague", "partner", "son", "daughter", "uncle", "aunt", "coach", "doctor",
+               "landlord", "husband", "wife", "grandmother", "grandfather", "mother", "father",
+               "nephew", "niece", "classmate", "manager", "dentist", "friend"]
+NUMBER_KEYS = ["locker number", "lucky number", "house number", "PIN", "door code", "bus number",
+               "seat number", "order number", "flat number", "parking spot", "table number",
+               "gate number", "favourite number", "badge number", "account number", "bike lock code",
+               "shoe size", "score", "platform number", "student number"]
+EVENT_KEYS = ["appointment", "party", "exam", "interview", "concert", "flight", "dentist visit",
+              "match", "wedding", "haircut", "piano lesson", "birthday dinner", "trip"]
+WORD_KEYS = ["password", "secret word", "magic word", "keyword", "passphrase", "safe word",
+             "codeword", "word of the day"]
+WEAR_KEYS = ["shirt", "hat", "jacket", "dress", "scarf", "coat", "sweater", "umbrella", "bag"]
+PAINT_KEYS = ["room", "door", "fence", "kitchen", "bedroom", "bike", "boat", "front door"]
+MEALS = ["breakfast", "lunch", "dinner", "a snack", "dessert"]
+DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+JOBS = ("nurse teacher baker pilot plumber lawyer farmer chef painter dentist engineer "
+        "librarian carpenter pharmacist firefighter architect journalist electrician "
+        "mechanic gardener accountant designer photographer waiter tailor").split()
+# (type, keys, statements, questions): {K} a key, {v} the value; "" where a relation has no key
+RELATIONS = [
+    ("pet", PET_KEYS,
+     ["My {K} is called {v}.", "My {K}'s name is {v}.", "I have a {K} called {v}.",
+      "I have a {K} named {v}.", "We named our {K} {v}.", "Our {K} is called {v}.",
+      "I call my {K} {v}.", "{v} is the name of my {K}.", "My {K} goes by {v}.",
+      "I just got a {K}. I named it {v}.", "Say hi to {v}, my {K}.", "My {K}, {v}, is asleep."],
+     ["What's my {K}'s name?", "What did I call my {K}?", "What is the name of my {K}?",
+      "Do you remember my {K}'s name?", "What's my {K} called?", "How is my {K} called?",
+      "What name does my {K} have?", "Tell me my {K}'s name.", "What did I name my {K}?"]),
+    ("friend", PERSON_KEYS,
+     ["My {K} is {v}.", "My {K} is called {v}.", "My {K}'s name is {v}.",
+      "I have a {K} named {v}.", "{v} is the name of my {K}.", "My {K}, {v}, called me today.",
+      "I had lunch with my {K} {v}.", "My {K} goes by {v}.", "I'm visiting my {K}, {v}."],
+     ["Who is my {K}?", "What's my {K}'s name?", "What is the name of my {K}?",
+      "Do you remember who my {K} is?", "What did I say my {K} is called?",
+      "Tell me my {K}'s name.", "Who did I say my {K} was?", "What's my {K} called?"]),
+    ("name", [""],
+     ["I'm {v}.", "Call me {v}.", "People call me {v}.", "I am called {v}.",
+      "Hi, I'm {v}.", "Hello! My name's {v}.", "Everyone calls me {v}."],
+     ["What's my name?", "Do you remember my name?", "What did I say my name was?",
+      "What am I called?", "Tell me my name.", "What name did I tell you I have?"]),
+    ("number", NUMBER_KEYS,
+     ["My {K} is {v}.", "The {K} is {v}.", "My {K}: {v}.",
+      "Write down my {K}, it's {v}.", "Remember my {K}, {v}.", "I got {K} {v} today.",
+      "Today my {K} is {v}."],
+     ["What is my {K}?", "What's my {K}?", "What was my {K}?", "Do you remember my {K}?",
+      "Tell me my {K}.", "Which {K} did I give you?", "What did I say my {K} is?"]),
+    ("number", [""],
+     ["I am {v} years old.", "I'm {v}.", "I turned {v} last month."],
+     ["How old am I?", "What age did I say I am?", "How old did I say I was?"]),
+    ("city", [""],
+     ["I grew up in {v}.", "I'm from {v}.", "My hometown is {v}.",
+      "I come from {v}.", "Home for me is {v}."],
+     ["Where do I live?", "Where did I grow up?", "Where am I from?", "What's my hometown?",
+      "Where do I come from?", "Where is home for me?"]),
+    ("city", [""],
+     ["I work in {v}.", "My office is in {v}.", "My job is in {v}."],
+     ["Where do I work?", "Where is my office?", "In which city do I work?"]),
+    ("city", [""],
+     ["I'm flying to {v} tomorrow.", "Next week I'm travelling to {v}.",
+      "I'm going to {v} on holiday.", "My next trip is to {v}."],
+     ["Where am I flying to?", "Where am I travelling?", "Where am I going on holiday?",
+      "Where is my next trip?", "Which city am I going to?"]),
+    ("city", [""],
+     ["I studied in {v}.", "I went to university in {v}.", "My parents live in {v}."],
+     ["Where did I study?", "In which city did I go to university?",
+      "Where do my parents live?"]),
+    ("colour", [""],
+     ["My favourite colour is {v}.", "I like the colour {v} best.", "{v} is my favourite colour.",
+      "The colour I love most is {v}."],
+     ["What is my favourite colour?", "What's my favourite colour?",
+      "Which colour do I like best?", "What colour do I love most?"]),
+    ("colour", ["car", "house", "bike", "phone", "front door"],
+     ["My {K} is {v}.", "I have a {v} {K}.", "My {K} is painted {v}."],
+     ["What colour is my {K}?", "Which colour is my {K}?", "What colour did I say my {K} is?"]),
+    ("colour", PAINT_KEYS,
+     ["I painted my {K} {v}.", "We painted the {K} {v} last weekend."],
+     ["What colour did I paint my {K}?", "Which colour is the {K} now?"]),
+    ("colour", WEAR_KEYS,
+     ["I'm wearing a {v} {K} today.", "I bought a {v} {K}."],
+     ["What colour is my {K}?", "Which colour was the {K} I mentioned?"]),
+    ("food", [""],
+     ["My favourite food is {v}.", "I really love {v}.", "{v} is my favourite food.",
+      "I could eat {v} every day.", "I'm cooking {v} tonight.", "I ordered {v}."],
+     ["What is my favourite food?", "What food do I love?", "What could I eat every day?",
+      "What am I cooking tonight?", "What did I order?", "What's my favourite food?"]),
+    ("food", MEALS,
+     ["I had {v} for {K}.", "For {K} I ate {v}.", "{v} was my {K} today."],
+     ["What did I have for {K}?", "What did I eat for {K}?", "What was my {K}?"]),
+    ("word", WORD_KEYS,
+     ["The {K} is {v}.", "My {K} is {v}.", "Remember this {K}: {v}.", "Our {K} is {v}.",
+      "Please remember the {K} {v}.", "Here is the {K}: {v}."],
+     ["What is the {K}?", "What's my {K}?", "Tell me the {K}.", "Do you remember the {K}?",
+      "What did I say the {K} is?", "Which {K} did I give you?"]),
+    ("day", EVENT_KEYS,
+     ["My {K} is on {v}.", "I have my {K} on {v}.", "The {K} is on {v} this week.",
+      "We moved my {K} to {v}.", "On {v} I have my {K}."],
+     ["When is my {K}?", "What day is my {K}?", "Which day is my {K} on?",
+      "On what day do I have my {K}?", "When did I say my {K} is?"]),
+    ("year", [""],
+     ["I moved here in {v}.", "I started my job in {v}.", "We got married in {v}.",
+      "I finished school in {v}.", "I bought my house in {v}."],
+     ["When did I move here?", "In which year did I start my job?", "When did we get married?",
+      "What year did I finish school?", "When did I buy my house?"]),
+    ("job", PERSON_KEYS,
+     ["My {K} is a {v}.", "My {K} has been a {v} for years.", "My {K} works as a {v} now.",
+      "My {K} just started as a {v}."],
+     ["What is my {K}'s job?", "What does my {K} do for a living?", "What's my {K}'s job?",
+      "What is my {K}'s profession?", "What work does my {K} do?"]),
+]
+TYPE_ASKS = {  # when one fact of the type was stated, a question that names no key
+    "pet": ["What's the name of the animal I told you about?", "Which pet name did I mention?",
+            "What animal name did I give you?"],
+    "friend": ["Who did I mention?", "Who did I tell you about?", "Which person did I mention?",
+               "What's the name of the person I told you about?", "Whose name did I say?"],
+    "number": ["What number did I tell you?", "Which number did I mention?",
+               "What was the number I said?", "Tell me the number I mentioned.",
+               "What number did I give you?"],
+    "city": ["Which city did I mention?", "What city did I talk about?",
+             "Which place did I mention?", "Name the city I told you about.", "What place did I say?"],
+    "colour": ["What colour did I mention?", "What colour did I say?", "Name the colour I mentioned."],
+    "food": ["What food did I mention?", "Which food did I talk about?",
+             "Name the food I told you about.", "What food did I say?"],
+    "word": ["What word did I give you?", "Which word did I ask you to remember?",
+             "What was the word?", "Say the word I told you."],
+    "day": ["Which day did I mention?", "What day did I say?"],
+    "year": ["Which year did I mention?", "What year did I say?"],
+    "job": ["Which job did I mention?", "What job did I talk about?"],
+    "name": [],
+}
+SAY_OPENERS = ["", "", "", "", "By the way, ", "Oh, and ", "Just so you know, ", "Fun fact: ",
+               "Quick note: ", "So, ", "Hey! ", "Okay. ", "Listen, ", "Hi. ", "Well, "]
+SAY_ENDINGS = ["", "", "", "", " Just so you know.", " Please remember that.", " Don't forget it.",
+               " It's a long story.", " Anyway.", " That's all."]
+ASK_OPENERS = ["", "", "", "", "Quick question: ", "Hey, ", "So, ", "Sorry, ", "Okay, ",
+               "One more thing: ", "Now, ", "Question: ", "Wait, "]
+ASK_ENDINGS = ["", "", "", "", " Do you remember?", " I forgot.", " I can't remember.",
+               " Thanks!"]
+# keys of the test split's phrasings and generic type nouns: never grammar keys, and abstracted
+# with the grammar's own keys when frames are compared
+_TEST_KEYS = ["terrier", "brother", "cinema", "oldest friend", "room number", "ticket", "dish",
+              "evening", "family", "colour", "person", "number", "city", "word", "name", "pet"]
+
+
+def _key_pattern() -> re.Pattern:
+    keys = {k.lower() for _, ks, _, _ in RELATIONS for k in ks if k} | set(_TEST_KEYS)
+    alts = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
+    return re.compile(rf"\b({alts})s?\b")
+
+
+_KEY_RE = _key_pattern()
+
+
+def frame(sentence: str, value: Optional[str] = None, keys: bool = True) -> str:
+    """A phrasing compared by its words only (case and punctuation dropped), the value as {v}
+    and, with `keys`, every key noun as {k}: two sentences with the same frame differ only in
+    which pet, which number, which value."""
+    t = sentence.replace("{K}", "{k}").lower()
+    if value is not None:
+        t = re.sub(rf"(?<!\w){re.escape(value.lower())}(?!\w)", "{v}", t)
+    if keys:
+        t = _KEY_RE.sub("{k}", t)
+    return " ".join(re.findall(r"\{[kv]\}|[a-z0-9]+", t.replace("'", " ")))
+
+
+def _held_out() -> tuple[set[str], set[str]]:
+    """(frames, sentences) no training phrasing may have: the frame of every test-split statement
+    and question (keys abstracted: "Meet my cat, {v}." holds out "Meet my dog, {v}." too), and
+    each sentence of the everyday set (lm/tasks/data/everyday.json), its value abstracted."""
+    frames = set()
+    for _, says, asks in FACTS.values():
+        frames |= {frame(x) for x in says["test"] + asks["test"]}
+    with open(EVERYDAY_DATA, encoding="utf-8") as f:
+        items = json.load(f)["recall"]
+    sentences = {frame(x, value, keys=False) for (said, asked), value in items
+                 for x in (said, asked)}
+    return frames, sentences
+
+
+_HELD_OUT_FRAMES, _EVERYDAY_SENTENCES = _held_out()
+
+
+def allowed(template: str) -> bool:
+    """A training phrasing ({v} for the value) that contains no test split's frame and none of
+    the everyday set's sentences (as a run of whole words)."""
+    f, w = f" {frame(template)} ", f" {frame(template, keys=False)} "
+    return not any(f" {h} " in f for h in _HELD_OUT_FRAMES) and not any(
+        f" {e} " in w for e in _EVERYDAY_SENTENCES)
+
+
+def _sentence(template: str, key: str, openers: list, endings: list,
+              rng: random.Random) -> Optional[str]:
+    """The template with its key, an opener and an ending, now and then all lower case; None
+    where the result is a held-out phrasing."""
+    core = template.replace("{K}", key)
+    o = rng.choice(openers)
+    s = core[0].lower() + core[1:] if o.endswith((", ", ": ")) and core[:2] not in (
+        "I ", "I'") and not core.startswith("{v}") else core
+    s = o + s + rng.choice(endings)
+    s = s if rng.random() < 0.85 or s.startswith("{v}") else s.lower()
+    return s if allowed(core) and allowed(s) else None
+
+
+def _grammar_value(kind: str, rng: random.Random) -> str:
+    if kind in FACTS:
+        return _value(kind, "train", rng)
+    if kind == "name":
+        return _value("friend", "train", rng)
+    if kind == "day":
+        return rng.choice(DAYS)
+    if kind == "year":
+        return str(rng.randint(1950, 2025))
+    return rng.choice(JOBS)
+
+
+def _phrase(options: list, key: str, openers: list, endings: list, rng: random.Random) -> str:
+    while True:
+        s = _sentence(rng.choice(options), key, openers, endings, rng)
+        if s is not None:
+            return s
+
+
+GENERIC_KEYS = ("pet", "friend")     # keys that would name any fact of their type
+
+
+def grammar_facts(rng: random.Random, n: int) -> list[dict]:
+    """`n` facts of the grammar: {'type', 'relation', 'key', 'value'}; two facts of one type only
+    with distinct, specific keys (a question then needs the key), values distinct."""
+    facts: list[dict] = []
+    while len(facts) < n:
+        r = rng.randrange(len(RELATIONS))
+        kind, keys = RELATIONS[r][0], RELATIONS[r][1]
+        key = rng.choice(keys)
+        same = [f for f in facts if f["type"] == kind]
+        if any(f["relation"] == r and f["key"] == key for f in facts) or (same and (
+                len(same) > 1 or key in GENERIC_KEYS or not key or
+                same[0]["key"] in GENERIC_KEYS or not same[0]["key"])):
+            continue
+        value = _grammar_value(kind, rng)
+        if all(value.lower() != f["value"].lower() for f in facts):
+            facts.append({"type": kind, "relation": r, "key": key, "value": value})
+    return facts
+
+
+def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dict]]:
+    """A training conversation of the grammar (messages without the answer turn, the fact asked
+    for, every fact stated): facts stated (one turn each or together, now and then beside a small-talk question
+    that is answered instead of acknowledged), small talk between, then a question that names
+    the fact by its key or, when one fact has that type, by the type."""
+    facts = grammar_facts(rng, rng.choice([1, 1, 2, 3]))
+    said = [_phrase(RELATIONS[f["relation"]][2], f["key"], SAY_OPENERS, SAY_ENDINGS, rng)
+            .replace("{v}", f["value"]) for f in facts]
+    turns = [" ".join(said)] if len(said) > 1 and rng.random() < 0.5 else said
+    msgs: list[dict] = []
+    for t in turns:
+        reply = rng.choice(ACKS)
+        if rng.random() < 0.2:
+            u, reply = rng.choice(FILLER)
+            t = f"{t} {u}"
+        msgs += [{"role": "user", "content": t}, {"role": "assistant", "content": reply}]
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        u, a = rng.choice(FILLER)
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    ask = rng.choice(facts)
+    by_type = TYPE_ASKS[ask["type"]] if sum(f["type"] == ask["type"] for f in facts) == 1 else []
+    if by_type and rng.random() < 0.3:
+        q = _phrase(by_type, "", ASK_OPENERS, ASK_ENDINGS, rng)
+    else:
+        q = _phrase(RELATIONS[ask["relation"]][3], ask["key"], ASK_OPENERS, ASK_ENDINGS, rng)
+    msgs.append({"role": "user", "content": q})
+    return msgs, ask, facts
+
+
+def _train_phrasings() -> dict:
+    """FACTS' fixed training phrasings less those with a held-out frame or sentence."""
+    out = {}
+    for kind, (_, says, asks) in FACTS.items():
+        out[kind] = ([x for x in says["train"] if allowed(x)],
+                     [x for x in asks["train"] if allowed(x)])
+        assert all(out[kind]), f"recall: no training phrasing left for {kind}"
+    return out
+
+
+_FIXED_TRAIN = _train_phrasings()
+GRAMMAR_SHARE = 2 / 3      # training conversations from the grammar; the rest from FACTS' frames
+ANSWERS = ["It's {v}.", "You told me it is {v}.", "That is {v}.", "You said {v}."]
 
 
 class Recall(Generated):
@@ -176,10 +475,16 @@ class Recall(Generated):
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
         rng = self.rng(split, i)
+        if split != "test" and rng.random() < GRAMMAR_SHARE:
+            msgs, fact, facts = grammar_conversation(rng)
+            msgs.append({"role": "assistant",
+                         "content": rng.choice(ANSWERS).format(v=fact["value"])})
+            return {"messages": msgs, "task": self.name, "answer": fact["value"],
+                    "fact": fact["type"], "values": [f["value"] for f in facts]}
         kinds = rng.sample(sorted(FACTS), rng.choice([1, 1, 2, 3]))
         facts = {k: _value(k, split, rng) for k in kinds}
         msgs = []
-        statements = [_pick(FACTS[k][1], split, rng).format(v=facts[k]) for k in kinds]
+        statements = [self._say(k, split, rng).format(v=facts[k]) for k in kinds]
         if len(statements) > 1 and rng.random() < 0.5:       # several facts in one turn
             msgs += [{"role": "user", "content": " ".join(statements)},
                      {"role": "assistant", "content": rng.choice(ACKS)}]
@@ -192,13 +497,23 @@ class Recall(Generated):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
         ask = rng.choice(kinds)
         value = facts[ask]
-        msgs.append({"role": "user", "content": _pick(FACTS[ask][2], split, rng)})
+        msgs.append({"role": "user", "content": self._ask(ask, split, rng)})
         # the value after a space, as the user wrote it: " Berlin" and "Berlin" are different
         # tokens (" B"+"er"+"lin" against "B"+...), and a reply that starts with the value must
         # map the first one instead of copying it (docs/context.md, "The first token")
-        answers = ["It's {v}.", "You told me it is {v}.", "That is {v}.", "You said {v}."]
-        msgs.append({"role": "assistant", "content": rng.choice(answers).format(v=value)})
-        return {"messages": msgs, "task": self.name, "answer": value, "fact": ask}
+        msgs.append({"role": "assistant", "content": rng.choice(ANSWERS).format(v=value)})
+        return {"messages": msgs, "task": self.name, "answer": value, "fact": ask,
+                "values": list(facts.values())}
+
+    @staticmethod
+    def _say(kind: str, split: str, rng: random.Random) -> str:
+        return _pick(FACTS[kind][1], split, rng) if split == "test" else \
+            rng.choice(_FIXED_TRAIN[kind][0])
+
+    @staticmethod
+    def _ask(kind: str, split: str, rng: random.Random) -> str:
+        return _pick(FACTS[kind][2], split, rng) if split == "test" else \
+            rng.choice(_FIXED_TRAIN[kind][1])
 
     def evaluate(self, conv: dict, reply: str) -> bool:
         others = [m["content"] for m in conv["messages"] if m["role"] == "user"]
@@ -214,6 +529,40 @@ COPY_ASKS = {
               "Copy this text: {t}", "Echo: {t}"],
     "test": ["Write this back exactly as it is: {t}", "Can you repeat the following? {t}"],
 }
+# A grammar of training asks beside COPY_ASKS' five (the same reason as the recall grammar's):
+# who asks x verb x object x manner x where the text goes. The test asks' own parts ("write
+# back", "the following", "as it is") are never used, so both stay held-out phrasings.
+COPY_VERBS = ["repeat", "copy", "echo", "say back", "type out", "type back", "reproduce",
+              "give me back", "repeat back", "copy out", "send back", "return", "say", "mirror"]
+COPY_OBJECTS = ["this", "these words", "this text", "this line", "what I type", "my words",
+                "the text", "exactly this", "the next line", "this sequence", "the words below",
+                "this string", "this message"]
+COPY_AFTER = ["that", "it", "the line above", "those words", "this", "that text"]
+COPY_MANNERS = ["", "", "", " exactly", " word for word", " verbatim", " without changing anything",
+                " as written", " letter for letter", " precisely", " with no changes"]
+COPY_POLITE = ["", "", "", "Please ", "Kindly ", "I need you to ", "Just ", "Now ", "Your task: "]
+COPY_ASKING = ["Can you ", "Could you ", "Would you ", "Will you "]
+COPY_HELD_OUT_PARTS = ("write", "following", "as it is")
+
+
+def copy_grammar_ask(rng: random.Random) -> str:
+    """A training ask of the grammar, `{t}` where the text goes."""
+    verb, manner = rng.choice(COPY_VERBS), rng.choice(COPY_MANNERS)
+    if rng.random() < 0.75:                          # instruction, then the text
+        obj = rng.choice(COPY_OBJECTS)
+        asking = rng.random() < 0.3
+        lead = rng.choice(COPY_ASKING) if asking else rng.choice(COPY_POLITE)
+        instr = f"{lead}{verb} {obj}{manner}"
+        sep = rng.choice(["? ", "?\n"]) if asking else rng.choice(
+            [": ", ":\n", ". ", " - ", ":  "])
+        text = rng.choice(["{t}", "{t}", "{t}", '"{t}"', "'{t}'"])
+        ask = instr + sep + text
+    else:                                            # the text, then the instruction
+        instr = f"{rng.choice(COPY_POLITE)}{verb} {rng.choice(COPY_AFTER)}{manner}"
+        ask = rng.choice(['{t}\n', '"{t}" - ', '{t} - ', '"{t}"\n']) + instr[0].upper() + \
+            instr[1:] + rng.choice([".", "!", "", " please."])
+    ask = ask[0].upper() + ask[1:]
+    return ask if rng.random() < 0.85 else ask.lower().replace("{t}", "{t}")
 
 
 def _copy_text(split: str, rng: random.Random) -> str:
@@ -242,7 +591,9 @@ class Copy(Generated):
         self._check_split(split)
         rng = self.rng(split, i)
         text = _copy_text(split, rng)
-        q = _pick(COPY_ASKS, split, rng).format(t=text)
+        ask = copy_grammar_ask(rng) if split != "test" and rng.random() < GRAMMAR_SHARE else \
+            _pick(COPY_ASKS, split, rng)
+        q = ask.replace("{t}", text)
         return conversation(q, text, task=self.name, answer=text)
 
     def evaluate(self, conv: dict, reply: str) -> bool:
