@@ -118,6 +118,18 @@ def test_recall_training_never_uses_a_held_out_phrasing():
     assert grammar > 2000          # most training conversations come from the grammar
 
 
+def test_recall_copying_asks_held_out_values_in_training_frames():
+    t, rc = tasks.get("recall_copying"), tasks.get("recall")
+    test_values = {rc.example("test", i)["answer"] for i in range(600)}
+    train_values = {rc.example("train", i)["answer"] for i in range(3000)}
+    frames = {q for kind in recall.FACTS for q in recall._FIXED_TRAIN[kind][1]}
+    for i in range(300):
+        c = t.example("test", i)
+        assert c["answer"] not in train_values and c["answer"] in user_text(c)
+        assert c["messages"][-2]["content"] in frames
+    assert len({t.example("test", i)["answer"] for i in range(300)} & test_values) > 50
+
+
 def test_recall_grammar_questions_name_one_fact():
     rng = random.Random(0)
     for _ in range(3000):
@@ -188,6 +200,20 @@ def test_spelling_ood_words_never_spelled_in_training_and_graded_on_letters(data
         sp.example("train", i)["word"], "W") for i in range(200)}
     assert not {c2["messages"][0]["content"].replace(c2["word"], "W")
                 for c2 in (ood.example("test", i) for i in range(200))} & train_q
+
+
+def test_spelling_training_words_are_partly_made_up_and_never_held_out(data_env):
+    """A share of training words comes from the letter-bigram chain (no list of spellings holds
+    them); no training word, real or made up, is a held-out one of spelling or spelling_ood."""
+    sp, ood = tasks.get("spelling"), tasks.get("spelling_ood")
+    words = [sp.example("train", i)["word"] for i in range(2000)]
+    held = {sp.example("test", i)["word"] for i in range(2000)} | \
+        {ood.example("test", i)["word"] for i in range(2000)}
+    assert not set(words) & held
+    made_up = [w for w in words if w not in sp.counts]
+    assert 0.25 * len(words) < len(made_up) < 0.5 * len(words)
+    assert len(set(made_up)) > 0.9 * len(made_up) and max(map(len, made_up)) >= 10
+    assert all(re.fullmatch(r"[a-z]{2,15}", w) for w in made_up)
 
 
 def test_spelling_training_questions_vary_and_never_word_an_ood_question(data_env):

@@ -481,10 +481,15 @@ class Recall(Generated):
                          "content": rng.choice(ANSWERS).format(v=fact["value"])})
             return {"messages": msgs, "task": self.name, "answer": fact["value"],
                     "fact": fact["type"], "values": [f["value"] for f in facts]}
+        return self._fixed(rng, split, "test" if split == "test" else "train")
+
+    def _fixed(self, rng: random.Random, values: str, phrasings: str) -> dict:
+        """A conversation in FACTS' fixed frames: values from split `values`, statements and
+        questions from split `phrasings` (training frames: those `allowed`)."""
         kinds = rng.sample(sorted(FACTS), rng.choice([1, 1, 2, 3]))
-        facts = {k: _value(k, split, rng) for k in kinds}
+        facts = {k: _value(k, values, rng) for k in kinds}
         msgs = []
-        statements = [self._say(k, split, rng).format(v=facts[k]) for k in kinds]
+        statements = [self._say(k, phrasings, rng).format(v=facts[k]) for k in kinds]
         if len(statements) > 1 and rng.random() < 0.5:       # several facts in one turn
             msgs += [{"role": "user", "content": " ".join(statements)},
                      {"role": "assistant", "content": rng.choice(ACKS)}]
@@ -497,7 +502,7 @@ class Recall(Generated):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
         ask = rng.choice(kinds)
         value = facts[ask]
-        msgs.append({"role": "user", "content": self._ask(ask, split, rng)})
+        msgs.append({"role": "user", "content": self._ask(ask, phrasings, rng)})
         # the value after a space, as the user wrote it: " Berlin" and "Berlin" are different
         # tokens (" B"+"er"+"lin" against "B"+...), and a reply that starts with the value must
         # map the first one instead of copying it (docs/context.md, "The first token")
@@ -522,6 +527,18 @@ class Recall(Generated):
 
     def max_new_tokens(self) -> int:
         return 48
+
+
+class RecallCopying(Recall):
+    """Held-out values in the fixed training frames (evaluation only): copying a value never seen
+    from a phrasing that was, beside `recall`'s held-out phrasings. The gap between the two is
+    what the phrasing costs (docs/context.md, "Copying or phrasing?")."""
+    name = "recall_copying"
+    splits = ("test",)
+
+    def example(self, split: str, i: int) -> dict:
+        self._check_split(split)
+        return self._fixed(self.rng(split, i), "test", "train")
 
 
 COPY_ASKS = {
