@@ -118,8 +118,8 @@ def test_recall_training_never_uses_a_held_out_phrasing():
     assert grammar > 2000          # most training conversations come from the grammar
 
 
-def test_recall_copying_asks_held_out_values_in_training_frames():
-    t, rc = tasks.get("recall_copying"), tasks.get("recall")
+def test_recall_seen_phrasings_asks_held_out_values_in_training_frames():
+    t, rc = tasks.get("recall_seen_phrasings"), tasks.get("recall")
     test_values = {rc.example("test", i)["answer"] for i in range(600)}
     train_values = {rc.example("train", i)["answer"] for i in range(3000)}
     frames = {q for kind in recall.FACTS for q in recall._FIXED_TRAIN[kind][1]}
@@ -128,6 +128,29 @@ def test_recall_copying_asks_held_out_values_in_training_frames():
         assert c["answer"] not in train_values and c["answer"] in user_text(c)
         assert c["messages"][-2]["content"] in frames
     assert len({t.example("test", i)["answer"] for i in range(300)} & test_values) > 50
+
+
+def test_seen_phrasing_variants_keep_the_held_out_items_and_training_wording(data_env):
+    cp, cs = tasks.get("copy"), tasks.get("copy_seen_phrasings")
+    train_texts = {cp.example("train", i)["answer"] for i in range(2000)}
+    for i in range(200):
+        c = cs.example("test", i)
+        assert c["answer"] not in train_texts
+        assert c["messages"][0]["content"] in {a.replace("{t}", c["answer"])
+                                               for a in recall.COPY_ASKS["train"]}
+    rc, rs = tasks.get("recall"), tasks.get("recall_seen_phrasings")
+    for i in range(100):      # the same conversations, only the wording differs
+        a, b = rc.example("test", i), rs.example("test", i)
+        assert a["answer"] == b["answer"] and len(a["messages"]) == len(b["messages"])
+        assert a["messages"][-2]["content"] != b["messages"][-2]["content"]
+    assert cs.example("test", 7)["answer"] == cp.example("test", 7)["answer"]
+    so, ss = tasks.get("spelling_ood"), tasks.get("spelling_ood_seen_phrasings")
+    questions = {q.format(l=c["letter"], w=c["word"], u=c["letter"].upper(),
+                          c=c["word"].capitalize()) for c in [ss.example("test", 0)]
+                 for q in spelling.QUESTIONS}
+    assert ss.example("test", 0)["messages"][0]["content"] in questions
+    assert [ss.example("test", i)["word"] for i in range(200)] == \
+        [so.example("test", i)["word"] for i in range(200)]
 
 
 def test_recall_grammar_questions_name_one_fact():

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = {"base": "chat_tiny_base", "sft": "chat_tiny_sft", "rl": "grpo_arith_tiny"}
 SHOWN = ("val_loss", "val_bpb", "probe/copy", "probe/icl", "eval/format", "eval/identity",
          "eval/arithmetic_easy", "eval/spelling", "eval/word_problems", "eval/gsm8k_easy",
-         "eval/spelling_ood", "eval/recall", "eval/recall_copying", "eval/everyday_recall",
+         "eval/spelling_ood", "eval/recall", "eval/recall_seen_phrasings", "eval/everyday_recall",
          "eval/gsm8k")
 
 

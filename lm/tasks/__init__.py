@@ -9,9 +9,9 @@ Names: gsm8k, arithmetic_easy, arithmetic, arithmetic_hard, spelling, identity, 
 arc_challenge, hellaswag, dolly, alpaca, and the ones that measure reading the context out of
 the generators' distribution: gsm8k_easy (real phrasing), spelling_ood (held-out words of every
 length and frequency, held-out phrasings), recall (facts stated earlier in the conversation),
-recall_copying (held-out values in training's phrasings: copying without new wording), copy
-(repeat exactly); and word_problems (a compositional grammar of 1-2 step problems whose
-held-out split is made of unseen combinations of seen parts); arithmetic_think (2-4 steps, mostly
+copy (repeat exactly), and with `_seen_phrasings` (recall, copy, spelling_ood) the same held-out
+items in training's fixed phrasings, to tell the items from the wording; and word_problems (a
+compositional grammar of 1-2 step problems whose held-out split is made of unseen combinations of seen parts); arithmetic_think (2-4 steps, mostly
 direct answers in training: for RL to discover working); everyday_math / _letters /
 _recall are hand-written questions for evaluation only; kb_qa, kb_qa_naive, kb_qa_context and kb_search
 ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`);
@@ -41,8 +41,8 @@ from lm.tasks.thinking import ArithmeticFormat, MentalAdd
 from lm.tasks.vision import Digits, Pictures
 from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
 from lm.tasks.open_chat import OpenChat
-from lm.tasks.recall import Copy, Recall, RecallCopying
-from lm.tasks.spelling import Spelling, SpellingOOD
+from lm.tasks.recall import Copy, CopySeenPhrasings, Recall, RecallSeenPhrasings
+from lm.tasks.spelling import Spelling, SpellingOOD, SpellingOODSeenPhrasings
 from lm.tasks.word_problems import WordProblems
 
 FACTORIES: dict[str, Callable[[], Task]] = {
@@ -51,7 +51,8 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "hellaswag": HellaSwag, "dolly": lambda: OpenChat("dolly"),
     "alpaca": lambda: OpenChat("alpaca"),
     "gsm8k_easy": GSM8KEasy, "spelling_ood": SpellingOOD, "recall": Recall, "copy": Copy,
-    "recall_copying": RecallCopying,
+    "recall_seen_phrasings": RecallSeenPhrasings, "copy_seen_phrasings": CopySeenPhrasings,
+    "spelling_ood_seen_phrasings": SpellingOODSeenPhrasings,
     "word_problems": WordProblems, "everyday_math": lambda: Everyday("math"),
     "everyday_letters": lambda: Everyday("letters"), "everyday_recall": lambda: Everyday("recall"),
     **{level: (lambda lv: (lambda: Arithmetic(lv)))(level) for level in LEVELS},
@@ -86,7 +87,8 @@ FACTORIES: dict[str, Callable[[], Task]] = {
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
-         "gsm8k_easy", "spelling_ood", "recall", "recall_copying", "copy", "word_problems", "everyday_math",
+         "gsm8k_easy", "spelling_ood", "recall", "recall_seen_phrasings", "copy",
+         "copy_seen_phrasings", "spelling_ood_seen_phrasings", "word_problems", "everyday_math",
          "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
          "whoami_teacher", "whoami_student", "function_calling", "agent_steps", "kb_qa",
          "kb_qa_naive", "kb_qa_context", "kb_search", "arithmetic_easy_reasoning",

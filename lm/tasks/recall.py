@@ -481,15 +481,17 @@ class Recall(Generated):
                          "content": rng.choice(ANSWERS).format(v=fact["value"])})
             return {"messages": msgs, "task": self.name, "answer": fact["value"],
                     "fact": fact["type"], "values": [f["value"] for f in facts]}
-        return self._fixed(rng, split, "test" if split == "test" else "train")
+        return self._fixed(rng, split)
 
-    def _fixed(self, rng: random.Random, values: str, phrasings: str) -> dict:
-        """A conversation in FACTS' fixed frames: values from split `values`, statements and
-        questions from split `phrasings` (training frames: those `allowed`)."""
+    def _fixed(self, rng: random.Random, split: str,
+               swap: Optional[random.Random] = None) -> dict:
+        """A conversation in FACTS' fixed frames of `split` (training frames: those `allowed`);
+        with `swap`, each phrasing drawn is replaced by a training frame drawn from `swap`, so
+        every other draw (kinds, values, turns) stays the split's."""
         kinds = rng.sample(sorted(FACTS), rng.choice([1, 1, 2, 3]))
-        facts = {k: _value(k, values, rng) for k in kinds}
+        facts = {k: _value(k, split, rng) for k in kinds}
         msgs = []
-        statements = [self._say(k, phrasings, rng).format(v=facts[k]) for k in kinds]
+        statements = [self._say(k, split, rng, swap).format(v=facts[k]) for k in kinds]
         if len(statements) > 1 and rng.random() < 0.5:       # several facts in one turn
             msgs += [{"role": "user", "content": " ".join(statements)},
                      {"role": "assistant", "content": rng.choice(ACKS)}]
@@ -502,7 +504,7 @@ class Recall(Generated):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
         ask = rng.choice(kinds)
         value = facts[ask]
-        msgs.append({"role": "user", "content": self._ask(ask, phrasings, rng)})
+        msgs.append({"role": "user", "content": self._ask(ask, split, rng, swap)})
         # the value after a space, as the user wrote it: " Berlin" and "Berlin" are different
         # tokens (" B"+"er"+"lin" against "B"+...), and a reply that starts with the value must
         # map the first one instead of copying it (docs/context.md, "The first token")
@@ -511,14 +513,16 @@ class Recall(Generated):
                 "values": list(facts.values())}
 
     @staticmethod
-    def _say(kind: str, split: str, rng: random.Random) -> str:
-        return _pick(FACTS[kind][1], split, rng) if split == "test" else \
+    def _say(kind: str, split: str, rng: random.Random, swap=None) -> str:
+        said = _pick(FACTS[kind][1], split, rng) if split == "test" else \
             rng.choice(_FIXED_TRAIN[kind][0])
+        return swap.choice(_FIXED_TRAIN[kind][0]) if swap else said
 
     @staticmethod
-    def _ask(kind: str, split: str, rng: random.Random) -> str:
-        return _pick(FACTS[kind][2], split, rng) if split == "test" else \
+    def _ask(kind: str, split: str, rng: random.Random, swap=None) -> str:
+        asked = _pick(FACTS[kind][2], split, rng) if split == "test" else \
             rng.choice(_FIXED_TRAIN[kind][1])
+        return swap.choice(_FIXED_TRAIN[kind][1]) if swap else asked
 
     def evaluate(self, conv: dict, reply: str) -> bool:
         others = [m["content"] for m in conv["messages"] if m["role"] == "user"]
@@ -529,16 +533,17 @@ class Recall(Generated):
         return 48
 
 
-class RecallCopying(Recall):
-    """Held-out values in the fixed training frames (evaluation only): copying a value never seen
-    from a phrasing that was, beside `recall`'s held-out phrasings. The gap between the two is
-    what the phrasing costs (docs/context.md, "Copying or phrasing?")."""
-    name = "recall_copying"
+class RecallSeenPhrasings(Recall):
+    """`recall`'s test conversations (the same values, kinds and turns) in the fixed training
+    frames (evaluation only): copying a value never seen from a phrasing that was. The gap to
+    `recall` is what the new wording costs (docs/context.md, "Copying or phrasing?")."""
+    name = "recall_seen_phrasings"
     splits = ("test",)
 
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
-        return self._fixed(self.rng(split, i), "test", "train")
+        return self._fixed(self.rng(split, i, key=Recall.name), "test",
+                           swap=self.rng(split, i))
 
 
 COPY_ASKS = {
@@ -618,3 +623,17 @@ class Copy(Generated):
 
     def max_new_tokens(self) -> int:
         return 48
+
+
+class CopySeenPhrasings(Copy):
+    """`copy`'s test texts (the same ones) asked for in COPY_ASKS' fixed training asks
+    (evaluation only): the texts without the held-out wording."""
+    name = "copy_seen_phrasings"
+    splits = ("test",)
+
+    def example(self, split: str, i: int) -> dict:
+        self._check_split(split)
+        rng = self.rng(split, i, key=Copy.name)
+        text = _copy_text("test", rng)
+        return conversation(rng.choice(COPY_ASKS["train"]).replace("{t}", text), text,
+                            task=self.name, answer=text)

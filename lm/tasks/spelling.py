@@ -267,3 +267,17 @@ class SpellingOOD(Spelling):
 
     def evaluate(self, conv: dict, reply: str) -> bool:
         return spelled(reply) == conv["word"] and super().evaluate(conv, reply)
+
+
+class SpellingOODSeenPhrasings(SpellingOOD):
+    """spelling_ood's test items (the same words and letters) asked in the fixed QUESTIONS
+    (training's, and spelling's test split's; evaluation only): the words without the held-out
+    wording."""
+    splits = ("test",)
+
+    def __init__(self, seed: int = 0):
+        super().__init__(seed)
+        self.name = "spelling_ood_seen_phrasings"    # items drawn as spelling_ood's (its class name)
+
+    def question(self, split: str, rng: random.Random) -> str:
+        return rng.choice(QUESTIONS)
