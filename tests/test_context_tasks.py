@@ -225,20 +225,6 @@ def test_spelling_ood_words_never_spelled_in_training_and_graded_on_letters(data
                 for c2 in (ood.example("test", i) for i in range(200))} & train_q
 
 
-def test_spelling_training_words_are_partly_made_up_and_never_held_out(data_env):
-    """A share of training words comes from the letter-bigram chain (no list of spellings holds
-    them); no training word, real or made up, is a held-out one of spelling or spelling_ood."""
-    sp, ood = tasks.get("spelling"), tasks.get("spelling_ood")
-    words = [sp.example("train", i)["word"] for i in range(2000)]
-    held = {sp.example("test", i)["word"] for i in range(2000)} | \
-        {ood.example("test", i)["word"] for i in range(2000)}
-    assert not set(words) & held
-    made_up = [w for w in words if w not in sp.counts]
-    assert 0.25 * len(words) < len(made_up) < 0.5 * len(words)
-    assert len(set(made_up)) > 0.9 * len(made_up) and max(map(len, made_up)) >= 10
-    assert all(re.fullmatch(r"[a-z]{2,15}", w) for w in made_up)
-
-
 def test_spelling_training_questions_vary_and_never_word_an_ood_question(data_env):
     """Training questions come from a grammar (many wordings, the word and the letter written in
     several ways) whose templates never normalise to one of spelling_ood's held-out phrasings;

@@ -69,10 +69,6 @@ OTHER_TEXTS = ["wikitext2_valid"] + [f"gutenberg/{f}" for f in (
     "11-0.txt", "pg1342.txt", "pg1661.txt", "pg120.txt", "pg161.txt", "829-0.txt", "pg2701.txt",
     "pg84.txt")]
 LENGTHS = ((2, 4), (5, 7), (8, 10), (11, 15))
-# training words that are made up (`Spelling.made_up_word`): the SFT model spelled held-out
-# words right 6% of the time even in training's phrasings (docs/context.md, "Copying or
-# phrasing?"): it had learned the spellings of words, not of their tokens
-MADE_UP_SHARE = 0.4
 FREQUENCIES = ((1, 1), (2, 9), (10, 99), (100, 10 ** 12))   # occurrences in the texts
 
 
@@ -191,34 +187,7 @@ class Spelling(Generated):
             if normalise(q) not in _OOD_NORMALISED:
                 return q
 
-    @cached_property
-    def bigrams(self) -> dict[str, tuple[str, list[int]]]:
-        """Letter-to-next-letter counts over the training words ("^" starts, "$" ends): the
-        chain that `made_up_word` walks."""
-        follow: dict[str, Counter] = {}
-        for w in self.words["train"]:
-            for a, b in zip("^" + w, w + "$"):
-                follow.setdefault(a, Counter())[b] += 1
-        return {a: ("".join(c), list(c.values())) for a, c in follow.items()}
-
-    def made_up_word(self, rng: random.Random) -> str:
-        """A word-like string from the training words' letter bigrams, 2-15 letters, never a
-        held-out word (`held_out`, the split rule of real words too): a word no list of
-        spellings holds, so only spelling it token by token gets it right (issue 23)."""
-        while True:
-            w, a = "", "^"
-            while len(w) < 16:
-                letters, weights = self.bigrams[a]
-                a = rng.choices(letters, weights)[0]
-                if a == "$":
-                    break
-                w += a
-            if 2 <= len(w) <= 15 and not held_out(w, 5):
-                return w
-
     def pick_word(self, split: str, rng: random.Random) -> str:
-        if split != "test" and self._given is None and rng.random() < MADE_UP_SHARE:
-            return self.made_up_word(rng)
         return rng.choice(self.words[split])
 
     def example(self, split: str, i: int) -> dict:
