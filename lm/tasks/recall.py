@@ -460,7 +460,11 @@ def _train_phrasings() -> dict:
 
 
 _FIXED_TRAIN = _train_phrasings()
-GRAMMAR_SHARE = 2 / 3      # training conversations from the grammar; the rest from FACTS' frames
+# training conversations from the grammar, the rest from FACTS' frames. Pretraining's recall
+# conversations keep the frames (`lm.data.corpus.chat_tiny`): with the grammar there too, recall
+# after SFT rose further (0.355 -> 0.515) but arithmetic_easy fell 0.815 -> 0.53 (one base each,
+# docs/context.md, "Copying or phrasing?")
+GRAMMAR_SHARE = 2 / 3
 ANSWERS = ["It's {v}.", "You told me it is {v}.", "That is {v}.", "You said {v}."]
 
 
@@ -469,13 +473,14 @@ class Recall(Generated):
     kind = "generative"
     splits = ("train", "test")
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, grammar_share: float = GRAMMAR_SHARE):
         self.seed = seed
+        self.grammar_share = grammar_share
 
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
         rng = self.rng(split, i)
-        if split != "test" and rng.random() < GRAMMAR_SHARE:
+        if split != "test" and rng.random() < self.grammar_share:
             msgs, fact, facts = grammar_conversation(rng)
             msgs.append({"role": "assistant",
                          "content": rng.choice(ANSWERS).format(v=fact["value"])})
