@@ -266,7 +266,7 @@ def chat_tiny(arithmetic_problems: int = 16000, spelling_problems: int = 8000,
     spelling = tasks.get("spelling")
     train += [spelling.example("train", 1_000_000 + i) for i in range(spelling_problems)]
     # reading the context: word problems in many shapes, facts recalled across turns, copying
-    # (recall in FACTS' fixed frames: the grammar here cost arithmetic, `recall.GRAMMAR_SHARE`)
+    # (recall in FACTS' fixed frames; the grammar is SFT's, `recall.GRAMMAR_SHARE`)
     wp, rc = tasks.get("word_problems"), recall.Recall(grammar_share=0.0)
     train += [wp.example("train", 1_000_000 + i) for i in range(word_problems)]
     train += [rc.example("train", 1_000_000 + i) for i in range(recall_problems)]

@@ -464,9 +464,8 @@ def _train_phrasings() -> dict:
 
 _FIXED_TRAIN = _train_phrasings()
 # training conversations from the grammar, the rest from FACTS' frames. Pretraining's recall
-# conversations keep the frames (`lm.data.corpus.chat_tiny`): with the grammar there too, recall
-# after SFT rose further (0.355 -> 0.515) but arithmetic_easy fell 0.815 -> 0.53 (one base each,
-# docs/context.md, "Copying or phrasing?")
+# conversations keep the frames (`lm.data.corpus.chat_tiny`; with the grammar there too, the SFT
+# figures were the same: docs/context.md, "Copying or phrasing?")
 GRAMMAR_SHARE = 2 / 3
 ANSWERS = ["It's {v}.", "You told me it is {v}.", "That is {v}.", "You said {v}."]
 
