@@ -137,9 +137,9 @@ def chat_tiny_sft() -> Config:
         sft=SFTConfig(mixture="identity:1.5,arithmetic_easy:2,arithmetic:1,word_problems:3,"
                               "gsm8k_easy:1,spelling:2,recall:2,copy:0.5,gsm8k:0.25,mmlu:0.2,"
                               "dolly:0.25,alpaca:0.25,function_calling:1.5,agent_steps:1"),
-        eval=EvalConfig(tasks=TINY_EVAL + "," + TINY_OOD +
-                        ",recall_seen_phrasings,copy,copy_seen_phrasings,spelling_ood_seen_phrasings,"
-                        "function_calling,agent_steps",
+        eval=EvalConfig(tasks=TINY_EVAL + "," + TINY_OOD + ",recall_seen_phrasings,copy,"
+                        "copy_seen_phrasings,spelling_ood_seen_phrasings,function_calling,"
+                        "agent_steps",
                         every=0,
                         limit=64, final_limit=200, batch_size=100),
         train=TrainConfig(steps=800, eval_every=200, log_every=10, sample_tokens=0),

@@ -122,7 +122,7 @@ def test_recall_seen_phrasings_asks_held_out_values_in_training_frames():
     t, rc = tasks.get("recall_seen_phrasings"), tasks.get("recall")
     test_values = {rc.example("test", i)["answer"] for i in range(600)}
     train_values = {rc.example("train", i)["answer"] for i in range(3000)}
-    frames = {q for kind in recall.FACTS for q in recall._FIXED_TRAIN[kind][1]}
+    frames = {q for kind in recall.FACTS for q in recall.fixed_train()[kind][1]}
     for i in range(300):
         c = t.example("test", i)
         assert c["answer"] not in train_values and c["answer"] in user_text(c)

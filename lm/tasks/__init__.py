@@ -11,9 +11,10 @@ the generators' distribution: gsm8k_easy (real phrasing), spelling_ood (held-out
 length and frequency, held-out phrasings), recall (facts stated earlier in the conversation),
 copy (repeat exactly), and with `_seen_phrasings` (recall, copy, spelling_ood) the same held-out
 items in training's fixed phrasings, to tell the items from the wording; and word_problems (a
-compositional grammar of 1-2 step problems whose held-out split is made of unseen combinations of seen parts); arithmetic_think (2-4 steps, mostly
-direct answers in training: for RL to discover working); everyday_math / _letters /
-_recall are hand-written questions for evaluation only; kb_qa, kb_qa_naive, kb_qa_context and kb_search
+compositional grammar of 1-2 step problems whose held-out split is made of unseen combinations
+of seen parts); arithmetic_think (2-4 steps, mostly direct answers in training: for RL to
+discover working); everyday_math / _letters / _recall are hand-written questions for evaluation
+only; kb_qa, kb_qa_naive, kb_qa_context and kb_search
 ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`);
 arithmetic_easy_<format>, mental_add_<format> and mental_d1-4 put the same arithmetic in three
 reply formats (`lm.tasks.thinking`); spelling_spell and spelling_direct are spelling's items

@@ -18,6 +18,7 @@ strings and sentences; graded on the exact copy.
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -170,9 +171,10 @@ def _pick(options: dict, split: str, rng: random.Random) -> str:
 # ---- a grammar of training conversations (issue 23) -------------------------------------------
 # FACTS' fixed templates give each kind 2-6 frames. The SFT model copies a value it never saw
 # from a frame it was trained on (`recall_seen_phrasings` 0.795) and not from one it was not
-# (`recall` 0.21): it learned the templates, not the lookup (docs/context.md, "Copying or phrasing?"). Relations x
-# keys x frames x openers, endings and chit-chat around the fact, so that no fixed wording says
-# where the value is: the question's key has to be matched against what was said. Frames are
+# (`recall` 0.21): it learned the templates, not the lookup (docs/context.md, "Copying or
+# phrasing?"). Relations x keys x frames x openers, endings and chit-chat around the fact, so
+# that no fixed wording says where the value is: the question's key has to be matched against
+# what was said. Frames are
 # held out against the test split's and the everyday set's phrasings (`frame`: keys and value
 # abstracted), and the test split's own keys (terrier, brother, dish, ticket, room number, ...)
 # are never keys here.
@@ -185,8 +187,8 @@ PERSON_KEYS = ["best friend", "sister", "neighbour", "boss", "cousin", "teacher"
                "nephew", "niece", "classmate", "manager", "dentist", "friend"]
 NUMBER_KEYS = ["locker number", "lucky number", "house number", "PIN", "door code", "bus number",
                "seat number", "order number", "flat number", "parking spot", "table number",
-               "gate number", "favourite number", "badge number", "account number", "bike lock code",
-               "shoe size", "score", "platform number", "student number"]
+               "gate number", "favourite number", "badge number", "account number",
+               "bike lock code", "shoe size", "score", "platform number", "student number"]
 EVENT_KEYS = ["appointment", "party", "exam", "interview", "concert", "flight", "dentist visit",
               "match", "wedding", "haircut", "piano lesson", "birthday dinner", "trip"]
 WORD_KEYS = ["password", "secret word", "magic word", "keyword", "passphrase", "safe word",
@@ -298,8 +300,10 @@ TYPE_ASKS = {  # when one fact of the type was stated, a question that names no 
                "What was the number I said?", "Tell me the number I mentioned.",
                "What number did I give you?"],
     "city": ["Which city did I mention?", "What city did I talk about?",
-             "Which place did I mention?", "Name the city I told you about.", "What place did I say?"],
-    "colour": ["What colour did I mention?", "What colour did I say?", "Name the colour I mentioned."],
+             "Which place did I mention?", "Name the city I told you about.",
+             "What place did I say?"],
+    "colour": ["What colour did I mention?", "What colour did I say?",
+               "Name the colour I mentioned."],
     "food": ["What food did I mention?", "Which food did I talk about?",
              "Name the food I told you about.", "What food did I say?"],
     "word": ["What word did I give you?", "Which word did I ask you to remember?",
@@ -317,8 +321,8 @@ ASK_OPENERS = ["", "", "", "", "Quick question: ", "Hey, ", "So, ", "Sorry, ", "
                "One more thing: ", "Now, ", "Question: ", "Wait, "]
 ASK_ENDINGS = ["", "", "", "", " Do you remember?", " I forgot.", " I can't remember.",
                " Thanks!"]
-# keys of the test split's phrasings and generic type nouns: never grammar keys, and abstracted
-# with the grammar's own keys when frames are compared
+# the test split's own keys (never grammar keys) and type nouns (some are grammar keys too, e.g.
+# "pet"): abstracted as {k} with the grammar's keys when frames are compared
 _TEST_KEYS = ["terrier", "brother", "cinema", "oldest friend", "room number", "ticket", "dish",
               "evening", "family", "colour", "person", "number", "city", "word", "name", "pet"]
 
@@ -344,6 +348,7 @@ def frame(sentence: str, value: Optional[str] = None, keys: bool = True) -> str:
     return " ".join(re.findall(r"\{[kv]\}|[a-z0-9]+", t.replace("'", " ")))
 
 
+@functools.cache        # read on first use, not at import
 def _held_out() -> tuple[set[str], set[str]]:
     """(frames, sentences) no training phrasing may have: the frame of every test-split statement
     and question (keys abstracted: "Meet my cat, {v}." holds out "Meet my dog, {v}." too), and
@@ -358,15 +363,12 @@ def _held_out() -> tuple[set[str], set[str]]:
     return frames, sentences
 
 
-_HELD_OUT_FRAMES, _EVERYDAY_SENTENCES = _held_out()
-
-
 def allowed(template: str) -> bool:
     """A training phrasing ({v} for the value) that contains no test split's frame and none of
     the everyday set's sentences (as a run of whole words)."""
+    frames, sentences = _held_out()
     f, w = f" {frame(template)} ", f" {frame(template, keys=False)} "
-    return not any(f" {h} " in f for h in _HELD_OUT_FRAMES) and not any(
-        f" {e} " in w for e in _EVERYDAY_SENTENCES)
+    return not any(f" {h} " in f for h in frames) and not any(f" {e} " in w for e in sentences)
 
 
 def _sentence(template: str, key: str, openers: list, endings: list,
@@ -424,10 +426,11 @@ def grammar_facts(rng: random.Random, n: int) -> list[dict]:
 
 
 def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dict]]:
-    """A training conversation of the grammar (messages without the answer turn, the fact asked
-    for, every fact stated): facts stated (one turn each or together, now and then beside a small-talk question
-    that is answered instead of acknowledged), small talk between, then a question that names
-    the fact by its key or, when one fact has that type, by the type."""
+    """A training conversation of the grammar: (messages without the answer turn, the fact
+    asked for, every fact stated). Facts are stated one turn each or together, now and then
+    beside a small-talk question that is answered instead of acknowledged; small talk between;
+    then a question that names the fact by its key or, when one fact has that type, by the
+    type."""
     facts = grammar_facts(rng, rng.choice([1, 1, 2, 3]))
     said = [_phrase(RELATIONS[f["relation"]][2], f["key"], SAY_OPENERS, SAY_ENDINGS, rng)
             .replace("{v}", f["value"]) for f in facts]
@@ -452,8 +455,10 @@ def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dic
     return msgs, ask, facts
 
 
-def _train_phrasings() -> dict:
-    """FACTS' fixed training phrasings less those with a held-out frame or sentence."""
+@functools.cache
+def fixed_train() -> dict:
+    """FACTS' fixed training phrasings per kind, (statements, questions), less those with a
+    held-out frame or sentence."""
     out = {}
     for kind, (_, says, asks) in FACTS.items():
         out[kind] = ([x for x in says["train"] if allowed(x)],
@@ -462,12 +467,21 @@ def _train_phrasings() -> dict:
     return out
 
 
-_FIXED_TRAIN = _train_phrasings()
 # training conversations from the grammar, the rest from FACTS' frames. Pretraining's recall
 # conversations keep the frames (`lm.data.corpus.chat_tiny`; with the grammar there too, the SFT
 # figures were the same: docs/context.md, "Copying or phrasing?")
 GRAMMAR_SHARE = 2 / 3
 ANSWERS = ["It's {v}.", "You told me it is {v}.", "That is {v}.", "You said {v}."]
+
+
+def _phrasing(kind: str, part: int, split: str, rng: random.Random,
+              swap: Optional[random.Random] = None) -> str:
+    """A statement (`part` 1) or question (2) of FACTS' frames for `kind`: the test split's, or
+    the allowed training ones; with `swap`, a training one drawn from `swap` instead of the one
+    drawn from `rng` (which is still drawn, so `rng`'s later draws do not change)."""
+    drawn = _pick(FACTS[kind][part], split, rng) if split == "test" else \
+        rng.choice(fixed_train()[kind][part - 1])
+    return swap.choice(fixed_train()[kind][part - 1]) if swap else drawn
 
 
 class Recall(Generated):
@@ -498,7 +512,7 @@ class Recall(Generated):
         kinds = rng.sample(sorted(FACTS), rng.choice([1, 1, 2, 3]))
         facts = {k: _value(k, split, rng) for k in kinds}
         msgs = []
-        statements = [self._say(k, split, rng, swap).format(v=facts[k]) for k in kinds]
+        statements = [_phrasing(k, 1, split, rng, swap).format(v=facts[k]) for k in kinds]
         if len(statements) > 1 and rng.random() < 0.5:       # several facts in one turn
             msgs += [{"role": "user", "content": " ".join(statements)},
                      {"role": "assistant", "content": rng.choice(ACKS)}]
@@ -511,25 +525,13 @@ class Recall(Generated):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
         ask = rng.choice(kinds)
         value = facts[ask]
-        msgs.append({"role": "user", "content": self._ask(ask, split, rng, swap)})
+        msgs.append({"role": "user", "content": _phrasing(ask, 2, split, rng, swap)})
         # the value after a space, as the user wrote it: " Berlin" and "Berlin" are different
         # tokens (" B"+"er"+"lin" against "B"+...), and a reply that starts with the value must
         # map the first one instead of copying it (docs/context.md, "The first token")
         msgs.append({"role": "assistant", "content": rng.choice(ANSWERS).format(v=value)})
         return {"messages": msgs, "task": self.name, "answer": value, "fact": ask,
                 "values": list(facts.values())}
-
-    @staticmethod
-    def _say(kind: str, split: str, rng: random.Random, swap=None) -> str:
-        said = _pick(FACTS[kind][1], split, rng) if split == "test" else \
-            rng.choice(_FIXED_TRAIN[kind][0])
-        return swap.choice(_FIXED_TRAIN[kind][0]) if swap else said
-
-    @staticmethod
-    def _ask(kind: str, split: str, rng: random.Random, swap=None) -> str:
-        asked = _pick(FACTS[kind][2], split, rng) if split == "test" else \
-            rng.choice(_FIXED_TRAIN[kind][1])
-        return swap.choice(_FIXED_TRAIN[kind][1]) if swap else asked
 
     def evaluate(self, conv: dict, reply: str) -> bool:
         others = [m["content"] for m in conv["messages"] if m["role"] == "user"]
@@ -591,7 +593,7 @@ def copy_grammar_ask(rng: random.Random) -> str:
         ask = rng.choice(['{t}\n', '"{t}" - ', '{t} - ', '"{t}"\n']) + instr[0].upper() + \
             instr[1:] + rng.choice([".", "!", "", " please."])
     ask = ask[0].upper() + ask[1:]
-    return ask if rng.random() < 0.85 else ask.lower().replace("{t}", "{t}")
+    return ask if rng.random() < 0.85 else ask.lower()
 
 
 def _copy_text(split: str, rng: random.Random) -> str:

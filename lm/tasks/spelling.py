@@ -246,7 +246,8 @@ class SpellingOODSeenPhrasings(SpellingOOD):
 
     def __init__(self, seed: int = 0):
         super().__init__(seed)
-        self.name = "spelling_ood_seen_phrasings"    # items drawn as spelling_ood's (its class name)
+        # an instance name: items are drawn under the class's, so they are spelling_ood's
+        self.name = "spelling_ood_seen_phrasings"
 
     def question(self, split: str, rng: random.Random) -> str:
         return rng.choice(QUESTIONS)
