@@ -225,6 +225,30 @@ def test_spelling_ood_words_never_spelled_in_training_and_graded_on_letters(data
                 for c2 in (ood.example("test", i) for i in range(200))} & train_q
 
 
+def test_spelling_drill_spells_training_words_only_and_grades_every_word(data_env):
+    """The drill's training replies spell many words each, never a held-out one (spelling_ood's
+    or spelling's test words); its test split asks held-out words and is right only when every
+    word's letters are."""
+    drill, sp = tasks.get("spelling_drill"), tasks.get("spelling")
+    train = set(sp.words["train"])
+    seen = []
+    for i in range(500):
+        c = drill.example("train", i)
+        assert 4 <= len(c["words"]) <= 12 and set(c["words"]) <= train
+        for w in c["words"]:
+            assert w in c["messages"][0]["content"] and f" {w}: {'-'.join(w)}" in reference(c)
+        seen += c["words"]
+    assert len(set(seen)) > 0.9 * len(seen)          # the words vary
+    c = drill.example("test", 0)
+    assert not set(c["words"]) & train
+    ref = reference(c)
+    assert drill.evaluate(c, ref)
+    w = c["words"][1]
+    wrong = w[:-1] + ("x" if w[-1] != "x" else "y")
+    assert not drill.evaluate(c, ref.replace("-".join(w), "-".join(wrong)))
+    assert not drill.evaluate(c, ref.rsplit("\n", 1)[0])         # a word left out
+
+
 def test_spelling_training_questions_vary_and_never_word_an_ood_question(data_env):
     """Training questions come from a grammar (many wordings, the word and the letter written in
     several ways) whose templates never normalise to one of spelling_ood's held-out phrasings;

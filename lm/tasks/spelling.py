@@ -217,11 +217,16 @@ class SpellingOOD(Spelling):
 
     @cached_property
     def buckets(self) -> list[list[str]]:
-        held = [w for w in self.counts if held_out(w, 5)]
+        return self.buckets_of(self.counts)
+
+    @staticmethod
+    def buckets_of(counts: Counter) -> list[list[str]]:
+        """The held-out words by length x corpus frequency (`LENGTHS` x `FREQUENCIES`)."""
+        held = [w for w in counts if held_out(w, 5)]
         out = []
         for lo, hi in LENGTHS:
             for flo, fhi in FREQUENCIES:
-                b = sorted(w for w in held if lo <= len(w) <= hi and flo <= self.counts[w] <= fhi)
+                b = sorted(w for w in held if lo <= len(w) <= hi and flo <= counts[w] <= fhi)
                 if b:
                     out.append(b)
         return out
@@ -236,6 +241,50 @@ class SpellingOOD(Spelling):
 
     def evaluate(self, conv: dict, reply: str) -> bool:
         return spelled(reply) == conv["word"] and super().evaluate(conv, reply)
+
+
+# asks of the spelling drill (none of them counts a letter, so none is spelling_ood's wording)
+DRILL_ASKS = ["Spell these words letter by letter: {ws}.", "Spell each of these words: {ws}.",
+              "How do you spell {ws}?", "Please spell {ws}, one letter at a time.",
+              "spell {ws}", "Can you spell out {ws} for me?", "Write out the letters of {ws}.",
+              "What are the letters in {ws}?", "Letter by letter, please: {ws}."]
+
+
+class SpellingDrill(Spelling):
+    """Several words spelled in one reply ("1. costume: c-o-s-t-u-m-e"), each after the word
+    itself: what the letters of each token are, many words per conversation. The single
+    spelling question teaches finding the word and counting; one word a conversation is too
+    few for a model to learn the letters of 4,096 tokens (the chain's SFT spelled 13% of its
+    own training words right, landing 47). Training words only; the `test` split asks held-out
+    words of every length and frequency (spelling_ood's) and is right when all are spelled."""
+    name = "spelling_drill"
+
+    @cached_property
+    def held_buckets(self) -> list[list[str]]:
+        return SpellingOOD.buckets_of(self.counts)
+
+    def example(self, split: str, i: int) -> dict:
+        self._check_split(split)
+        rng = self.rng(split, i)
+        n = rng.randint(4, 12) if split == "train" else 3
+        pick = ((lambda: rng.choice(rng.choice(self.held_buckets)))
+                if split == "test" else (lambda: self.pick_word(split, rng)))
+        words: list[str] = []
+        while len(words) < n:
+            w = pick()
+            if w not in words:
+                words.append(w)
+        ws = ", ".join(words[:-1]) + " and " + words[-1] if rng.random() < 0.5 else ", ".join(words)
+        reply = "\n".join(f"{k + 1}. {w}: {'-'.join(w)}" for k, w in enumerate(words))
+        return conversation(rng.choice(DRILL_ASKS).format(ws=ws), reply, task=self.name,
+                            words=words)
+
+    def evaluate(self, conv: dict, reply: str) -> bool:
+        got = re.findall(r"\b([a-zA-Z](?:-[a-zA-Z])+)\b", reply)
+        return [g.replace("-", "").lower() for g in got] == conv["words"]
+
+    def max_new_tokens(self) -> int:
+        return 128
 
 
 class SpellingOODSeenPhrasings(SpellingOOD):
