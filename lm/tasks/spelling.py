@@ -248,11 +248,13 @@ DRILL_ASKS = ["Spell these words letter by letter: {ws}.", "Spell each of these 
               "How do you spell {ws}?", "Please spell {ws}, one letter at a time.",
               "spell {ws}", "Can you spell out {ws} for me?", "Write out the letters of {ws}.",
               "What are the letters in {ws}?", "Letter by letter, please: {ws}."]
+DRILL_FORMS = ["{w}", "{w}", "{w}", "{w}", "\"{w}\"", "'{w}'", "{c}"]
 
 
 class SpellingDrill(Spelling):
     """Several words spelled in one reply ("1. costume: c-o-s-t-u-m-e"), each after the word
-    itself: what the letters of each token are, many words per conversation. The single
+    itself (written plain, in quotes or capitalised, as in the ask): what the letters of each
+    token are, many words per conversation. The single
     spelling question teaches finding the word and counting; one word a conversation is too
     few for a model to learn the letters of 4,096 tokens (the chain's SFT spelled 13% of its
     own training words right, landing 47). Training words only; the `test` split asks held-out
@@ -274,8 +276,12 @@ class SpellingDrill(Spelling):
             w = pick()
             if w not in words:
                 words.append(w)
-        ws = ", ".join(words[:-1]) + " and " + words[-1] if rng.random() < 0.5 else ", ".join(words)
-        reply = "\n".join(f"{k + 1}. {w}: {'-'.join(w)}" for k, w in enumerate(words))
+        # how each word is written, in the ask and on its line alike: after a space (its tokens
+        # in most questions), in quotes or capitalised (other tokens, other letters to learn)
+        forms = [rng.choice(DRILL_FORMS).format(w=w, c=w.capitalize()) for w in words]
+        ws = ", ".join(forms[:-1]) + " and " + forms[-1] if rng.random() < 0.5 else ", ".join(forms)
+        reply = "\n".join(f"{k + 1}. {f}: {'-'.join(w)}" for k, (f, w) in
+                           enumerate(zip(forms, words)))
         return conversation(rng.choice(DRILL_ASKS).format(ws=ws), reply, task=self.name,
                             words=words)
 
