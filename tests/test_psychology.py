@@ -404,6 +404,44 @@ def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
         psychology.main(["--parts", "nope"])
 
 
+def test_self_part_asks_base_and_sft_who_they_are_and_tabulates_all_three(tmp_path):
+    """The self part's rows: SFT without the identity task (trained), and the base and the
+    chain's SFT asked by lm.eval into their eval_self.json (reused once written)."""
+    import argparse
+    import dataclasses
+    from lm import runs
+    from lm.config import Config, DataConfig, EvalConfig, ModelConfig
+    from lm.tokenizer import train_bpe, trained_specials
+    from tools import psychology
+    tok = train_bpe(["a b c"] * 10, 256 + len(trained_specials()) + 2)
+    cfg = Config(name="x", data=DataConfig(tokenizer="parent"), eval=EvalConfig(),
+                 model=ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1,
+                                   n_head=2, n_embd=16))
+    work = tmp_path / "w"
+    a = argparse.Namespace(workdir=str(work), rerun=False)
+    scores = {"chat_tiny_base": 0.0, "chat_tiny_sft": 0.9, "chat_tiny_sft_noid": 0.1}
+    for name, acc in scores.items():
+        d = runs.save_run(str(work / "runs" / name / "20260101-000000"),
+                          dataclasses.replace(cfg, name=name), tok)
+        os.makedirs(f"{d}/checkpoints/1")
+        row = {"eval/whoami_teacher": acc, "eval/whoami_teacher_n": 40}
+        with open(f"{d}/summary.json", "w") as f:
+            json.dump({"complete": True}, f)
+        with open(f"{d}/metrics.jsonl", "w") as f:
+            f.write(json.dumps({"step": 1, "final": True, **row}) + "\n")
+        if name != "chat_tiny_sft_noid":
+            step = "sft_as_self" if name == "chat_tiny_sft" else "base_as_chat"
+            cmd = psychology.step_command(step, a)
+            assert cmd[1:4] == ["-m", "lm.eval", "--run"] and cmd[4] == d
+            with open(f"{d}/eval_self.json", "w") as f:
+                json.dump({"chat": row}, f)
+            assert psychology.step_command(step, a) is None             # reused
+    assert psychology.main(["--parts", "self", "--tables", "--workdir", str(work)]) == 0
+    t = json.load(open(work / "runs" / "psychology" / "self.json"))
+    got = {r["label"].split(" ")[0]: r["eval"]["whoami_teacher"]["acc"] for r in t["rows"]}
+    assert got == scores
+
+
 def test_question_answer_pretraining_is_about_plain_sfts_read_people_only():
     kb = kn.knowledge_base()
     qa_people = {p.name: p for p in kb.qa_people()}

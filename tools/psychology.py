@@ -14,7 +14,8 @@ Parts (in order; a run whose latest one is complete is reused unless `--rerun`):
              probe in runs/knowledge_probe_qa, tables in <out>/knowledge_qa)
   think      chat_tiny_sft_think_calculator, _reasoning, _answer_first (from chat_tiny_base)
   spelling   chat_tiny_base_bytes, then chat_tiny_sft_[bytes_]spell_{tool,spell,direct}
-  self       chat_tiny_sft_noid, and the base model asked as a chat (python -m lm.eval)
+  self       chat_tiny_sft_noid; the base model and chat_tiny_sft asked who they are
+             (python -m lm.eval)
 
 Tables go to `--out` (default <workdir>/runs/psychology): JSON and Markdown per part, each
 accuracy with ± one binomial standard error.
@@ -45,8 +46,12 @@ PARTS = {
     "think": [f"chat_tiny_sft_think_{f}" for f in ("calculator", "reasoning", "answer_first")],
     "spelling": ["chat_tiny_base_bytes"] + [f"chat_tiny_sft_{b}spell_{f}" for b in ("", "bytes_")
                                             for f in ("tool", "spell", "direct")],
-    "self": ["chat_tiny_sft_noid", "base_as_chat"],
+    "self": ["chat_tiny_sft_noid", "base_as_chat", "sft_as_self"],
 }
+# evaluation-only steps of the self part: the latest run of an experiment asked who it is
+# (lm.eval into <run>/eval_self.json), with the table's label
+AS_CHAT = {"base_as_chat": ("chat_tiny_base", "chat_tiny_base (as a chat)"),
+           "sft_as_self": ("chat_tiny_sft", "chat_tiny_sft (with the identity task)")}
 COLUMNS = {
     "think": ["arithmetic_easy", "mental_d1", "mental_d2", "mental_d3", "mental_d4"],
     "spelling": ["spelling", "everyday_letters", "spelling_ood"],
@@ -73,8 +78,8 @@ def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
             return None
         return [py, "-m", "tools.probe_knowledge", "--run", f"chat_tiny_sft_{a.kb}", "--workdir",
                 a.workdir, "--out", out]
-    if step == "base_as_chat":
-        ref = runs.resolve("chat_tiny_base", workdir=a.workdir)
+    if step in AS_CHAT:
+        ref = runs.resolve(AS_CHAT[step][0], workdir=a.workdir)
         if os.path.exists(os.path.join(ref.run_dir, "eval_self.json")) and not a.rerun:
             return None
         return [py, "-m", "lm.eval", "--run", ref.run_dir, "--tasks",
@@ -111,13 +116,13 @@ def table(part: str, workdir: str) -> dict:
     rows = []
     names = [s for s in PARTS[part] if s not in ("probe",)]
     for name in names:
-        if name == "base_as_chat":
+        if name in AS_CHAT:
             try:
-                ref = runs.resolve("chat_tiny_base", workdir=workdir)
+                ref = runs.resolve(AS_CHAT[name][0], workdir=workdir)
                 ev = json.load(open(os.path.join(ref.run_dir, "eval_self.json")))["chat"]
             except (runs.RunError, OSError):
                 continue
-            label, run_dir = "chat_tiny_base (as a chat)", ref.run_dir
+            label, run_dir = AS_CHAT[name][1], ref.run_dir
         else:
             try:
                 ref = runs.resolve(name, workdir=workdir)
