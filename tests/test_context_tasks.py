@@ -219,6 +219,8 @@ def test_spelling_ood_words_never_spelled_in_training_and_graded_on_letters(data
     w = c["word"]
     misspelled = ref.replace("-".join(w), "-".join(w[:-1] + ("x" if w[-1] != "x" else "y")))
     assert not ood.evaluate(c, misspelled) and sp.evaluate(c, misspelled)
+    assert sp.grades(c, misspelled) == {"count": True, "letters": False}
+    assert sp.grades(c, ref) == {"count": True, "letters": True}
     train_q = {sp.example("train", i)["messages"][0]["content"].replace(
         sp.example("train", i)["word"], "W") for i in range(200)}
     assert not {c2["messages"][0]["content"].replace(c2["word"], "W")
@@ -250,6 +252,7 @@ def test_spelling_drill_spells_training_words_only_and_grades_every_word(data_en
     wrong = w[:-1] + ("x" if w[-1] != "x" else "y")
     assert not drill.evaluate(c, ref.replace("-".join(w), "-".join(wrong)))
     assert not drill.evaluate(c, ref.rsplit("\n", 1)[0])         # a word left out
+    assert drill.grades(c, ref.rsplit("\n", 1)[0]) == {"words": 2 / 3}
 
 
 def test_spelling_training_questions_vary_and_never_word_an_ood_question(data_env):

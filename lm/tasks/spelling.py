@@ -205,6 +205,15 @@ class Spelling(Generated):
     def evaluate(self, conv: dict, reply: str) -> bool:
         return same_number(final_number(reply), conv["answer"])
 
+    def grades(self, conv: dict, reply: str) -> dict[str, bool]:
+        """The count, and (in the formats that spell) the spelled letters: the calculator
+        counts the word copied from the question, so the count alone can be right while the
+        spelling is not (the chain's SFT: 91% counts, 10% spellings, landing 47)."""
+        out = {"count": same_number(final_number(reply), conv["answer"])}
+        if self.fmt != "direct":
+            out["letters"] = spelled(reply) == conv["word"]
+        return out
+
     def max_new_tokens(self) -> int:
         return 128
 
@@ -285,9 +294,17 @@ class SpellingDrill(Spelling):
         return conversation(rng.choice(DRILL_ASKS).format(ws=ws), reply, task=self.name,
                             words=words)
 
+    def spellings(self, reply: str) -> list[str]:
+        return [g.replace("-", "").lower()
+                for g in re.findall(r"\b([a-zA-Z](?:-[a-zA-Z])+)\b", reply)]
+
     def evaluate(self, conv: dict, reply: str) -> bool:
-        got = re.findall(r"\b([a-zA-Z](?:-[a-zA-Z])+)\b", reply)
-        return [g.replace("-", "").lower() for g in got] == conv["words"]
+        return self.spellings(reply) == conv["words"]
+
+    def grades(self, conv: dict, reply: str) -> dict[str, float]:
+        """The share of the words spelled right in their place."""
+        got = self.spellings(reply)
+        return {"words": sum(a == b for a, b in zip(got, conv["words"])) / len(conv["words"])}
 
     def max_new_tokens(self) -> int:
         return 128
