@@ -99,9 +99,17 @@ def word_counts(text: str) -> Counter:
     return Counter(re.findall(r"\b[a-z]{2,15}\b", text))
 
 
+_SPELLING = re.compile(r"\b([a-zA-Z](?:-[a-zA-Z])+)\b")
+
+
+def spellings(reply: str) -> list[str]:
+    """The letters of every `x-y-z` spelling in a reply, in order, lower case."""
+    return [m.replace("-", "").lower() for m in _SPELLING.findall(reply)]
+
+
 def spelled(reply: str) -> str:
     """The letters of the first `x-y-z` spelling in a reply ('' if none)."""
-    m = re.search(r"\b([a-zA-Z](?:-[a-zA-Z])+)\b", reply)
+    m = _SPELLING.search(reply)
     return m.group(1).replace("-", "").lower() if m else ""
 
 
@@ -208,7 +216,7 @@ class Spelling(Generated):
     def grades(self, conv: dict, reply: str) -> dict[str, bool]:
         """The count, and (in the formats that spell) the spelled letters: the calculator
         counts the word copied from the question, so the count alone can be right while the
-        spelling is not (the chain's SFT: 91% counts, 10% spellings, landing 47)."""
+        spelling is not (the chain's SFT: 91.5% counts, 7.5% spellings, landing 47)."""
         out = {"count": same_number(final_number(reply), conv["answer"])}
         if self.fmt != "direct":
             out["letters"] = spelled(reply) == conv["word"]
@@ -262,12 +270,12 @@ DRILL_FORMS = ["{w}", "{w}", "{w}", "{w}", "\"{w}\"", "'{w}'", "{c}"]
 
 class SpellingDrill(Spelling):
     """Several words spelled in one reply ("1. costume: c-o-s-t-u-m-e"), each after the word
-    itself (written plain, in quotes or capitalised, as in the ask): what the letters of each
-    token are, many words per conversation. The single
-    spelling question teaches finding the word and counting; one word a conversation is too
-    few for a model to learn the letters of 4,096 tokens (the chain's SFT spelled 13% of its
-    own training words right, landing 47). Training words only; the `test` split asks held-out
-    words of every length and frequency (spelling_ood's) and is right when all are spelled."""
+    itself (written plain, in quotes or capitalised, as in the ask): the letters of each token,
+    many words a conversation. The spelling question teaches finding the word and counting; one
+    word a conversation is too few to learn the letters of 4,096 tokens (the chain's SFT spelled
+    13% of its own training words right, landing 47). Training words only; the `test` split
+    asks held-out words of every length and frequency (spelling_ood's buckets) and is right when
+    every word is."""
     name = "spelling_drill"
 
     @cached_property
@@ -294,16 +302,12 @@ class SpellingDrill(Spelling):
         return conversation(rng.choice(DRILL_ASKS).format(ws=ws), reply, task=self.name,
                             words=words)
 
-    def spellings(self, reply: str) -> list[str]:
-        return [g.replace("-", "").lower()
-                for g in re.findall(r"\b([a-zA-Z](?:-[a-zA-Z])+)\b", reply)]
-
     def evaluate(self, conv: dict, reply: str) -> bool:
-        return self.spellings(reply) == conv["words"]
+        return spellings(reply) == conv["words"]
 
     def grades(self, conv: dict, reply: str) -> dict[str, float]:
         """The share of the words spelled right in their place."""
-        got = self.spellings(reply)
+        got = spellings(reply)
         return {"words": sum(a == b for a, b in zip(got, conv["words"])) / len(conv["words"])}
 
     def max_new_tokens(self) -> int:
