@@ -21,8 +21,8 @@ from lm import model
 from lm.config import ModelConfig, modern
 from lm.eval import benchmarks, suite
 from lm.eval.__main__ import main as eval_main
-from lm.eval.chat import (check_pass_at, generate_replies, pass_at_k_estimate,
-                          pass_at_k_from_counts, parse_ks)
+from lm.eval.chat import (GENERATED_ITEMS, check_pass_at, generate_replies,
+                          held_out_indices, pass_at_k_estimate, pass_at_k_from_counts, parse_ks)
 from lm.eval.likelihood import loglikelihood
 from tools import pass_at_k as pass_at_k_tool
 from lm.sampling import Engine
@@ -260,6 +260,25 @@ def test_pass_at_table_rows_and_the_plot_tool_outputs(tmp_path, capsys):
         argv = [x for kv in base.items() for x in kv] + ["--out", str(tmp_path / "o")]
         assert pass_at_k_tool.main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_no_limit_reads_a_fixed_split_whole_and_a_generated_one_in_part():
+    """`--limit 0` means all of a fixed held-out split; a generated task's split is infinite, so
+    it means GENERATED_ITEMS (it once meant a billion conversations, and the OOM killer)."""
+    class Fixed:
+        def size(self, split):
+            return 37
+
+    class Infinite:
+        def size(self, split):
+            return None
+
+    assert held_out_indices(Fixed(), 0) == list(range(37))
+    assert held_out_indices(Fixed(), 100) == list(range(37))
+    some = held_out_indices(Fixed(), 5)
+    assert len(some) == 5 and some != list(range(5)) and max(some) < 37    # spread, not a prefix
+    assert held_out_indices(Infinite(), 0) == list(range(GENERATED_ITEMS))
+    assert held_out_indices(Infinite(), 12) == list(range(12))
 
 
 def test_a_long_prompt_does_not_cut_the_other_replies():

@@ -83,7 +83,7 @@ def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
         if os.path.exists(os.path.join(ref.run_dir, "eval_self.json")) and not a.rerun:
             return None
         return [py, "-m", "lm.eval", "--run", ref.run_dir, "--tasks",
-                "chat:whoami_teacher,chat:identity", "--out",
+                "chat:whoami_teacher,chat:identity", "--limit", "200", "--out",
                 os.path.join(ref.run_dir, "eval_self.json")]
     if complete(step, a.workdir) and not a.rerun:
         return None

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     src.add_argument("--hf", help="a Hugging Face GPT2LMHeadModel / LlamaForCausalLM folder")
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--tasks", default=None, help="comma list (default: by the run's stage)")
-    p.add_argument("--limit", type=int, default=0, help="items per task (0: all)")
+    p.add_argument("--limit", type=int, default=0, help="items per task (0: all of a fixed split, "
+                   "500 of a generated one)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--out", default=None, help="JSON output path (default <run>/eval.json; with --pass_at, "
                    "<run>/pass_at_k.json)")

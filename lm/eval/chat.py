@@ -90,6 +90,21 @@ def categorical_predictions(params, cfg, tok, convs: Sequence[dict], *, batch_si
     return out
 
 
+# a generated task's held-out items when no limit is given: its test split is infinite, and
+# "all of it" once meant a billion conversations in memory
+GENERATED_ITEMS = 500
+
+
+def held_out_indices(task, limit: int) -> list[int]:
+    """The held-out items to evaluate: `limit` of them spread over a fixed split (all when
+    `limit` is 0 or more than the split holds); of a generated task's infinite split the first
+    `limit`, or `GENERATED_ITEMS` when `limit` is 0."""
+    size = task.size("test")
+    if size is None:
+        return list(range(limit or GENERATED_ITEMS))
+    return test_indices(size, limit or size)
+
+
 def _graded(task, conv: dict, text: str) -> bool:
     """The task's grade of one reply; a grader that raises counts as wrong (one odd reply must
     not stop an evaluation)."""
@@ -119,9 +134,7 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
     bar = tqdm(total=len(names), disable=not progress, desc="eval", leave=False)
     for name in names:
         task = task_lib.get(name)
-        size = task.size("test")
-        idx = test_indices(limit if size is None else size, limit)
-        convs = [task.example("test", i) for i in idx]
+        convs = [task.example("test", i) for i in held_out_indices(task, limit)]
         if not convs:
             continue
         if task.kind == "categorical":
@@ -230,8 +243,7 @@ def correct_counts(engine: Engine, tok, task, *, limit: int, n: int, temperature
     """Per held-out problem, how many of n sampled replies (tools on) the task grades correct.
     Problem i's sample j has PRNG key (seed, i·n + j) whatever the batching; replies are graded
     and dropped batch by batch, so memory does not grow with n × problems."""
-    size = task.size("test")
-    convs = [task.example("test", i) for i in test_indices(limit if size is None else size, limit)]
+    convs = [task.example("test", i) for i in held_out_indices(task, limit)]
     per_call = max(1, batch_size // n)
     budget = max_new_tokens or task.max_new_tokens()
     counts: list[int] = []

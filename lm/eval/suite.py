@@ -102,7 +102,7 @@ def evaluate_pass_at(run, names: list[str], *, ks, n=None, limit: int = 0, batch
               "experiment": run.config.name, "samples": n, "ks": list(ks),
               "temperature": temperature, "seed": seed, "pass_at": {}, "counts": {}}
     for name in names:
-        counts = correct_counts(engine, tok, tasks.get(name), limit=limit or 10 ** 9, n=n,
+        counts = correct_counts(engine, tok, tasks.get(name), limit=limit, n=n,
                                 temperature=temperature, batch_size=batch_size, seed=seed,
                                 progress=progress)
         result["counts"][name] = counts
@@ -153,7 +153,7 @@ def evaluate(run, todo: dict, *, limit: int = 0, batch_size: int = 32,
         result["likelihood"] = {k: {m: v for m, v in r.items()} for k, r in res.items()}
     if todo["chat"]:
         m, shown = evaluate_tasks(run.params, run.config.model, run.tokenizer, todo["chat"],
-                                  limit=limit or 10 ** 9, batch_size=max(batch_size, 64),
+                                  limit=limit, batch_size=max(batch_size, 64),
                                   samples=3, progress=progress, strict_calls=strict_calls)
         result["chat"] = m
         result["chat_samples"] = shown
