@@ -233,17 +233,19 @@ def test_spelling_drill_spells_training_words_only_and_grades_every_word(data_en
     word's letters are."""
     drill, sp = tasks.get("spelling_drill"), tasks.get("spelling")
     train = set(sp.words["train"])
-    seen, forms = [], set()
-    for i in range(500):
-        c = drill.example("train", i)
-        assert 4 <= len(c["words"]) <= 12 and set(c["words"]) <= train
-        for w in c["words"]:
-            assert w in c["messages"][0]["content"].lower()
-            assert re.search(rf"""\d\. ["']?{w}["']?: {'-'.join(w)}(\n|$)""", reference(c).lower())
-        seen += c["words"]
-        forms.update(re.findall(r"\d\. (\W?)\w", reference(c)))
-    assert len(set(seen)) > 0.9 * len(seen)          # the words vary
-    assert forms == {"", '"', "'"}                   # plain, in quotes (and capitalised)
+    for name, want in (("spelling_drill", {""}), ("spelling_drill_forms", {"", '"', "'"})):
+        seen, forms = [], set()
+        for i in range(300):
+            c = tasks.get(name).example("train", i)
+            assert 4 <= len(c["words"]) <= 12 and set(c["words"]) <= train
+            for w in c["words"]:
+                assert w in c["messages"][0]["content"].lower()
+                assert re.search(rf"""\d\. ["']?{w}["']?: {'-'.join(w)}(\n|$)""",
+                                 reference(c).lower())
+            seen += c["words"]
+            forms.update(re.findall(r"\d\. (\W?)\w", reference(c)))
+        assert len(set(seen)) > 0.9 * len(seen)      # the words vary
+        assert forms == want                         # plain; or in quotes (and capitalised)
     c = drill.example("test", 0)
     assert not set(c["words"]) & train
     ref = reference(c)

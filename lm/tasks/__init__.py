@@ -19,7 +19,8 @@ ask about made-up people of a knowledge base read in pretraining (`lm.tasks.know
 arithmetic_easy_<format>, mental_add_<format> and mental_d1-4 put the same arithmetic in three
 reply formats (`lm.tasks.thinking`); spelling_spell and spelling_direct are spelling's items
 answered without the calculator; spelling_drill spells several training words a reply (the
-letters of the tokens; its test split: held-out words); digits, picture_describe and picture_draw put images in the
+letters of the tokens; its test split: held-out words; _forms also quoted and capitalised);
+digits, picture_describe and picture_draw put images in the
 conversation as tokens (`lm.tasks.vision`, `lm.images`), speech_digits(_noisy) and speech_words
 spoken words (`lm.tasks.speech`, `lm.audio`). A mixture ("identity:1,spelling:2") is read by
 `lm.config.parse_weights(spec, tasks.NAMES, key=...)`.
@@ -79,6 +80,7 @@ FACTORIES: dict[str, Callable[[], Task]] = {
        for d in (1, 2, 3, 4)},
     # spelling's words in the other reply formats: spell out and count, or the count alone
     "spelling_drill": SpellingDrill,
+    "spelling_drill_forms": lambda: SpellingDrill(forms=True),
     "spelling_spell": lambda: Spelling(fmt="spell"), "spelling_direct": lambda: Spelling(fmt="direct"),
     # images as tokens (issue 31): read a digit, describe a picture, draw one
     "digits": Digits, "picture_describe": lambda: Pictures("describe"),
@@ -97,7 +99,8 @@ NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling"
          "kb_qa_naive", "kb_qa_context", "kb_search", "arithmetic_easy_reasoning",
          "arithmetic_easy_answer_first", "mental_add_calculator", "mental_add_reasoning",
          "mental_add_answer_first", "mental_d1", "mental_d2", "mental_d3", "mental_d4",
-         "spelling_spell", "spelling_direct", "spelling_drill", "digits", "picture_describe", "picture_draw",
+         "spelling_spell", "spelling_direct", "spelling_drill", "spelling_drill_forms",
+         "digits", "picture_describe", "picture_draw",
          "speech_digits", "speech_digits_noisy", "speech_words")
 assert set(NAMES) == set(FACTORIES), "every task has a name and a factory"
 _CACHE: dict[str, Task] = {}

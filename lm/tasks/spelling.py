@@ -265,18 +265,26 @@ DRILL_ASKS = ["Spell these words letter by letter: {ws}.", "Spell each of these 
               "How do you spell {ws}?", "Please spell {ws}, one letter at a time.",
               "spell {ws}", "Can you spell out {ws} for me?", "Write out the letters of {ws}.",
               "What are the letters in {ws}?", "Letter by letter, please: {ws}."]
+# the drill's words in other forms too (`spelling_drill_forms`, an ablation: no gain on
+# spelling OOD and recall 7 points lower in two SFTs, landing 47)
 DRILL_FORMS = ["{w}", "{w}", "{w}", "{w}", "\"{w}\"", "'{w}'", "{c}"]
 
 
 class SpellingDrill(Spelling):
     """Several words spelled in one reply ("1. costume: c-o-s-t-u-m-e"), each after the word
-    itself (written plain, in quotes or capitalised, as in the ask): the letters of each token,
-    many words a conversation. The spelling question teaches finding the word and counting; one
+    itself (with `forms`, written plain, in quotes or capitalised, as in the ask): the letters of
+    each token, many words a conversation. The spelling question teaches finding the word and counting; one
     word a conversation is too few to learn the letters of 4,096 tokens (the chain's SFT spelled
     13% of its own training words right, landing 47). Training words only; the `test` split
     asks held-out words of every length and frequency (spelling_ood's buckets) and is right when
     every word is."""
     name = "spelling_drill"
+
+    def __init__(self, seed: int = 0, forms: bool = False):
+        super().__init__(seed)
+        self.forms = DRILL_FORMS if forms else ["{w}"]
+        if forms:
+            self.name = "spelling_drill_forms"
 
     @cached_property
     def held_buckets(self) -> list[list[str]]:
@@ -294,8 +302,9 @@ class SpellingDrill(Spelling):
             if w not in words:
                 words.append(w)
         # how each word is written, in the ask and on its line alike: after a space (its tokens
-        # in most questions), in quotes or capitalised (other tokens, other letters to learn)
-        forms = [rng.choice(DRILL_FORMS).format(w=w, c=w.capitalize()) for w in words]
+        # in most questions), or with `forms` in quotes or capitalised (other tokens)
+        forms = [rng.choice(self.forms).format(w=w, c=w.capitalize()) for w in words] \
+            if len(self.forms) > 1 else list(words)     # (no draw: landing 47's items exactly)
         ws = ", ".join(forms[:-1]) + " and " + forms[-1] if rng.random() < 0.5 else ", ".join(forms)
         reply = "\n".join(f"{k + 1}. {f}: {'-'.join(w)}" for k, (f, w) in
                            enumerate(zip(forms, words)))
