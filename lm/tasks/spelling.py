@@ -273,11 +273,11 @@ DRILL_FORMS = ["{w}", "{w}", "{w}", "{w}", "\"{w}\"", "'{w}'", "{c}"]
 class SpellingDrill(Spelling):
     """Several words spelled in one reply ("1. costume: c-o-s-t-u-m-e"), each after the word
     itself (with `forms`, written plain, in quotes or capitalised, as in the ask): the letters of
-    each token, many words a conversation. The spelling question teaches finding the word and counting; one
-    word a conversation is too few to learn the letters of 4,096 tokens (the chain's SFT spelled
-    13% of its own training words right, landing 47). Training words only; the `test` split
-    asks held-out words of every length and frequency (spelling_ood's buckets) and is right when
-    every word is."""
+    each token, many words a conversation. The spelling question teaches finding the word and
+    counting; one word a conversation is too few to learn the letters of 4,096 tokens (the
+    chain's SFT spelled 13% of its own training words right, landing 47). Training words only;
+    the `test` split asks held-out words of every length and frequency (spelling_ood's buckets)
+    and is right when every word is."""
     name = "spelling_drill"
 
     def __init__(self, seed: int = 0, forms: bool = False):
