@@ -282,7 +282,7 @@ class SpellingDrill(Spelling):
 
     def __init__(self, seed: int = 0, forms: bool = False):
         super().__init__(seed)
-        self.forms = DRILL_FORMS if forms else ["{w}"]
+        self.with_forms = forms
         if forms:
             self.name = "spelling_drill_forms"
 
@@ -303,8 +303,8 @@ class SpellingDrill(Spelling):
                 words.append(w)
         # how each word is written, in the ask and on its line alike: after a space (its tokens
         # in most questions), or with `forms` in quotes or capitalised (other tokens)
-        forms = [rng.choice(self.forms).format(w=w, c=w.capitalize()) for w in words] \
-            if len(self.forms) > 1 else list(words)     # (no draw: landing 47's items exactly)
+        forms = [rng.choice(DRILL_FORMS).format(w=w, c=w.capitalize()) for w in words] \
+            if self.with_forms else list(words)     # (plain: no draw, landing 47's items exactly)
         ws = ", ".join(forms[:-1]) + " and " + forms[-1] if rng.random() < 0.5 else ", ".join(forms)
         reply = "\n".join(f"{k + 1}. {f}: {'-'.join(w)}" for k, (f, w) in
                            enumerate(zip(forms, words)))
