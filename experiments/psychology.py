@@ -168,7 +168,11 @@ def chat_tiny_base_bytes() -> Config:
 def _spell(fmt: str, bytes_: bool) -> Config:
     cfg = chat_tiny_sft()
     task = "spelling" if fmt == "tool" else f"spelling_{fmt}"
-    cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture.replace("spelling:", f"{task}:"))
+    # the chain's mixture with its spelling task in this format and without the spelling drill
+    # (which spells words out in every variant: the formats would differ in one task only)
+    mixture = [m for m in cfg.sft.mixture.split(",") if not m.startswith("spelling_drill:")]
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=",".join(mixture).replace("spelling:",
+                                                                            f"{task}:"))
     cfg.eval = dataclasses.replace(cfg.eval, tasks=SPELL_EVAL, final_limit=400)
     if bytes_:
         cfg.init_from = "chat_tiny_base_bytes"

@@ -344,6 +344,12 @@ def test_spelling_formats_share_items_and_count_right():
         want = "spelling:" if fmt == "tool" else f"spelling_{fmt}:"
         from experiments.psychology import BYTES
         assert want in cfg.sft.mixture and cfg.model.vocab_size == BYTES
+        # the formats differ in the spelling task alone: no drill spelling words in every one
+        bpe = experiments.get(f"chat_tiny_sft_spell_{fmt}").sft.mixture.split(",")
+        assert not [m for m in bpe if m.startswith("spelling_drill")]
+        chain = experiments.get("chat_tiny_sft").sft.mixture.split(",")
+        assert sorted(bpe) == sorted(m.replace("spelling:", want) for m in chain
+                                     if not m.startswith("spelling_drill"))
     assert experiments.get("chat_tiny_base_bytes").data.tokenizer == \
         f"bpe:{experiments.get('chat_tiny_base_bytes').model.vocab_size}"
 

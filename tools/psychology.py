@@ -44,8 +44,10 @@ PARTS = {
     "knowledge": ["chat_tiny_base_kb", "chat_tiny_sft_kb", "probe", "chat_tiny_sft_kb_probed",
                   "chat_tiny_sft_kb_naive", "chat_tiny_sft_kb_search"],
     "think": [f"chat_tiny_sft_think_{f}" for f in ("calculator", "reasoning", "answer_first")],
-    "spelling": ["chat_tiny_base_bytes"] + [f"chat_tiny_sft_{b}spell_{f}" for b in ("", "bytes_")
-                                            for f in ("tool", "spell", "direct")],
+    # the BPE formats first (they need only the chain's base), then the byte-level base and its SFTs
+    "spelling": [f"chat_tiny_sft_spell_{f}" for f in ("tool", "spell", "direct")]
+    + ["chat_tiny_base_bytes"] + [f"chat_tiny_sft_bytes_spell_{f}" for f in ("tool", "spell",
+                                                                            "direct")],
     "self": ["chat_tiny_sft_noid", "base_as_chat", "sft_as_self"],
 }
 # evaluation-only steps of the self part: the latest run of an experiment asked who it is
@@ -54,7 +56,10 @@ AS_CHAT = {"base_as_chat": ("chat_tiny_base", "chat_tiny_base (as a chat)"),
            "sft_as_self": ("chat_tiny_sft", "chat_tiny_sft (with the identity task)")}
 COLUMNS = {
     "think": ["arithmetic_easy", "mental_d1", "mental_d2", "mental_d3", "mental_d4"],
-    "spelling": ["spelling", "everyday_letters", "spelling_ood"],
+    # spelling_ood asks for the spelled letters and the count, so a `direct` model scores 0 on it
+    # by construction: its count alone is spelling_ood_count
+    "spelling": ["spelling", "spelling_letters", "everyday_letters", "spelling_ood_count",
+                 "spelling_ood"],
     "self": ["whoami_teacher", "whoami_teacher_names_self", "whoami_teacher_names_maker",
              "whoami_teacher_claims_other", "identity"],
 }
@@ -104,6 +109,17 @@ def final_row(run_dir: str) -> dict:
     return finals[-1] if finals else final_evals(run_dir)
 
 
+def n_of(ev: dict, key: str) -> int | None:
+    """The item count of a grade's task: `spelling_ood_count` was graded on `spelling_ood`'s
+    items (the longest prefix of the key that has a count)."""
+    pieces = key.split("_")
+    for k in range(len(pieces), 0, -1):
+        n = ev.get(f"eval/{'_'.join(pieces[:k])}_n")
+        if n is not None:
+            return n
+    return None
+
+
 def cell(ev: dict, key: str, n: int | None) -> dict | None:
     v = ev.get(f"eval/{key}")
     if v is None:
@@ -129,8 +145,7 @@ def table(part: str, workdir: str) -> dict:
             except runs.RunError:
                 continue
             ev, label, run_dir = final_row(ref.run_dir), name, ref.run_dir
-        base_n = {c: ev.get(f"eval/{c.split('_names')[0].split('_claims')[0]}_n")
-                  for c in COLUMNS.get(part, [])}
+        base_n = {c: n_of(ev, c) for c in COLUMNS.get(part, [])}
         rows.append({"label": label, "run_dir": run_dir,
                      "eval": {c: cell(ev, c, base_n[c])
                                               for c in COLUMNS.get(part, [])}})
