@@ -406,6 +406,11 @@ def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
         assert json.load(open(os.path.join(row["run_dir"], "think.json")))["rows"] == t["rows"]
         assert "chat_tiny_sft_think_reasoning" in open(os.path.join(row["run_dir"],
                                                                     "think.md")).read()
+        assert os.path.getsize(os.path.join(row["run_dir"], "think.png")) > 1000   # the plot
+    # a grade's count comes from its task's items (spelling_ood_count: spelling_ood's 40)
+    ev = {"eval/spelling_ood": 0.1, "eval/spelling_ood_count": 0.5, "eval/spelling_ood_n": 40}
+    assert psychology.n_of(ev, "spelling_ood_count") == 40 and psychology.n_of(ev, "x_y") is None
+    assert abs(psychology.cell(ev, "spelling_ood_count", 40)["se"] - (0.25 / 40) ** 0.5) < 1e-9
     with pytest.raises(SystemExit):
         psychology.main(["--parts", "nope"])
 

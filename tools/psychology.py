@@ -17,8 +17,8 @@ Parts (in order; a run whose latest one is complete is reused unless `--rerun`):
   self       chat_tiny_sft_noid; the base model and chat_tiny_sft asked who they are
              (python -m lm.eval)
 
-Tables go to `--out` (default <workdir>/runs/psychology): JSON and Markdown per part, each
-accuracy with ± one binomial standard error.
+Tables go to `--out` (default <workdir>/runs/psychology) and each run's dir: JSON, Markdown and
+a bar plot per part, each accuracy with ± one binomial standard error.
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ import argparse
 import json
 import math
 import subprocess
+
+from matplotlib.figure import Figure
 
 from experiments.psychology import KB_VARIANTS, probe_dir
 from lm import runs
@@ -163,6 +165,33 @@ def markdown(t: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(t: dict, path: str) -> bool:
+    """The part's table as grouped bars: one group per evaluation, one bar per run, each with
+    its binomial standard error."""
+    rows = [r for r in t["rows"] if any(r["eval"][c] for c in t["columns"])]
+    if not rows:
+        return False
+    cols = t["columns"]
+    width = 0.8 / len(rows)
+    fig = Figure(figsize=(max(6.0, 1.6 * len(cols) + 2), 4))
+    ax = fig.subplots()
+    for k, r in enumerate(rows):
+        xs = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(cols))]
+        cells = [r["eval"][c] for c in cols]
+        ax.bar(xs, [c["acc"] if c else 0.0 for c in cells], width,
+               yerr=[(c["se"] or 0.0) if c else 0.0 for c in cells], capsize=2,
+               color=f"C{k}", label=r["label"])
+    ax.set_xticks(range(len(cols)), cols, rotation=15, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("held-out accuracy (± 1 s.e.)")
+    ax.set_title(f"{t['part']}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.psychology",
                                 description=__doc__.splitlines()[0])
@@ -208,6 +237,7 @@ def main(argv=None) -> int:
                 json.dump(t, f, indent=1)
             with open(os.path.join(folder, f"{part}.md"), "w") as f:
                 f.write(markdown(t))
+            plot(t, os.path.join(folder, f"{part}.png"))
         print(markdown(t))
     return 0
 
