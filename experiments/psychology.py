@@ -135,7 +135,8 @@ def chat_tiny_sft_noid() -> Config:
 # the chain's SFT mixture without the tasks whose replies use the calculator (so a format's
 # model sees only its own way of doing arithmetic)
 _NO_CALC = "identity:1.5,spelling:2,recall:2,copy:0.5,mmlu:0.2,dolly:0.25,alpaca:0.25"
-THINK_EVAL = "arithmetic_easy,mental_d1,mental_d2,mental_d3,mental_d4"
+THINK_EVAL = "arithmetic_easy,mental_d1,mental_d2,mental_d3,mental_d4," + ",".join(
+    f"mental_d{d}_seen_phrasings" for d in (1, 2, 3, 4))
 
 
 def _think(fmt: str) -> Config:

@@ -2,12 +2,14 @@
 never in SFT data), the judge, the probe, the search tool, reply formats, knowledge of self."""
 import json
 import os
+import re
 
 import pytest
 
 from lm import tasks
 from lm.data import corpus
 from lm.tasks import knowledge as kn
+from lm.tasks import thinking
 
 
 def test_knowledge_base_is_deterministic_and_balanced():
@@ -309,8 +311,16 @@ def test_reply_formats_share_problems_and_grade_the_stated_answer():
         for i in range(20):
             c = t.example("test", i)
             q = c["messages"][0]["content"]
-            nums = [int(x) for x in __import__("re").findall(r"\d+", q)]
+            nums = [int(x) for x in re.findall(r"\d+", q)]
             assert all(len(str(n)) == d for n in nums) and sum(nums) == int(c["answer"])
+        seen = tasks.get(f"mental_d{d}_seen_phrasings")     # the same sums, training's words
+        for i in range(20):
+            a, b = t.example("test", i), seen.example("test", i)
+            x, y = re.findall(r"\d+", a["messages"][0]["content"])
+            assert a["answer"] == b["answer"]
+            assert b["messages"][0]["content"] in {q.format(a=x, b=y) for q in thinking.ASK["train"]}
+    with pytest.raises(ValueError, match="unknown phrasings"):
+        thinking.MentalAdd("x", asked_as="both")
     train = {tasks.get("mental_add_calculator").example("train", i)["messages"][0]["content"]
              for i in range(300)}
     test = {tasks.get("mental_d3").example("test", i)["messages"][0]["content"]
@@ -391,6 +401,9 @@ def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
             f.write(json.dumps({"step": 1, "final": True, "eval/arithmetic_easy": acc,
                                 "eval/arithmetic_easy_n": 100, "eval/mental_d3": 0.5,
                                 "eval/mental_d3_n": 50}) + "\n")
+    with open(f"{d}/eval.json", "w") as f:    # a later lm.eval adds a task; the run's own wins
+        json.dump({"chat": {"eval/mental_d4_seen_phrasings": 0.25,
+                            "eval/mental_d4_seen_phrasings_n": 40, "eval/mental_d3": 0.0}}, f)
     import argparse
     a = argparse.Namespace(workdir=str(work), rerun=False)
     assert psychology.step_command("chat_tiny_sft_think_calculator", a) is None   # reused
@@ -402,6 +415,9 @@ def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
     assert t["rows"][0]["label"] == "chat_tiny_sft_think_calculator" and len(t["rows"]) == 2
     assert calc["arithmetic_easy"]["acc"] == 0.9 and calc["mental_d1"] is None
     assert abs(calc["mental_d3"]["se"] - (0.25 / 50) ** 0.5) < 1e-9
+    later = t["rows"][1]["eval"]
+    assert later["mental_d4_seen_phrasings"]["acc"] == 0.25 and later["mental_d3"]["acc"] == 0.5
+    assert calc["mental_d4_seen_phrasings"] is None
     for row in t["rows"]:                    # each run's dir holds the table it is part of
         assert json.load(open(os.path.join(row["run_dir"], "think.json")))["rows"] == t["rows"]
         assert "chat_tiny_sft_think_reasoning" in open(os.path.join(row["run_dir"],

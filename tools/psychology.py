@@ -57,7 +57,10 @@ PARTS = {
 AS_CHAT = {"base_as_chat": ("chat_tiny_base", "chat_tiny_base (as a chat)"),
            "sft_as_self": ("chat_tiny_sft", "chat_tiny_sft (with the identity task)")}
 COLUMNS = {
-    "think": ["arithmetic_easy", "mental_d1", "mental_d2", "mental_d3", "mental_d4"],
+    # the sums in held-out phrasings, then the same sums in training's: a format's arithmetic
+    # apart from whether the model reads a new wording as a sum
+    "think": ["arithmetic_easy", "mental_d1", "mental_d2", "mental_d3", "mental_d4"]
+    + [f"mental_d{d}_seen_phrasings" for d in (1, 2, 3, 4)],
     # spelling_ood asks for the spelled letters and the count, so a `direct` model scores 0 on it
     # by construction: its count alone is spelling_ood_count
     "spelling": ["spelling", "spelling_letters", "everyday_letters", "spelling_ood_count",
@@ -104,11 +107,15 @@ def steps(part: str, kb: str) -> list[str]:
 
 
 def final_row(run_dir: str) -> dict:
-    """The run's final evaluation (its counts `_n` included)."""
+    """The run's final evaluation (its counts `_n` included), with the tasks that a later
+    `python -m lm.eval --run RUN --tasks chat:...` added to its eval.json (the run's own
+    evaluation wins where both have a task)."""
     path = os.path.join(run_dir, "metrics.jsonl")
     rows = [json.loads(x) for x in open(path)] if os.path.exists(path) else []
     finals = [r for r in rows if r.get("final")]
-    return finals[-1] if finals else final_evals(run_dir)
+    later = os.path.join(run_dir, "eval.json")
+    extra = json.load(open(later)).get("chat", {}) if os.path.exists(later) else {}
+    return {**extra, **(finals[-1] if finals else final_evals(run_dir))}
 
 
 def n_of(ev: dict, key: str) -> int | None:

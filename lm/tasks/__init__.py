@@ -78,6 +78,8 @@ FACTORIES: dict[str, Callable[[], Task]] = {
        for f in ("calculator", "reasoning", "answer_first")},
     **{f"mental_d{d}": (lambda d: (lambda: MentalAdd(f"mental_d{d}", digits=d)))(d)
        for d in (1, 2, 3, 4)},
+    **{f"mental_d{d}_seen_phrasings": (lambda d: (lambda: MentalAdd(
+        f"mental_d{d}_seen_phrasings", digits=d, asked_as="train")))(d) for d in (1, 2, 3, 4)},
     # spelling's words in the other reply formats: spell out and count, or the count alone
     "spelling_drill": SpellingDrill,
     "spelling_drill_forms": lambda: SpellingDrill(forms=True),
@@ -99,6 +101,8 @@ NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling"
          "kb_qa_naive", "kb_qa_context", "kb_search", "arithmetic_easy_reasoning",
          "arithmetic_easy_answer_first", "mental_add_calculator", "mental_add_reasoning",
          "mental_add_answer_first", "mental_d1", "mental_d2", "mental_d3", "mental_d4",
+         "mental_d1_seen_phrasings", "mental_d2_seen_phrasings", "mental_d3_seen_phrasings",
+         "mental_d4_seen_phrasings",
          "spelling_spell", "spelling_direct", "spelling_drill", "spelling_drill_forms",
          "digits", "picture_describe", "picture_draw",
          "speech_digits", "speech_digits_noisy", "speech_words")

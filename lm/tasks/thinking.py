@@ -10,8 +10,9 @@ Formats (`FORMATS`), on identical problems:
 Tasks: `arithmetic_easy_<format>` (arithmetic_easy's problems in that format; `calculator` is
 arithmetic_easy itself), `mental_add_<format>` (adding two numbers of 1-4 digits; `reasoning`
 adds column by column with the carries written out) for training, and `mental_d1` ... `mental_d4`
-for evaluation (held-out phrasings, operands of exactly that many digits; one-digit sums are too
-few to hold any out). All are graded on the number after the last `####` — for `answer_first`
+for evaluation (held-out phrasings, operands of exactly that many digits; one- and two-digit sums
+are too few to hold out: most occur in training), with `mental_dN_seen_phrasings` the same sums
+in training's phrasings. All are graded on the number after the last `####` — for `answer_first`
 that is the first number of the reply, whatever the steps after it say.
 """
 from __future__ import annotations
@@ -80,14 +81,20 @@ class ArithmeticFormat(Arithmetic):
 
 
 class MentalAdd(Generated):
-    """a + b, each operand of `digits` digits (None: 1-4, drawn per item), in format `fmt`."""
+    """a + b, each operand of `digits` digits (None: 1-4, drawn per item), in format `fmt`.
+    `asked_as="train"`: every split asked in training's phrasings (the `_seen_phrasings`
+    evaluations: the same sums as `mental_dN`'s, so a format's arithmetic is measured apart from
+    whether the model recognises a held-out wording as a sum)."""
     kind = "generative"
 
     def __init__(self, name: str, fmt: str = "calculator", digits: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, asked_as: str | None = None):
         if fmt not in FORMATS:
             raise ValueError(f"unknown reply format {fmt!r}; known: {list(FORMATS)}")
+        if asked_as not in (None, *ASK):
+            raise ValueError(f"unknown phrasings {asked_as!r}; known: {list(ASK)}")
         self.name, self.fmt, self.digits, self.seed = name, fmt, digits, seed
+        self.asked_as = asked_as
 
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
@@ -96,7 +103,7 @@ class MentalAdd(Generated):
         lo = 0 if d == 1 else 10 ** (d - 1)
         a, b = rng.randint(lo, 10 ** d - 1), rng.randint(lo, 10 ** d - 1)
         s = a + b
-        q = rng.choice(ASK[split]).format(a=a, b=b)
+        q = rng.choice(ASK[self.asked_as or split]).format(a=a, b=b)
         if self.fmt == "calculator":
             reply = [{"type": "text", "text": f"{a} + {b} = "}, {"type": "python",
                       "text": f"{a}+{b}"}, {"type": "output", "text": str(s)},
