@@ -354,6 +354,15 @@ def test_spelling_formats_share_items_and_count_right():
         want = "spelling:" if fmt == "tool" else f"spelling_{fmt}:"
         from experiments.psychology import BYTES
         assert want in cfg.sft.mixture and cfg.model.vocab_size == BYTES
+        # the BPE-sized reply budgets would cut a byte-level reply before its answer
+        from lm import conversation as chat
+        from lm.tokenizer import train_bpe
+        byte_tok = train_bpe(["x"], BYTES)                    # no merges: one token a byte
+        longest = max(len(chat.render(c, byte_tok)[0]) - len(chat.render_for_completion(c, byte_tok))
+                      for c in (tasks.get(n).example("test", i) for n in ("spelling", "spelling_ood")
+                                for i in range(100)))
+        assert longest > tasks.get("spelling").max_new_tokens()
+        assert cfg.eval.max_new_tokens >= longest + 32
         # the formats differ in the spelling task alone: no drill spelling words in every one
         bpe = experiments.get(f"chat_tiny_sft_spell_{fmt}").sft.mixture.split(",")
         assert not [m for m in bpe if m.startswith("spelling_drill")]
@@ -401,7 +410,7 @@ def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
             f.write(json.dumps({"step": 1, "final": True, "eval/arithmetic_easy": acc,
                                 "eval/arithmetic_easy_n": 100, "eval/mental_d3": 0.5,
                                 "eval/mental_d3_n": 50}) + "\n")
-    with open(f"{d}/eval.json", "w") as f:    # a later lm.eval adds a task; the run's own wins
+    with open(f"{d}/eval.json", "w") as f:    # a later lm.eval adds a task and replaces one
         json.dump({"chat": {"eval/mental_d4_seen_phrasings": 0.25,
                             "eval/mental_d4_seen_phrasings_n": 40, "eval/mental_d3": 0.0}}, f)
     import argparse
@@ -416,7 +425,7 @@ def test_psychology_runner_reuses_done_runs_and_tabulates(tmp_path, capsys):
     assert calc["arithmetic_easy"]["acc"] == 0.9 and calc["mental_d1"] is None
     assert abs(calc["mental_d3"]["se"] - (0.25 / 50) ** 0.5) < 1e-9
     later = t["rows"][1]["eval"]
-    assert later["mental_d4_seen_phrasings"]["acc"] == 0.25 and later["mental_d3"]["acc"] == 0.5
+    assert later["mental_d4_seen_phrasings"]["acc"] == 0.25 and later["mental_d3"]["acc"] == 0.0
     assert calc["mental_d4_seen_phrasings"] is None
     for row in t["rows"]:                    # each run's dir holds the table it is part of
         assert json.load(open(os.path.join(row["run_dir"], "think.json")))["rows"] == t["rows"]
@@ -517,3 +526,25 @@ def test_light_sft_is_plain_sft_at_a_lower_learning_rate():
         same = dataclasses.replace(light, optim=plain.optim, name=plain.name,
                                    description=plain.description)
         assert same.to_json() == plain.to_json()
+
+
+def test_lm_eval_replies_get_the_runs_own_budget(tiny_chat, tmp_path, monkeypatch):
+    """lm.eval answers with the budget the run's training evaluated with (a byte-level run's is
+    3x the BPE-sized task budgets), unless --max_new_tokens says otherwise."""
+    import dataclasses
+    from lm import runs
+    from lm.eval import suite
+    from lm.eval.__main__ import main as eval_main
+    cfg = dataclasses.replace(tiny_chat.config, eval=dataclasses.replace(tiny_chat.config.eval,
+                                                                        max_new_tokens=7))
+    run_dir = runs.save_run(str(tmp_path / "r"), cfg, tiny_chat.tokenizer)
+    seen = []
+
+    def fake(params, model_cfg, tok, names, **kw):
+        seen.append(kw["max_new_tokens"])
+        return {}, []
+    monkeypatch.setattr(suite, "evaluate_tasks", fake)
+    for flag, want in (([], 7), (["--max_new_tokens", "0"], 0), (["--max_new_tokens", "300"], 300)):
+        assert eval_main(["--run", run_dir, "--tasks", "chat:recall", "--limit", "2",
+                          "--no_progress", "--out", str(tmp_path / "e.json"), *flag]) == 0
+        assert seen[-1] == want

@@ -108,14 +108,15 @@ def steps(part: str, kb: str) -> list[str]:
 
 def final_row(run_dir: str) -> dict:
     """The run's final evaluation (its counts `_n` included), with the tasks that a later
-    `python -m lm.eval --run RUN --tasks chat:...` added to its eval.json (the run's own
-    evaluation wins where both have a task)."""
+    `python -m lm.eval --run RUN --tasks chat:...` wrote to its eval.json (the later evaluation
+    replaces the run's own for the tasks it covers: it is the one asked for, e.g. with a longer
+    reply budget)."""
     path = os.path.join(run_dir, "metrics.jsonl")
     rows = [json.loads(x) for x in open(path)] if os.path.exists(path) else []
     finals = [r for r in rows if r.get("final")]
     later = os.path.join(run_dir, "eval.json")
     extra = json.load(open(later)).get("chat", {}) if os.path.exists(later) else {}
-    return {**extra, **(finals[-1] if finals else final_evals(run_dir))}
+    return {**(finals[-1] if finals else final_evals(run_dir)), **extra}
 
 
 def n_of(ev: dict, key: str) -> int | None:

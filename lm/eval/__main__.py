@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="items per task (0: all of a fixed split, "
                    "500 of a generated one)")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_new_tokens", type=int, default=None,
+                   help="chat reply budget in tokens (default: the run's eval.max_new_tokens; "
+                        "0: each task's own, which is sized for the chain's BPE)")
     p.add_argument("--out", default=None, help="JSON output path (default <run>/eval.json; with --pass_at, "
                    "<run>/pass_at_k.json)")
     p.add_argument("--no_progress", action="store_true")
@@ -78,7 +81,8 @@ def main(argv=None) -> int:
             names = [n for n in (a.tasks or suite.default_tasks(chat)).split(",") if n]
             todo = suite.plan(names, chat)
             result = suite.evaluate(run, todo, limit=a.limit, batch_size=a.batch_size,
-                                    progress=not a.no_progress, strict_calls=a.strict_calls)
+                                    progress=not a.no_progress, strict_calls=a.strict_calls,
+                                    max_new_tokens=a.max_new_tokens)
     except (runs.RunError, ValueError, TaskDataError, DataUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
