@@ -280,26 +280,33 @@ def final_evals(run_dir: str) -> dict:
     return out
 
 
-def plot_chain(chain: list[tuple[str, dict]], path: str) -> bool:
-    """Bar chart of each task's held-out accuracy along the chain (base -> SFT -> RL). The
-    aggregates (format, chatcore) average over each run's own task set, so they stay in the
-    report's table, not here; a run with no task accuracies gets no bar."""
+def plot_chain(chain: list[tuple[str, dict]], path: str, *, keys: Optional[list[str]] = None,
+               errors: Optional[list[dict]] = None,
+               title: str = "Evaluations along the chain") -> bool:
+    """Bar chart of each task's held-out accuracy along the chain (base -> SFT -> RL), or of any
+    runs side by side (`keys`: the evaluations to show, in order; `errors`: per run, a standard
+    error per key, drawn as error bars). The aggregates (format, chatcore) average over each
+    run's own task set, so they stay in the report's table, not here; a run with no task
+    accuracies gets no bar."""
     aggregates = ("eval/format", "eval/chatcore")
-    keys = sorted({k for _, ev in chain for k in ev if k.startswith("eval/") and
-                   not k.endswith(("_tokens",)) and "@" not in k and k not in aggregates})
-    chain = [(label, ev) for label, ev in chain if any(k in ev for k in keys)]
-    if not keys or not chain:
+    keys = keys or sorted({k for _, ev in chain for k in ev if k.startswith("eval/") and
+                           not k.endswith(("_tokens",)) and "@" not in k and k not in aggregates})
+    errors = errors or [{} for _ in chain]
+    shown = [(label, ev, err) for (label, ev), err in zip(chain, errors)
+             if any(k in ev for k in keys)]
+    if not keys or not shown:
         return False
     fig, ax = _figure((max(6, 1.1 * len(keys)), 4))
-    width = 0.8 / len(chain)
-    for j, (label, ev) in enumerate(chain):
+    width = 0.8 / len(shown)
+    for j, (label, ev, err) in enumerate(shown):
         vals = [ev.get(k, np.nan) for k in keys]
-        ax.bar(np.arange(len(keys)) + j * width, vals, width, label=label)
-    ax.set_xticks(np.arange(len(keys)) + width * (len(chain) - 1) / 2)
+        yerr = [err.get(k, 0.0) for k in keys] if err else None
+        ax.bar(np.arange(len(keys)) + j * width, vals, width, yerr=yerr, capsize=2, label=label)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(shown) - 1) / 2)
     ax.set_xticklabels([k[5:] for k in keys], rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title("Evaluations along the chain")
+    ax.set_ylim(0, 1.05 if any(errors) else 1)
+    ax.set_ylabel("held-out accuracy" + (" (± 1 s.e.)" if any(errors) else ""))
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -349,19 +349,19 @@ def test_spelling_formats_share_items_and_count_right():
     with pytest.raises(ValueError, match="unknown spelling reply format"):
         reply_in_format("sky", "s", "shout")
     import experiments
+    from experiments.psychology import BYTES
+    from lm import conversation as chat
+    from lm.tokenizer import train_bpe
+    # the BPE-sized reply budgets would cut a byte-level reply before its answer
+    byte_tok = train_bpe(["x"], BYTES)                        # no merges: one token a byte
+    longest = max(len(chat.render(c, byte_tok)[0]) - len(chat.render_for_completion(c, byte_tok))
+                  for c in (tasks.get(n).example("test", i) for n in ("spelling", "spelling_ood")
+                            for i in range(100)))
+    assert longest > tasks.get("spelling").max_new_tokens()
     for fmt in REPLY_FORMATS:
         cfg = experiments.get(f"chat_tiny_sft_bytes_spell_{fmt}")
         want = "spelling:" if fmt == "tool" else f"spelling_{fmt}:"
-        from experiments.psychology import BYTES
         assert want in cfg.sft.mixture and cfg.model.vocab_size == BYTES
-        # the BPE-sized reply budgets would cut a byte-level reply before its answer
-        from lm import conversation as chat
-        from lm.tokenizer import train_bpe
-        byte_tok = train_bpe(["x"], BYTES)                    # no merges: one token a byte
-        longest = max(len(chat.render(c, byte_tok)[0]) - len(chat.render_for_completion(c, byte_tok))
-                      for c in (tasks.get(n).example("test", i) for n in ("spelling", "spelling_ood")
-                                for i in range(100)))
-        assert longest > tasks.get("spelling").max_new_tokens()
         assert cfg.eval.max_new_tokens >= longest + 32
         # the formats differ in the spelling task alone: no drill spelling words in every one
         bpe = experiments.get(f"chat_tiny_sft_spell_{fmt}").sft.mixture.split(",")

@@ -33,11 +33,8 @@ import json
 import math
 import subprocess
 
-from matplotlib.figure import Figure
-
 from experiments.psychology import KB_VARIANTS, probe_dir
-from lm import runs
-from lm.report import final_evals
+from lm import report, runs
 from tools import knowledge_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +113,7 @@ def final_row(run_dir: str) -> dict:
     finals = [r for r in rows if r.get("final")]
     later = os.path.join(run_dir, "eval.json")
     extra = json.load(open(later)).get("chat", {}) if os.path.exists(later) else {}
-    return {**(finals[-1] if finals else final_evals(run_dir)), **extra}
+    return {**(finals[-1] if finals else report.final_evals(run_dir)), **extra}
 
 
 def n_of(ev: dict, key: str) -> int | None:
@@ -174,30 +171,13 @@ def markdown(t: dict) -> str:
 
 
 def plot(t: dict, path: str) -> bool:
-    """The part's table as grouped bars: one group per evaluation, one bar per run, each with
-    its binomial standard error."""
-    rows = [r for r in t["rows"] if any(r["eval"][c] for c in t["columns"])]
-    if not rows:
-        return False
-    cols = t["columns"]
-    width = 0.8 / len(rows)
-    fig = Figure(figsize=(max(6.0, 1.6 * len(cols) + 2), 4))
-    ax = fig.subplots()
-    for k, r in enumerate(rows):
-        xs = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(cols))]
-        cells = [r["eval"][c] for c in cols]
-        ax.bar(xs, [c["acc"] if c else 0.0 for c in cells], width,
-               yerr=[(c["se"] or 0.0) if c else 0.0 for c in cells], capsize=2,
-               color=f"C{k}", label=r["label"])
-    ax.set_xticks(range(len(cols)), cols, rotation=15, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("held-out accuracy (± 1 s.e.)")
-    ax.set_title(f"{t['part']}")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
+    """The part's table as grouped bars (`lm.report.plot_chain`): one group per evaluation, one
+    bar per run, each with its binomial standard error."""
+    keys = [f"eval/{c}" for c in t["columns"]]
+    rows = [(r["label"], {f"eval/{c}": x for c, x in r["eval"].items() if x}) for r in t["rows"]]
+    return report.plot_chain([(label, {k: x["acc"] for k, x in ev.items()}) for label, ev in rows],
+                             path, keys=keys, title=t["part"],
+                             errors=[{k: x["se"] or 0.0 for k, x in ev.items()} for _, ev in rows])
 
 
 def main(argv=None) -> int:
