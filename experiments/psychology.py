@@ -11,10 +11,11 @@ people read in pretraining 0-128 times, then asked about after SFT.
     python -m lm.main -e chat_tiny_sft_kb_search    # SFT: search the knowledge base, then answer
 
 The same chain on `chat_tiny_kb_qa` (`_kb_qa` for `_kb` in every name; the probe writes
-runs/knowledge_probe_qa): question-answer conversations about plain SFT's people are in
+runs/knowledge_probe_qa), and each SFT of either at a third of the learning rate (`_light` after
+the variant: chat_tiny_sft_kb_qa_light, _light_probed, ...; probe in runs/knowledge_probe_qa_light): question-answer conversations about plain SFT's people are in
 pretraining too, so the base may learn to answer from what it read (mixed training, Allen-Zhu and
 Li, Physics of Language Models 3.1); the probe's and the held-out people are still read only as
-biographies. `python -m tools.psychology --parts knowledge --kb kb_qa` runs it all.
+biographies. `python -m tools.psychology --parts knowledge --kb kb_qa [--recipe light]` runs it all.
 
 Each SFT run evaluates the held-out people (never in SFT data), greedy: correct / hallucinated /
 refused, overall and per pretraining frequency (`eval/kb_qa_<verdict>_f<n>`), and the same
@@ -54,7 +55,7 @@ from lm.tokenizer import trained_specials
 from experiments import register
 from experiments.chat import chat_tiny_base, chat_tiny_sft
 
-KB_EVAL = "kb_qa,kb_qa_context,identity,arithmetic_easy,recall"
+KB_EVAL = "kb_qa,kb_qa_seen_phrasings,kb_qa_context,identity,arithmetic_easy,recall"
 
 
 # the knowledge-base chains: `_kb` (biographies only) and `_kb_qa` (mixed training: question-answer
@@ -91,35 +92,42 @@ def _light(cfg: Config) -> Config:
     return cfg
 
 
-def probe_dir(variant: str) -> str:
-    """Where `tools.probe_knowledge` writes the variant's probe (the probed SFT reads its
-    fix.jsonl), relative to the workdir."""
-    return "runs/knowledge_probe" + variant[2:]
+# the SFT recipes of the knowledge chain: the chain's own, and `_light` (a third of its learning
+# rate), which keeps what the base stored (docs/results.md, "A lighter SFT keeps what the base
+# stored"); every SFT of the chain exists in each, named chat_tiny_sft_<variant><recipe><kind>
+RECIPES = {"": lambda cfg: cfg, "_light": _light}
+
+
+def probe_dir(variant: str, recipe: str = "") -> str:
+    """Where `tools.probe_knowledge` writes the probe of the variant's plain SFT in `recipe` (the
+    probed SFT of that recipe reads its fix.jsonl), relative to the workdir."""
+    return "runs/knowledge_probe" + variant[2:] + recipe
 
 
 _WHAT = {"kb": "the knowledge base's biographies (each made-up person 0-128 times)",
          "kb_qa": "the knowledge base's biographies (each made-up person 0-128 times) and "
                   "question-answer conversations about plain SFT's people (mixed training)"}
+_HOW = {"": "", "_light": ", at a third of the chain's learning rate (3e-4 instead of 1e-3: a "
+                          "lighter SFT keeps what the base stored)"}
 for _v, _corpus in KB_VARIANTS.items():
     _base = f"chat_tiny_base_{_v}"
     register(_base, f"chat_tiny_base on {_corpus}: the chain's corpus plus {_WHAT[_v]}, the "
              "chain's tokenizer")(lambda c=_corpus: _base_kb(c))
-    register(f"chat_tiny_sft_{_v}", f"plain SFT of {_base}: the chain's mixture plus fact "
-             "questions about half the knowledge base's train people (the other half is the "
-             "probe's), every one answered")(lambda v=_v: _sft(v, "kb_qa:1.5"))
-    register(f"chat_tiny_sft_{_v}_naive", f"SFT of {_base} that refuses questions about people "
-             "seen fewer than 8 times in pretraining (the frequency-threshold baseline)")(
-        lambda v=_v: _sft(v, "kb_qa_naive:1.5"))
-    register(f"chat_tiny_sft_{_v}_probed", f"SFT of {_base} on the probe's labels "
-             f"(tools.probe_knowledge on chat_tiny_sft_{_v}): known facts answered, unknown "
-             "refused")(lambda v=_v: _sft(v, "kb_probed:1.5",
-                                           files=f"kb_probed={probe_dir(v)}/fix.jsonl"))
-    register(f"chat_tiny_sft_{_v}_search", f"SFT of {_base} that searches before answering a "
-             "question about a person (lm.search over the knowledge base); evaluated with the "
-             "tool")(lambda v=_v: _search(v))
-    register(f"chat_tiny_sft_{_v}_light", f"chat_tiny_sft_{_v} at a third of the learning rate "
-             "(3e-4 instead of 1e-3): does a lighter SFT keep what the base stored about the "
-             "people it does not mention?")(lambda v=_v: _light(_sft(v, "kb_qa:1.5")))
+    for _r, _recipe in RECIPES.items():
+        _plain = f"chat_tiny_sft_{_v}{_r}"
+        register(_plain, f"plain SFT of {_base}{_HOW[_r]}: the chain's mixture plus fact "
+                 "questions about half the knowledge base's train people (the other half is the "
+                 "probe's), every one answered")(lambda v=_v, r=_recipe: r(_sft(v, "kb_qa:1.5")))
+        register(f"{_plain}_naive", f"SFT of {_base}{_HOW[_r]} that refuses questions about "
+                 "people seen fewer than 8 times in pretraining (the frequency-threshold "
+                 "baseline)")(lambda v=_v, r=_recipe: r(_sft(v, "kb_qa_naive:1.5")))
+        register(f"{_plain}_probed", f"SFT of {_base}{_HOW[_r]} on the probe's labels "
+                 f"(tools.probe_knowledge on {_plain}): known facts answered, unknown refused")(
+            lambda v=_v, r=_recipe, n=_r: r(_sft(v, "kb_probed:1.5",
+                                                 files=f"kb_probed={probe_dir(v, n)}/fix.jsonl")))
+        register(f"{_plain}_search", f"SFT of {_base}{_HOW[_r]} that searches before answering "
+                 "a question about a person (lm.search over the knowledge base); evaluated with "
+                 "the tool")(lambda v=_v, r=_recipe: r(_search(v)))
 
 
 @register("chat_tiny_sft_noid", "chat_tiny_sft without the identity task: who does the model say "

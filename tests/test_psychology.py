@@ -490,29 +490,67 @@ def test_question_answer_pretraining_is_about_plain_sfts_read_people_only():
     for d in docs[:50]:
         p = qa_people[d["person"]]
         assert kn.judge(p, d["attribute"], d["messages"][-1]["content"]) == "correct"
-        assert d["messages"][0]["content"] in [q.format(name=p.name)
-                                               for q in kn.QUESTIONS[d["attribute"]]["train"]]
+        q = d["messages"][0]["content"]
+        assert p.name in q and kn.normalise(q.replace(p.name, "{name}")) not in {
+            kn.normalise(t) for t in kn.QUESTIONS[d["attribute"]]["test"]}
+
+
+def test_knowledge_questions_train_on_a_grammar_and_test_on_held_out_phrasings():
+    """Training asks in the grammar's many wordings and the fixed ones; the test split only in
+    its own, which the grammar never generates; `kb_qa_seen_phrasings` asks the held-out people
+    in training's fixed wordings."""
+    import random
+    task, seen = kn.KnowledgeQA(), tasks.get("kb_qa_seen_phrasings")
+    test_forms = {kn.normalise(t) for a in kn.QUESTIONS.values() for t in a["test"]}
+    fixed_train = {kn.normalise(t) for a in kn.QUESTIONS.values() for t in a["train"]}
+    rng = random.Random(0)
+    train_forms = set()
+    for a in kn.ATTRIBUTES:
+        for _ in range(300):
+            f = kn.normalise(kn.grammar_question(a, rng))
+            assert f not in test_forms
+            train_forms.add(f)
+    assert len(train_forms) > 20 * len(kn.ATTRIBUTES)
+    n = task.size("train")
+    asked = [task.example("train", i) for i in range(0, 3 * n, 7)]
+    forms = {kn.normalise(c["messages"][0]["content"].replace(c["person"], "{name}"))
+             for c in asked}
+    assert forms & fixed_train and forms - fixed_train and not forms & test_forms
+    for i in range(0, task.size("test"), 37):
+        c, s = task.example("test", i), seen.example("test", i)
+        assert c["person"] == s["person"] and c["attribute"] == s["attribute"]
+        assert kn.normalise(c["messages"][0]["content"].replace(c["person"], "{name}")) \
+            in test_forms
+        assert kn.normalise(s["messages"][0]["content"].replace(s["person"], "{name}")) \
+            in fixed_train
 
 
 def test_knowledge_chain_variants_line_up_probe_and_probed_sft(tmp_path):
     import argparse
     import experiments
     from tools import psychology
-    for kb in ("kb", "kb_qa"):
-        names = psychology.steps("knowledge", kb)
+    for kb, recipe, suffix in [("kb", "chain", ""), ("kb_qa", "chain", ""),
+                               ("kb_qa", "light", "_light"), ("kb", "light", "_light")]:
+        a = argparse.Namespace(workdir=str(tmp_path), rerun=False, kb=kb, recipe=recipe)
+        names = psychology.steps("knowledge", a)
         assert names[0] == f"chat_tiny_base_{kb}" and "probe" in names
         cfgs = {n: experiments.get(n) for n in names if n != "probe"}   # each one registered
         base_source = cfgs[f"chat_tiny_base_{kb}"].data.source
         assert base_source == {"kb": "chat_tiny_kb", "kb_qa": "chat_tiny_kb_qa"}[kb]
-        assert all(c.init_from == f"chat_tiny_base_{kb}" for n, c in cfgs.items()
-                   if n != f"chat_tiny_base_{kb}")
-        a = argparse.Namespace(workdir=str(tmp_path), rerun=False, kb=kb)
+        sfts = {n: c for n, c in cfgs.items() if n != f"chat_tiny_base_{kb}"}
+        assert len(sfts) == 4 and all(c.init_from == f"chat_tiny_base_{kb}"
+                                      for c in sfts.values())
+        # every SFT of a recipe trains at that recipe's learning rate
+        assert len({c.optim.lr for c in sfts.values()}) == 1
+        assert all(n.startswith(f"chat_tiny_sft_{kb}{suffix}") for n in sfts)
         cmd = psychology.step_command("probe", a)
-        probed = cfgs[f"chat_tiny_sft_{kb}_probed"].sft.files
-        # the probe asks the variant's plain SFT and writes where the variant's probed SFT reads
-        assert cmd[cmd.index("--run") + 1] == f"chat_tiny_sft_{kb}"
+        probed = cfgs[f"chat_tiny_sft_{kb}{suffix}_probed"].sft.files
+        # the probe asks the recipe's plain SFT and writes where the same recipe's probed SFT reads
+        assert cmd[cmd.index("--run") + 1] == f"chat_tiny_sft_{kb}{suffix}"
         assert probed == "kb_probed=" + os.path.relpath(
             os.path.join(cmd[cmd.index("--out") + 1], "fix.jsonl"), str(tmp_path))
+    light = experiments.get("chat_tiny_sft_kb_qa_light_probed").optim.lr
+    assert light < experiments.get("chat_tiny_sft_kb_qa_probed").optim.lr
 
 
 def test_light_sft_is_plain_sft_at_a_lower_learning_rate():

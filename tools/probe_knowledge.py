@@ -65,7 +65,7 @@ def probe(run, *, k: int = 5, temperature: float = 1.0, seed: int = 0, batch_siz
     task = knowledge.KnowledgeQA(kb=kb)
     items = facts(kb)[:limit or None]
     rng = random.Random(f"probe/{seed}")
-    convs = [conversation(task.question(p, a, "train", rng.randrange(1000))) for p, a in items]
+    convs = [conversation(task.question(p, a, "train", rng)) for p, a in items]
     engine = Engine(run.params, run.config.model, tokenizer=run.tokenizer, tools=run.tokenizer.chat)
     t0 = time.perf_counter()
     replies = []
@@ -183,7 +183,7 @@ def fix_conversations(result: dict, kb=None, phrasings: int = 2, seed: int = 0) 
     for r in result["labels"]:
         p = people[r["person"]]
         for j in range(phrasings):
-            q = task.question(p, r["attribute"], "train", rng.randrange(1000))
+            q = task.question(p, r["attribute"], "train", rng)
             reply = knowledge.answer(p, r["attribute"]) if r["known"] else \
                 knowledge.refusal(p, rng.randrange(1000))
             out.append(conversation(q, reply))

@@ -11,7 +11,8 @@ Parts (in order; a run whose latest one is complete is reused unless `--rerun`):
   knowledge  chat_tiny_base_kb, chat_tiny_sft_kb, the probe (tools.probe_knowledge), then
              chat_tiny_sft_kb_probed, _naive, _search; table: tools.knowledge_report.
              `--kb kb_qa`: the same chain with question-answer pretraining (`_kb_qa` names,
-             probe in runs/knowledge_probe_qa, tables in <out>/knowledge_qa)
+             probe in runs/knowledge_probe_qa, tables in <out>/knowledge_qa); `--recipe
+             light`: every SFT at a third of the learning rate (`_light` names and dirs)
   think      chat_tiny_sft_think_calculator, _reasoning, _answer_first (from chat_tiny_base)
   spelling   chat_tiny_base_bytes, then chat_tiny_sft_[bytes_]spell_{tool,spell,direct}
   self       chat_tiny_sft_noid; the base model and chat_tiny_sft asked who they are
@@ -33,7 +34,7 @@ import json
 import math
 import subprocess
 
-from experiments.psychology import KB_VARIANTS, probe_dir
+from experiments.psychology import KB_VARIANTS, RECIPES, probe_dir
 from lm import report, runs
 from tools import knowledge_report
 
@@ -80,11 +81,11 @@ def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
     """The command of one step, or None when it is done and not to be rerun."""
     py = sys.executable
     if step == "probe":
-        out = os.path.join(a.workdir, probe_dir(a.kb))
+        out = os.path.join(a.workdir, probe_dir(a.kb, recipe(a)))
         if os.path.exists(os.path.join(out, "fix.jsonl")) and not a.rerun:
             return None
-        return [py, "-m", "tools.probe_knowledge", "--run", f"chat_tiny_sft_{a.kb}", "--workdir",
-                a.workdir, "--out", out]
+        return [py, "-m", "tools.probe_knowledge", "--run", f"chat_tiny_sft_{a.kb}{recipe(a)}",
+                "--workdir", a.workdir, "--out", out]
     if step in AS_CHAT:
         ref = runs.resolve(AS_CHAT[step][0], workdir=a.workdir)
         if os.path.exists(os.path.join(ref.run_dir, "eval_self.json")) and not a.rerun:
@@ -97,10 +98,18 @@ def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
     return [py, "-m", "lm.main", "-e", step, "--workdir", a.workdir, "--no_progress"]
 
 
-def steps(part: str, kb: str) -> list[str]:
-    """The part's steps; the knowledge chain's names for the `--kb` variant."""
-    return [s.replace("_kb", f"_{kb}") for s in PARTS[part]] if part == "knowledge" \
-        else PARTS[part]
+def recipe(a: argparse.Namespace) -> str:
+    """The SFT recipe's suffix in experiment names ('' or '_light')."""
+    return "" if a.recipe == "chain" else f"_{a.recipe}"
+
+
+def steps(part: str, a: argparse.Namespace) -> list[str]:
+    """The part's steps; the knowledge chain's names for the `--kb` variant and `--recipe` (its
+    base is the variant's whatever the recipe)."""
+    if part != "knowledge":
+        return PARTS[part]
+    return [s.replace("_sft_kb", f"_sft_{a.kb}{recipe(a)}").replace("_base_kb", f"_base_{a.kb}")
+            for s in PARTS[part]]
 
 
 def final_row(run_dir: str) -> dict:
@@ -190,6 +199,9 @@ def main(argv=None) -> int:
     p.add_argument("--kb", default="kb", choices=sorted(KB_VARIANTS),
                    help="the knowledge chain: kb (biographies) or kb_qa (question-answer "
                         "pretraining too)")
+    p.add_argument("--recipe", default="chain", choices=["chain"] + [r[1:] for r in RECIPES if r],
+                   help="the knowledge chain's SFTs: the chain's recipe, or light (a third of its "
+                        "learning rate)")
     p.add_argument("--tables", action="store_true", help="no runs: only the tables")
     a = p.parse_args(argv)
     parts = [x for x in a.parts.split(",") if x]
@@ -199,7 +211,7 @@ def main(argv=None) -> int:
     out = a.out or os.path.join(a.workdir, "runs", "psychology")
     if not a.tables:
         for part in parts:
-            for step in steps(part, a.kb):
+            for step in steps(part, a):
                 cmd = step_command(step, a)
                 if cmd is None:
                     print(f"[psychology] {step}: done, reused", file=sys.stderr)
@@ -212,11 +224,11 @@ def main(argv=None) -> int:
     os.makedirs(out, exist_ok=True)
     for part in parts:
         if part == "knowledge":
-            names = {k: f"chat_tiny_sft_{a.kb}{s}" for k, s in KB_SFTS.items()}
+            names = {k: f"chat_tiny_sft_{a.kb}{recipe(a)}{s}" for k, s in KB_SFTS.items()}
             specs = [f"{k}={n}" for k, n in names.items() if complete(n, a.workdir)]
             if specs:
                 knowledge_report.main(["--runs", *specs, "--workdir", a.workdir, "--out",
-                                       os.path.join(out, "knowledge" + a.kb[2:]),
+                                       os.path.join(out, "knowledge" + a.kb[2:] + recipe(a)),
                                        "--into_runs"])
             continue
         t = table(part, a.workdir)

@@ -37,7 +37,10 @@ other value of that attribute, `refused` when it says it does not know (and name
 `hallucinated` otherwise — SimpleQA's correct / incorrect / not attempted; tool calls and
 their outputs (`<<...>>` in reply text) are not part of the answer. `grades` gives each
 per pretraining frequency too (`correct_f16`, ...), so evaluations report the curves directly.
-Train and test questions use different phrasings, and test people are never in SFT data.
+Train and test questions use different phrasings, and test people are never in SFT data:
+training asks in three fixed phrasings and a grammar of many more (`grammar_question`), the test
+split in two held-out ones per attribute; `kb_qa_seen_phrasings` asks the held-out people in
+training's fixed phrasings (the wording apart from the knowledge).
 """
 from __future__ import annotations
 
@@ -106,6 +109,70 @@ QUESTIONS = {
                       "What is {name}'s pet?"],
             "test": ["Which animal does {name} keep as a pet?", "What pet lives with {name}?"]},
 }
+# A grammar of training questions beside QUESTIONS' fixed train phrasings: a core question per
+# attribute x an opener and an ending, lower-cased now and then. With three fixed phrasings per
+# attribute, the chat answered training's wording of a held-out person's question twice as often
+# as a new wording of it (0.77 against 0.40 at 128 copies, docs/results.md): it learnt the
+# templates, not the question. None of the test phrasings is generated (`normalise` compares).
+CORES = {
+    "born": ["what year was {name} born", "when was {name} born", "when is {name}'s birth year",
+             "do you know when {name} was born", "what's the year {name} was born",
+             "{name} was born in which year", "tell me when {name} was born",
+             "can you tell me {name}'s year of birth", "I'd like to know when {name} was born",
+             "in which year did {name} come into the world", "what year did {name} arrive",
+             "give me {name}'s birth year", "{name}'s year of birth is what",
+             "born when, {name}"],
+    "city": ["where is {name} from", "where does {name} live these days",
+             "what city does {name} live in", "{name} lives in which city",
+             "do you know where {name} lives", "tell me where {name} lives",
+             "can you tell me which city {name} lives in", "what is {name}'s home city",
+             "which city does {name} call home", "in what city can {name} be found",
+             "where's {name}'s home", "give me the city {name} lives in",
+             "{name} lives where", "where does {name} reside"],
+    "profession": ["what does {name} work as", "what is {name}'s occupation",
+                   "what job does {name} have", "do you know what {name} does for work",
+                   "tell me {name}'s profession", "can you tell me what {name} works as",
+                   "{name} works as what", "what line of work is {name} in",
+                   "what's {name}'s trade", "which profession does {name} have",
+                   "what is {name} by profession", "give me {name}'s job",
+                   "what does {name} do at work", "{name}'s job is what"],
+    "instrument": ["what musical instrument does {name} play", "does {name} play an instrument",
+                   "tell me which instrument {name} plays", "can you tell me what {name} plays",
+                   "{name} plays which instrument", "what is {name}'s instrument",
+                   "which instrument is {name}'s", "what does {name} play in the evenings",
+                   "do you know what instrument {name} plays", "give me {name}'s instrument",
+                   "what music instrument does {name} have", "{name} plays what",
+                   "which one does {name} play, what instrument"],
+    "pet": ["does {name} have a pet", "what animal does {name} have at home",
+            "tell me what pet {name} has", "can you tell me which pet {name} owns",
+            "{name} has what kind of pet", "what sort of pet does {name} own",
+            "which pet does {name} have", "do you know what pet {name} keeps",
+            "what animal lives in {name}'s home", "give me {name}'s pet",
+            "what's {name}'s pet animal", "{name} keeps which animal",
+            "what kind of pet is {name}'s"],
+}
+OPENERS = ["", "", "", "", "", "Hey, ", "Hi! ", "Quick question: ", "Question: ", "So, ",
+           "I wonder: ", "Tell me something. ", "OK, ", "Please: "]
+ENDINGS = ["?", "?", "?", "?", "", ".", "? Thanks.", "? Do you know?", " please?", "??"]
+
+
+def normalise(template: str) -> str:
+    """A question template compared by its words only (case and punctuation dropped)."""
+    return " ".join(re.findall(r"\{name\}|[a-z]+", template.lower().replace("'", " ")))
+
+
+_TEST_NORMALISED = {normalise(q) for a in QUESTIONS.values() for q in a["test"]}
+
+
+def grammar_question(attribute: str, rng: random.Random) -> str:
+    """One training question template of the grammar ({name} to fill)."""
+    while True:
+        q = rng.choice(OPENERS) + rng.choice(CORES[attribute]) + rng.choice(ENDINGS)
+        q = q[0].upper() + q[1:] if rng.random() < 0.8 else q
+        if normalise(q) not in _TEST_NORMALISED:
+            return q
+
+
 ANSWERS = {"born": "They were born in {v}.", "city": "They live in {v}.",
            "profession": "They work as {a_v}.", "instrument": "They play the {v}.",
            "pet": "They have a pet {v}."}
@@ -246,10 +313,14 @@ class KnowledgeQA(Task):
     def max_new_tokens(self) -> int:
         return self.max_tokens + (90 if self.mode == "search" else 0)    # the call and its output
 
-    def __init__(self, name: str = "kb_qa", mode: str = "answer", kb: Optional[KnowledgeBase] = None):
+    def __init__(self, name: str = "kb_qa", mode: str = "answer", kb: Optional[KnowledgeBase] = None,
+                 asked_as: Optional[str] = None):
         if mode not in ("answer", "naive", "context", "search"):
             raise ValueError(f"KnowledgeQA mode {mode!r}: answer, naive, context or search")
-        self.name, self.mode = name, mode
+        if asked_as not in (None, "train"):
+            raise ValueError(f"KnowledgeQA asked_as {asked_as!r}: None (each split's own "
+                             "phrasings) or 'train'")
+        self.name, self.mode, self.asked_as = name, mode, asked_as
         self.kb = kb or knowledge_base()
 
     def people(self, split: str) -> list[Person]:
@@ -269,14 +340,21 @@ class KnowledgeQA(Task):
         people = self.people(split)
         return people[(i // len(ATTRIBUTES)) % len(people)], ATTRIBUTES[i % len(ATTRIBUTES)]
 
-    def question(self, person: Person, attribute: str, split: str, k: int) -> str:
-        phrasings = QUESTIONS[attribute][split]
-        return phrasings[k % len(phrasings)].format(name=person.name)
+    def question(self, person: Person, attribute: str, split: str, rng: random.Random) -> str:
+        """The test split's fixed phrasings; training's (or `asked_as="train"`'s) fixed ones a
+        third of the time, else one put together by the grammar (`grammar_question`)."""
+        if self.asked_as == "train" or (split == "train" and rng.random() < 1 / 3):
+            template = rng.choice(QUESTIONS[attribute]["train"])
+        elif split == "train":
+            template = grammar_question(attribute, rng)
+        else:
+            template = rng.choice(QUESTIONS[attribute][split])
+        return template.format(name=person.name)
 
     def example(self, split: str, i: int) -> dict:
         person, attribute = self.item(split, i)
         rng = random.Random(f"{self.name}/{split}/{i}")
-        q = self.question(person, attribute, split, rng.randrange(1000))
+        q = self.question(person, attribute, split, rng)
         if self.mode == "context":
             q = f"{person.biography(rng.randrange(1000))}\n\n{q}"
         reply = answer(person, attribute)
