@@ -534,7 +534,10 @@ def test_knowledge_chain_variants_line_up_probe_and_probed_sft(tmp_path):
         a = argparse.Namespace(workdir=str(tmp_path), rerun=False, kb=kb, recipe=recipe)
         names = psychology.steps("knowledge", a)
         assert names[0] == f"chat_tiny_base_{kb}" and "probe" in names
-        cfgs = {n: experiments.get(n) for n in names if n != "probe"}   # each one registered
+        # each run registered; every plain, probed and naive SFT also gives its every reply
+        cfgs = {n: experiments.get(n) for n in names if n != "probe" and ":" not in n}
+        assert {n[:-len(":items")] for n in names if n.endswith(":items")} == {
+            n for n in cfgs if n.startswith("chat_tiny_sft") and not n.endswith("_search")}
         base_source = cfgs[f"chat_tiny_base_{kb}"].data.source
         assert base_source == {"kb": "chat_tiny_kb", "kb_qa": "chat_tiny_kb_qa"}[kb]
         sfts = {n: c for n, c in cfgs.items() if n != f"chat_tiny_base_{kb}"}
@@ -586,3 +589,48 @@ def test_lm_eval_replies_get_the_runs_own_budget(tiny_chat, tmp_path, monkeypatc
         assert eval_main(["--run", run_dir, "--tasks", "chat:recall", "--limit", "2",
                           "--no_progress", "--out", str(tmp_path / "e.json"), *flag]) == 0
         assert seen[-1] == want
+
+
+def test_lm_eval_log_samples_keeps_every_item_with_its_fields_and_grades(tiny_chat, tmp_path):
+    """--log_samples: one record per held-out item, whose grades average to the task's metrics
+    (so two runs can be compared question by question); without it, three a task."""
+    from lm.eval.__main__ import main as eval_main
+    out, short = tmp_path / "items.json", tmp_path / "short.json"
+    base = ["--run", tiny_chat.run_dir, "--tasks", "chat:kb_qa", "--limit", "12",
+            "--max_new_tokens", "4", "--no_progress"]
+    assert eval_main(base + ["--log_samples", "--out", str(out)]) == 0
+    assert eval_main(base + ["--out", str(short)]) == 0
+    res = json.load(open(out))
+    items = res["chat_samples"]
+    assert len(items) == 12 and len(json.load(open(short))["chat_samples"]) == 3
+    keys = {(x["item"]["person"], x["item"]["attribute"]) for x in items}
+    assert len(keys) == 12
+    for v in ("correct", "hallucinated", "refused"):
+        assert sum(x["grades"][v] for x in items) / 12 == pytest.approx(res["chat"][f"eval/kb_qa_{v}"])
+    assert all(sum(x["grades"][v] for v in ("correct", "hallucinated", "refused")) == 1
+               for x in items)
+    assert eval_main(base + ["--log_samples", "--pass_at", "1"]) == 2     # a clear error
+
+
+def test_knowledge_report_pairs_runs_question_by_question(tmp_path):
+    """Over-refusal question by question: of what the first run answered right about frequent
+    people, the share another run refuses; runs without every reply are left out."""
+    from tools import knowledge_report as kr
+
+    def write(name, verdicts):
+        d = tmp_path / name
+        d.mkdir()
+        samples = [{"task": "kb_qa", "item": {"person": p, "attribute": "city", "frequency": f},
+                    "grades": {v: v == verdict for v in kr.VERDICTS}}
+                   for p, f, verdict in verdicts]
+        json.dump({"chat_samples": samples}, open(d / kr.ITEMS, "w"))
+        return {"label": name, "run_dir": str(d)}
+    plain = write("plain", [("a", 16, "correct"), ("b", 64, "correct"), ("c", 128, "correct"),
+                            ("d", 128, "correct"), ("e", 0, "correct"), ("f", 32, "refused")])
+    fixed = write("fixed", [("a", 16, "refused"), ("b", 64, "correct"), ("c", 128, "correct"),
+                            ("d", 128, "hallucinated"), ("e", 0, "refused"), ("f", 32, "refused")])
+    (tmp_path / "none").mkdir()
+    got = kr.paired([plain, fixed, {"label": "none", "run_dir": str(tmp_path / "none")}])
+    assert got == [{"label": "fixed", "known_before": 4, "refused_known": 0.25,
+                    "kept_known": 0.5}]
+    assert kr.paired([{"label": "none", "run_dir": str(tmp_path / "none")}, fixed]) == []

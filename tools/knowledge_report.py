@@ -9,7 +9,10 @@ Reads each run's final evaluation (`eval/kb_qa_<verdict>_f<copies>`, greedy, hel
 `eval/kb_qa_context_correct_f<copies>`), writes `knowledge.json`, `knowledge.md` (tables with
 ± one binomial standard error, and the issue's goals checked against the first run as the
 "before") and `knowledge.png` (accuracy, hallucination and refusal against copies, one line per
-run). `--into_runs` also copies the three files into each run's dir.
+run). `--into_runs` also copies the three files into each run's dir. Where the runs hold every
+held-out reply (`eval_items.json`, written by `python -m lm.eval --run RUN --tasks chat:kb_qa
+--log_samples --out RUN/eval_items.json`), the report pairs them question by question: of what
+the first run answered right about frequent people, how much each other run refuses.
 """
 from __future__ import annotations
 
@@ -34,6 +37,11 @@ from lm.tasks.base import test_indices
 
 VERDICTS = ("correct", "hallucinated", "refused")
 FREQUENT = 16            # "frequent" people: at least this many pretraining copies
+ITEMS = "eval_items.json"   # a run's every held-out kb_qa reply (lm.eval --log_samples)
+TASKS = (("kb_qa", "Without the biography (recollection)"),
+         ("kb_qa_seen_phrasings", "The same held-out people in training's fixed phrasings"),
+         ("kb_qa_context", "With the biography in the prompt (working memory)"),
+         ("kb_search", "With the search tool"))
 
 
 def counts(task: str, limit: int) -> dict[int, int]:
@@ -52,7 +60,7 @@ def run_row(label: str, run_dir: str) -> dict:
     ev = final_evals(run_dir)
     limit = cfg.eval.final_limit or cfg.eval.limit
     row = {"label": label, "run_dir": run_dir, "tasks": {}}
-    for task in ("kb_qa", "kb_qa_context", "kb_search"):
+    for task, _ in TASKS:
         if f"eval/{task}" not in ev:
             continue
         n = counts(task, limit)
@@ -94,13 +102,47 @@ def goals(rows: list[dict]) -> list[dict]:
     return out
 
 
+def verdicts(run_dir: str) -> dict | None:
+    """(person, attribute) -> (copies, verdict) of every held-out kb_qa reply in the run's
+    `ITEMS`, or None when it has none."""
+    path = os.path.join(run_dir, ITEMS)
+    if not os.path.exists(path):
+        return None
+    out = {}
+    for x in json.load(open(path)).get("chat_samples", []):
+        if x.get("task") == "kb_qa" and "item" in x:
+            v = next(v for v in VERDICTS if x["grades"].get(v))
+            out[(x["item"]["person"], x["item"]["attribute"])] = (x["item"]["frequency"], v)
+    return out or None
+
+
+def paired(rows: list[dict]) -> list[dict]:
+    """Each run after the first against it, question by question (both runs' `ITEMS`): of the
+    frequent people's questions the first answers right, the share the run refuses (over-refusal
+    of what the model can say) and the share it still answers right."""
+    before = verdicts(rows[0]["run_dir"]) if rows else None
+    if before is None:
+        return []
+    knew = {k for k, (f, v) in before.items() if f >= FREQUENT and v == "correct"}
+    out = []
+    for r in rows[1:]:
+        after = verdicts(r["run_dir"])
+        if after is None or not knew <= after.keys():
+            continue
+        n = len(knew)
+        refused = sum(after[k][1] == "refused" for k in knew)
+        kept = sum(after[k][1] == "correct" for k in knew)
+        out.append({"label": r["label"], "known_before": n,
+                    "refused_known": refused / n if n else float("nan"),
+                    "kept_known": kept / n if n else float("nan")})
+    return out
+
+
 def markdown(result: dict) -> str:
     lines = ["# Hallucination against pretraining frequency", "",
              "Held-out people of the synthetic knowledge base (never in SFT data), greedy; ± one "
              "binomial standard error.", ""]
-    for task, title in (("kb_qa", "Without the biography (recollection)"),
-                        ("kb_qa_context", "With the biography in the prompt (working memory)"),
-                        ("kb_search", "With the search tool")):
+    for task, title in TASKS:
         rows = [r for r in result["rows"] if task in r["tasks"]]
         if not rows:
             continue
@@ -130,6 +172,15 @@ def markdown(result: dict) -> str:
                          f"{g['frequent_accuracy_drop']:+.3f} ({mark(g['frequent_accuracy_ok'])}) | "
                          f"{g['frequent_over_refusal']:.3f} "
                          f"({mark(g['frequent_over_refusal_ok'])}) |")
+    if result.get("paired"):
+        first = result["rows"][0]["label"]
+        lines += ["", f"## Question by question: what {first} answered right about people seen "
+                  f"≥ {FREQUENT} times", "",
+                  f"| run | questions {first} answered right | refused by the run (over-refusal) "
+                  "| still right |", "|---|---|---|---|"]
+        for g in result["paired"]:
+            lines.append(f"| {g['label']} | {g['known_before']} | {g['refused_known']:.3f} | "
+                         f"{g['kept_known']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +238,7 @@ def main(argv=None) -> int:
         print("error: none of the runs evaluated kb_qa (eval.tasks of the chat_tiny_sft_kb* "
               "experiments)", file=sys.stderr)
         return 2
-    result = {"rows": rows, "goals": goals(rows)}
+    result = {"rows": rows, "goals": goals(rows), "paired": paired(rows)}
     os.makedirs(a.out, exist_ok=True)
     files = [os.path.join(a.out, "knowledge.json"), os.path.join(a.out, "knowledge.md")]
     with open(files[0], "w") as f:

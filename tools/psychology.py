@@ -9,7 +9,9 @@ of self.
 Parts (in order; a run whose latest one is complete is reused unless `--rerun`):
 
   knowledge  chat_tiny_base_kb, chat_tiny_sft_kb, the probe (tools.probe_knowledge), then
-             chat_tiny_sft_kb_probed, _naive, _search; table: tools.knowledge_report.
+             chat_tiny_sft_kb_probed, _naive, _search, then every held-out kb_qa reply of the
+             plain, probed and naive SFTs (lm.eval --log_samples into <run>/eval_items.json);
+             table: tools.knowledge_report.
              `--kb kb_qa`: the same chain with question-answer pretraining (`_kb_qa` names,
              probe in runs/knowledge_probe_qa, tables in <out>/knowledge_qa); `--recipe
              light`: every SFT at a third of the learning rate (`_light` names and dirs)
@@ -41,8 +43,10 @@ from tools import knowledge_report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KB_SFTS = {"plain": "", "probed": "_probed", "naive": "_naive", "search": "_search"}
 PARTS = {
+    # `:items`: the run's every held-out kb_qa reply, for the paired over-refusal
     "knowledge": ["chat_tiny_base_kb", "chat_tiny_sft_kb", "probe", "chat_tiny_sft_kb_probed",
-                  "chat_tiny_sft_kb_naive", "chat_tiny_sft_kb_search"],
+                  "chat_tiny_sft_kb_naive", "chat_tiny_sft_kb_search"]
+    + [f"chat_tiny_sft_kb{s}:items" for s in ("", "_probed", "_naive")],
     "think": [f"chat_tiny_sft_think_{f}" for f in ("calculator", "reasoning", "answer_first")],
     # the BPE formats first (they need only the chain's base), then the byte-level base and its SFTs
     "spelling": [f"chat_tiny_sft_spell_{f}" for f in ("tool", "spell", "direct")]
@@ -86,6 +90,13 @@ def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
             return None
         return [py, "-m", "tools.probe_knowledge", "--run", f"chat_tiny_sft_{a.kb}{recipe(a)}",
                 "--workdir", a.workdir, "--out", out]
+    if step.endswith(":items"):
+        ref = runs.resolve(step[:-len(":items")], workdir=a.workdir)
+        out = os.path.join(ref.run_dir, knowledge_report.ITEMS)
+        if os.path.exists(out) and not a.rerun:
+            return None
+        return [py, "-m", "lm.eval", "--run", ref.run_dir, "--tasks", "chat:kb_qa", "--limit",
+                "0", "--batch_size", "150", "--log_samples", "--no_progress", "--out", out]
     if step in AS_CHAT:
         ref = runs.resolve(AS_CHAT[step][0], workdir=a.workdir)
         if os.path.exists(os.path.join(ref.run_dir, "eval_self.json")) and not a.rerun:
@@ -146,7 +157,7 @@ def cell(ev: dict, key: str, n: int | None) -> dict | None:
 
 def table(part: str, workdir: str) -> dict:
     rows = []
-    names = [s for s in PARTS[part] if s not in ("probe",)]
+    names = [s for s in PARTS[part] if s != "probe" and not s.endswith(":items")]
     for name in names:
         if name in AS_CHAT:
             try:

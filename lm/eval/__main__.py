@@ -10,7 +10,9 @@ Task names: likelihood benchmarks (hellaswag, arc_easy, arc_challenge, mmlu, mml
 tasks (identity, arithmetic_easy, arithmetic, arithmetic_hard, spelling, gsm8k, and mmlu /
 arc_easy / arc_challenge / hellaswag graded by letter logits), `bpb` (all held-out texts) or
 `bpb:<text>`. For runs of the sft/grpo stages the shared names mean the chat version; prefix
-`lm:` or `chat:` to choose (e.g. `lm:hellaswag`). Output: `<run>/eval.json` (or `--out`).
+`lm:` or `chat:` to choose (e.g. `lm:hellaswag`). Output: `<run>/eval.json` (or `--out`); with
+`--log_samples` its `chat_samples` hold every chat item (prompt, reply, the item's fields such as
+a knowledge question's person, and its grades), for paired comparisons of two runs.
 
   python -m lm.eval --run grpo_arith_tiny --tasks arithmetic_easy --pass_at 1,2,4,8,16,32,64
 
@@ -51,6 +53,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON output path (default <run>/eval.json; with --pass_at, "
                    "<run>/pass_at_k.json)")
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--log_samples", action="store_true",
+                   help="every chat item's prompt, reply, fields and grades in the output's "
+                        "chat_samples (default: three a task)")
     p.add_argument("--strict_calls", action="store_true",
                    help="items that offer tools are answered under the functions' grammar "
                         "(valid calls of offered functions only; needs llguidance)")
@@ -82,7 +87,8 @@ def main(argv=None) -> int:
             todo = suite.plan(names, chat)
             result = suite.evaluate(run, todo, limit=a.limit, batch_size=a.batch_size,
                                     progress=not a.no_progress, strict_calls=a.strict_calls,
-                                    max_new_tokens=a.max_new_tokens)
+                                    max_new_tokens=a.max_new_tokens,
+                                    log_samples=a.log_samples)
     except (runs.RunError, ValueError, TaskDataError, DataUnavailableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -99,6 +105,9 @@ def main(argv=None) -> int:
 def check_pass_at_args(a: argparse.Namespace) -> None:
     """--pass_at and its options checked before a run is loaded (a ValueError saying what is
     wrong): ks >= 1, samples >= the largest k, temperature > 0, generative tasks only."""
+    if a.pass_at is not None and a.log_samples:
+        raise ValueError("--log_samples goes with the suite; --pass_at writes each problem's "
+                         "number of correct samples already")
     if a.pass_at is None:
         if a.samples is not None or a.temperature is not None:
             raise ValueError("--samples and --temperature go with --pass_at (the suite's replies "

@@ -114,12 +114,20 @@ def _graded(task, conv: dict, text: str) -> bool:
         return False
 
 
+def item_fields(conv: dict) -> dict:
+    """What identifies a held-out item beside its messages (e.g. a knowledge question's person
+    and attribute): the conversation's plain-valued fields."""
+    return {k: v for k, v in conv.items()
+            if k != "messages" and (v is None or isinstance(v, (str, int, float, bool)))}
+
+
 def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_size: int = 64,
                    max_new_tokens: int = 0, samples: int = 0, progress: bool = False,
                    engine: Optional[Engine] = None, lengths: bool = False,
                    strict_calls: bool = False,
                    score: Optional[Callable] = None) -> tuple[dict, list[dict]]:
-    """(metrics, sample conversations) over the held-out split of each named task. `lengths`:
+    """(metrics, sample conversations) over the held-out split of each named task (`samples` of
+    them a task; all when negative, each with its item's fields and grades). `lengths`:
     also the mean reply length in tokens (`eval/<task>_tokens`) of generative tasks and the share
     of replies that show their working (`eval/<task>_worked`, lm.tasks.base.shows_work).
     `score(task, convs, replies) -> {name: [value per reply]}` (e.g. `lm.rl.rewards.
@@ -162,21 +170,26 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
             raise ValueError(f"task {name!r} ({task.kind}) has no grader; evaluate it by loss")
         acc = float(np.mean(correct))
         metrics[f"eval/{name}"] = acc
+        graded = [{} for _ in convs]
         if hasattr(task, "grades") and task.kind == "generative":   # the parts of a grade
+            graded = [task.grades(c, r["text"]) for c, r in zip(convs, replies)]
             parts: dict[str, list] = {}
-            for c, r in zip(convs, replies):
-                for k, v in task.grades(c, r["text"]).items():
+            for g in graded:
+                for k, v in g.items():
                     parts.setdefault(k, []).append(v)
             for k, v in parts.items():
                 metrics[f"eval/{name}_{k}"] = float(np.mean(v))
         metrics[f"eval/{name}_n"] = len(correct)
         if task.baseline < 1:
             centred.append((acc - task.baseline) / (1 - task.baseline))
-        for c, r, ok in list(zip(convs, replies, correct))[:samples]:
+        every = list(zip(convs, replies, correct, graded))
+        for c, r, ok, g in every[:samples] if samples >= 0 else every:
             asked = c["messages"][-2 if c["messages"][-1]["role"] == "assistant" else -1]
             shown.append({"task": name, "prompt": chat.reply_text(chat.parts_of(asked["content"])),
                           "reply": r["text"], "correct": ok, "format_ok": r["format_ok"],
-                          **({"rewards": r["rewards"]} if "rewards" in r else {})})
+                          **({"rewards": r["rewards"]} if "rewards" in r else {}),
+                          **({"item": item_fields(c), "grades": {k: bool(v) for k, v in g.items()}}
+                             if samples < 0 else {})})
         bar.update(1)
     bar.close()
     if fmt_n:

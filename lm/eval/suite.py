@@ -140,11 +140,12 @@ def table(result: dict) -> str:
 
 def evaluate(run, todo: dict, *, limit: int = 0, batch_size: int = 32,
              progress: bool = True, strict_calls: bool = False,
-             max_new_tokens: int | None = None) -> dict:
+             max_new_tokens: int | None = None, log_samples: bool = False) -> dict:
     """`todo` (from `plan`) scored on `run` (an `lm.runs.Run`): a JSON-ready dict.
     `strict_calls`: tool-offering items decode under their functions' grammar.
     `max_new_tokens`: the chat replies' budget (None: the run's own `eval.max_new_tokens`, as its
-    training evaluated it; 0: each task's own)."""
+    training evaluated it; 0: each task's own). `log_samples`: every chat item's prompt, reply,
+    fields and grades in `chat_samples` (otherwise three a task)."""
     if max_new_tokens is None:
         max_new_tokens = run.config.eval.max_new_tokens
     t0 = time.perf_counter()
@@ -159,7 +160,8 @@ def evaluate(run, todo: dict, *, limit: int = 0, batch_size: int = 32,
     if todo["chat"]:
         m, shown = evaluate_tasks(run.params, run.config.model, run.tokenizer, todo["chat"],
                                   limit=limit, batch_size=max(batch_size, 64),
-                                  samples=3, progress=progress, strict_calls=strict_calls,
+                                  samples=-1 if log_samples else 3, progress=progress,
+                                  strict_calls=strict_calls,
                                   max_new_tokens=max_new_tokens)
         result["chat"] = m
         result["chat_samples"] = shown
