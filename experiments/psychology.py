@@ -9,6 +9,7 @@ people read in pretraining 0-128 times, then asked about after SFT.
     python -m lm.main -e chat_tiny_sft_kb_probed    # SFT: known facts answered, unknown refused
     python -m lm.main -e chat_tiny_sft_kb_naive     # baseline: refuse people seen < 8 times
     python -m lm.main -e chat_tiny_sft_kb_search    # SFT: search the knowledge base, then answer
+    python -m lm.main -e chat_tiny_sft_kb_qa_light_read   # working memory taught: passage, question
 
 The same chain on `chat_tiny_kb_qa` (`_kb_qa` for `_kb` in every name; the probe writes
 runs/knowledge_probe_qa), and each SFT of either at a third of the learning rate (`_light` after
@@ -128,6 +129,13 @@ for _v, _corpus in KB_VARIANTS.items():
         register(f"{_plain}_search", f"SFT of {_base}{_HOW[_r]} that searches before answering "
                  "a question about a person (lm.search over the knowledge base); evaluated with "
                  "the tool")(lambda v=_v, r=_recipe: r(_search(v)))
+
+
+@register("chat_tiny_sft_kb_qa_light_read", "chat_tiny_sft_kb_qa_light plus the same people's "
+          "questions with their biography in the user turn (kb_qa_context's train items): does "
+          "reading a passage, once taught, answer at every pretraining frequency?")
+def chat_tiny_sft_kb_qa_light_read() -> Config:
+    return _light(_sft("kb_qa", "kb_qa:1.5,kb_qa_context:1"))
 
 
 @register("chat_tiny_sft_noid", "chat_tiny_sft without the identity task: who does the model say "

@@ -47,6 +47,9 @@ def test_held_out_people_never_reach_sft_data():
     for i in range(0, plain.size("train"), 7):      # replies do not restate the made-up name
         c = plain.example("train", i)
         assert c["person"] not in c["messages"][-1]["content"]
+    reads = tasks.get("kb_qa_context")
+    assert {reads.item("train", i)[0].name for i in range(reads.size("train"))} == \
+        {p.name for p in kb.qa_people()}                 # the probe's people stay unread in SFT
     for name in ("kb_qa", "kb_qa_naive", "kb_qa_context"):
         t = tasks.get(name)
         for i in range(t.size("train")):

@@ -21,7 +21,9 @@ Tasks (`lm.tasks` names):
                     times in pretraining get a refusal (the baseline that refuses by frequency,
                     which a real lab never knows)
     kb_qa_context   held-out questions with the person's biography pasted into the user turn:
-                    working memory (the context) against recollection (the weights)
+                    working memory (the context) against recollection (the weights); its train
+                    items (plain SFT's people, in another of the biographies' phrasings each
+                    time) teach reading the passage (chat_tiny_sft_kb_qa_light_read)
     kb_search       the reference reply searches first (`lm.search`: the tool call
                     `search("<name>")`, whose output is the person's biography), then answers
 
@@ -324,10 +326,10 @@ class KnowledgeQA(Task):
         self.kb = kb or knowledge_base()
 
     def people(self, split: str) -> list[Person]:
-        """A split's people; in `train`, plain answers and the naive baseline take disjoint
-        halves (module doc)."""
+        """A split's people; in `train`, plain answers (with or without the biography) and the
+        naive baseline take disjoint halves (module doc)."""
         self._check_split(split)
-        if split == "train" and self.mode == "answer":
+        if split == "train" and self.mode in ("answer", "context"):
             return self.kb.qa_people()
         if split == "train" and self.mode == "naive":
             return self.kb.probe_people()
