@@ -134,6 +134,29 @@ def test_probe_labels_are_reproducible_and_make_the_fix_data(tiny_chat):
     assert not any(h in json.dumps(fix) for h in held)
 
 
+def test_probe_threshold_auto_follows_the_greedy_replies(tiny_chat, monkeypatch):
+    """`calibrate` scores each threshold's labels against the greedy verdicts, and
+    --threshold auto labels with the best one: a model whose greedy reply is right whenever 2 of
+    5 samples are gets the threshold 0.4, not the default 0.6."""
+    from tools import probe_knowledge as pk
+    rows = [{"correct": c, "greedy": "correct" if c >= 2 else "hallucinated"}
+            for c in (0, 1, 2, 2, 3, 5, 1, 0)]
+    cal = pk.calibrate(rows, 5)
+    assert [c["threshold"] for c in cal] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert cal[1] == {"threshold": 0.4, "known": 0.5, "agreement": 1.0}
+    assert cal[2]["agreement"] == 0.75 and cal[0]["agreement"] == 0.75
+    res = pk.probe(tiny_chat, k=3, seed=5, limit=9, batch_size=9, progress=False,
+                   threshold="auto")
+    best = max(res["calibration"], key=lambda c: (c["agreement"], c["threshold"]))
+    assert res["threshold"] == best["threshold"]
+    assert all(r["known"] == (r["correct"] >= res["threshold"] * 3 - 1e-9)
+               for r in res["labels"])
+    assert all(r["greedy"] in ("correct", "hallucinated", "refused") for r in res["labels"])
+    for bad in ("often", "0", "1.5"):
+        with pytest.raises(SystemExit):
+            pk.main(["--run", tiny_chat.run_dir, "--out", "unused", "--threshold", bad])
+
+
 def test_cloze_ranks_values_by_likelihood_per_frequency(tiny_chat, monkeypatch):
     """The cloze reads the true value's rank from the likelihoods: a scorer that favours the
     truth for people seen >= 8 times gives 1.0 there and 0 below; the real scorer runs too."""

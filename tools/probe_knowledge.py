@@ -10,7 +10,9 @@ half of `train` that plain SFT never answers about; the `test` people are never 
 SFT data), the run answers `--k` questions at
 temperature `--temperature` (training phrasings, one drawn per sample); each reply is judged
 (correct / refused / hallucinated) against the knowledge base; the fact is *known* when at least
-`--threshold` of the samples are correct. In `--out`:
+`--threshold` of the samples are correct (`--threshold auto`: the share whose labels agree best
+with the model's greedy replies to the same questions, which are what the chat says when
+deployed; the agreement of every threshold is in probe.md). In `--out`:
 
   probe.json   every fact's correct count and label, the known share per pretraining frequency
   probe.md     that share as a table
@@ -58,9 +60,23 @@ def facts(kb: knowledge.KnowledgeBase) -> list[tuple[knowledge.Person, str]]:
     return [(p, a) for p in kb.probe_people() for a in knowledge.ATTRIBUTES]
 
 
+def calibrate(rows: list[dict], k: int) -> list[dict]:
+    """For each threshold j/k: the share of facts it labels known and how often that label agrees
+    with the greedy reply's verdict (right or not), the answer the chat gives when deployed."""
+    out = []
+    for j in range(1, k + 1):
+        known = [r["correct"] >= j for r in rows]
+        agree = [kn == (r["greedy"] == "correct") for kn, r in zip(known, rows)]
+        out.append({"threshold": j / k, "known": float(np.mean(known)),
+                    "agreement": float(np.mean(agree))})
+    return out
+
+
 def probe(run, *, k: int = 5, temperature: float = 1.0, seed: int = 0, batch_size: int = 128,
-          threshold: float = 0.6, kb=None, limit: int = 0, progress: bool = True) -> dict:
-    """probe.json's content for a loaded chat run."""
+          threshold: float | str = 0.6, kb=None, limit: int = 0, progress: bool = True) -> dict:
+    """probe.json's content for a loaded chat run. `threshold="auto"`: the share of correct
+    samples whose labels agree best with the greedy replies (`calibrate`; a tie goes to the
+    higher threshold)."""
     kb = kb or knowledge.knowledge_base()
     task = knowledge.KnowledgeQA(kb=kb)
     items = facts(kb)[:limit or None]
@@ -79,23 +95,33 @@ def probe(run, *, k: int = 5, temperature: float = 1.0, seed: int = 0, batch_siz
                   file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+    # the same questions answered greedily, as the chat answers them when deployed
+    greedy = generate_replies(engine, run.tokenizer, convs, max_new_tokens=task.max_new_tokens(),
+                              batch_size=batch_size)
     rows = []
     for i, (p, a) in enumerate(items):
         verdicts = [knowledge.judge(p, a, replies[i * k + j]["text"]) for j in range(k)]
-        right = verdicts.count("correct")
         rows.append({"person": p.name, "attribute": a, "frequency": p.frequency,
-                     "correct": right, "refused": verdicts.count("refused"), "k": k,
-                     "known": right >= threshold * k,
+                     "correct": verdicts.count("correct"), "refused": verdicts.count("refused"),
+                     "k": k, "greedy": knowledge.judge(p, a, greedy[i]["text"]),
                      "sample": replies[i * k]["text"]})
+    calibration = calibrate(rows, k) if rows else []
+    if threshold == "auto":
+        best = max(calibration, key=lambda c: (c["agreement"], c["threshold"]), default=None)
+        threshold = best["threshold"] if best else 0.6
+    for r in rows:
+        r["known"] = r["correct"] >= threshold * k - 1e-9
     by_freq = {}
     for f in knowledge.FREQUENCIES:
         sel = [r for r in rows if r["frequency"] == f]
         if sel:
             by_freq[str(f)] = {"facts": len(sel),
                                "known": float(np.mean([r["known"] for r in sel])),
-                               "sample_accuracy": float(np.mean([r["correct"] / k for r in sel]))}
+                               "sample_accuracy": float(np.mean([r["correct"] / k for r in sel])),
+                               "greedy_accuracy": float(np.mean([r["greedy"] == "correct"
+                                                                 for r in sel]))}
     return {"run_dir": run.run_dir, "step": run.step, "k": k, "temperature": temperature,
-            "threshold": threshold, "seed": seed, "facts": len(rows),
+            "threshold": threshold, "calibration": calibration, "seed": seed, "facts": len(rows),
             "known": float(np.mean([r["known"] for r in rows])) if rows else 0.0,
             "by_frequency": by_freq, "seconds": round(time.perf_counter() - t0, 1),
             "labels": rows}
@@ -195,9 +221,17 @@ def markdown(result: dict) -> str:
              f"{result['facts']} facts (probe people × attributes), {result['k']} samples each at "
              f"temperature {result['temperature']:g}; known = at least {result['threshold']:g} "
              f"of the samples correct. Known overall: {result['known']:.3f}.", "",
-             "| pretraining copies | facts | known | sample accuracy |", "|---|---|---|---|"]
+             "| pretraining copies | facts | known | sample accuracy | greedy accuracy |",
+             "|---|---|---|---|---|"]
     for f, e in result["by_frequency"].items():
-        lines.append(f"| {f} | {e['facts']} | {e['known']:.3f} | {e['sample_accuracy']:.3f} |")
+        lines.append(f"| {f} | {e['facts']} | {e['known']:.3f} | {e['sample_accuracy']:.3f} | "
+                     f"{e.get('greedy_accuracy', float('nan')):.3f} |")
+    if result.get("calibration"):
+        lines += ["", "Each threshold's labels against the greedy reply's verdict:", "",
+                  "| known when ≥ this share of samples is right | facts known | agrees with "
+                  "greedy |", "|---|---|---|"]
+        for c in result["calibration"]:
+            lines.append(f"| {c['threshold']:.2f} | {c['known']:.3f} | {c['agreement']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -217,8 +251,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default=".", help="where experiment names are looked up")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--k", type=int, default=5, help="samples per fact (>= 1)")
-    p.add_argument("--threshold", type=float, default=0.6,
-                   help="share of correct samples that makes a fact known (0-1]")
+    p.add_argument("--threshold", default="0.6",
+                   help="share of correct samples that makes a fact known (0-1], or auto: the "
+                        "share whose labels agree best with the greedy replies")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=128)
@@ -227,8 +262,13 @@ def main(argv=None) -> int:
     p.add_argument("--cloze", action="store_true",
                    help="rank each attribute's values by likelihood instead (any run, base too)")
     a = p.parse_args(argv)
-    if a.k < 1 or not 0 < a.threshold <= 1 or a.temperature <= 0 or a.phrasings < 1:
-        p.error("--k >= 1, 0 < --threshold <= 1, --temperature > 0 and --phrasings >= 1")
+    try:
+        a.threshold = a.threshold if a.threshold == "auto" else float(a.threshold)
+    except ValueError:
+        p.error(f"--threshold {a.threshold!r}: a number in (0, 1] or auto")
+    if a.k < 1 or (a.threshold != "auto" and not 0 < a.threshold <= 1) or a.temperature <= 0 \
+            or a.phrasings < 1:
+        p.error("--k >= 1, 0 < --threshold <= 1 (or auto), --temperature > 0 and --phrasings >= 1")
     try:
         run = runs.load(a.run, workdir=a.workdir)
     except runs.RunError as e:

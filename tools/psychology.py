@@ -8,7 +8,8 @@ of self.
 
 Parts (in order; a run whose latest one is complete is reused unless `--rerun`):
 
-  knowledge  chat_tiny_base_kb, chat_tiny_sft_kb, the probe (tools.probe_knowledge), then
+  knowledge  chat_tiny_base_kb, chat_tiny_sft_kb, the probe (tools.probe_knowledge, its
+             threshold calibrated on the model's greedy replies: `--threshold auto`), then
              chat_tiny_sft_kb_probed, _naive, _search, then every held-out kb_qa reply of the
              plain, probed and naive SFTs (lm.eval --log_samples into <run>/eval_items.json);
              table: tools.knowledge_report.
@@ -89,7 +90,7 @@ def step_command(step: str, a: argparse.Namespace) -> list[str] | None:
         if os.path.exists(os.path.join(out, "fix.jsonl")) and not a.rerun:
             return None
         return [py, "-m", "tools.probe_knowledge", "--run", f"chat_tiny_sft_{a.kb}{recipe(a)}",
-                "--workdir", a.workdir, "--out", out]
+                "--workdir", a.workdir, "--out", out, "--threshold", "auto"]
     if step.endswith(":items"):
         ref = runs.resolve(step[:-len(":items")], workdir=a.workdir)
         out = os.path.join(ref.run_dir, knowledge_report.ITEMS)
