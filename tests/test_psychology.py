@@ -157,6 +157,40 @@ def test_probe_threshold_auto_follows_the_greedy_replies(tiny_chat, monkeypatch)
             pk.main(["--run", tiny_chat.run_dir, "--out", "unused", "--threshold", bad])
 
 
+def test_confidence_refusal_parts():
+    """The reply's confidence is its least likely sampled token (forced tool output aside); the
+    cutoff agrees best with which answers are right; AUROC ranks right above wrong."""
+    import math
+    from tools import probe_knowledge as pk
+    reply = {"logprobs": [-0.01, math.log(0.3), -0.2, math.log(0.01)],
+             "forced": [False, False, False, True]}
+    assert pk.answer_confidence(reply) == pytest.approx(0.3)
+    assert pk.answer_confidence({"logprobs": [], "forced": []}) == 0.0
+    rows = [(0.9, "correct"), (0.8, "correct"), (0.6, "hallucinated"), (0.7, "correct"),
+            (0.2, "hallucinated"), (0.65, "hallucinated")]
+    assert pk.best_cutoff(rows) == 0.7         # answers the three right ones, refuses the rest
+    assert pk.best_cutoff([(0.5, "hallucinated")]) > 0.5
+    assert pk.auroc([0.9, 0.8, 0.2], [True, True, False]) == 1.0
+    assert pk.auroc([0.5, 0.5], [True, False]) == 0.5
+    assert math.isnan(pk.auroc([0.5], [True]))
+
+
+def test_confidence_mode_writes_verdicts_before_and_after(tiny_chat, tmp_path):
+    from tools import probe_knowledge as pk
+    assert pk.main(["--run", tiny_chat.run_dir, "--confidence", "--out", str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "confidence.json"))
+    assert len(res["rows"]) == kn.KnowledgeQA().size("test")
+    for key in ("before", "after"):
+        for cell in res[key].values():
+            assert sum(cell[v] for v in ("correct", "hallucinated", "refused")) == pytest.approx(1)
+    # refusing never makes a right answer of a wrong one, nor answers what was refused
+    for r in res["rows"]:
+        assert r["abstained"] in (r["verdict"], "refused")
+        assert (r["abstained"] == r["verdict"]) == (r["verdict"] == "refused"
+                                                    or r["confidence"] >= res["cutoff"])
+    assert (tmp_path / "confidence.md").exists()
+
+
 def test_cloze_ranks_values_by_likelihood_per_frequency(tiny_chat, monkeypatch):
     """The cloze reads the true value's rank from the likelihoods: a scorer that favours the
     truth for people seen >= 8 times gives 1.0 there and 0 below; the real scorer runs too."""

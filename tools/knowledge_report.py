@@ -36,7 +36,6 @@ from lm.tasks import knowledge as kn
 from lm.tasks.base import test_indices
 
 VERDICTS = ("correct", "hallucinated", "refused")
-FREQUENT = 16            # "frequent" people: at least this many pretraining copies
 ITEMS = "eval_items.json"   # a run's every held-out kb_qa reply (lm.eval --log_samples)
 TASKS = (("kb_qa", "Without the biography (recollection)"),
          ("kb_qa_seen_phrasings", "The same held-out people in training's fixed phrasings"),
@@ -84,7 +83,7 @@ def goals(rows: list[dict]) -> list[dict]:
     if not rows or "kb_qa" not in rows[0]["tasks"]:
         return []
     before = rows[0]["tasks"]["kb_qa"]["by_copies"]
-    freq = [str(f) for f in kn.FREQUENCIES if f >= FREQUENT and str(f) in before]
+    freq = [str(f) for f in kn.FREQUENCIES if f >= kn.FREQUENT and str(f) in before]
     mean = lambda cells, v: (sum(cells[f][v]["p"] for f in freq if f in cells) / len(freq)
                              if freq else float("nan"))
     out = []
@@ -123,7 +122,7 @@ def paired(rows: list[dict]) -> list[dict]:
     before = verdicts(rows[0]["run_dir"]) if rows else None
     if before is None:
         return []
-    knew = {k for k, (f, v) in before.items() if f >= FREQUENT and v == "correct"}
+    knew = {k for k, (f, v) in before.items() if f >= kn.FREQUENT and v == "correct"}
     out = []
     for r in rows[1:]:
         after = verdicts(r["run_dir"])
@@ -175,7 +174,7 @@ def markdown(result: dict) -> str:
     if result.get("paired"):
         first = result["rows"][0]["label"]
         lines += ["", f"## Question by question: what {first} answered right about people seen "
-                  f"≥ {FREQUENT} times", "",
+                  f"≥ {kn.FREQUENT} times", "",
                   f"| run | questions {first} answered right | refused by the run (over-refusal) "
                   "| still right |", "|---|---|---|---|"]
         for g in result["paired"]:

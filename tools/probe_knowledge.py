@@ -22,6 +22,13 @@ deployed; the agreement of every threshold is in probe.md). In `--out`:
 
 Deterministic in `--seed` (sample j of fact i has its own PRNG key, whatever the batch size).
 
+Does the model know what it knows? `--confidence` answers the held-out people's questions
+greedily and refuses instead when the reply's least likely token is under a cutoff chosen on the
+probe's people (a decoding-time fix, no training): verdicts per frequency before and after, the
+confidence's AUROC, and every cutoff's trade-off, in confidence.json and confidence.md:
+
+  python -m tools.probe_knowledge --run chat_tiny_sft_kb_qa_light --confidence --out DIR
+
 Did pretraining store the facts at all? `--cloze` asks the weights directly, for any run (a base
 run too): for every person and every attribute with a closed set of values, each value is scored
 by its log-likelihood after "<name> lives in" (works as / plays the / has a pet), as lm-eval
@@ -125,6 +132,137 @@ def probe(run, *, k: int = 5, temperature: float = 1.0, seed: int = 0, batch_siz
             "known": float(np.mean([r["known"] for r in rows])) if rows else 0.0,
             "by_frequency": by_freq, "seconds": round(time.perf_counter() - t0, 1),
             "labels": rows}
+
+
+def answer_confidence(reply: dict) -> float:
+    """The probability of the greedy reply's least likely token (at temperature 1): in "They live
+    in Lima." the template is near certain, so this is the model's confidence in the value."""
+    lp = [x for x, forced in zip(reply["logprobs"], reply["forced"]) if not forced]
+    return float(np.exp(min(lp))) if lp else 0.0
+
+
+def best_cutoff(rows: list[tuple[float, str]]) -> float:
+    """The confidence below which to refuse: the cutoff whose answer-or-refuse agrees most often
+    with whether the greedy answer is right ((confidence, verdict) pairs; a tie goes to the
+    lower cutoff, which answers more)."""
+    cands = sorted({0.0} | {c for c, _ in rows} | {1.01})
+    def agree(t):
+        return sum((c >= t) == (v == "correct") for c, v in rows)
+    return max(cands, key=lambda t: (agree(t), -t))
+
+
+def auroc(scores: list[float], positive: list[bool]) -> float:
+    """The chance that a right answer's confidence is above a wrong one's (ties count half)."""
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = [s for s, p in zip(scores, positive) if not p]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def shares(rows: list[dict], key: str) -> dict:
+    """Verdict shares per pretraining frequency and overall (`key`: the verdict field)."""
+    out = {}
+    for f in [*knowledge.FREQUENCIES, None]:
+        sel = [r[key] for r in rows if f is None or r["frequency"] == f]
+        if sel:
+            out["all" if f is None else str(f)] = {"n": len(sel), **{
+                v: sel.count(v) / len(sel) for v in ("correct", "hallucinated", "refused")}}
+    return out
+
+
+def confidence(run, *, kb=None, batch_size: int = 128, progress: bool = True) -> dict:
+    """confidence.json's content: the chat answers greedily and refuses instead when its
+    confidence in the answer (`answer_confidence`) is under a cutoff chosen on the probe's people
+    (training phrasings); measured on the held-out people as `kb_qa` asks them, against the
+    same model answering everything."""
+    kb = kb or knowledge.knowledge_base()
+    task = knowledge.KnowledgeQA(kb=kb)
+    engine = Engine(run.params, run.config.model, tokenizer=run.tokenizer, tools=run.tokenizer.chat)
+    t0 = time.perf_counter()
+    rng = random.Random("confidence")
+    items = facts(kb)
+    convs = [conversation(task.question(p, a, "train", rng)) for p, a in items]
+    replies = generate_replies(engine, run.tokenizer, convs, max_new_tokens=task.max_new_tokens(),
+                               batch_size=batch_size)
+    calib = [(answer_confidence(r), knowledge.judge(p, a, r["text"]))
+             for (p, a), r in zip(items, replies)]
+    cutoff = best_cutoff(calib)
+    if progress:
+        print(f"confidence: cutoff {cutoff:.3f} from {len(calib)} probe facts", file=sys.stderr)
+    tests = [task.example("test", i) for i in range(task.size("test"))]
+    replies = generate_replies(engine, run.tokenizer, tests, max_new_tokens=task.max_new_tokens(),
+                               batch_size=batch_size)
+    rows = []
+    for c, r in zip(tests, replies):
+        verdict = knowledge.judge(task._person(c), c["attribute"], r["text"])
+        conf = answer_confidence(r)
+        rows.append({"person": c["person"], "attribute": c["attribute"],
+                     "frequency": c["frequency"], "confidence": conf, "verdict": verdict,
+                     "abstained": verdict if verdict == "refused" or conf >= cutoff
+                     else "refused", "reply": r["text"]})
+    before, after = shares(rows, "verdict"), shares(rows, "abstained")
+    # the whole trade-off: each cutoff's hallucination on never-seen people against its answers
+    # about frequent ones
+    curve = []
+    for cut in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        said = [(r["frequency"], r["verdict"] if r["verdict"] == "refused"
+                 or r["confidence"] >= cut else "refused") for r in rows]
+        never = [v for f, v in said if f == 0]
+        often = [v for f, v in said if f >= knowledge.FREQUENT]
+        curve.append({"cutoff": cut,
+                      "never_seen_hallucinated": never.count("hallucinated") / max(1, len(never)),
+                      **{f"frequent_{v}": often.count(v) / max(1, len(often))
+                         for v in ("correct", "hallucinated", "refused")}})
+    frequent = [r for r in rows if r["frequency"] >= knowledge.FREQUENT]
+    knew = [r for r in frequent if r["verdict"] == "correct"]
+    mean = lambda by, v: float(np.mean([by[str(f)][v] for f in knowledge.FREQUENCIES
+                                        if f >= knowledge.FREQUENT and str(f) in by]))
+    goals = {"hallucination_never_seen": after.get("0", {}).get("hallucinated", float("nan")),
+             "frequent_accuracy_drop": mean(before, "correct") - mean(after, "correct"),
+             "frequent_refusal": mean(after, "refused"),
+             "refused_known": float(np.mean([r["abstained"] == "refused" for r in knew]))
+             if knew else float("nan")}
+    return {"run_dir": run.run_dir, "step": run.step, "cutoff": cutoff,
+            "calibration_facts": len(calib),
+            "calibration_agreement": float(np.mean([(c >= cutoff) == (v == "correct")
+                                                    for c, v in calib])),
+            "auroc": auroc([r["confidence"] for r in rows], [r["verdict"] == "correct"
+                                                            for r in rows]),
+            "before": before, "after": after, "goals": goals, "curve": curve,
+            "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+
+
+def confidence_markdown(result: dict) -> str:
+    g = result["goals"]
+    lines = [f"# Refusing by confidence: `{result['run_dir']}` (step {result['step']})", "",
+             f"Greedy answers to the held-out people's questions; a reply whose least likely "
+             f"token has probability under {result['cutoff']:.3f} (the cutoff that agrees best, "
+             f"{result['calibration_agreement']:.3f}, with which answers are right on the "
+             f"probe's {result['calibration_facts']} facts) is replaced by a refusal. AUROC of "
+             f"the confidence for right against wrong answers: {result['auroc']:.3f}.", "",
+             "| | verdict | " + " | ".join(f"{f} copies" for f in knowledge.FREQUENCIES)
+             + " | overall |", "|---|---|" + "---|" * (len(knowledge.FREQUENCIES) + 1)]
+    for label, key in (("answers everything", "before"), ("refuses when unsure", "after")):
+        for v in ("correct", "hallucinated", "refused"):
+            cells = [f"{result[key][str(f)][v]:.2f}" if str(f) in result[key] else ""
+                     for f in knowledge.FREQUENCIES]
+            lines.append(f"| {label} | {v} | " + " | ".join(cells)
+                         + f" | {result[key]['all'][v]:.3f} |")
+    lines += ["", "| hallucination, never seen (≤ 0.10) | accuracy drop, ≥ 16 copies (≤ 0.05) | "
+              "refused, ≥ 16 copies (≤ 0.10) | of the right answers about them, refused |",
+              "|---|---|---|---|",
+              f"| {g['hallucination_never_seen']:.3f} | {g['frequent_accuracy_drop']:+.3f} | "
+              f"{g['frequent_refusal']:.3f} | {g['refused_known']:.3f} |", "",
+              "Every cutoff (people seen ≥ 16 times pooled):", "",
+              "| cutoff | never seen: hallucinated | frequent: correct | hallucinated | refused |",
+              "|---|---|---|---|---|"]
+    for c in result["curve"]:
+        lines.append(f"| {c['cutoff']:.1f} | {c['never_seen_hallucinated']:.3f} | "
+                     f"{c['frequent_correct']:.3f} | {c['frequent_hallucinated']:.3f} | "
+                     f"{c['frequent_refused']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 CLOZE = {"city": "{name} lives in", "profession": "{name} works as",
@@ -261,6 +399,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="probe only the first N facts (0: all)")
     p.add_argument("--cloze", action="store_true",
                    help="rank each attribute's values by likelihood instead (any run, base too)")
+    p.add_argument("--confidence", action="store_true",
+                   help="instead: answer greedily, refuse when the answer's confidence is under "
+                        "a cutoff chosen on the probe's people; held-out people's verdicts")
     a = p.parse_args(argv)
     try:
         a.threshold = a.threshold if a.threshold == "auto" else float(a.threshold)
@@ -282,6 +423,10 @@ def main(argv=None) -> int:
         print(f"error: {run.run_dir} is a {run.stage} run without the chat tokens; probe an "
               f"SFT run", file=sys.stderr)
         return 2
+    if a.confidence:
+        write(a.out, "confidence", confidence(run, batch_size=a.batch_size),
+              confidence_markdown)
+        return 0
     result = probe(run, k=a.k, temperature=a.temperature, seed=a.seed, batch_size=a.batch_size,
                    threshold=a.threshold, limit=a.limit)
     write(a.out, "probe", result, markdown)

@@ -59,6 +59,7 @@ from lm.tasks.base import Task
 # (docs/results.md, "Hallucinations"), so the curve needs people it does know
 FREQUENCIES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 NAIVE_MIN = 8                 # kb_qa_naive answers only people seen at least this often
+FREQUENT = 16                 # "frequent" people (the hallucination goals): seen at least this often
 ATTRIBUTES = ("born", "city", "profession", "instrument", "pet")
 
 CITIES = ("Lisbon Oslo Dublin Vienna Prague Warsaw Athens Cairo Nairobi Lagos Lima Quito Toronto "
