@@ -274,6 +274,22 @@ def _write(path, text):
     return path
 
 
+def test_search_grades_say_whether_the_persons_passage_was_found():
+    """kb_search's `found`: a search call's output held the asked person's passage (the query
+    was copied well enough), apart from whether the answer read it right."""
+    from lm import conversation as chat
+    t = tasks.get("kb_search")
+    c = t.example("test", 7)
+    person = t._person(c)
+    right = chat.reply_text(c["messages"][-1]["content"])     # the reference, as rendered
+    passage = kn.search_passage(person)
+    hit = f'<<search("{person.name}")={passage}>> They live in Nowhere.'
+    miss = '<<search("Pothbix Grounkuxbeth")=No results.>> ' + passage
+    assert t.grades(c, hit)["found"] and not t.grades(c, miss)["found"]
+    assert "found" not in tasks.get("kb_qa").grades(tasks.get("kb_qa").example("test", 7), hit)
+    assert t.grades(c, right)["found"] and t.grades(c, right)["correct"]
+
+
 def test_engine_runs_a_search_call_and_a_special_token_query_stays_text(tiny_chat):
     """The default engine tool answers a search call with the passage as forced tokens; a query
     holding special-token text is decoded and re-encoded as plain text."""

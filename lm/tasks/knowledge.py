@@ -378,11 +378,16 @@ class KnowledgeQA(Task):
         raise ValueError(f"{self.name}: {conv['person']!r} is not in the knowledge base")
 
     def grades(self, conv: dict, reply: str) -> dict[str, bool]:
+        """The verdict, overall and per pretraining frequency; with the search tool also whether
+        a search brought the person's own passage into the context (`found`)."""
         verdict = judge(self._person(conv), conv["attribute"], reply)
         f = conv["frequency"]
         out = {}
         for v in ("correct", "hallucinated", "refused"):
             out[v] = out[f"{v}_f{f}"] = verdict == v
+        if self.mode == "search":
+            tools = " ".join(re.findall(r"<<(.*?)>>", reply, flags=re.S))
+            out["found"] = search_passage(self._person(conv)) in tools
         return out
 
     def evaluate(self, conv: dict, reply: str) -> bool:
