@@ -344,6 +344,16 @@ def test_knowledge_report_tables_and_goals(tmp_path):
     assert cell["n"] == n[0] and cell["se"] == pytest.approx((0.9 * 0.1 / n[0]) ** 0.5)
     assert (out / "knowledge.png").stat().st_size > 1000
     assert "not met" in (out / "knowledge.md").read_text()
+    # a search run: its searches' share that found the person, from a later lm.eval's eval.json
+    with open(f"{good}/metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 1, "final": True, "eval/kb_search": 0.2,
+                             "eval/kb_search_correct_f0": 0.2}) + "\n")
+    json.dump({"chat": {"eval/kb_search_found": 0.25}}, open(f"{good}/eval.json", "w"))
+    assert kr.main(["--runs", f"plain={plain}", f"good={good}", "--out", str(out)]) == 0
+    res = json.loads((out / "knowledge.json").read_text())
+    assert res["rows"][1]["tasks"]["kb_search"]["found"] == 0.25
+    assert "good: the search found the asked person's passage for 0.250" in \
+        (out / "knowledge.md").read_text()
 
 
 def test_identity_grades_name_self_maker_and_other_assistants():

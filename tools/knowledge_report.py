@@ -75,6 +75,9 @@ def run_row(label: str, run_dir: str) -> dict:
                 cells[str(f)] = c
         row["tasks"][task] = {"overall": {v: ev.get(f"eval/{task}_{v}") for v in VERDICTS},
                               "by_copies": cells}
+        if task == "kb_search":   # the share of searches that found the person (a later lm.eval's)
+            row["tasks"][task]["found"] = ev.get("eval/kb_search_found",
+                                                 ev.get("eval.json/eval/kb_search_found"))
     return row
 
 
@@ -159,6 +162,11 @@ def markdown(result: dict) -> str:
                 o = t["overall"].get(v)
                 lines.append(f"| {r['label']} | {v} | " + " | ".join(cells)
                              + f" | {'' if o is None else f'{o:.3f}'} |")
+        found = [(r["label"], r["tasks"][task]["found"]) for r in rows
+                 if r["tasks"][task].get("found") is not None]
+        if found:
+            lines += [""] + [f"{label}: the search found the asked person's passage for "
+                             f"{x:.3f} of the questions." for label, x in found]
         lines.append("")
     if result["goals"]:
         lines += ["## Goals (against the first run)", "",
