@@ -347,11 +347,14 @@ def test_knowledge_report_tables_and_goals(tmp_path):
     # a search run: its searches' share that found the person, from a later lm.eval's eval.json
     with open(f"{good}/metrics.jsonl", "a") as fh:
         fh.write(json.dumps({"step": 1, "final": True, "eval/kb_search": 0.2,
-                             "eval/kb_search_correct_f0": 0.2}) + "\n")
+                             "eval/kb_search_correct_f0": 0.2,
+                             "eval/kb_search_hallucinated_f0": 0.8}) + "\n")
     json.dump({"chat": {"eval/kb_search_found": 0.25}}, open(f"{good}/eval.json", "w"))
     assert kr.main(["--runs", f"plain={plain}", f"good={good}", "--out", str(out)]) == 0
     res = json.loads((out / "knowledge.json").read_text())
     assert res["rows"][1]["tasks"]["kb_search"]["found"] == 0.25
+    assert res["goals"][0]["task"] == "kb_search"          # a search model is judged with its tool
+    assert res["goals"][0]["hallucination_never_seen"] == pytest.approx(0.8)
     assert "good: the search found the asked person's passage for 0.250" in \
         (out / "knowledge.md").read_text()
 

@@ -82,7 +82,8 @@ def run_row(label: str, run_dir: str) -> dict:
 
 
 def goals(rows: list[dict]) -> list[dict]:
-    """The issue's hallucination goals for each run after the first (the plain-SFT "before")."""
+    """The issue's hallucination goals for each run after the first (the plain-SFT "before"),
+    on kb_qa, or on kb_search for a run that has the search tool."""
     if not rows or "kb_qa" not in rows[0]["tasks"]:
         return []
     before = rows[0]["tasks"]["kb_qa"]["by_copies"]
@@ -91,13 +92,15 @@ def goals(rows: list[dict]) -> list[dict]:
                              if freq else float("nan"))
     out = []
     for r in rows[1:]:
-        cells = r["tasks"].get("kb_qa", {}).get("by_copies", {})
+        # a search model is judged with its tool
+        task = "kb_search" if "kb_search" in r["tasks"] else "kb_qa"
+        cells = r["tasks"].get(task, {}).get("by_copies", {})
         if not cells:
             continue
         never = cells.get("0", {}).get("hallucinated", {}).get("p", float("nan"))
         drop = mean(before, "correct") - mean(cells, "correct")
         over = mean(cells, "refused")
-        out.append({"label": r["label"], "hallucination_never_seen": never,
+        out.append({"label": r["label"], "task": task, "hallucination_never_seen": never,
                     "hallucination_never_seen_ok": never <= 0.10,
                     "frequent_accuracy_drop": drop, "frequent_accuracy_ok": drop <= 0.05,
                     "frequent_over_refusal": over, "frequent_over_refusal_ok": over <= 0.10})
@@ -174,7 +177,7 @@ def markdown(result: dict) -> str:
                   "| over-refusal, ≥ 16 copies (≤ 0.10) |", "|---|---|---|---|"]
         for g in result["goals"]:
             mark = lambda ok: "met" if ok else "not met"
-            lines.append(f"| {g['label']} | {g['hallucination_never_seen']:.3f} "
+            lines.append(f"| {g['label']} (`{g['task']}`) | {g['hallucination_never_seen']:.3f} "
                          f"({mark(g['hallucination_never_seen_ok'])}) | "
                          f"{g['frequent_accuracy_drop']:+.3f} ({mark(g['frequent_accuracy_ok'])}) | "
                          f"{g['frequent_over_refusal']:.3f} "
