@@ -13,8 +13,9 @@ people read in pretraining 0-128 times, then asked about after SFT.
 
 The same chain on `chat_tiny_kb_qa` (`_kb_qa` for `_kb` in every name; the probe writes
 runs/knowledge_probe_qa), and each SFT of either at a third of the learning rate (`_light` after
-the variant: chat_tiny_sft_kb_qa_light, _light_probed, ...; probe in runs/knowledge_probe_qa_light): question-answer conversations about plain SFT's people are in
-pretraining too, so the base may learn to answer from what it read (mixed training, Allen-Zhu and
+the variant: chat_tiny_sft_kb_qa_light, _light_probed, ...; probe in
+runs/knowledge_probe_qa_light). In `chat_tiny_kb_qa` question-answer conversations about plain
+SFT's people are in pretraining too, so the base may learn to answer from what it read (mixed training, Allen-Zhu and
 Li, Physics of Language Models 3.1); the probe's and the held-out people are still read only as
 biographies. `python -m tools.psychology --parts knowledge --kb kb_qa [--recipe light]` runs it all.
 

@@ -695,7 +695,8 @@ def test_lm_eval_log_samples_keeps_every_item_with_its_fields_and_grades(tiny_ch
     keys = {(x["item"]["person"], x["item"]["attribute"]) for x in items}
     assert len(keys) == 12
     for v in ("correct", "hallucinated", "refused"):
-        assert sum(x["grades"][v] for x in items) / 12 == pytest.approx(res["chat"][f"eval/kb_qa_{v}"])
+        assert sum(x["grades"][v] for x in items) / 12 == \
+            pytest.approx(res["chat"][f"eval/kb_qa_{v}"])
     assert all(sum(x["grades"][v] for v in ("correct", "hallucinated", "refused")) == 1
                for x in items)
     assert eval_main(base + ["--log_samples", "--pass_at", "1"]) == 2     # a clear error

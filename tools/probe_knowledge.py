@@ -250,8 +250,8 @@ def confidence_markdown(result: dict) -> str:
                      for f in knowledge.FREQUENCIES]
             lines.append(f"| {label} | {v} | " + " | ".join(cells)
                          + f" | {result[key]['all'][v]:.3f} |")
-    lines += ["", "| hallucination, never seen (≤ 0.10) | accuracy drop, ≥ 16 copies (≤ 0.05) | "
-              "refused, ≥ 16 copies (≤ 0.10) | of the right answers about them, refused |",
+    lines += ["", "| hallucination, never seen (≤ 0.10) | accuracy drop, ≥ 16 copies "
+              "(≤ 0.05) | refused, ≥ 16 copies (≤ 0.10) | of the right answers about them, refused |",
               "|---|---|---|---|",
               f"| {g['hallucination_never_seen']:.3f} | {g['frequent_accuracy_drop']:+.3f} | "
               f"{g['frequent_refusal']:.3f} | {g['refused_known']:.3f} |", "",

@@ -15,7 +15,8 @@ compositional grammar of 1-2 step problems whose held-out split is made of unsee
 of seen parts); arithmetic_think (2-4 steps, mostly direct answers in training: for RL to
 discover working); everyday_math / _letters / _recall are hand-written questions for evaluation
 only; kb_qa, kb_qa_naive, kb_qa_context and kb_search (kb_qa_seen_phrasings: kb_qa's held-out
-people in training's phrasings) ask about made-up people of a knowledge base read in pretraining (`lm.tasks.knowledge`);
+people in training's phrasings) ask about made-up people of a knowledge base read in
+pretraining (`lm.tasks.knowledge`);
 arithmetic_easy_<format>, mental_add_<format> and mental_d1-4 put the same arithmetic in three
 reply formats (`lm.tasks.thinking`); spelling_spell and spelling_direct are spelling's items
 answered without the calculator; spelling_drill spells several training words a reply (the
@@ -100,7 +101,8 @@ NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling"
          "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
          "whoami_teacher", "whoami_student", "function_calling", "agent_steps", "kb_qa",
          "kb_qa_naive", "kb_qa_context", "kb_search", "kb_qa_seen_phrasings",
-         "arithmetic_easy_reasoning", "arithmetic_easy_answer_first", "mental_add_calculator", "mental_add_reasoning",
+         "arithmetic_easy_reasoning", "arithmetic_easy_answer_first", "mental_add_calculator",
+         "mental_add_reasoning",
          "mental_add_answer_first", "mental_d1", "mental_d2", "mental_d3", "mental_d4",
          "mental_d1_seen_phrasings", "mental_d2_seen_phrasings", "mental_d3_seen_phrasings",
          "mental_d4_seen_phrasings",

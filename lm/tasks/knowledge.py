@@ -59,7 +59,7 @@ from lm.tasks.base import Task
 # (docs/results.md, "Hallucinations"), so the curve needs people it does know
 FREQUENCIES = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 NAIVE_MIN = 8                 # kb_qa_naive answers only people seen at least this often
-FREQUENT = 16                 # "frequent" people (the hallucination goals): seen at least this often
+FREQUENT = 16                 # "frequent" people (the hallucination goals) were seen this often
 ATTRIBUTES = ("born", "city", "profession", "instrument", "pet")
 
 CITIES = ("Lisbon Oslo Dublin Vienna Prague Warsaw Athens Cairo Nairobi Lagos Lima Quito Toronto "
@@ -316,8 +316,8 @@ class KnowledgeQA(Task):
     def max_new_tokens(self) -> int:
         return self.max_tokens + (90 if self.mode == "search" else 0)    # the call and its output
 
-    def __init__(self, name: str = "kb_qa", mode: str = "answer", kb: Optional[KnowledgeBase] = None,
-                 asked_as: Optional[str] = None):
+    def __init__(self, name: str = "kb_qa", mode: str = "answer",
+                 kb: Optional[KnowledgeBase] = None, asked_as: Optional[str] = None):
         if mode not in ("answer", "naive", "context", "search"):
             raise ValueError(f"KnowledgeQA mode {mode!r}: answer, naive, context or search")
         if asked_as not in (None, "train"):
