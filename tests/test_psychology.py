@@ -280,7 +280,7 @@ def test_search_grades_say_whether_the_persons_passage_was_found():
     from lm import conversation as chat
     t = tasks.get("kb_search")
     c = t.example("test", 7)
-    person = t._person(c)
+    person = t.person_of(c)
     right = chat.reply_text(c["messages"][-1]["content"])     # the reference, as rendered
     passage = kn.search_passage(person)
     hit = f'<<search("{person.name}")={passage}>> They live in Nowhere.'

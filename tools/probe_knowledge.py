@@ -161,6 +161,12 @@ def auroc(scores: list[float], positive: list[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
+def said_at(row: dict, cutoff: float) -> str:
+    """A held-out reply's verdict once replies under `cutoff` are refused."""
+    return row["verdict"] if row["verdict"] == "refused" or row["confidence"] >= cutoff \
+        else "refused"
+
+
 def shares(rows: list[dict], key: str) -> dict:
     """Verdict shares per pretraining frequency and overall (`key`: the verdict field)."""
     out = {}
@@ -196,19 +202,18 @@ def confidence(run, *, kb=None, batch_size: int = 128, progress: bool = True) ->
                                batch_size=batch_size)
     rows = []
     for c, r in zip(tests, replies):
-        verdict = knowledge.judge(task._person(c), c["attribute"], r["text"])
+        verdict = knowledge.judge(task.person_of(c), c["attribute"], r["text"])
         conf = answer_confidence(r)
         rows.append({"person": c["person"], "attribute": c["attribute"],
                      "frequency": c["frequency"], "confidence": conf, "verdict": verdict,
-                     "abstained": verdict if verdict == "refused" or conf >= cutoff
-                     else "refused", "reply": r["text"]})
+                     "reply": r["text"]})
+        rows[-1]["abstained"] = said_at(rows[-1], cutoff)
     before, after = shares(rows, "verdict"), shares(rows, "abstained")
     # the whole trade-off: each cutoff's hallucination on never-seen people against its answers
     # about frequent ones
     curve = []
     for cut in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-        said = [(r["frequency"], r["verdict"] if r["verdict"] == "refused"
-                 or r["confidence"] >= cut else "refused") for r in rows]
+        said = [(r["frequency"], said_at(r, cut)) for r in rows]
         never = [v for f, v in said if f == 0]
         often = [v for f, v in said if f >= knowledge.FREQUENT]
         curve.append({"cutoff": cut,
@@ -226,6 +231,8 @@ def confidence(run, *, kb=None, batch_size: int = 128, progress: bool = True) ->
              if knew else float("nan")}
     return {"run_dir": run.run_dir, "step": run.step, "cutoff": cutoff,
             "calibration_facts": len(calib),
+            # what refusing every answer would agree: the probe's people's wrong answers
+            "calibration_wrong": float(np.mean([v != "correct" for _, v in calib])),
             "calibration_agreement": float(np.mean([(c >= cutoff) == (v == "correct")
                                                     for c, v in calib])),
             "auroc": auroc([r["confidence"] for r in rows], [r["verdict"] == "correct"
@@ -240,7 +247,8 @@ def confidence_markdown(result: dict) -> str:
              f"Greedy answers to the held-out people's questions; a reply whose least likely "
              f"token has probability under {result['cutoff']:.3f} (the cutoff that agrees best, "
              f"{result['calibration_agreement']:.3f}, with which answers are right on the "
-             f"probe's {result['calibration_facts']} facts) is replaced by a refusal. AUROC of "
+             f"probe's {result['calibration_facts']} facts; refusing all of them would agree "
+             f"{result['calibration_wrong']:.3f}) is replaced by a refusal. AUROC of "
              f"the confidence for right against wrong answers: {result['auroc']:.3f}.", "",
              "| | verdict | " + " | ".join(f"{f} copies" for f in knowledge.FREQUENCIES)
              + " | overall |", "|---|---|" + "---|" * (len(knowledge.FREQUENCIES) + 1)]

@@ -371,7 +371,8 @@ class KnowledgeQA(Task):
                             answer=person.value(attribute), frequency=person.frequency,
                             split=split)
 
-    def _person(self, conv: dict) -> Person:
+    def person_of(self, conv: dict) -> Person:
+        """The knowledge base's person a conversation of this task asks about."""
         for p in self.kb.split(conv["split"]):
             if p.name == conv["person"]:
                 return p
@@ -380,15 +381,15 @@ class KnowledgeQA(Task):
     def grades(self, conv: dict, reply: str) -> dict[str, bool]:
         """The verdict, overall and per pretraining frequency; with the search tool also whether
         a search brought the person's own passage into the context (`found`)."""
-        verdict = judge(self._person(conv), conv["attribute"], reply)
+        verdict = judge(self.person_of(conv), conv["attribute"], reply)
         f = conv["frequency"]
         out = {}
         for v in ("correct", "hallucinated", "refused"):
             out[v] = out[f"{v}_f{f}"] = verdict == v
         if self.mode == "search":
             tools = " ".join(re.findall(r"<<(.*?)>>", reply, flags=re.S))
-            out["found"] = search_passage(self._person(conv)) in tools
+            out["found"] = search_passage(self.person_of(conv)) in tools
         return out
 
     def evaluate(self, conv: dict, reply: str) -> bool:
-        return judge(self._person(conv), conv["attribute"], reply) == "correct"
+        return judge(self.person_of(conv), conv["attribute"], reply) == "correct"
