@@ -422,6 +422,31 @@ def causal_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array, scale: float,
         return jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, mask=mask_B1TS, scale=scale)
 
 
+def decode_attention_ok(impl: Impl, head_dim: int) -> bool:
+    """Whether a one-token decode step attends through `decode_attention`: the onednn path on a
+    CPU with AVX-512 (the packed decode weights' condition), head_dim a multiple of 16 to 256."""
+    return impl == "onednn" and head_dim % 16 == 0 and head_dim <= 256 and \
+        cpu.cpu_has_avx512_bf16()
+
+
+def decode_attention(q_BKGH: Array, k_new_BKH: Array, v_new_BKH: Array, k_BKSH: Array,
+                     v_BKSH: Array, pos_B: Array, scale: float) -> tuple[Array, Array, Array]:
+    """One decode step's attention through a layer's cache, in place: the new key and value
+    written at slot pos[b] of each row (none at a position past the buffer: a no-op row), then
+    softmax(scale · q kᵀ) v over the slots j <= pos[b] (every slot for a no-op row); (y float32
+    [B, K, G, H], k, v). The same as `lm.layers.cached_attention` at T = 1, but it reads only a
+    row's filled slots, from a bf16 or float32 cache as stored, where XLA reads (and at one row
+    transposes) the whole buffer and scatters into a bf16 one through float32 copies of it.
+    Inference only (no gradient)."""
+    outs = (jax.ShapeDtypeStruct(q_BKGH.shape, jnp.float32),
+            jax.ShapeDtypeStruct(k_BKSH.shape, k_BKSH.dtype),
+            jax.ShapeDtypeStruct(v_BKSH.shape, v_BKSH.dtype))
+    call = jax.ffi.ffi_call(cpu.ATTENTION_TARGET, outs, input_output_aliases={3: 1, 4: 2})
+    return call(q_BKGH.astype(jnp.float32), k_new_BKH.astype(k_BKSH.dtype),
+                v_new_BKH.astype(v_BKSH.dtype), k_BKSH, v_BKSH, pos_B.astype(jnp.int32),
+                scale=np.float32(scale))
+
+
 _HEADS = (0, 2, 1, 3)      # [B, T, N, H] read as [B, N, T, H]
 
 

@@ -57,7 +57,10 @@ def storage_dtype(cfg: ModelConfig):
     bf16 dot by converting both operands to float32, which converted every layer's whole cache at
     every decode step: 8.3 of 10.5 ms per step at 16 rows of chat_tiny (docs/performance.md)."""
     dt = jnp.dtype(cfg.compute_dtype)
-    if dt == jnp.bfloat16 and kernels.resolve_for(cfg) in ("xla_cpu", "onednn"):
+    impl = kernels.resolve_for(cfg)
+    if dt == jnp.bfloat16 and kernels.decode_attention_ok(impl, cfg.head_dim):
+        return dt
+    if dt == jnp.bfloat16 and impl in ("xla_cpu", "onednn"):
         return jnp.dtype(jnp.float32)
     return dt
 

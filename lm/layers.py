@@ -95,13 +95,17 @@ def attention_mask(q_pos_BT: Array, k_pos_BS: Array, q_seg_BT: Optional[Array] =
 
 
 def cached_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array, positions_BT: Array,
-                     mask_B1TS: Array, cache: tuple[Array, Array], scale: float, dtype):
+                     mask_B1TS: Array, cache: tuple[Array, Array], scale: float, dtype,
+                     impl: kernels.Impl = "plain"):
     """Attention through one layer's KV cache (prefill and decode are the same code).
 
     `cache` is this layer's `(k, v)` buffers, each `[B, K, S, H]` (layout: see `lm.kvcache`).
     The new keys/values are written at each row's absolute `positions_BT` (a position >= S writes
     nothing: padding / no-op rows), then the queries attend over all S slots with `mask_B1TS`
     (slot <= query position). Scores and softmax in float32 (as `jax.nn.dot_product_attention`).
+    A decode step (T = 1) on the CPU kernels writes and attends in one custom call that reads
+    only the filled slots (`kernels.decode_attention`; the mask is then slot <= position, as
+    `lm.model` builds it).
     """
     k_buf, v_buf = cache
     B, T, N, H = q_BTNH.shape
@@ -109,6 +113,12 @@ def cached_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array, positions_BT: 
     at = (jnp.arange(B)[:, None], slice(None), positions_BT)
     # values rounded to the compute dtype, stored as the cache's (float32 for bf16 on the CPU:
     # `kvcache.storage_dtype`) and read as stored: no convert of the whole buffer per step
+    if T == 1 and kernels.decode_attention_ok(impl, H):
+        q_BKGH = q_BTNH.astype(dtype).reshape(B, K, N // K, H)
+        y_BKGH, k_buf, v_buf = kernels.decode_attention(
+            q_BKGH, k_BTKH[:, 0].astype(dtype), v_BTKH[:, 0].astype(dtype), k_buf, v_buf,
+            positions_BT[:, 0], scale)
+        return y_BKGH.astype(dtype).reshape(B, 1, N, H), (k_buf, v_buf)
     k_buf = k_buf.at[at].set(k_BTKH.astype(dtype).astype(k_buf.dtype), mode="drop")
     v_buf = v_buf.at[at].set(v_BTKH.astype(dtype).astype(v_buf.dtype), mode="drop")
     k_BKSH, v_BKSH = k_buf, v_buf
@@ -157,7 +167,7 @@ class Attention(nn.Module):
         new_cache = None
         if cache is not None:
             y_BTNH, new_cache = cached_attention(q_BTNH, k_BTKH, v_BTKH, positions_BT, mask,
-                                                 cache, H ** -0.5, dt)
+                                                 cache, H ** -0.5, dt, impl)
         else:               # causal (mask None), or within packed documents
             y_BTNH = kernels.causal_attention(q_BTNH.astype(dt), k_BTKH.astype(dt),
                                               v_BTKH.astype(dt), H ** -0.5, impl, mask)

@@ -314,6 +314,63 @@ def test_packed_decode_weights_give_the_products_of_the_bf16_values(shape):
     assert all(x.ndim <= 2 for x in jax.tree.leaves(kernels.decode_weights(params, "xla_cpu")))
 
 
+def _avx512_bf16_or_skip():
+    _onednn_or_skip()
+    from lm import cpu
+    if not cpu.cpu_has_avx512_bf16():
+        pytest.skip("host hardware: no AVX512-BF16 on this CPU: decode runs XLA's kernels here")
+
+
+# (rows, kv heads, queries per kv head, head_dim, slots)
+@pytest.mark.parametrize("cache_dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 2, 1, 16, 7), (5, 2, 3, 64, 40), (16, 4, 1, 64, 300)])
+def test_decode_attention_writes_the_new_slot_and_attends_over_the_filled_ones(shape,
+                                                                               cache_dtype):
+    """`kernels.decode_attention` (a decode step's cache write and attention in one custom call)
+    against float64 numpy: ragged positions, the first and the last slot, a no-op row past the
+    buffer (writes nothing, attends to every slot), grouped queries, f32 and bf16 caches; and
+    `layers.cached_attention` takes it at T = 1 on the onednn path, with XLA's path agreeing."""
+    from lm.layers import cached_attention
+    _avx512_bf16_or_skip()
+    B, K, G, H, S = shape
+    rng = np.random.default_rng(B * S + H)
+    cache = [jnp.asarray(rng.normal(size=(B, K, S, H)), cache_dtype) for _ in range(2)]
+    q = jnp.asarray(rng.normal(size=(B, 1, K * G, H)), jnp.float32)
+    kv_new = [jnp.asarray(rng.normal(size=(B, 1, K, H)), cache_dtype) for _ in range(2)]
+    pos = rng.integers(0, S, B)
+    pos[0] = 0
+    if B > 1:
+        pos[1], pos[-1] = S - 1, S                    # the last slot; a no-op row
+    kc, vc = (np.asarray(c, np.float64).copy() for c in cache)
+    want = np.zeros((B, K, G, H))
+    for b in range(B):
+        if pos[b] < S:
+            kc[b, :, pos[b]] = np.asarray(kv_new[0][b, 0], np.float64)
+            vc[b, :, pos[b]] = np.asarray(kv_new[1][b, 0], np.float64)
+        L = min(pos[b] + 1, S)
+        qb = np.asarray(q[b, 0], np.float64).reshape(K, G, H)
+        s = np.einsum("kgh,ksh->kgs", qb, kc[b, :, :L]) * H ** -0.5
+        p = np.exp(s - s.max(-1, keepdims=True))
+        want[b] = np.einsum("kgs,ksh->kgh", p / p.sum(-1, keepdims=True), vc[b, :, :L])
+
+    pos_B = jnp.asarray(pos, jnp.int32)
+    y, k2, v2 = jax.jit(kernels.decode_attention, static_argnums=6)(
+        q.reshape(B, K, G, H), kv_new[0][:, 0], kv_new[1][:, 0], cache[0], cache[1], pos_B,
+        H ** -0.5)
+    assert y.dtype == jnp.float32 and k2.dtype == cache_dtype
+    np.testing.assert_array_equal(np.asarray(k2, np.float64), kc)
+    np.testing.assert_array_equal(np.asarray(v2, np.float64), vc)
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-4, atol=1e-5)
+
+    mask = attention_mask(pos_B[:, None], jnp.broadcast_to(jnp.arange(S), (B, S)))
+    for impl in ("onednn", "xla_cpu"):
+        out, (k3, _) = jax.jit(lambda *a: cached_attention(*a, H ** -0.5, jnp.float32, impl))(
+            q, kv_new[0], kv_new[1], pos_B[:, None], mask, tuple(cache))
+        np.testing.assert_array_equal(np.asarray(k3, np.float64), kc)
+        np.testing.assert_allclose(np.asarray(out).reshape(B, K, G, H), want, rtol=1e-4,
+                                   atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(2, 16, 4, 8), (3, 37, 2, 16), (1, 64, 6, 64)])
 def test_onednn_causal_attention_equals_xla_bf16_gradients_included(shape):
     """bf16 causal attention through oneDNN's batched matmuls (strided head views): value and

@@ -115,6 +115,43 @@ def test_bfloat16_cache_close_to_full_forward():
     assert (g.lengths == 8).all() and np.isfinite(g.logprobs).all() and (g.logprobs <= 0).all()
 
 
+def test_cpu_kernel_decode_matches_xla_decode():
+    """A bf16 model whose head_dim the decode-attention kernel takes (16): on the onednn path
+    the cache is stored bf16 and each step writes and attends through one custom call; its
+    logits stay within bf16 noise of XLA's path, and greedy rows part only at near ties."""
+    from lm import cpu
+    if not (cpu.cpu_has_avx512_bf16() and cpu.load() is not None):
+        pytest.skip("host hardware: no AVX512-BF16 (or no oneDNN build): XLA's decode here")
+    base = modern(vocab_size=V, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
+                  dtype="bfloat16")
+    fast, ref = (dataclasses.replace(base, kernels=k) for k in ("onednn", "xla_cpu"))
+    assert kvcache.storage_dtype(fast) == jnp.bfloat16
+    assert kvcache.storage_dtype(ref) == jnp.float32
+    params = _init(fast, jax.random.PRNGKey(3))
+    seq = jnp.asarray(np.random.default_rng(2).integers(0, V, (3, 20)), jnp.int32)
+    caches = {}
+    for name, cfg in (("fast", fast), ("ref", ref)):
+        c, _ = sampling.prefill(params, cfg, kvcache.init(cfg, 3, 32), seq[:, :6],
+                                jnp.asarray([6, 3, 1]))
+        caches[name] = (cfg, c)
+    for p in range(6, 20):
+        outs = []
+        for name, (cfg, c) in caches.items():
+            out, c = sampling.step_logits(params, cfg, c, seq[:, p])
+            caches[name] = (cfg, c)
+            outs.append(np.asarray(out))
+        np.testing.assert_allclose(outs[0], outs[1], atol=0.05 * np.abs(outs[1]).max())
+    a, b = (sampling.Engine(params, cfg).generate(PROMPTS, max_new_tokens=10, temperature=0.0)
+            for cfg in (ref, fast))
+    assert (b.lengths == 10).all()
+    for r, prompt in enumerate(PROMPTS):     # where a row first differs: a near tie under XLA's
+        i = next((j for j in range(10) if a.row(r)[j] != b.row(r)[j]), None)
+        if i is not None:
+            lp = np.asarray(jax.nn.log_softmax(_forward(params, ref, jnp.asarray(
+                [prompt + a.row(r)[:i]]))[0, -1].astype(jnp.float32)))
+            assert lp[a.row(r)[i]] - lp[b.row(r)[i]] < 0.05, (r, i)
+
+
 def test_ragged_batch_equals_each_prompt_alone(family):
     cfg, params = family
     eng = sampling.Engine(params, cfg)

@@ -28,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "onednn_matmul.cc")
 TARGET = "lm_onednn_matmul"
 PACKED_TARGET = "lm_packed_matmul"   # few-row bf16 matmul, weights packed (lm.kernels.pack)
+ATTENTION_TARGET = "lm_decode_attention"   # one query per row over its cache's filled prefix
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -139,6 +140,8 @@ def load() -> Optional[ctypes.CDLL]:
                                         platform="cpu")
             jax.ffi.register_ffi_target(PACKED_TARGET, jax.ffi.pycapsule(lib.LmPackedMatmul),
                                         platform="cpu")
+            jax.ffi.register_ffi_target(ATTENTION_TARGET,
+                                        jax.ffi.pycapsule(lib.LmDecodeAttention), platform="cpu")
             _state["lib"] = lib
         except Exception as e:  # noqa: BLE001 - any failure means: use XLA's dot
             _state["error"] = f"{type(e).__name__}: {e}"

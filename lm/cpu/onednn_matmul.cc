@@ -12,9 +12,11 @@
 // Built by lm/cpu/__init__.py against jaxlib's FFI headers and the onednn-cpu-gomp wheel.
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -179,7 +181,7 @@ namespace {
 
 // Column chunks are shared out over XLA's intra-op thread pool when each gets enough work to
 // pay for a hand-off (OpenMP's own threads would compete with XLA's for the same cores).
-constexpr int64_t kMinMacsPerChunk = 1 << 20;
+constexpr int64_t kMinMacsPerChunk = 1 << 16;
 
 struct Chunks {
   std::atomic<int64_t> next{0}, done{0};
@@ -192,6 +194,16 @@ struct Chunks {
     }
   }
 };
+
+// Runs run(0..count-1): chunk 0 onwards on the calling thread, the rest handed to XLA's pool.
+void RunChunks(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> run) {
+  auto job = std::make_shared<Chunks>();
+  job->count = count;
+  job->run = std::move(run);
+  for (int64_t t = 1; t < count; ++t) pool.Schedule([job] { job->Work(); });
+  job->Work();
+  while (job->done.load(std::memory_order_acquire) < count) _mm_pause();
+}
 
 template <int M, int G>
 __attribute__((target("avx512f,avx512bw,avx512bf16")))
@@ -243,18 +255,13 @@ void Packed(const uint16_t* x, const uint16_t* wp, float* y, int64_t K, int64_t 
   const int64_t count = std::min<int64_t>(
       {std::max<int64_t>(1, pool.num_threads()), blocks, by_work});
   const int64_t per = (blocks + count - 1) / count;      // G-groups per chunk
-  auto job = std::make_shared<Chunks>();
-  job->count = count;
-  job->run = [=](int64_t t) {
+  RunChunks(pool, count, [=](int64_t t) {
     const int64_t b1 = std::min(blocks, (t + 1) * per);
     for (int64_t b = t * per; b < b1; ++b) {
       if ((b + 1) * G <= n32) PackedGroups<M, G>(x, wp, y, K, K2, N, b * G);
       else for (int64_t g = b * G; g < n32; ++g) PackedGroups<M, 1>(x, wp, y, K, K2, N, g);
     }
-  };
-  for (int64_t t = 1; t < count; ++t) pool.Schedule([job] { job->Work(); });
-  job->Work();
-  while (job->done.load(std::memory_order_acquire) < count) _mm_pause();
+  });
 }
 
 ffi::Error PackedMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> wp,
@@ -293,6 +300,176 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LmPackedMatmul, PackedMatmul,
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+// ---- decode attention: one new query per row over the filled part of its KV cache ------------
+//
+// y[b, k, g, :] = softmax_j(scale * q[b, k, g, :] . K[b, k, j, :]) @ V[b, k, j, :] over the slots
+// j <= pos[b] (all S slots for a position past the buffer: a no-op row, as the mask in
+// lm.model says). XLA's dots read every slot of the buffer (and at one row transpose each K and
+// V first); this reads only a row's filled prefix, straight from a bf16 or f32 cache, with
+// float32 scores, softmax and sums.
+
+namespace {
+
+constexpr int64_t kMaxHead = 256;        // head_dim: a multiple of 16 up to this (lm.kernels)
+
+__attribute__((target("avx512f")))
+inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+
+__attribute__((target("avx512f")))
+inline __m512 Load16(const uint16_t* p) {   // 16 bf16 -> f32: the bits shifted into the top half
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// e^x for x <= 0 (scores minus their max): Cephes' expf, 2^n e^r with |r| <= ln2/2 (rel. ~1e-7)
+__attribute__((target("avx512f")))
+inline __m512 Exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// One (row, kv head): G queries [G, H] over L slots of k, v [S, H]; s: scratch of G * Lp floats.
+template <typename T>
+__attribute__((target("avx512f")))
+void Head(const float* q, const T* k, const T* v, float* y, int64_t G, int64_t H, int64_t L,
+          float scale, float* s) {
+  const int64_t Lp = (L + 15) / 16 * 16, hb = H / 16;
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 qg[kMaxHead / 16];
+    for (int64_t i = 0; i < hb; ++i) qg[i] = _mm512_mul_ps(Load16(q + g * H + 16 * i),
+                                                         _mm512_set1_ps(scale));
+    float* sg = s + g * Lp;
+    for (int64_t j = 0; j < L; ++j) {
+      const T* kj = k + j * H;
+      __m512 a = _mm512_mul_ps(qg[0], Load16(kj));
+      for (int64_t i = 1; i < hb; ++i) a = _mm512_fmadd_ps(qg[i], Load16(kj + 16 * i), a);
+      sg[j] = _mm512_reduce_add_ps(a);
+    }
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < Lp; j += 16) {
+      const __mmask16 live = j + 16 <= L ? 0xFFFF : (__mmask16)((1u << (L - j)) - 1);
+      mx = _mm512_mask_max_ps(mx, live, mx, _mm512_loadu_ps(sg + j));
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < Lp; j += 16) {
+      const __mmask16 live = j + 16 <= L ? 0xFFFF : (__mmask16)((1u << (L - j)) - 1);
+      const __m512 e = _mm512_maskz_mov_ps(live, Exp16(_mm512_sub_ps(_mm512_loadu_ps(sg + j), m)));
+      _mm512_storeu_ps(sg + j, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    __m512 acc[kMaxHead / 16];
+    for (int64_t i = 0; i < hb; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < L; ++j) {
+      const __m512 pj = _mm512_set1_ps(sg[j]);
+      const T* vj = v + j * H;
+      for (int64_t i = 0; i < hb; ++i) acc[i] = _mm512_fmadd_ps(pj, Load16(vj + 16 * i), acc[i]);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+    for (int64_t i = 0; i < hb; ++i) _mm512_storeu_ps(y + g * H + 16 * i, _mm512_mul_ps(acc[i], inv));
+  }
+}
+
+template <typename T>
+void Attend(const float* q, const T* k, const T* v, const int32_t* pos, float* y, int64_t B,
+            int64_t K, int64_t G, int64_t S, int64_t H, float scale, ffi::ThreadPool& pool) {
+  auto len = [=](int64_t b) {
+    return pos[b] < 0 ? int64_t{1} : std::min<int64_t>(int64_t{pos[b]} + 1, S);
+  };
+  int64_t macs = 0;
+  for (int64_t b = 0; b < B; ++b) macs += 2 * K * G * H * len(b);
+  const int64_t units = B * K;
+  const int64_t count = std::min<int64_t>(
+      {std::max<int64_t>(1, pool.num_threads()), units,
+       std::max<int64_t>(1, macs / kMinMacsPerChunk)});
+  const int64_t per = (units + count - 1) / count;
+  RunChunks(pool, count, [=](int64_t t) {
+    std::vector<float> s(G * ((S + 15) / 16 * 16));
+    for (int64_t u = t * per; u < std::min(units, (t + 1) * per); ++u) {
+      const int64_t b = u / K;
+      Head<T>(q + u * G * H, k + u * S * H, v + u * S * H, y + u * G * H, G, H, len(b), scale,
+              s.data());
+    }
+  });
+}
+
+// The new key and value of each row written at its position (none past the buffer), in place
+// when XLA aliased the outputs to the cache operands (else the cache is copied over first).
+void Write(const ffi::AnyBuffer& buf, const ffi::AnyBuffer& x, ffi::Result<ffi::AnyBuffer>& out,
+           const int32_t* pos, int64_t B, int64_t K, int64_t S, int64_t H) {
+  const int64_t w = ffi::ByteWidth(buf.element_type());
+  auto* dst = static_cast<char*>(out->untyped_data());
+  if (dst != buf.untyped_data()) std::memcpy(dst, buf.untyped_data(), buf.size_bytes());
+  const auto* src = static_cast<const char*>(x.untyped_data());
+  for (int64_t b = 0; b < B; ++b) {
+    if (pos[b] < 0 || pos[b] >= S) continue;
+    for (int64_t k = 0; k < K; ++k)
+      std::memcpy(dst + ((b * K + k) * S + pos[b]) * H * w, src + (b * K + k) * H * w, H * w);
+  }
+}
+
+ffi::Error DecodeAttention(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::AnyBuffer kn,
+                           ffi::AnyBuffer vn, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                           ffi::Buffer<ffi::S32> pos, ffi::ResultBuffer<ffi::F32> y,
+                           ffi::Result<ffi::AnyBuffer> ko, ffi::Result<ffi::AnyBuffer> vo,
+                           float scale) {
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), nd = kn.dimensions();
+  const auto t = k.element_type();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || nd.size() != 3 || kd[0] != qd[0] ||
+      kd[1] != qd[1] || kd[3] != qd[3] || !std::equal(kd.begin(), kd.end(), vd.begin()) ||
+      nd[0] != kd[0] || nd[1] != kd[1] || nd[2] != kd[3] ||
+      !std::equal(nd.begin(), nd.end(), vn.dimensions().begin()) ||
+      pos.dimensions().size() != 1 || pos.dimensions()[0] != qd[0] ||
+      !std::equal(qd.begin(), qd.end(), y->dimensions().begin()) || qd[3] % 16 != 0 ||
+      qd[3] > kMaxHead || v.element_type() != t || kn.element_type() != t ||
+      vn.element_type() != t || ko->element_type() != t || vo->element_type() != t)
+    return ffi::Error::InvalidArgument("decode_attention: shapes or types do not match");
+  if (t != ffi::DataType::F32 && t != ffi::DataType::BF16)
+    return ffi::Error::InvalidArgument("decode_attention: the cache must be f32 or bf16");
+  const int64_t B = qd[0], K = qd[1], G = qd[2], H = qd[3], S = kd[2];
+  const int32_t* pp = pos.typed_data();
+  Write(k, kn, ko, pp, B, K, S, H);
+  Write(v, vn, vo, pp, B, K, S, H);
+  const float* qp = q.typed_data();
+  float* yp = y->typed_data();
+  if (t == ffi::DataType::F32)
+    Attend<float>(qp, static_cast<const float*>(ko->untyped_data()),
+                  static_cast<const float*>(vo->untyped_data()), pp, yp, B, K, G, S, H, scale,
+                  pool);
+  else
+    Attend<uint16_t>(qp, static_cast<const uint16_t*>(ko->untyped_data()),
+                     static_cast<const uint16_t*>(vo->untyped_data()), pp, yp, B, K, G, S, H,
+                     scale, pool);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LmDecodeAttention, DecodeAttention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()     // q [B, K, G, H]
+                                  .Arg<ffi::AnyBuffer>()            // new k [B, K, H]
+                                  .Arg<ffi::AnyBuffer>()            // new v [B, K, H]
+                                  .Arg<ffi::AnyBuffer>()            // k cache [B, K, S, H]
+                                  .Arg<ffi::AnyBuffer>()            // v cache
+                                  .Arg<ffi::Buffer<ffi::S32>>()     // positions [B]
+                                  .Ret<ffi::Buffer<ffi::F32>>()     // y [B, K, G, H]
+                                  .Ret<ffi::AnyBuffer>()            // k cache, written
+                                  .Ret<ffi::AnyBuffer>()            // v cache, written
+                                  .Attr<float>("scale"));
 
 extern "C" int lm_onednn_isa() {
   // the best instruction set oneDNN found on this CPU (dnnl_cpu_isa_t), for diagnostics
