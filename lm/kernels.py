@@ -122,9 +122,14 @@ def tied_head(module: nn.Module, x_ND: Array, wte_VD: Array, dtype, impl: Impl) 
     return tied_logits(x_ND, wte_VD.astype(dtype), impl)
 
 
-def with_head_copy(params, impl: Impl):
-    """Decode parameters that read the tied head through `head_copy` (see `head_copy_rows`)."""
-    return {**params, HEAD: head_copy(params["wte"], impl)}
+def with_head_copy(params, impl: Impl, dtype=None):
+    """Decode parameters that read the tied head through `head_copy` (see `head_copy_rows`);
+    `dtype`: the model's compute dtype, bf16 making a bf16 copy (the values the head computes
+    with: `tied_head` casts wte to it), `pack`ed on the onednn path."""
+    wte = params["wte"]
+    if dtype is not None and jnp.dtype(dtype) == jnp.bfloat16:
+        wte = wte.astype(jnp.bfloat16)
+    return {**params, HEAD: head_copy(wte, impl)}
 
 
 def decode_config(cfg, weights: str | None):
@@ -249,13 +254,16 @@ def packable(w: Array, impl: Impl) -> bool:
 PACKED = "kernel_packed"    # a Linear's packed kernel, in place of its "kernel" (`weight`)
 
 
-def decode_weights(params, impl: Impl):
-    """The parameters a decode with bf16 weights reads: every leaf in bf16, and on the onednn
-    path each Linear's "kernel" packed for the few-row kernel (`pack`), stored as `PACKED`
-    (`layers.Linear` reads it; `matmul` takes it as it is). Inference only: no gradient."""
+def decode_weights(params, impl: Impl, cast: bool = True):
+    """The parameters a decode with bf16 weights reads: every leaf in bf16 (`cast`; else as it
+    is), and on the onednn path each Linear's "kernel" packed for the few-row kernel (`pack`),
+    stored as `PACKED` (`layers.Linear` reads it; `matmul` takes it as it is). Inference only: no
+    gradient. With `cast=False` a bf16-compute model decodes with the numbers it computes with
+    anyway (its matmuls read its kernels rounded to bf16), once per params object instead of a
+    rounding and a oneDNN repacking of every weight at every step (`packs_decode`)."""
     def walk(tree):
         if not isinstance(tree, dict):
-            return jnp.asarray(tree).astype(jnp.bfloat16)
+            return jnp.asarray(tree).astype(jnp.bfloat16) if cast else tree
         out = {}
         for k, v in tree.items():
             if k == "kernel" and not isinstance(v, dict) and packable(v, impl):
@@ -264,6 +272,13 @@ def decode_weights(params, impl: Impl):
                 out[k] = walk(v)
         return out
     return walk(params)
+
+
+def packs_decode(cfg, impl: Impl) -> bool:
+    """Whether decode reads a bf16-compute model's Linear kernels and tied head `pack`ed
+    (`decode_weights(..., cast=False)`, `with_head_copy`): the onednn path with AVX512-BF16."""
+    return jnp.dtype(cfg.compute_dtype) == jnp.bfloat16 and impl == "onednn" and \
+        cpu.cpu_has_avx512_bf16()
 
 
 def _packed_matmul(x_MK: Array, wp: Array, out_dtype) -> Array:

@@ -325,8 +325,8 @@ def _new_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
     return kvcache.init(cfg, batch, max_len)
 
 
-_with_head_copy = jax.jit(kernels.with_head_copy, static_argnums=1)
-_decode_weights = jax.jit(kernels.decode_weights, static_argnums=1)
+_with_head_copy = jax.jit(kernels.with_head_copy, static_argnums=(1, 2))
+_decode_weights = jax.jit(kernels.decode_weights, static_argnums=(1, 2))
 
 
 _take_rows = jax.jit(kvcache.take_rows)
@@ -463,7 +463,8 @@ class Engine:
         self.max_len = max_len
         rows = settings.head_copy_rows
         self.head_copy_rows = kernels.head_copy_rows(self.impl) if rows is None else int(rows)
-        self._lowp = self._headed = None    # (params, derived) caches: see run_params
+        # (params, derived) caches: see run_params and _decode
+        self._lowp = self._packed = self._headed = None
 
     def _shard_rows(self, tree):
         """Split every leaf's leading (row) dimension over the mesh's batch axes, if they divide
@@ -631,10 +632,16 @@ class Engine:
 
     def _decode(self, state: DecodeState, steps: int) -> DecodeState:
         params = self.run_params()
+        packs = self.settings.weights is None and kernels.packs_decode(self.cfg, self.impl)
+        if packs:                       # a bf16-compute model's kernels, packed once per params
+            if self._packed is None or self._packed[0] is not params:
+                self._packed = (params, _decode_weights(params, self.impl, False))
+            params = self._packed[1]
         if (self.cfg.tie_embeddings and self.head_copy_rows
                 and state.tokens.shape[0] >= self.head_copy_rows):
             if self._headed is None or self._headed[0] is not params:   # params may be swapped
-                self._headed = (params, _with_head_copy(params, self.impl))
+                self._headed = (params, _with_head_copy(params, self.impl,
+                                                        self.cfg.compute_dtype))
             params = self._headed[1]
         return decode(params, self.cfg, state, jnp.asarray(steps, jnp.int32))
 
