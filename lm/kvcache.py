@@ -52,10 +52,11 @@ class KVCache:
 
 
 def storage_dtype(cfg: ModelConfig):
-    """The cache's element type: the compute dtype, except bf16 compute on the CPU kernels, where
+    """The cache's element type: the compute dtype, except bf16 compute on XLA's CPU path, where
     the cache holds the bf16-rounded keys and values as float32 (the same numbers). XLA:CPU runs a
     bf16 dot by converting both operands to float32, which converted every layer's whole cache at
-    every decode step: 8.3 of 10.5 ms per step at 16 rows of chat_tiny (docs/performance.md)."""
+    every decode step: 8.3 of 10.5 ms per step at 16 rows of chat_tiny (docs/performance.md).
+    Where decode attends through `kernels.decode_attention` (it reads bf16 as stored), bf16."""
     dt = jnp.dtype(cfg.compute_dtype)
     impl = kernels.resolve_for(cfg)
     if dt == jnp.bfloat16 and kernels.decode_attention_ok(impl, cfg.head_dim):

@@ -111,14 +111,14 @@ def cached_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array, positions_BT: 
     B, T, N, H = q_BTNH.shape
     K = k_BTKH.shape[2]
     at = (jnp.arange(B)[:, None], slice(None), positions_BT)
-    # values rounded to the compute dtype, stored as the cache's (float32 for bf16 on the CPU:
-    # `kvcache.storage_dtype`) and read as stored: no convert of the whole buffer per step
     if T == 1 and kernels.decode_attention_ok(impl, H):
         q_BKGH = q_BTNH.astype(dtype).reshape(B, K, N // K, H)
         y_BKGH, k_buf, v_buf = kernels.decode_attention(
             q_BKGH, k_BTKH[:, 0].astype(dtype), v_BTKH[:, 0].astype(dtype), k_buf, v_buf,
             positions_BT[:, 0], scale)
         return y_BKGH.astype(dtype).reshape(B, 1, N, H), (k_buf, v_buf)
+    # values rounded to the compute dtype, stored as the cache's (float32 for bf16 on XLA's CPU
+    # path: `kvcache.storage_dtype`) and read as stored: no convert of the whole buffer per step
     k_buf = k_buf.at[at].set(k_BTKH.astype(dtype).astype(k_buf.dtype), mode="drop")
     v_buf = v_buf.at[at].set(v_BTKH.astype(dtype).astype(v_buf.dtype), mode="drop")
     k_BKSH, v_BKSH = k_buf, v_buf

@@ -415,6 +415,8 @@ class EngineSettings:
 
     `weights="bfloat16"`: decode with a bfloat16 copy of the parameters (made once per params
     object): half the bytes read per token (`lm.kernels.decode_config`). Log-probs stay float32.
+    A model that computes in bf16 on the onednn path decodes with its kernels packed without it
+    (the same numbers: `lm.kernels.packs_decode`).
 
     `mesh` / `batch_axes`: rows split over these mesh axes (data-parallel decode).
     """

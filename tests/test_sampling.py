@@ -117,13 +117,14 @@ def test_bfloat16_cache_close_to_full_forward():
 
 def test_cpu_kernel_decode_matches_xla_decode():
     """A bf16 model whose head_dim the decode-attention kernel takes (16): on the onednn path
-    the cache is stored bf16 and each step writes and attends through one custom call; its
-    logits stay within bf16 noise of XLA's path, and greedy rows part only at near ties."""
+    the cache is stored bf16, each step writes and attends through one custom call and the
+    engine reads packed kernels; logits stay within bf16 noise of XLA's path, and greedy rows
+    part only at near ties."""
     from lm import cpu
     if not (cpu.cpu_has_avx512_bf16() and cpu.load() is not None):
         pytest.skip("host hardware: no AVX512-BF16 (or no oneDNN build): XLA's decode here")
     base = modern(vocab_size=V, block_size=48, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
-                  dtype="bfloat16")
+                  dtype="bfloat16", tie_embeddings=True)        # tied, as the chat chain's
     fast, ref = (dataclasses.replace(base, kernels=k) for k in ("onednn", "xla_cpu"))
     assert kvcache.storage_dtype(fast) == jnp.bfloat16
     assert kvcache.storage_dtype(ref) == jnp.float32
@@ -141,9 +142,15 @@ def test_cpu_kernel_decode_matches_xla_decode():
             caches[name] = (cfg, c)
             outs.append(np.asarray(out))
         np.testing.assert_allclose(outs[0], outs[1], atol=0.05 * np.abs(outs[1]).max())
-    a, b = (sampling.Engine(params, cfg).generate(PROMPTS, max_new_tokens=10, temperature=0.0)
-            for cfg in (ref, fast))
+    engine = sampling.Engine(params, fast)
+    a = sampling.Engine(params, ref).generate(PROMPTS, max_new_tokens=10, temperature=0.0)
+    b = engine.generate(PROMPTS, max_new_tokens=10, temperature=0.0)
     assert (b.lengths == 10).all()
+    # it decoded with its kernels packed once (the bf16 values it computes with), other leaves
+    # as they were, and the tied head's packed copy
+    packed, headed = engine._packed[1], engine._headed[1]
+    assert kernels.PACKED in packed["h_0"]["mlp"]["c_fc"] and packed["wte"].dtype == jnp.float32
+    assert headed[kernels.HEAD].ndim == 3
     for r, prompt in enumerate(PROMPTS):     # where a row first differs: a near tie under XLA's
         i = next((j for j in range(10) if a.row(r)[j] != b.row(r)[j]), None)
         if i is not None:

@@ -378,7 +378,8 @@ void Head(const float* q, const T* k, const T* v, float* y, int64_t G, int64_t H
       for (int64_t i = 0; i < hb; ++i) acc[i] = _mm512_fmadd_ps(pj, Load16(vj + 16 * i), acc[i]);
     }
     const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int64_t i = 0; i < hb; ++i) _mm512_storeu_ps(y + g * H + 16 * i, _mm512_mul_ps(acc[i], inv));
+    for (int64_t i = 0; i < hb; ++i)
+      _mm512_storeu_ps(y + g * H + 16 * i, _mm512_mul_ps(acc[i], inv));
   }
 }
 
