@@ -10,6 +10,7 @@ people read in pretraining 0-128 times, then asked about after SFT.
     python -m lm.main -e chat_tiny_sft_kb_naive     # baseline: refuse people seen < 8 times
     python -m lm.main -e chat_tiny_sft_kb_search    # SFT: search the knowledge base, then answer
     python -m lm.main -e chat_tiny_sft_kb_qa_light_read   # working memory taught: passage, question
+    python -m lm.main -e chat_tiny_sft_kb_qa_search_read  # search, with more of it and reading
 
 The same chain on `chat_tiny_kb_qa` (`_kb_qa` for `_kb` in every name; the probe writes
 runs/knowledge_probe_qa), and each SFT of either at a third of the learning rate (`_light` after
@@ -137,6 +138,17 @@ for _v, _corpus in KB_VARIANTS.items():
           "reading a passage, once taught, answer at every pretraining frequency?")
 def chat_tiny_sft_kb_qa_light_read() -> Config:
     return _light(_sft("kb_qa", "kb_qa:1.5,kb_qa_context:1"))
+
+
+@register("chat_tiny_sft_kb_qa_search_read", "chat_tiny_sft_kb_qa_search with twice its share of "
+          "search conversations and passage-reading ones (kb_qa_context's train items): does "
+          "practice at copying the name into the query and at reading the passage take the "
+          "tool's answers towards 0.9?")
+def chat_tiny_sft_kb_qa_search_read() -> Config:
+    cfg = _search("kb_qa")
+    mixture = cfg.sft.mixture.replace("kb_search:1.5", "kb_search:3") + ",kb_qa_context:1"
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=mixture)
+    return cfg
 
 
 @register("chat_tiny_sft_noid", "chat_tiny_sft without the identity task: who does the model say "
