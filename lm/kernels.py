@@ -13,9 +13,10 @@ weights, both carried in the parameters a decode reads). `ModelConfig.kernels` p
 - `onednn`: `xla_cpu`, with the bf16 matmuls run through JAX FFI custom calls (`lm/cpu`), where
   XLA:CPU's bf16 dot is slower than its fp32 one: the Linear layers and the tied head (forward and
   backward) and causal attention's batched matmuls by oneDNN, which uses the CPU's bf16 hardware
-  (AVX512-BF16, AMX); decoding with bf16 weights (fp32 activations) reads them `pack`ed through a
-  few-row AVX512-BF16 kernel of ours. Needs one CPU device (the custom calls are not partitioned
-  over a mesh).
+  (AVX512-BF16, AMX); decoding with bf16 weights (a bf16 model's, or `weights="bfloat16"`'s)
+  reads them `pack`ed through a few-row AVX512-BF16 kernel of ours, and a decode step writes the
+  cache and attends over each row's filled slots in one call of ours (`decode_attention`). Needs
+  one CPU device (the custom calls are not partitioned over a mesh).
 - `auto` (default): on the CPU, `onednn` for bf16 compute on a CPU with bf16 hardware (when the
   kernel builds) in a one-device process, else `xla_cpu`; `plain` on accelerators.
 

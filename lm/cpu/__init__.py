@@ -1,5 +1,6 @@
-"""The oneDNN matmul custom call (onednn_matmul.cc): built on first use, cached, registered with
-JAX's FFI. `lm.kernels` is its only user.
+"""The CPU custom calls of onednn_matmul.cc (oneDNN's matmul, the few-row packed matmul, decode
+attention): built on first use, cached, registered with JAX's FFI. `lm.kernels` is their only
+user.
 
 The library is compiled with the system C++ compiler against jaxlib's FFI headers and the
 `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels (requirements.txt), into
