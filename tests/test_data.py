@@ -164,3 +164,21 @@ def test_synthetic_copy_documents_repeat_their_run_in_token_space():
     assert (stream == tok.bos_id).sum() == 6
     with pytest.raises(ValueError, match="unknown synthetic"):
         corpus.synthetic_tokens({"synthetic": "nope"}, ordinary)
+
+
+def test_text_of_reads_every_part_a_conversation_can_hold():
+    """Tokenizer training text: function calls as the JSON the model writes, the tool's result,
+    text parts of a user turn with an image; media codes are not text."""
+    conv = {"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                     {"type": "image", "codes": [1, 2, 3, 4]}]},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Let me check. "},
+            {"type": "tool_call", "id": "c0", "name": "get_time", "arguments": {"zone": "Lima"}},
+            {"type": "python", "text": "2+3"}, {"type": "output", "text": "5"}]},
+        {"role": "tool", "tool_call_id": "c0", "content": '{"time": "04:30"}'},
+        {"role": "assistant", "content": "It is 04:30."}]}
+    lines = corpus.text_of(conv).split("\n")
+    assert lines[0] == "What is this?"
+    assert lines[1] == 'Let me check. {"name": "get_time", "arguments": {"zone": "Lima"}}2+35'
+    assert lines[2:] == ['{"time": "04:30"}', "It is 04:30."]

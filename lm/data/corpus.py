@@ -26,7 +26,7 @@ from typing import Callable, Union
 import numpy as np
 
 from lm import tasks
-from lm.conversation import parts_of
+from lm.conversation import MEDIA, call_json, parts_of
 from lm.data import sources
 from lm.tasks.knowledge import knowledge_base
 from lm.tasks import recall
@@ -348,15 +348,14 @@ CORPORA: dict[str, Callable[[], tuple[list[Doc], list[Doc]]]] = {
 
 
 def text_of(doc: Doc) -> str:
-    """A document as plain text (for tokenizer training): a conversation's turns joined."""
+    """A document as plain text (for tokenizer training): a conversation's turns joined, a
+    function call as the JSON the model writes, image and audio parts left out (codes, not text)."""
     if isinstance(doc, str):
         return doc
     if "synthetic" in doc:       # token space: nothing for a tokenizer to learn from
         return ""
     out = []
     for m in doc["messages"]:
-        if m["role"] == "assistant":
-            out.append("".join(p["text"] for p in parts_of(m["content"])))
-        else:
-            out.append(m["content"])
+        out.append("".join(call_json(p) if p["type"] == "tool_call" else p["text"]
+                           for p in parts_of(m["content"]) if p["type"] not in MEDIA))
     return "\n".join(out)
