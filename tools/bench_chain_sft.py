@@ -41,10 +41,14 @@ share a process with the other's):
   step: `--device-batch-size=16 --max-seq-len=512 --total-batch-size=8192` (grad_accum 1).
 
 Timing: --warmup steps per process first (compilation: XLA's, and torch.compile's inductor for the
-model and nanochat's compiled AdamW/Muon kernels), then --steps steps timed as one block (the
-whole loop: seconds per step = block / steps); medians over --rounds rounds; ratio = ours / peer
-steps per second (> 1: ours faster). The peer's own per-step `dt` (as chat_sft prints it) is
-reported beside it.
+model and nanochat's compiled AdamW/Muon kernels; and the first touch of our process's working
+set: in bf16 mimalloc hands out fresh huge pages for about the first 10 steps, ~70-90 page faults
+and 0.3-0.5 s of system time a step, until the resident size levels off at ~6 GB and the faults
+stop, docs/performance.md), then --steps steps timed as one block (the whole loop: seconds per
+step = block / steps); medians over --rounds rounds; ratio = ours / peer steps per second (> 1:
+ours faster). The peer's own per-step `dt` (as chat_sft prints it) is reported beside it, and our
+timed block's system time and page faults per step (`ours_sys_s_per_step`,
+`ours_minor_faults_per_step`: near 0 once the working set is in place).
 
   python -m tools.bench_chain_sft                    # table
   python -m tools.bench_chain_sft --json --rounds 3 --steps 30
@@ -64,6 +68,7 @@ if __package__ in (None, ""):  # run as `python tools/bench_chain_sft.py`: impor
 import argparse
 import glob
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -344,12 +349,17 @@ def ours_worker(a) -> int:
         return time.perf_counter() - t0
 
     warmup_s = run(a.warmup) if a.warmup else 0.0
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     block_s = run(a.steps)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(c.host_state(state).params))
     out = {"s_per_step": block_s / a.steps, "block_s": block_s, "warmup_s": warmup_s,
            "loss_first": losses[0], "loss_last": losses[-1], "dtype": cfg.model.dtype,
            "kernels": kernels.resolve_for(cfg.model), "devices": int(c.mesh.devices.size),
-           "mesh": {name: int(n) for name, n in dict(c.mesh.shape).items()}, "params": total}
+           "mesh": {name: int(n) for name, n in dict(c.mesh.shape).items()}, "params": total,
+           # the kernel's share: a step that faults in fresh pages shows it here (the allocator)
+           "sys_s_per_step": (r1.ru_stime - r0.ru_stime) / a.steps,
+           "minor_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / a.steps}
     with open(a.out, "w") as f:
         json.dump(out, f)
     return 0
@@ -362,8 +372,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per side and round")
-    p.add_argument("--warmup", type=int, default=3,
-                   help="steps per process before timing (the first compiles)")
+    p.add_argument("--warmup", type=int, default=12,
+                   help="steps per process before timing (the first compiles; the working set "
+                   "is first touched)")
     p.add_argument("--batches", type=int, default=10, help="distinct packed batches, cycled")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override of chat_tiny_sft for our side (e.g. model.dtype=float32)")
@@ -452,7 +463,9 @@ def measure(a, cfg, tok, tok_info: dict, work: str, log) -> int:
     for side, key in (("ours", "ours"), ("nanochat", "peer")):
         print(f"{side:9s} {out[f'{key}_dtype']:>16s} {out['param_counts'][key]:>11,d} "
               f"{out[f'{key}_s_per_step']:>8.3f} {out[f'{key}_steps_per_s']:>8.3f}")
-    print(f"ours / nanochat: {out['ratio']:.2f}x steps per second")
+    print(f"ours / nanochat: {out['ratio']:.2f}x steps per second (ours: {out['ours_allocator']}, "
+          f"{out['ours_sys_s_per_step']:.3f} s of system time and "
+          f"{out['ours_minor_faults_per_step']:,.0f} page faults a step)")
     return 0
 
 
@@ -474,6 +487,10 @@ def summarize(a, cfg, runs: dict, packed: dict, tok_info: dict, recipe: dict,
         "rounds": a.rounds, "steps": a.steps, "warmup": a.warmup,
         "ours_dtype": first["ours"]["dtype"], "ours_kernels": first["ours"]["kernels"],
         "ours_devices": first["ours"]["devices"], "ours_allocator": allocator,
+        "ours_sys_s_per_step": round(statistics.median(x["sys_s_per_step"] for x in runs["ours"]),
+                                     4),
+        "ours_minor_faults_per_step": round(statistics.median(
+            x["minor_faults_per_step"] for x in runs["ours"]), 1),
         "peer_dtype": first["peer"]["dtype"], "peer_dtype_reason": first["peer"]["dtype_reason"],
         "peer_param_dtype": first["peer"]["param_dtype"],
         "peer_torch": first["peer"]["torch"], "peer_threads": first["peer"]["threads"],
