@@ -237,7 +237,9 @@ class OptimConfig:
 
 @dataclass
 class MeshConfig:
-    parallelism: Literal["jit", "pmap"] = "jit"
+    # auto: jit, except on a CPU whose bf16 step runs through oneDNN in products too small to
+    # spread over the cores (the main job's): pmap, one device per core (lm.process.resolve)
+    parallelism: Literal["auto", "jit", "pmap"] = "auto"
     data: int = num(-1, 1, also=(-1,))    # devices along 'data'; -1 = all that fsdp leaves
     fsdp: int = num(1, 1)                 # devices along 'fsdp' (parameters sharded)
     # CPU hosts only: split the cores into this many XLA devices, data-parallel over them

@@ -41,17 +41,26 @@ Impl = Literal["plain", "xla_cpu", "onednn"]
 CHOICES = ("auto", "plain", "xla_cpu", "onednn")
 
 
+_PER_DEVICE_PROGRAMS = [False]   # set by lm.process for a pmap run: each program sees one device
+
+
+def set_per_device_programs(on: bool) -> None:
+    """Say that this process's steps run as pmap, one program per device: the oneDNN custom
+    calls, which a jit mesh of several devices cannot partition, are then each device's own."""
+    _PER_DEVICE_PROGRAMS[0] = bool(on)
+
+
 def resolve(choice: str, dtype: str = "float32") -> Impl:
     """The implementation a config's `kernels` choice (with its compute `dtype`) means in this
-    process: `auto` is `plain` off the CPU, `onednn` for bf16 on a one-device CPU process whose
-    CPU has bf16 hardware and the built kernel (lm.process gives the oneDNN path one device),
-    else `xla_cpu`."""
+    process: `auto` is `plain` off the CPU, `onednn` for bf16 on a CPU with bf16 hardware and the
+    built kernel whose programs each run on one device (one device, or pmap: lm.process decides
+    both), else `xla_cpu`."""
     if choice not in CHOICES:
         raise ValueError(f"kernels: {choice!r} is not one of {list(CHOICES)}")
     if choice == "auto":
         if jax.default_backend() != "cpu":
             return "plain"
-        one_device = jax.device_count() == 1
+        one_device = jax.device_count() == 1 or _PER_DEVICE_PROGRAMS[0]
         return "onednn" if dtype == "bfloat16" and one_device and onednn_available() else "xla_cpu"
     if choice == "onednn" and not onednn_available():
         raise RuntimeError(f"kernels=onednn: the oneDNN kernel is unavailable ({cpu.load_error()})")
@@ -82,6 +91,18 @@ def needs_single_device(cfg) -> bool:
     if cfg.dtype != "bfloat16" or cfg.kernels not in ("auto", "onednn"):
         return False
     return bf16_kernels_expected()
+
+
+def serial_macs() -> int:
+    """Products below this many multiply-adds run on the calling thread alone in the oneDNN
+    kernel (lm/cpu/onednn_matmul.cc's SerialMacs; LM_ONEDNN_SERIAL_MACS overrides both)."""
+    return int(os.environ.get("LM_ONEDNN_SERIAL_MACS", 1 << 26))
+
+
+def largest_product_macs(cfg, rows: int) -> int:
+    """Multiply-adds of a step's largest weight product at `rows` token rows (the MLP's, the
+    fused QKV's or the head's)."""
+    return rows * cfg.n_embd * max(cfg.hidden, 3 * cfg.n_embd, cfg.vocab_size)
 
 
 # ---- the model's layouts: a Linear's weight and product, the MLP's nonlinearity, the tied head ----

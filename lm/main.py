@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+import jax
 
 import experiments
 from lm import model, parallel, process, report, stages, steps, train
@@ -86,10 +89,14 @@ def dry_run(cfg) -> int:
     print(f"parameters:        {n:,} ({_human(n)})")
     print(f"FLOPs/token:       {fpt:,.0f} ({_human(fpt)}; 6·N_matmul + causal attention)")
     print(f"tokens/step:       {tokens:,}  ->  FLOPs/step {_human(fpt * tokens)}")
-    compiled = steps.compile_steps(cfg, stages.loss_fn(cfg))
+    devices, how = None, "abstract shapes, nothing allocated"
+    if parallel.per_device_programs(cfg.mesh):   # the AOT report lowers a jit step: one device's
+        cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, parallelism="jit"))
+        devices, how = jax.devices()[:1], "as jit on one device with the whole batch (a pmap run)"
+    compiled = steps.compile_steps(cfg, stages.loss_fn(cfg), devices=devices)
     rep = steps.aot_report(compiled, stages.abstract_batch(cfg))
     gib = 2 ** 30
-    print(f"compiled step ({rep['compile_s']:.1f} s to compile, abstract shapes, nothing allocated):")
+    print(f"compiled step ({rep['compile_s']:.1f} s to compile, {how}):")
     for k in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
               "alias_size_in_bytes", "peak_estimate_bytes"):
         if k in rep:

@@ -314,8 +314,15 @@ class PmapPlacement:
                             abstract_state)
 
 
+def per_device_programs(mesh_cfg) -> bool:
+    """Whether a config's steps run as one program per device (pmap): a custom call that jit's
+    partitioner cannot split (the oneDNN kernels) is then each device's own."""
+    return mesh_cfg.parallelism == "pmap"
+
+
 def placement(parallelism: str, mesh: Mesh, state_sharding: Callable[[], Any]):
-    """The adapter for `mesh.parallelism` (`state_sharding()` builds the jit path's shardings)."""
+    """The adapter for `mesh.parallelism` (`state_sharding()` builds the jit path's shardings;
+    an undecided "auto", a config that skipped lm.process, is jit)."""
     if parallelism == "pmap":
         if mesh.shape["fsdp"] != 1:
             raise ValueError("mesh.parallelism=pmap is pure data parallelism: set mesh.fsdp=1")

@@ -22,27 +22,50 @@ from lm.config import Config
 
 
 def resolve(cfg: Config) -> Config:
-    """A copy of `cfg` whose `model.dtype` "auto" is decided: bfloat16 where lm's bf16 CPU kernels
-    run (faster than fp32 there, docs/performance.md), float32 elsewhere."""
-    if cfg.model.dtype != "auto":
-        return cfg
-    dtype = "bfloat16" if kernels.bf16_kernels_expected() else "float32"
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
+    """A copy of `cfg` whose "auto" choices are decided for this host: `model.dtype` bfloat16
+    where lm's bf16 CPU kernels run (faster than fp32 there, docs/performance.md), float32
+    elsewhere; `mesh.parallelism` (`per_core_pmap`)."""
+    if cfg.model.dtype == "auto":
+        dtype = "bfloat16" if kernels.bf16_kernels_expected() else "float32"
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
+    if cfg.mesh.parallelism == "auto":
+        how = "pmap" if per_core_pmap(cfg) else "jit"
+        cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, parallelism=how))
+    return cfg
+
+
+def per_core_pmap(cfg: Config) -> bool:
+    """Whether `mesh.parallelism=auto` means pmap over the cores: a bf16 step through the oneDNN
+    custom calls (which a jit mesh of several devices cannot partition) whose products are all
+    small enough that oneDNN runs them on one thread. One device then leaves the other cores
+    idle; one pmap program per core runs its share of the rows beside the others (the main job:
+    28 -> 22 ms a step on 2 cores, docs/performance.md). Data parallelism only (mesh.fsdp 1)."""
+    if cfg.model.dtype != "bfloat16" or not kernels.needs_single_device(cfg.model):
+        return False
+    if cfg.mesh.fsdp != 1 or cfg.mesh.cpu_devices == 1:
+        return False
+    rows = max(cfg.data.batch_size // cfg.train.grad_accum, 1)
+    n = cfg.mesh.cpu_devices or parallel.auto_cpu_devices(rows)
+    tokens = rows * cfg.data.seq_len
+    return n > 1 and kernels.largest_product_macs(cfg.model, tokens) < kernels.serial_macs()
 
 
 def configure(cfg: Config) -> Config:
     """`resolve(cfg)`, and the CPU split into XLA devices for it (before JAX starts):
-    `mesh.cpu_devices` if set; else one device for the oneDNN path (its custom calls are not
-    partitioned; it uses every core), else the most devices up to the core count that divide a
-    step's rows. With several devices, `model.kernels=auto` then takes XLA's own dot."""
+    `mesh.cpu_devices` if set; else one device for the oneDNN path under jit (its custom calls
+    are not partitioned; it uses every core), else the most devices up to the core count that
+    divide a step's rows. With several devices under jit, `model.kernels=auto` then takes XLA's
+    own dot; under pmap each device's program keeps the oneDNN calls."""
     cfg = resolve(cfg)
+    pmap = parallel.per_device_programs(cfg.mesh)
     if cfg.mesh.cpu_devices:
         n = cfg.mesh.cpu_devices
-    elif kernels.needs_single_device(cfg.model):
+    elif kernels.needs_single_device(cfg.model) and not pmap:
         n = 1
     else:
         n = parallel.auto_cpu_devices(max(cfg.data.batch_size // cfg.train.grad_accum, 1))
     parallel.configure_cpu_devices(n)
+    kernels.set_per_device_programs(pmap)
     compile_cache()
     return cfg
 

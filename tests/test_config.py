@@ -102,3 +102,29 @@ def test_eval_rewards_only_for_stages_that_reply_and_only_known_names():
             Config().eval, rewards="labeller")).validate())
     with pytest.raises(ConfigError, match="eval.rewards: unknown reward 'nope'"):
         parse("labeller,nope", "eval.rewards")
+
+
+def test_auto_parallelism_is_pmap_over_the_cores_only_for_small_onednn_steps(monkeypatch):
+    """`mesh.parallelism=auto` (lm.process.resolve): pmap, one device per core, where the bf16
+    step runs through oneDNN in products the kernel keeps on one thread (the main job); jit for
+    the chain's wide steps, fp32, one core, FSDP, an explicit choice, or a lower threshold."""
+    from lm import kernels, parallel, process
+    monkeypatch.setattr(kernels, "bf16_kernels_expected", lambda: True)
+    monkeypatch.setattr(parallel, "host_cores", lambda: 2)
+    how = lambda name, *sets: process.resolve(
+        apply_overrides(experiments.get(name), list(sets))).mesh.parallelism
+    assert experiments.get("shakespeare_char_cpu").mesh.parallelism == "auto"
+    assert how("shakespeare_char_cpu") == "pmap"
+    assert how("chat_tiny_base") == "jit"                   # 8,192-row products: oneDNN threads
+    assert how("shakespeare_char_cpu", "model.dtype=float32") == "jit"
+    assert how("shakespeare_char_cpu", "mesh.cpu_devices=1") == "jit"
+    assert how("shakespeare_char_cpu", "mesh.parallelism=jit") == "jit"
+    assert how("shakespeare_char_cpu", "model.kernels=xla_cpu") == "jit"
+    monkeypatch.setenv("LM_ONEDNN_SERIAL_MACS", "0")
+    assert how("shakespeare_char_cpu") == "jit"
+    monkeypatch.delenv("LM_ONEDNN_SERIAL_MACS")
+    monkeypatch.setattr(parallel, "host_cores", lambda: 1)
+    assert how("shakespeare_char_cpu") == "jit"
+    monkeypatch.setattr(kernels, "bf16_kernels_expected", lambda: False)
+    monkeypatch.setattr(parallel, "host_cores", lambda: 2)
+    assert how("shakespeare_char_cpu") == "jit"

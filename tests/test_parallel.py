@@ -1,5 +1,6 @@
 """Same global batch and seed: 1 device, 8 devices data-parallel (jit), 8 devices FSDP (jit) and
 8 devices pmap give the same losses; FSDP really shards; the step compiles once."""
+import dataclasses
 import logging
 import os
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from lm import parallel, stages, steps
+from lm import cpu, kernels, model, parallel, stages, steps
 from lm.config import ConfigError, Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
@@ -43,10 +44,59 @@ def losses_for(cfg, devices):
         state, m = c.train_step(state, c.put_batch(b))
         m = jax.device_get(m)
         out.append(float(np.ravel(m["loss"])[0]))
-    groups = steps.stack_batches(list(batches())[:3])
+    groups = steps.stack_batches(list(batches())[:4])        # joined 4 at a time (eval_merge)
+    assert [g["inputs"].shape for g in groups] == [(1, 64, 16)]
     ev = steps.evaluate(c, state.params, groups, np.ones(64, np.int32))
     out += [ev["val_loss"], ev["val_bpb"]]
     return np.array(out), c, state
+
+
+def test_joined_evaluation_batches_give_the_same_sums(monkeypatch):
+    """Evaluation joins small batches row-wise (stack_batches / eval_merge); the sums are the
+    unjoined ones, and the join stops at EVAL_TOKENS, at a count that does not divide, and at
+    differing shapes."""
+    cfg = tiny_cfg(data=1, fsdp=1)
+    c = steps.compile_steps(cfg, stages.loss_fn(cfg), devices=jax.devices()[:1])
+    params = c.init_state(0).params
+    rng = np.random.default_rng(1)
+    val = [{"inputs": rng.integers(0, 64, (16, 16)).astype(np.int32),
+            "targets": rng.integers(0, 64, (16, 16)).astype(np.int32)} for _ in range(8)]
+    joined = steps.stack_batches(val)
+    monkeypatch.setattr(steps, "EVAL_TOKENS", 0)
+    plain = steps.stack_batches(val)
+    assert joined[0]["inputs"].shape == (1, 128, 16) and plain[0]["inputs"].shape == (8, 16, 16)
+    a, b = (steps.evaluate(c, params, g, np.ones(64, np.int32)) for g in (joined, plain))
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    monkeypatch.setattr(steps, "EVAL_TOKENS", 1024)
+    assert steps.eval_merge([(16, 16)] * 8) == 4          # 4 × 256 tokens
+    assert steps.eval_merge([(16, 16)] * 6) == 2          # 6 = 2 × 3
+    assert steps.eval_merge([(16, 16)] * 3) == 1
+    assert steps.eval_merge([(16, 16), (8, 16)]) == 1
+
+
+def test_onednn_under_pmap_is_each_devices_own_program(monkeypatch):
+    """A bf16 run that lm.process puts on pmap (mesh.parallelism=auto, small products): the
+    oneDNN custom calls run inside each device's program, and the losses are one device's
+    (bf16: to its rounding)."""
+    if not cpu.cpu_has_bf16():
+        pytest.skip("host hardware: this CPU has no bf16 matrix hardware (AVX512-BF16 / AMX): "
+                    "the oneDNN path is not selected here")
+    monkeypatch.setattr(kernels, "_PER_DEVICE_PROGRAMS", [False])
+    assert kernels.resolve("auto", "bfloat16") == "xla_cpu"       # 8 devices under jit
+    kernels.set_per_device_programs(True)
+    assert kernels.resolve("auto", "bfloat16") == "onednn"
+
+    def bf16(**mesh):
+        cfg = tiny_cfg(**mesh)
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))
+    cfg = bf16(parallelism="pmap", data=2)
+    got, c, state = losses_for(cfg, jax.devices()[:2])
+    ref, _, _ = losses_for(bf16(data=1, fsdp=1), jax.devices()[:1])
+    np.testing.assert_allclose(got, ref, rtol=3e-2)
+    params = jax.device_get(c.host_state(state).params)
+    tokens = np.zeros((2, 4, 16), np.int32)
+    hlo = jax.pmap(lambda x: model.apply(params, cfg.model, x)).lower(tokens).as_text()
+    assert cpu.TARGET in hlo
 
 
 @pytest.fixture(scope="module")
