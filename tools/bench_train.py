@@ -74,19 +74,23 @@ class Ours:
     def __init__(self, name: str, cpu_devices: int = 0, dtype: str = "float32"):
         import jax
         import numpy as np
-        from lm import kernels, model, parallel, stages, steps
+        from lm import kernels, model, parallel, process, stages, steps
         self.jax, self.np = jax, np
         c = CONFIGS[name]
         self.cfg = our_config(c, dtype)
+        pmap = False
         if dtype == "bfloat16" and cpu_devices <= 1 and kernels.bf16_kernels_expected() and \
                 kernels.onednn_available():
-            # lm.main's bf16 path: the oneDNN custom calls on one device (`auto` would see this
-            # process's several devices and take XLA's bf16 dot, 3.1x slower on `small`)
+            # lm.main's bf16 path: the oneDNN custom calls (`auto` would see this process's
+            # several devices and take XLA's bf16 dot, 3.1x slower on `small`), on one device,
+            # or one pmap program per core where lm.main picks that (small products: baby)
+            pmap = cpu_devices == 0 and process.per_core_pmap(self.cfg)
             self.cfg.model = dataclasses.replace(self.cfg.model, kernels="onednn")
+            self.cfg.mesh = dataclasses.replace(self.cfg.mesh,
+                                                parallelism="pmap" if pmap else "jit")
         self.impl = kernels.resolve_for(self.cfg.model)
-        # the oneDNN custom call (bf16) runs on one device, as lm.main sets it up
-        auto = 1 if self.impl == "onednn" else parallel.auto_cpu_devices(c["batch_size"],
-                                                                          len(jax.devices()))
+        auto = 1 if self.impl == "onednn" and not pmap else \
+            parallel.auto_cpu_devices(c["batch_size"], len(jax.devices()))
         n = cpu_devices or auto
         self.devices = n
         self.compiled = steps.compile_steps(self.cfg, stages.loss_fn(self.cfg),

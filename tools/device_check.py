@@ -69,7 +69,7 @@ def time_steps(name: str, overrides: list[str], steps: int) -> dict:
             "device_kind": jax.devices()[0].device_kind, "compile_s": round(compile_s, 2),
             "step_s": round(step, 4), "tokens_per_step": B * T, "tokens_per_s": round(tps, 1),
             "mfu": round(tps * fpt / peak, 4) if peak == peak else None,
-            "peak_flops": peak, "loss": float(m["loss"]), "timed_steps": steps,
+            "peak_flops": peak, "loss": float(c.place.fetch(m)["loss"]), "timed_steps": steps,
             "dtype": cfg.model.dtype}
 
 
