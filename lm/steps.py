@@ -165,8 +165,9 @@ def compile_steps(cfg: Config, loss_fn: LossFn, *, devices: Optional[list] = Non
                          f"{n_dp} data-parallel devices × train.grad_accum ({cfg.train.grad_accum})")
     if (kernels.resolve_for(cfg.model) == "onednn" and mesh.devices.size > 1
             and not parallel.per_device_programs(cfg.mesh)):
-        raise ValueError(f"model.kernels=onednn runs on one CPU device and this mesh has "
-                         f"{mesh.devices.size}: set mesh.cpu_devices=1 (or model.kernels=auto)")
+        raise ValueError(f"model.kernels=onednn runs on one CPU device under jit and this mesh "
+                         f"has {mesh.devices.size}: set mesh.cpu_devices=1, mesh.parallelism=pmap "
+                         f"or model.kernels=auto")
     abstract = abstract_state(cfg, tx)
 
     def state_sharding():
