@@ -44,10 +44,14 @@ def per_core_pmap(cfg: Config) -> bool:
         return False
     if cfg.mesh.fsdp != 1 or cfg.mesh.cpu_devices == 1:
         return False
-    rows = max(cfg.data.batch_size // cfg.train.grad_accum, 1)
-    n = cfg.mesh.cpu_devices or parallel.auto_cpu_devices(rows)
-    tokens = rows * cfg.data.seq_len
+    n = cfg.mesh.cpu_devices or parallel.auto_cpu_devices(step_rows(cfg))
+    tokens = step_rows(cfg) * cfg.data.seq_len
     return n > 1 and kernels.largest_product_macs(cfg.model, tokens) < kernels.serial_macs()
+
+
+def step_rows(cfg: Config) -> int:
+    """Batch rows in one forward of a training step (a micro-batch under grad_accum)."""
+    return max(cfg.data.batch_size // cfg.train.grad_accum, 1)
 
 
 def configure(cfg: Config) -> Config:
@@ -63,7 +67,7 @@ def configure(cfg: Config) -> Config:
     elif kernels.needs_single_device(cfg.model) and not pmap:
         n = 1
     else:
-        n = parallel.auto_cpu_devices(max(cfg.data.batch_size // cfg.train.grad_accum, 1))
+        n = parallel.auto_cpu_devices(step_rows(cfg))
     parallel.configure_cpu_devices(n)
     kernels.set_per_device_programs(pmap)
     compile_cache()

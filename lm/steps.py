@@ -188,36 +188,15 @@ def compile_steps(cfg: Config, loss_fn: LossFn, *, devices: Optional[list] = Non
 def stack_batches(batches, micro: int = 1) -> list[Batch]:
     """Batches with the same shapes stacked on a leading axis, in groups of at most
     EVAL_GROUP (one `eval_step` call each); `micro` > 1 first splits each batch into that many
-    micro-batches (as training's `grad_accum`: evaluation holds no more at once than a step).
-    Small batches are first joined row-wise, k at a time (`eval_merge`), so each scanned forward
-    has up to EVAL_TOKENS tokens: rows are independent, and a 12-row forward leaves the second
-    core idle (the main job's evaluation: 581 -> 368 ms per 64 batches, docs/performance.md)."""
+    micro-batches (as training's `grad_accum`: evaluation holds no more at once than a step)."""
     batches = list(batches)
     if micro > 1:
         batches = [{k: v[j::micro] for k, v in b.items()} for b in batches for j in range(micro)]
-    if micro == 1:
-        m = eval_merge([b["inputs"].shape for b in batches])
-        batches = [{k: np.concatenate([b[k] for b in batches[i:i + m]]) for k in batches[0]}
-                   for i in range(0, len(batches), m)]
     return [{k: np.stack([b[k] for b in batches[i:i + EVAL_GROUP]]) for k in batches[0]}
             for i in range(0, len(batches), EVAL_GROUP)]
 
 
 EVAL_GROUP = 64
-EVAL_TOKENS = 4096
-
-
-def eval_merge(shapes: list[tuple]) -> int:
-    """How many batches `stack_batches` joins into one forward: the largest power of two that
-    divides their count (one shape, one compile) with at most EVAL_TOKENS tokens; 1 when the
-    batches' shapes differ."""
-    if not shapes or len(set(shapes)) > 1:
-        return 1
-    tokens = int(np.prod(shapes[0]))
-    m = 1
-    while len(shapes) % (2 * m) == 0 and 2 * m * tokens <= EVAL_TOKENS:
-        m *= 2
-    return m
 
 
 def evaluate(c: Compiled, params, val_groups: list[Batch], token_bytes: np.ndarray) -> dict:

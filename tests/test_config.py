@@ -120,6 +120,7 @@ def test_auto_parallelism_is_pmap_over_the_cores_only_for_small_onednn_steps(mon
     assert how("shakespeare_char_cpu", "mesh.cpu_devices=1") == "jit"
     assert how("shakespeare_char_cpu", "mesh.parallelism=jit") == "jit"
     assert how("shakespeare_char_cpu", "model.kernels=xla_cpu") == "jit"
+    assert how("shakespeare_char_cpu", "mesh.fsdp=2") == "jit"
     monkeypatch.setenv("LM_ONEDNN_SERIAL_MACS", "0")
     assert how("shakespeare_char_cpu") == "jit"
     monkeypatch.delenv("LM_ONEDNN_SERIAL_MACS")
