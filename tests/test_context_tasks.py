@@ -165,6 +165,23 @@ def test_recall_grammar_questions_name_one_fact():
             assert ask["key"].lower() in msgs[-1]["content"].lower()
 
 
+def test_recall_type_questions_are_composed_and_never_a_held_out_frame():
+    """A question by type ("Tell me the town I brought up earlier.") is asked only when one fact
+    has that type; the composed ones are many, and none is worded as a test split's question."""
+    rng, composed = random.Random(1), set()
+    for _ in range(3000):
+        msgs, ask, facts = recall.grammar_conversation(rng)
+        q = msgs[-1]["content"]
+        assert recall.allowed(q), q
+        nouns = [n for n in recall.TYPE_NOUNS.get(ask["type"], []) if n in q.lower()]
+        if nouns and ask["key"].lower() not in q.lower():
+            assert sum(f["type"] == ask["type"] for f in facts) == 1, q
+            composed.add(recall.frame(q))
+    assert len(composed) > 300
+    test_frames = {recall.frame(x) for _, _, asks in recall.FACTS.values() for x in asks["test"]}
+    assert not composed & test_frames
+
+
 def test_copy_training_asks_never_use_the_test_asks_or_their_parts():
     t = tasks.get("copy")
     test_asks = {a.replace("{t}", "").strip().lower() for a in recall.COPY_ASKS["test"]}

@@ -313,6 +313,49 @@ TYPE_ASKS = {  # when one fact of the type was stated, a question that names no 
     "job": ["Which job did I mention?", "What job did I talk about?"],
     "name": [],
 }
+# Questions that name the fact by its type, composed: a frame x the type's noun x how it was
+# said x when, so that no fixed wording of a type question ("Which city did I mention?") is all
+# the model learns to answer (issue 23: the held-out questions are mostly worded by type). The
+# test split's frames are refused by `allowed`; its own type nouns ("dish") are never used.
+TYPE_NOUNS = {"pet": ["pet name", "pet's name", "animal's name", "name of my pet"],
+              "friend": ["person", "person's name", "name of the person"],
+              "number": ["number", "figure", "digits"],
+              "city": ["city", "place", "town"],
+              "colour": ["colour", "color", "shade"],
+              "food": ["food", "meal", "thing to eat"],
+              "word": ["word", "term"],
+              "day": ["day", "weekday"],
+              "year": ["year"],
+              "job": ["job", "profession", "occupation", "line of work"]}
+ASKED = ["I mentioned", "I said", "I told you", "I told you about", "I gave you", "I talked about",
+         "I brought up", "I shared", "I named", "I wrote", "I spoke of", "you heard from me",
+         "I shared with you", "I used"]
+ASKED_Q = ["did I mention", "did I say", "did I tell you", "did I tell you about", "did I give you",
+           "did I talk about", "did I bring up", "did I share", "did I name", "did I write",
+           "did I use"]
+ASKED_WHEN = ["", "", "", "", " earlier", " before", " a moment ago", " just now",
+              " at the start", " in this chat", " a few messages back", " first", " today"]
+TYPE_FRAMES = ["Which {T} {Q}{W}?", "What {T} {Q}{W}?", "What was the {T} {A}{W}?",
+               "What is the {T} {A}{W}?", "What's the {T} {A}{W}?", "Tell me the {T} {A}{W}.",
+               "Name the {T} {A}{W}.", "Say the {T} {A}{W}.", "Repeat the {T} {A}{W}.",
+               "Give me the {T} {A}{W}.", "Do you remember the {T} {A}{W}?",
+               "Do you recall the {T} {A}{W}?", "Can you tell me the {T} {A}{W}?",
+               "Could you say the {T} {A}{W} once more?", "I need the {T} {A}{W}.",
+               "The {T} {A}{W}: what was it?", "What was that {T} {A}{W}?",
+               "Which one was the {T} {A}{W}?", "Recall the {T} {A}{W}, please."]
+TYPE_ASK_SHARE = 0.4   # of grammar questions whose fact is the only one of its type
+
+
+def type_ask(kind: str, rng: random.Random) -> str:
+    """A question for the one fact of type `kind`: a third of the time one of TYPE_ASKS, else
+    composed from TYPE_FRAMES and the parts above (held-out frames not yet refused)."""
+    if TYPE_ASKS[kind] and rng.random() < 1 / 3:
+        return rng.choice(TYPE_ASKS[kind])
+    f = rng.choice(TYPE_FRAMES)
+    return f.format(T=rng.choice(TYPE_NOUNS[kind]), Q=rng.choice(ASKED_Q),
+                    A=rng.choice(ASKED), W=rng.choice(ASKED_WHEN))
+
+
 SAY_OPENERS = ["", "", "", "", "By the way, ", "Oh, and ", "Just so you know, ", "Fun fact: ",
                "Quick note: ", "So, ", "Hey! ", "Okay. ", "Listen, ", "Hi. ", "Well, "]
 SAY_ENDINGS = ["", "", "", "", " Just so you know.", " Please remember that.", " Don't forget it.",
@@ -416,7 +459,7 @@ def grammar_facts(rng: random.Random, n: int) -> list[dict]:
         key = rng.choice(keys)
         same = [f for f in facts if f["type"] == kind]
         if any(f["relation"] == r and f["key"] == key for f in facts) or (same and (
-                len(same) > 1 or key in GENERIC_KEYS or not key or
+                len(same) > 1 or key in GENERIC_KEYS or not key or key == same[0]["key"] or
                 same[0]["key"] in GENERIC_KEYS or not same[0]["key"])):
             continue
         value = _grammar_value(kind, rng)
@@ -446,9 +489,11 @@ def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dic
         u, a = rng.choice(FILLER)
         msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     ask = rng.choice(facts)
-    by_type = TYPE_ASKS[ask["type"]] if sum(f["type"] == ask["type"] for f in facts) == 1 else []
-    if by_type and rng.random() < 0.3:
-        q = _phrase(by_type, "", ASK_OPENERS, ASK_ENDINGS, rng)
+    alone = ask["type"] in TYPE_NOUNS and sum(f["type"] == ask["type"] for f in facts) == 1
+    if alone and rng.random() < TYPE_ASK_SHARE:
+        q = None
+        while q is None:
+            q = _sentence(type_ask(ask["type"], rng), "", ASK_OPENERS, ASK_ENDINGS, rng)
     else:
         q = _phrase(RELATIONS[ask["relation"]][3], ask["key"], ASK_OPENERS, ASK_ENDINGS, rng)
     msgs.append({"role": "user", "content": q})
