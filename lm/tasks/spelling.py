@@ -72,10 +72,34 @@ LENGTHS = ((2, 4), (5, 7), (8, 10), (11, 15))
 FREQUENCIES = ((1, 1), (2, 9), (10, 99), (100, 10 ** 12))   # occurrences in the texts
 
 
+# Beside CORES, half the grammar's questions are composed: the word named first and then asked
+# about as "it" (LEADS x ABOUT_IT), or an asking verb x where the letters are (MORE_CORES), so
+# that where the word stands and which verb asks are not cues either (issue 23)
+LEADS = ["Take the word {W}.", "Here is a word: {W}.", "Think of {W}.", "Consider {W}.",
+         "The word is {W}.", "My word is {W}.", "Word: {W}.", "Let's use {W}."]
+ABOUT_IT = ["how many {N} does it have", "how many {N} are in it", "how many {N} are there",
+            "how many times does {S} appear in it", "how often does {S} appear in it",
+            "how many {N} can you count in it", "count the {N} in it",
+            "what is the count of {S} in it", "how many times is {S} used in it",
+            "how often is {S} written in it", "how many {N} does it contain"]
+MORE_CORES = ["how often does {S} appear in {W}", "how often is {S} in {W}",
+              "how many {N} would you count in {W}", "how many {N} are used in {W}",
+              "how many {N} do I need to write {W}", "how many times is {S} written in {W}",
+              "spell {W}, then count the {N}", "spell {W} and count the {N}",
+              "spell out {W}. How many {N} are there", "what's the count of {N} for {W}",
+              "tally the {N} in {W}", "{W} contains how many {N}",
+              "how many {N} are in the spelling of {W}", "when you spell {W}, how many {N} are there"]
+
+
 def grammar_question(rng: random.Random) -> str:
-    """One question template of the grammar (CORES x letter forms x WORD_FORMS, an opener and
-    an ending, sometimes all lower case); {l}, {u} (upper case), {w}, {c} (capitalised) remain."""
-    core = rng.choice(CORES).replace("{N}", rng.choice(COUNTED)).replace(
+    """One question template of the grammar (CORES, or the composed forms above, x letter forms x
+    WORD_FORMS, an opener and an ending, sometimes all lower case); {l}, {u} (upper case), {w},
+    {c} (capitalised) remain."""
+    r = rng.random()
+    it = rng.choice(ABOUT_IT)
+    core = rng.choice(CORES) if r < 0.5 else rng.choice(MORE_CORES) if r < 0.75 else \
+        rng.choice(LEADS) + " " + it[0].upper() + it[1:]
+    core = core.replace("{N}", rng.choice(COUNTED)).replace(
         "{S}", rng.choice(SINGLE)).replace("{W}", rng.choice(WORD_FORMS))
     q = rng.choice(OPENERS) + core + rng.choice(ENDINGS)
     return q[0].upper() + q[1:] if rng.random() < 0.7 else q
