@@ -88,7 +88,8 @@ MORE_CORES = ["how often does {S} appear in {W}", "how often is {S} in {W}",
               "spell {W}, then count the {N}", "spell {W} and count the {N}",
               "spell out {W}. How many {N} are there", "what's the count of {N} for {W}",
               "tally the {N} in {W}", "{W} contains how many {N}",
-              "how many {N} are in the spelling of {W}", "when you spell {W}, how many {N} are there"]
+              "how many {N} are in the spelling of {W}",
+              "when you spell {W}, how many {N} are there"]
 
 
 def grammar_question(rng: random.Random) -> str:
