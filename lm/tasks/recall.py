@@ -344,29 +344,6 @@ TYPE_FRAMES = ["Which {T} {Q}{W}?", "What {T} {Q}{W}?", "What was the {T} {A}{W}
                "The {T} {A}{W}: what was it?", "What was that {T} {A}{W}?",
                "Which one was the {T} {A}{W}?", "Recall the {T} {A}{W}, please."]
 TYPE_ASK_SHARE = 0.4   # of grammar questions whose fact is the only one of its type
-# A remark after a statement that names the fact's type beside other words ("I picked that colour
-# myself."): the value is not always the word next to the key or type noun. Without them the SFT
-# model answered held-out statements by copying the type noun's neighbour ("I always pick amber
-# when I can choose a colour." -> "choose"; docs/context.md, "Where the value stands").
-REMARKS = [" I {V} that {T} {A}.", " That {T} {M}.", " Not everyone would {C} that {T}.",
-           " It is a {J} {T}, {R}."]
-REMARK_PARTS = {
-    "V": ["chose", "picked", "like", "love", "remember", "wrote down", "noted", "found"],
-    "A": ["myself", "carefully", "a lot", "for a reason", "long ago", "last year", "on purpose",
-          "every time"],
-    "M": ["means a lot to me", "is special to me", "stuck with me", "is easy to remember",
-          "came up again today", "makes me smile"],
-    "C": ["choose", "pick", "like", "remember", "want", "expect"],
-    "J": ["good", "nice", "strange", "simple", "lovely", "rare", "funny"],
-    "R": ["really", "honestly", "I think", "if you ask me", "to be fair"]}
-REMARK_SHARE = 0.3
-
-
-def remark(kind: str, rng: random.Random) -> str:
-    """A sentence about the fact's type that holds no value (see REMARKS)."""
-    nouns = [n for n in TYPE_NOUNS[kind] if " of " not in n]
-    return rng.choice(REMARKS).format(T=rng.choice(nouns), **{
-        k: rng.choice(v) for k, v in REMARK_PARTS.items()})
 
 
 def type_ask(kind: str, rng: random.Random) -> str:
@@ -498,13 +475,8 @@ def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dic
     then a question that names the fact by its key or, when one fact has that type, by the
     type."""
     facts = grammar_facts(rng, rng.choice([1, 1, 2, 3]))
-    said = []
-    for f in facts:
-        s = _phrase(RELATIONS[f["relation"]][2], f["key"], SAY_OPENERS, SAY_ENDINGS, rng)
-        if f["type"] in TYPE_NOUNS and rng.random() < REMARK_SHARE:
-            r = remark(f["type"], rng)
-            s = s + r if allowed(s + r) else s
-        said.append(s.replace("{v}", f["value"]))
+    said = [_phrase(RELATIONS[f["relation"]][2], f["key"], SAY_OPENERS, SAY_ENDINGS, rng)
+            .replace("{v}", f["value"]) for f in facts]
     turns = [" ".join(said)] if len(said) > 1 and rng.random() < 0.5 else said
     msgs: list[dict] = []
     for t in turns:
