@@ -178,6 +178,21 @@ def test_recall_type_questions_are_composed_and_never_a_held_out_frame():
             assert sum(f["type"] == ask["type"] for f in facts) == 1, q
             composed.add(recall.frame(q))
     assert len(composed) > 300
+    # a value said apart from its type ("If I get to pick a colour, I'd choose amber.") is asked
+    # for by its type, and the type noun's neighbours are other words
+    apart = 0
+    for _ in range(2000):
+        msgs, ask, facts = recall.grammar_conversation(rng)
+        if ask.get("apart"):
+            apart += 1
+            noun = recall.APART_NOUNS[ask["type"]]
+            said = next(m["content"] for m in msgs
+                        if ask["value"] in re.findall(r"[\w']+", m["content"]))
+            words = re.findall(r"[\w']+", said)
+            i, j = words.index(ask["value"].split()[0]), words.index(noun)
+            assert abs(i - j) > 1, said
+            assert any(n in msgs[-1]["content"].lower() for n in recall.TYPE_NOUNS[ask["type"]])
+    assert apart > 50
     test_frames = {recall.frame(x) for _, _, asks in recall.FACTS.values() for x in asks["test"]}
     assert not composed & test_frames
 

@@ -356,6 +356,31 @@ def type_ask(kind: str, rng: random.Random) -> str:
                     A=rng.choice(ASKED), W=rng.choice(ASKED_WHEN))
 
 
+# Statements that say the value in one clause and its type in another, in either order ("I'm
+# sticking with amber if I get to pick a colour."): in the fixed and relation frames the value
+# always stands beside its key, and the SFT model learned to answer with the key's neighbour
+# (docs/context.md, "Where the value stands"). Such a fact is asked about by its type only.
+APART_VALUE = ["I always go with {v}", "{v} is what I pick", "I keep coming back to {v}",
+               "I'd choose {v}", "I'm sticking with {v}", "it has to be {v}", "my answer is {v}",
+               "I settled on {v}", "I went for {v}", "nothing tops {v}", "I'll say {v}"]
+APART_TYPE = ["when it comes to a {T}", "if I get to pick a {T}", "whenever I need a {T}",
+              "as far as the {T} goes", "if you ask me for a {T}", "when I think of a {T}",
+              "for this {T}", "if I had to name a {T}", "whenever someone wants a {T}"]
+APART_NOUNS = {"colour": "colour", "food": "food", "word": "word", "number": "number",
+               "city": "city", "job": "job", "day": "day", "year": "year"}
+APART_SHARE = 0.25   # of facts alone of such a type
+
+
+def apart_statement(kind: str, rng: random.Random) -> str:
+    """A statement ({v} for the value) with the value and its type in different clauses."""
+    t = rng.choice(APART_TYPE).format(T=APART_NOUNS[kind])
+    if rng.random() < 0.5:
+        s = f"{rng.choice(APART_VALUE)} {t}."
+    else:       # the type first: the value clause does not start with the value
+        s = f"{t}, {rng.choice([v for v in APART_VALUE if not v.startswith('{v}')])}."
+    return s[0].upper() + s[1:]
+
+
 SAY_OPENERS = ["", "", "", "", "By the way, ", "Oh, and ", "Just so you know, ", "Fun fact: ",
                "Quick note: ", "So, ", "Hey! ", "Okay. ", "Listen, ", "Hi. ", "Well, "]
 SAY_ENDINGS = ["", "", "", "", " Just so you know.", " Please remember that.", " Don't forget it.",
@@ -475,8 +500,14 @@ def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dic
     then a question that names the fact by its key or, when one fact has that type, by the
     type."""
     facts = grammar_facts(rng, rng.choice([1, 1, 2, 3]))
-    said = [_phrase(RELATIONS[f["relation"]][2], f["key"], SAY_OPENERS, SAY_ENDINGS, rng)
-            .replace("{v}", f["value"]) for f in facts]
+    said = []
+    for f in facts:
+        alone = sum(g["type"] == f["type"] for g in facts) == 1
+        f["apart"] = f["type"] in APART_NOUNS and alone and rng.random() < APART_SHARE
+        options = [apart_statement(f["type"], rng)] if f["apart"] else \
+            RELATIONS[f["relation"]][2]
+        said.append(_phrase(options, f["key"], SAY_OPENERS, SAY_ENDINGS, rng)
+                    .replace("{v}", f["value"]))
     turns = [" ".join(said)] if len(said) > 1 and rng.random() < 0.5 else said
     msgs: list[dict] = []
     for t in turns:
@@ -490,7 +521,7 @@ def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dic
         msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     ask = rng.choice(facts)
     alone = ask["type"] in TYPE_NOUNS and sum(f["type"] == ask["type"] for f in facts) == 1
-    if alone and rng.random() < TYPE_ASK_SHARE:
+    if alone and (ask["apart"] or rng.random() < TYPE_ASK_SHARE):
         q = None
         while q is None:
             q = _sentence(type_ask(ask["type"], rng), "", ASK_OPENERS, ASK_ENDINGS, rng)
