@@ -498,7 +498,7 @@ def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dic
     asked for, every fact stated). Facts are stated one turn each or together, now and then
     beside a small-talk question that is answered instead of acknowledged; small talk between;
     then a question that names the fact by its key or, when one fact has that type, by the
-    type."""
+    type (always by the type for a fact said apart from it, `apart_statement`)."""
     facts = grammar_facts(rng, rng.choice([1, 1, 2, 3]))
     said = []
     for f in facts:
