@@ -18,6 +18,7 @@ strings and sentences; graded on the exact copy.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import random
@@ -366,14 +367,13 @@ APART_VALUE = ["I always go with {v}", "{v} is what I pick", "I keep coming back
 APART_TYPE = ["when it comes to a {T}", "if I get to pick a {T}", "whenever I need a {T}",
               "as far as the {T} goes", "if you ask me for a {T}", "when I think of a {T}",
               "for this {T}", "if I had to name a {T}", "whenever someone wants a {T}"]
-APART_NOUNS = {"colour": "colour", "food": "food", "word": "word", "number": "number",
-               "city": "city", "job": "job", "day": "day", "year": "year"}
+APART_TYPES = ("colour", "food", "word", "number", "city", "job", "day", "year")  # also nouns
 APART_SHARE = 0.25   # of facts alone of such a type
 
 
 def apart_statement(kind: str, rng: random.Random) -> str:
     """A statement ({v} for the value) with the value and its type in different clauses."""
-    t = rng.choice(APART_TYPE).format(T=APART_NOUNS[kind])
+    t = rng.choice(APART_TYPE).format(T=kind)
     if rng.random() < 0.5:
         s = f"{rng.choice(APART_VALUE)} {t}."
     else:       # the type first: the value clause does not start with the value
@@ -500,10 +500,11 @@ def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dic
     then a question that names the fact by its key or, when one fact has that type, by the
     type (always by the type for a fact said apart from it, `apart_statement`)."""
     facts = grammar_facts(rng, rng.choice([1, 1, 2, 3]))
+    of_type = collections.Counter(f["type"] for f in facts)
     said = []
     for f in facts:
-        alone = sum(g["type"] == f["type"] for g in facts) == 1
-        f["apart"] = f["type"] in APART_NOUNS and alone and rng.random() < APART_SHARE
+        f["apart"] = f["type"] in APART_TYPES and of_type[f["type"]] == 1 and \
+            rng.random() < APART_SHARE
         options = [apart_statement(f["type"], rng)] if f["apart"] else \
             RELATIONS[f["relation"]][2]
         said.append(_phrase(options, f["key"], SAY_OPENERS, SAY_ENDINGS, rng)
@@ -520,7 +521,7 @@ def grammar_conversation(rng: random.Random) -> tuple[list[dict], dict, list[dic
         u, a = rng.choice(FILLER)
         msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     ask = rng.choice(facts)
-    alone = ask["type"] in TYPE_NOUNS and sum(f["type"] == ask["type"] for f in facts) == 1
+    alone = ask["type"] in TYPE_NOUNS and of_type[ask["type"]] == 1
     if alone and (ask["apart"] or rng.random() < TYPE_ASK_SHARE):
         q = None
         while q is None:
