@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import experiments
-from lm import train
+from lm import steps, train
 from lm.config import apply_overrides
 from lm.logs import read_metrics
 
@@ -153,3 +153,14 @@ def test_resume_without_a_checkpoint_says_so_and_starts_at_zero(tmp_path, capsys
                       progress=False)
     assert p.start == 0
     assert "has no checkpoint yet; starting at step 0" in capsys.readouterr().out
+
+
+def test_cpu_peak_probe_is_sized_to_the_runs_products(monkeypatch):
+    """MFU's CPU peak is a measured matmul rate: a 1024² probe for small products, 2048² where the
+    run's largest product is larger (a 1024² probe ran below the chain's rate: MFU read 104%)."""
+    sizes = []
+    monkeypatch.setattr(steps, "measure_matmul_flops", lambda n=1024, *a, **k: sizes.append(n))
+    monkeypatch.setattr(steps, "measure_onednn_flops", lambda n=1024, *a, **k: sizes.append(n))
+    steps.peak_flops(tiny())
+    steps.peak_flops(apply_overrides(experiments.get("chat_tiny_sft"), ["model.dtype=float32"]))
+    assert sizes == [1024, 2048]
