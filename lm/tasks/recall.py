@@ -452,52 +452,7 @@ def _sentence(template: str, key: str, openers: list, endings: list,
     return s if allowed(core) and allowed(s) else None
 
 
-# Real values beyond the pools, for the grammar's training conversations only (the test split
-# and the corpus's fixed-frame conversations keep FACTS' pools). A made-up value is right only
-# if copied, but says nothing about what it is; a colour, a dish or a city a user names is a
-# word the base model has met, and a question by type ("Which colour ...?") can then be answered
-# by what the word is, not only by where it stands (docs/context.md, "Real values").
-MORE_VALUES = {
-    "colour": ("scarlet cyan magenta ochre khaki coral mint peach plum lilac emerald jade copper "
-               "bronze cream charcoal mustard rust tan burgundy lime aqua cerulean sepia fuchsia "
-               "mauve taupe saffron azure ebony pearl slate cherry rose lemon chocolate caramel "
-               "apricot ruby sand").split(),
-    "food": ("bread cheese eggs apples bananas grapes cherries strawberries carrots potatoes "
-             "beans lentils chicken beef fish shrimp steak sausages bacon yogurt cereal oatmeal "
-             "toast sandwiches cookies cake brownies donuts crackers popcorn pretzels nachos "
-             "burritos quesadillas enchiladas gnocchi ravioli spaghetti macaroni couscous quinoa "
-             "polenta stew chowder goulash biryani samosas naan kimchi bibimbap pho tempura gyoza "
-             "udon soba satay tabbouleh shawarma gyros moussaka baklava churros crepes scones "
-             "croissants granola pudding custard tiramisu cheesecake meatballs schnitzel pierogi "
-             "borscht").split(),
-    "city": ("Barcelona Valencia Milan Turin Florence Venice Marseille Bordeaux Brussels "
-             "Amsterdam Rotterdam Antwerp Copenhagen Stockholm Bergen Edinburgh Glasgow "
-             "Manchester Liverpool Leeds Bristol Cardiff Belfast Cork Budapest Bucharest Zagreb "
-             "Ljubljana Bratislava Vilnius Minsk Odesa Ankara Izmir Beirut Amman Doha Dubai "
-             "Riyadh Baghdad Kabul Lahore Chennai Kolkata Bangalore Colombo Kathmandu Bangkok "
-             "Singapore Beijing Shanghai Taipei Kyoto Busan Melbourne Brisbane Adelaide "
-             "Wellington Vancouver Montreal Ottawa Calgary Houston Dallas Phoenix Portland "
-             "Atlanta Detroit Nashville Memphis Tucson Guadalajara Monterrey Caracas Medellin "
-             "Montevideo Recife Brasilia Johannesburg Durban Kampala Kigali Khartoum Casablanca "
-             "Marrakesh Algiers Tripoli Alexandria Luxor Windhoek Harare Lusaka Maputo "
-             "Luanda").split()}
-REAL_SHARE = 0.5   # of the grammar's values of those kinds: a real one (its pool or MORE_VALUES)
-
-
-@functools.cache
-def real_values(kind: str) -> tuple[str, ...]:
-    """The training pool of `kind` and its MORE_VALUES, less every held-out value and every
-    value of the everyday set."""
-    with open(EVERYDAY_DATA, encoding="utf-8") as f:
-        everyday = {v.lower() for _, v in json.load(f)["recall"]}
-    pool = split_values(list(FACTS[kind][0]), "train") + MORE_VALUES[kind]
-    return tuple(dict.fromkeys(v for v in pool
-                               if v.lower() not in _HELD_OUT and v.lower() not in everyday))
-
-
 def _grammar_value(kind: str, rng: random.Random) -> str:
-    if kind in MORE_VALUES and rng.random() < REAL_SHARE:
-        return rng.choice(real_values(kind))
     if kind in FACTS:
         return _value(kind, "train", rng)
     if kind == "name":
