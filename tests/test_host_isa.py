@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from lm import cpu
-from tools import bench_host
+from tools import bench_dots, bench_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = frozenset({"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
@@ -35,3 +39,38 @@ def test_a_process_capped_at_avx2_chooses_as_an_avx2_host():
     assert not out["bf16"] and not out["avx512_bf16"] and not out["expected"]
     assert not any(f.startswith(("avx512", "amx")) for f in out["flags"])
     assert bench_host.host_isa("avx2")["name"] == ("avx2" if "avx2" in cpu.cpu_flags() else "other")
+
+
+def test_bench_dots_reads_every_product_of_a_compiled_program_and_times_both_sides(tmp_path):
+    """The dots of a compiled program, read back from its HLO text with their shapes and dims,
+    give the program's own products (as einsums on both sides), and a side's subprocess times
+    each one."""
+    def program(x_BTD, w_DF, q_BHTK, k_BHSK):
+        h_BTF = jnp.einsum("btd,df->btf", x_BTD, w_DF)
+        s_BHTS = jnp.einsum("bhtk,bhsk->bhts", q_BHTK, k_BHSK)
+        return h_BTF.sum() + s_BHTS.sum()
+
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal(s).astype(np.float32)
+            for s in [(2, 8, 16), (16, 24), (2, 3, 8, 4), (2, 3, 8, 4)]]
+    grad = jax.jit(jax.grad(program, argnums=(0, 1, 2, 3)))
+    dots = bench_dots.dots_of(grad.lower(*args).compile().as_text())
+    assert len(dots) >= 4        # the backward pass's products: dx, dw, dq, dk
+    for d in dots:
+        a = rng.standard_normal(d["lhs"]).astype(np.float32)
+        b = rng.standard_normal(d["rhs"]).astype(np.float32)
+        dn = (((d["lhs_contract"],), (d["rhs_contract"],)),
+              (tuple(d["lhs_batch"]), tuple(d["rhs_batch"])))
+        want = np.asarray(jax.lax.dot_general(a, b, dn))
+        assert list(want.shape) == d["out"]
+        np.testing.assert_allclose(np.einsum(bench_dots.einsum_spec(d), a, b), want,
+                                   rtol=1e-4, atol=1e-4)
+        assert bench_dots.flops(d) == 2 * want.size * a.shape[d["lhs_contract"]]
+    path = tmp_path / "dots.json"
+    path.write_text(json.dumps(dots))
+    r = subprocess.run([sys.executable, "-m", "tools.bench_dots", "--_side", "xla", "--_dots",
+                        str(path), "--_reps", "2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    times = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(times) == len(dots) and all(t > 0 for t in times)
