@@ -368,7 +368,7 @@ APART_TYPE = ["when it comes to a {T}", "if I get to pick a {T}", "whenever I ne
               "as far as the {T} goes", "if you ask me for a {T}", "when I think of a {T}",
               "for this {T}", "if I had to name a {T}", "whenever someone wants a {T}"]
 APART_TYPES = ("colour", "food", "word", "number", "city", "job", "day", "year")  # also nouns
-APART_SHARE = 0.5   # of facts alone of such a type (0.25 at landing 53)
+APART_SHARE = 0.25   # of facts alone of such a type
 
 
 def apart_statement(kind: str, rng: random.Random) -> str:
