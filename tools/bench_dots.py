@@ -31,6 +31,7 @@ import re
 import statistics
 import subprocess
 import tempfile
+import time
 
 from tools import bench_host
 from tools.bench_train import CONFIGS
@@ -87,7 +88,6 @@ def einsum_spec(dot: dict) -> str:
 
 def time_products(side: str, dots: list[dict], reps: int) -> list[float]:
     """Median seconds of each product on `side` ("xla" or "torch") in this process."""
-    import time
     if side == "torch":
         import torch  # the peer's library: only in the torch side's process
         torch.set_num_threads(len(os.sched_getaffinity(0)))
