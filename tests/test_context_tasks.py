@@ -211,9 +211,22 @@ def test_copy_training_asks_never_use_the_test_asks_or_their_parts():
                for i in range(10))
 
 
+def test_no_training_value_is_held_out_in_another_pool_or_case():
+    # "Olive" was a held-out pet name while "olive" trained as a colour (also waffles, willow)
+    pools = [p for p, _, _ in recall.FACTS.values() if p is not None]
+    assert len(pools) == 6
+    held = {v.lower() for p in pools for v in recall.split_values(list(p), "test")}
+    assert held == set(recall.held_out_values()) and len(held) > 40
+    for p in pools + [recall.WORDS + recall.COLOURS + recall.FOODS + recall.CITIES,
+                      recall.PET_NAMES + recall.PEOPLE]:
+        train, test = recall.split_values(list(p), "train"), recall.split_values(list(p), "test")
+        assert not {v.lower() for v in train} & held
+        assert not set(train) & set(test) and len(train) + len(test) <= len(p)
+        assert len(test) >= len(p) // 8 and len(train) >= len(p) // 2
+
+
 def test_copy_docs_use_training_values_only():
-    held = set(recall.split_values(recall.WORDS + recall.COLOURS + recall.FOODS + recall.CITIES,
-                                   "test"))
+    held = set(recall.held_out_values())
     words = {w for d in corpus.copy_docs(500) for w in re.findall(r"[a-z]+", d)}
     assert held and not held & words
     docs = corpus.open_copy_docs(500)

@@ -55,9 +55,18 @@ WORDS = ("lantern pebble orbit velvet canyon meadow thunder harbor prism quartz 
          "anchor beacon cobalt dynamo falcon garnet hollow ivory juniper kernel").split()
 
 
+def _is_test_value(v: str) -> bool:
+    return stable_hash(f"recall/{v}") % 4 == 0
+
+
 def split_values(values: list[str], split: str) -> list[str]:
-    test = [v for v in values if stable_hash(f"recall/{v}") % 4 == 0]
-    return test if split == "test" else [v for v in values if v not in test]
+    """A quarter of `values` (by hash) for the test split; the rest for training, less any value
+    that another pool holds out in any case ("olive" the colour trains nothing where "Olive" is
+    a held-out pet name)."""
+    if split == "test":
+        return [v for v in values if _is_test_value(v)]
+    held = held_out_values()
+    return [v for v in values if not _is_test_value(v) and v.lower() not in held]
 
 
 def _numbers(split: str, rng: random.Random) -> str:
@@ -76,10 +85,12 @@ OPEN_SHAPES = {"pet": "name", "friend": "name", "city": "name", "colour": "word"
                "food": "word", "word": "word"}
 
 
-def held_out_values() -> set[str]:
-    """Every test value of every pool, lowercased: made-up training values avoid them."""
+@functools.cache
+def held_out_values() -> frozenset[str]:
+    """Every test value of every pool, lowercased: training values, made up or pooled, avoid
+    them."""
     pools = [p for p, _, _ in FACTS.values() if p is not None]
-    return {v.lower() for p in pools for v in split_values(list(p), "test")}
+    return frozenset(v.lower() for p in pools for v in p if _is_test_value(v))
 
 
 def open_value(shape: str, rng: random.Random) -> str:
