@@ -125,9 +125,9 @@ def chat_tiny_base_warm() -> Config:
     return cfg
 
 
-@register("chat_tiny_sft", "SFT of chat_tiny_base on the task mixture (identity, arithmetic, "
-          "spelling, GSM8K, MMLU, Dolly, Alpaca); held-out accuracy through the engine")
-def chat_tiny_sft() -> Config:
+def chat_sft_recipe(steps: int) -> Config:
+    """chat_tiny_sft's recipe at `steps` steps: the chain's SFT runs 1,600, and the studies built
+    on it before landing 55 ran 800 (their records are at 800)."""
     return Config(
         stage="sft", init_from="chat_tiny_base",
         model=_tiny_model(),
@@ -147,9 +147,17 @@ def chat_tiny_sft() -> Config:
                         "function_calling,agent_steps",
                         every=0,
                         limit=64, final_limit=200, batch_size=100),
-        train=TrainConfig(steps=800, eval_every=200, log_every=10, sample_tokens=0),
+        train=TrainConfig(steps=steps, eval_every=200, log_every=10, sample_tokens=0),
         checkpoint=CheckpointConfig(every=250, keep=2),
     )
+
+
+@register("chat_tiny_sft", "SFT of chat_tiny_base on the task mixture (identity, arithmetic, "
+          "spelling, GSM8K, MMLU, Dolly, Alpaca); held-out accuracy through the engine")
+def chat_tiny_sft() -> Config:
+    # 1,600 steps (was 800): held-out recall 0.48-0.50 -> 0.60, spelling OOD 0.20-0.24 -> 0.34
+    # (600 items each, same base; docs/context.md)
+    return chat_sft_recipe(1600)
 
 
 @register("grpo_arith_tiny", "GRPO on arithmetic word problems from chat_tiny_sft (held-out "
