@@ -23,7 +23,7 @@ import dataclasses
 from lm.config import Config
 
 from experiments import register
-from experiments.chat import chat_sft_recipe
+from experiments.chat import STUDY_SFT_STEPS, chat_sft_recipe
 
 VISION_EVAL = "digits,picture_describe,picture_draw,identity,arithmetic_easy"
 
@@ -31,7 +31,7 @@ VISION_EVAL = "digits,picture_describe,picture_draw,identity,arithmetic_easy"
 @register("chat_tiny_sft_vision", "SFT of chat_tiny_base with image tasks added (read a digit, "
           "describe a picture, draw one), images as tokens in reserved special slots")
 def chat_tiny_sft_vision() -> Config:
-    cfg = chat_sft_recipe(800)  # as its record was measured
+    cfg = chat_sft_recipe(STUDY_SFT_STEPS)
     cfg.sft = dataclasses.replace(
         cfg.sft, mixture=cfg.sft.mixture + ",digits:2,picture_describe:1,picture_draw:1.5")
     cfg.eval = dataclasses.replace(cfg.eval, tasks=VISION_EVAL, final_limit=400)
@@ -44,7 +44,7 @@ SPEECH_EVAL = "speech_digits,speech_digits_noisy,speech_words,identity,arithmeti
 @register("chat_tiny_sft_speech", "SFT of chat_tiny_base with spoken words added (what was "
           "said?), speech as tokens in reserved special slots; held-out voices")
 def chat_tiny_sft_speech() -> Config:
-    cfg = chat_sft_recipe(800)  # as its record was measured
+    cfg = chat_sft_recipe(STUDY_SFT_STEPS)
     cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture + ",speech_words:3")
     cfg.eval = dataclasses.replace(cfg.eval, tasks=SPEECH_EVAL, final_limit=400)
     return cfg
@@ -54,8 +54,9 @@ def chat_tiny_sft_speech() -> Config:
           "weight in the mixture (does more image data per step buy accuracy?)")
 def chat_tiny_sft_vision_heavy() -> Config:
     cfg = chat_tiny_sft_vision()
-    cfg.sft = dataclasses.replace(cfg.sft, mixture=chat_sft_recipe(800).sft.mixture
-                                  + ",digits:6,picture_describe:3,picture_draw:4.5")
+    chain = chat_sft_recipe(STUDY_SFT_STEPS).sft.mixture
+    cfg.sft = dataclasses.replace(cfg.sft,
+                                  mixture=chain + ",digits:6,picture_describe:3,picture_draw:4.5")
     return cfg
 
 
@@ -63,8 +64,8 @@ def chat_tiny_sft_vision_heavy() -> Config:
           "in the mixture (does more speech per step buy the digits' last points?)")
 def chat_tiny_sft_speech_heavy() -> Config:
     cfg = chat_tiny_sft_speech()
-    cfg.sft = dataclasses.replace(cfg.sft,
-                                  mixture=chat_sft_recipe(800).sft.mixture + ",speech_words:6")
+    chain = chat_sft_recipe(STUDY_SFT_STEPS).sft.mixture
+    cfg.sft = dataclasses.replace(cfg.sft, mixture=chain + ",speech_words:6")
     return cfg
 
 

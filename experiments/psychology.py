@@ -56,7 +56,7 @@ from lm.tasks.knowledge import ATTRIBUTES, knowledge_base
 from lm.tokenizer import trained_specials
 
 from experiments import register
-from experiments.chat import chat_sft_recipe, chat_tiny_base
+from experiments.chat import STUDY_SFT_STEPS, chat_sft_recipe, chat_tiny_base
 
 KB_EVAL = "kb_qa,kb_qa_seen_phrasings,kb_qa_context,identity,arithmetic_easy,recall"
 
@@ -73,7 +73,7 @@ def _base_kb(corpus: str) -> Config:
 
 
 def _sft(variant: str, mixture: str, files: str = "") -> Config:
-    cfg = chat_sft_recipe(800)  # as its record was measured
+    cfg = chat_sft_recipe(STUDY_SFT_STEPS)
     cfg.init_from = f"chat_tiny_base_{variant}"
     cfg.sft = dataclasses.replace(cfg.sft, mixture=cfg.sft.mixture + "," + mixture, files=files)
     # every held-out person's every attribute, for kb_qa and kb_qa_context alike
@@ -154,7 +154,7 @@ def chat_tiny_sft_kb_qa_search_read() -> Config:
 @register("chat_tiny_sft_noid", "chat_tiny_sft without the identity task: who does the model say "
           "it is when no data told it?")
 def chat_tiny_sft_noid() -> Config:
-    cfg = chat_sft_recipe(800)  # as its record was measured
+    cfg = chat_sft_recipe(STUDY_SFT_STEPS)
     mixture = [m for m in cfg.sft.mixture.split(",") if not m.startswith("identity:")]
     cfg.sft = dataclasses.replace(cfg.sft, mixture=",".join(mixture))
     cfg.eval = dataclasses.replace(cfg.eval, tasks="whoami_teacher,identity,arithmetic_easy,recall")
@@ -169,7 +169,7 @@ THINK_EVAL = "arithmetic_easy,mental_d1,mental_d2,mental_d3,mental_d4," + ",".jo
 
 
 def _think(fmt: str) -> Config:
-    cfg = chat_sft_recipe(800)  # as its record was measured
+    cfg = chat_sft_recipe(STUDY_SFT_STEPS)
     arith = "arithmetic_easy" if fmt == "calculator" else f"arithmetic_easy_{fmt}"
     cfg.sft = dataclasses.replace(cfg.sft, mixture=f"{_NO_CALC},{arith}:3,mental_add_{fmt}:2")
     cfg.eval = dataclasses.replace(cfg.eval, tasks=THINK_EVAL, final_limit=400)
@@ -197,7 +197,7 @@ def chat_tiny_base_bytes() -> Config:
 
 
 def _spell(fmt: str, bytes_: bool) -> Config:
-    cfg = chat_sft_recipe(800)  # as its record was measured
+    cfg = chat_sft_recipe(STUDY_SFT_STEPS)
     task = "spelling" if fmt == "tool" else f"spelling_{fmt}"
     # the chain's mixture with its spelling task in this format and without the spelling drill
     # (which spells words out in every variant: the formats would differ in one task only)

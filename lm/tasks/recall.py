@@ -97,7 +97,7 @@ def open_value(shape: str, rng: random.Random) -> str:
     """A made-up pronounceable word ("word") or capitalised name ("name") of 2-3 syllables,
     never one of the held-out test values: unlimited training values that only copying gets
     right."""
-    held = _HELD_OUT
+    held = held_out_values()
     while True:
         w = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
                     for _ in range(rng.choice([2, 2, 3])))
@@ -154,7 +154,6 @@ FACTS = {
      {"train": ["What is the password?", "What word did I ask you to remember?"],
       "test": ["Tell me the word I gave you earlier."]}),
 }
-_HELD_OUT = held_out_values()
 OPEN_SHARE = 0.6   # training values that are made up rather than drawn from the small pools
 ACKS = ["Got it.", "Okay, I will remember that.", "Noted!", "Thanks for telling me.",
         "I'll keep that in mind.", "Nice!"]
