@@ -110,7 +110,7 @@ def table(runs: list[tuple[str, str]], tasks: Optional[list[str]] = None,
                 row = t["questions"].setdefault(q, {"question": q, "n": {}, "acc": {}})
                 row["n"][label] = len(ss)
                 row["acc"][label] = sum(bool(s["correct"]) for s in ss) / len(ss)
-                if wrong:
+                if wrong and label == labels[-1]:
                     c = collections.Counter(s["reply"].strip() for s in ss if not s["correct"])
                     row["wrong"] = [[r, k] for r, k in c.most_common(wrong)]
     if tasks and not out:
