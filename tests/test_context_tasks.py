@@ -153,6 +153,27 @@ def test_seen_phrasing_variants_keep_the_held_out_items_and_training_wording(dat
         [so.example("test", i)["word"] for i in range(200)]
 
 
+def test_recall_seen_statements_and_questions_swap_one_half_each():
+    rc = tasks.get("recall")
+    st, qu = tasks.get("recall_seen_statements"), tasks.get("recall_seen_questions")
+    says = {x for kind in recall.FACTS for x in recall.fixed_train()[kind][0]}
+    asks = {x for kind in recall.FACTS for x in recall.fixed_train()[kind][1]}
+    held_asks = {x for _, (_, _, a) in recall.FACTS.items() for x in a["test"]}
+    changed = 0
+    for i in range(200):
+        a, s, q = rc.example("test", i), st.example("test", i), qu.example("test", i)
+        assert a["answer"] == s["answer"] == q["answer"]
+        users = [[m["content"] for m in c["messages"][:-2] if m["role"] == "user"]
+                 for c in (a, s, q)]
+        assert users[2] == users[0] and q["messages"][-2]["content"] in asks
+        assert s["messages"][-2]["content"] == a["messages"][-2]["content"] in held_asks
+        fact = s["answer"]
+        said = [u for u in users[1] if fact in u]
+        assert any(f.format(v=fact) in u for u in said for f in says), (i, said)
+        changed += users[1] != users[0]
+    assert changed == 200
+
+
 def test_recall_grammar_questions_name_one_fact():
     rng = random.Random(0)
     for _ in range(3000):

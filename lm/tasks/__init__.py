@@ -45,7 +45,8 @@ from lm.tasks.thinking import ArithmeticFormat, MentalAdd
 from lm.tasks.vision import Digits, Pictures
 from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
 from lm.tasks.open_chat import OpenChat
-from lm.tasks.recall import Copy, CopySeenPhrasings, Recall, RecallSeenPhrasings
+from lm.tasks.recall import Copy, CopySeenPhrasings, Recall, RecallSeenPhrasings, \
+    RecallSeenQuestions, RecallSeenStatements
 from lm.tasks.spelling import Spelling, SpellingDrill, SpellingOOD, SpellingOODSeenPhrasings
 from lm.tasks.word_problems import WordProblems
 
@@ -56,6 +57,7 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "alpaca": lambda: OpenChat("alpaca"),
     "gsm8k_easy": GSM8KEasy, "spelling_ood": SpellingOOD, "recall": Recall, "copy": Copy,
     "recall_seen_phrasings": RecallSeenPhrasings, "copy_seen_phrasings": CopySeenPhrasings,
+    "recall_seen_statements": RecallSeenStatements, "recall_seen_questions": RecallSeenQuestions,
     "spelling_ood_seen_phrasings": SpellingOODSeenPhrasings,
     "word_problems": WordProblems, "everyday_math": lambda: Everyday("math"),
     "everyday_letters": lambda: Everyday("letters"), "everyday_recall": lambda: Everyday("recall"),
@@ -96,7 +98,8 @@ FACTORIES: dict[str, Callable[[], Task]] = {
 }
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
-         "gsm8k_easy", "spelling_ood", "recall", "recall_seen_phrasings", "copy",
+         "gsm8k_easy", "spelling_ood", "recall", "recall_seen_phrasings", "recall_seen_statements",
+         "recall_seen_questions", "copy",
          "copy_seen_phrasings", "spelling_ood_seen_phrasings", "word_problems", "everyday_math",
          "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
          "whoami_teacher", "whoami_student", "function_calling", "agent_steps", "kb_qa",

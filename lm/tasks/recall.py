@@ -592,14 +592,16 @@ class Recall(Generated):
         return self._fixed(rng, split)
 
     def _fixed(self, rng: random.Random, split: str,
-               swap: Optional[random.Random] = None) -> dict:
+               swap: Optional[random.Random] = None, parts: tuple = (1, 2)) -> dict:
         """A conversation in FACTS' fixed frames of `split` (training frames: those `allowed`);
-        with `swap`, each phrasing drawn is replaced by a training frame drawn from `swap`, so
-        every other draw (kinds, values, turns) stays the split's."""
+        with `swap`, each phrasing drawn of `parts` (1 the statements, 2 the question) is
+        replaced by a training frame drawn from `swap`, so every other draw (kinds, values,
+        turns) stays the split's."""
+        swap1, swap2 = (swap if p in parts else None for p in (1, 2))
         kinds = rng.sample(sorted(FACTS), rng.choice([1, 1, 2, 3]))
         facts = {k: _value(k, split, rng) for k in kinds}
         msgs = []
-        statements = [_phrasing(k, 1, split, rng, swap).format(v=facts[k]) for k in kinds]
+        statements = [_phrasing(k, 1, split, rng, swap1).format(v=facts[k]) for k in kinds]
         if len(statements) > 1 and rng.random() < 0.5:       # several facts in one turn
             msgs += [{"role": "user", "content": " ".join(statements)},
                      {"role": "assistant", "content": rng.choice(ACKS)}]
@@ -612,7 +614,7 @@ class Recall(Generated):
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
         ask = rng.choice(kinds)
         value = facts[ask]
-        msgs.append({"role": "user", "content": _phrasing(ask, 2, split, rng, swap)})
+        msgs.append({"role": "user", "content": _phrasing(ask, 2, split, rng, swap2)})
         # the value after a space, as the user wrote it: " Berlin" and "Berlin" are different
         # tokens (" B"+"er"+"lin" against "B"+...), and a reply that starts with the value must
         # map the first one instead of copying it (docs/context.md, "The first token")
@@ -635,11 +637,26 @@ class RecallSeenPhrasings(Recall):
     `recall` is what the new wording costs (docs/context.md, "Copying or phrasing?")."""
     name = "recall_seen_phrasings"
     splits = ("test",)
+    parts = (1, 2)
 
     def example(self, split: str, i: int) -> dict:
         self._check_split(split)
         return self._fixed(self.rng(split, i, key=Recall.name), "test",
-                           swap=self.rng(split, i))
+                           swap=self.rng(split, i), parts=self.parts)
+
+
+class RecallSeenStatements(RecallSeenPhrasings):
+    """`recall`'s test conversations with only the statements in training frames, the held-out
+    question kept: with `recall_seen_questions`, which half of a held-out wording is unread
+    (docs/context.md, "Four times the SFT steps")."""
+    name = "recall_seen_statements"
+    parts = (1,)
+
+
+class RecallSeenQuestions(RecallSeenPhrasings):
+    """`recall`'s test conversations with the held-out statements and a training question."""
+    name = "recall_seen_questions"
+    parts = (2,)
 
 
 COPY_ASKS = {
