@@ -147,7 +147,8 @@ def chat_sft_recipe(steps: int) -> Config:
                               # the letters of the tokens: held-out words spelled right
                               # 7.5% -> 52%, spelling OOD 1% -> 18% (docs/context.md)
                               "spelling_drill:3"),
-        eval=EvalConfig(tasks=TINY_EVAL + "," + TINY_OOD + ",recall_seen_phrasings,copy,"
+        eval=EvalConfig(tasks=TINY_EVAL + "," + TINY_OOD + ",recall_seen_phrasings,"
+                        "recall_seen_statements,recall_seen_questions,copy,"
                         "copy_seen_phrasings,spelling_ood_seen_phrasings,spelling_drill,"
                         "function_calling,agent_steps",
                         every=0,
