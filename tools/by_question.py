@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as `python tools/by_question.py`: import fr
 
 import argparse
 import collections
+import functools
 import json
 import math
 from typing import Optional
@@ -33,6 +34,7 @@ class InputError(ValueError):
     """A file or argument the tool cannot use (said in one line, not a traceback)."""
 
 
+@functools.cache
 def _recall_questions() -> dict[str, str]:
     """frame -> the question as written, for every fixed recall question (test and training):
     a sample's question is named by the wording it was asked in, with the key it named
@@ -48,7 +50,7 @@ def _recall_questions() -> dict[str, str]:
 SPELLING_TEMPLATES = spelling.OOD_QUESTIONS + spelling.QUESTIONS
 
 
-def question_of(sample: dict, recall_questions: Optional[dict[str, str]] = None) -> str:
+def question_of(sample: dict) -> str:
     """The question a logged sample was asked in: for recall tasks the fixed question whose
     frame its last user turn has, for spelling tasks the template that, filled with the item's
     word and letter, is its prompt; otherwise (or with no match) the prompt's frame."""
@@ -56,7 +58,7 @@ def question_of(sample: dict, recall_questions: Optional[dict[str, str]] = None)
     item = sample.get("item", {})
     if task.startswith("recall"):
         f = recall.frame(prompt)
-        return (recall_questions or _recall_questions()).get(f, f)
+        return _recall_questions().get(f, f)
     if task.startswith("spelling") and "word" in item and "letter" in item:
         w, ltr = item["word"], item["letter"]
         for t in SPELLING_TEMPLATES:
@@ -88,7 +90,6 @@ def table(runs: list[tuple[str, str]], tasks: Optional[list[str]] = None,
     """{"runs": labels, "tasks": {task: {"n": {label: n}, "acc": {label: acc}, "questions":
     [{"question", "n": {label}, "acc": {label}, "wrong": [[reply, count], ...]}]}}}: each
     question's items and accuracy per run, questions by their items in the first run."""
-    rq = _recall_questions()
     labels, out = [label for label, _ in runs], {}
     for label, path in runs:
         figures, samples = load_samples(path)
@@ -105,7 +106,7 @@ def table(runs: list[tuple[str, str]], tasks: Optional[list[str]] = None,
             t["acc"][label] = sum(bool(s["correct"]) for s in mine) / len(mine)
             by_q = collections.defaultdict(list)
             for s in mine:
-                by_q[question_of(s, rq)].append(s)
+                by_q[question_of(s)].append(s)
             for q, ss in by_q.items():
                 row = t["questions"].setdefault(q, {"question": q, "n": {}, "acc": {}})
                 row["n"][label] = len(ss)
