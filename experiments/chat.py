@@ -148,7 +148,7 @@ def chat_sft_recipe(steps: int) -> Config:
                               # 7.5% -> 52%, spelling OOD 1% -> 18% (docs/context.md)
                               "spelling_drill:3"),
         eval=EvalConfig(tasks=TINY_EVAL + "," + TINY_OOD + ",recall_seen_phrasings,"
-                        "recall_seen_statements,recall_seen_questions,copy,"
+                        "recall_seen_statements,recall_seen_questions,recall_text,copy,"
                         "copy_seen_phrasings,spelling_ood_seen_phrasings,spelling_drill,"
                         "function_calling,agent_steps",
                         every=0,
@@ -165,6 +165,15 @@ def chat_tiny_sft() -> Config:
     # (600 items each, same base; docs/context.md). 3,200 steps: recall 0.64, spelling OOD 0.43,
     # identity 0.925 -> 0.875, for twice the SFT's time; kept at 1,600 (landing 56)
     return chat_sft_recipe(1600)
+
+
+@register("chat_tiny_sft_prose", "chat_tiny_sft with facts inside sentences people wrote "
+          "(recall_text) in the mixture: held-out statements, the half of recall still unread")
+def chat_tiny_sft_prose() -> Config:
+    # not yet measured against the chain: see docs/context.md ("Facts inside prose")
+    cfg = chat_tiny_sft()
+    cfg.sft.mixture += ",recall_text:1"
+    return cfg
 
 
 @register("grpo_arith_tiny", "GRPO on arithmetic word problems from chat_tiny_sft (held-out "

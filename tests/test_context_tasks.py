@@ -11,7 +11,8 @@ from lm import tasks
 from lm.conversation import reply_text
 from lm.data import corpus
 from lm.eval import probes
-from lm.tasks import recall, spelling, word_problems
+from lm.tasks import recall, recall_text, spelling, word_problems
+from lm.tasks.base import has_word
 from lm.tokenizer import train_bpe, trained_specials
 
 TRAINING = ("train", "rl")
@@ -172,6 +173,55 @@ def test_recall_seen_statements_and_questions_swap_one_half_each():
         assert any(f.format(v=fact) in u for u in said for f in says), (i, said)
         changed += users[1] != users[0]
     assert changed == 200
+
+
+def test_recall_text_finds_one_marker_and_puts_the_value_in_its_place():
+    text = ("Lily had a red ball in the park. She liked the red ball and a blue hat. Tom ate "
+            "soup with Lily at noon. Red was the colour of the door in Paris. "
+            "\u201cHi,\u201d said Sue to Ben.")
+    found = recall_text.find_carriers([text])
+    assert ("Lily had a red ball in the park.", "red") in found["colour"]
+    assert ("Lily had a red ball in the park. She liked the red ball and a blue hat.", "red") \
+        not in found["colour"]                 # two colours: neither is "the" colour
+    assert ("Tom ate soup with Lily at noon.", "soup") in found["food"]
+    assert not any(t.startswith("Tom ate") for t, _ in found["friend"])   # two names
+    assert ("Lily had a red ball in the park.", "Lily") in found["friend"]
+    assert not any('"' in t for k in found for t, _ in found[k])
+    said = recall_text.put_value("Red was the colour. I like red.", "red", "colour", "zorp")
+    assert said == "Zorp was the colour. I like zorp."
+    assert recall_text.sentences("I met Mr. Darcy there. He said \u201chi\u201d!") == [
+        "I met Mr. Darcy there.", 'He said "hi"!']
+
+
+def test_recall_text_splits_hold_out_values_questions_and_sentences():
+    task = tasks.get("recall_text")
+    held = recall.held_out_values()
+    test_asks = {x for _, (_, _, a) in recall.FACTS.items() for x in a["test"]}
+    kinds = set()
+    for i in range(300):
+        c = task.example("train", i)
+        said, ask = c["messages"][0]["content"], c["messages"][-2]["content"]
+        assert has_word(said, c["answer"]) and c["messages"][-1]["content"] in [
+            a.format(v=c["answer"]) for a in recall.ANSWERS]
+        words = set(re.findall(r"[a-z]+", user_text(c).lower()))
+        assert not words & held, (i, words & held)
+        assert ask not in test_asks and recall.allowed(ask)
+        # the value is the only word of its kind in what was said
+        rest = re.sub(re.escape(c["answer"]), " ", said, flags=re.IGNORECASE)
+        pattern = recall_text._MARKER_RES[c["fact"]]
+        assert not pattern.search(rest if c["fact"] in recall_text._CASED else rest.lower())
+        kinds.add(c["fact"])
+    assert kinds >= {"colour", "food", "friend", "number"}
+    train_frames = {recall_text.put_value(t, m, k, "{v}")
+                    for k, ts in recall_text.carriers("train").items() for t, m in ts}
+    for i in range(100):
+        c = task.example("test", i)
+        assert c["messages"][-2]["content"] in test_asks
+        assert c["answer"].lower() in held or c["fact"] == "number"
+        said = c["messages"][0]["content"]
+        assert recall_text.put_value(said, c["answer"], c["fact"], "{v}") not in train_frames
+        assert task.evaluate(c, f"You said {c['answer']}.")
+        assert not task.evaluate(c, said)
 
 
 def test_recall_grammar_questions_name_one_fact():

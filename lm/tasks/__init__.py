@@ -9,7 +9,8 @@ Names: gsm8k, arithmetic_easy, arithmetic, arithmetic_hard, spelling, identity, 
 arc_challenge, hellaswag, dolly, alpaca, and the ones that measure reading the context out of
 the generators' distribution: gsm8k_easy (real phrasing), spelling_ood (held-out words of every
 length and frequency, held-out phrasings), recall (facts stated earlier in the conversation),
-copy (repeat exactly), and with `_seen_phrasings` (recall, copy, spelling_ood) the same held-out
+recall_text (a fact inside sentences people wrote, asked for by its kind), copy (repeat
+exactly), and with `_seen_phrasings` (recall, copy, spelling_ood) the same held-out
 items in training's fixed phrasings, to tell the items from the wording; and word_problems (a
 compositional grammar of 1-2 step problems whose held-out split is made of unseen combinations
 of seen parts); arithmetic_think (2-4 steps, mostly direct answers in training: for RL to
@@ -47,6 +48,7 @@ from lm.tasks.multiple_choice import ARC, MMLU, HellaSwag
 from lm.tasks.open_chat import OpenChat
 from lm.tasks.recall import Copy, CopySeenPhrasings, Recall, RecallSeenPhrasings, \
     RecallSeenQuestions, RecallSeenStatements
+from lm.tasks.recall_text import RecallText
 from lm.tasks.spelling import Spelling, SpellingDrill, SpellingOOD, SpellingOODSeenPhrasings
 from lm.tasks.word_problems import WordProblems
 
@@ -58,6 +60,7 @@ FACTORIES: dict[str, Callable[[], Task]] = {
     "gsm8k_easy": GSM8KEasy, "spelling_ood": SpellingOOD, "recall": Recall, "copy": Copy,
     "recall_seen_phrasings": RecallSeenPhrasings, "copy_seen_phrasings": CopySeenPhrasings,
     "recall_seen_statements": RecallSeenStatements, "recall_seen_questions": RecallSeenQuestions,
+    "recall_text": RecallText,
     "spelling_ood_seen_phrasings": SpellingOODSeenPhrasings,
     "word_problems": WordProblems, "everyday_math": lambda: Everyday("math"),
     "everyday_letters": lambda: Everyday("letters"), "everyday_recall": lambda: Everyday("recall"),
@@ -99,7 +102,7 @@ FACTORIES: dict[str, Callable[[], Task]] = {
 NAMES = ("gsm8k", "arithmetic_easy", "arithmetic", "arithmetic_hard", "spelling", "identity",
          "mmlu", "arc_easy", "arc_challenge", "hellaswag", "dolly", "alpaca",
          "gsm8k_easy", "spelling_ood", "recall", "recall_seen_phrasings", "recall_seen_statements",
-         "recall_seen_questions", "copy",
+         "recall_seen_questions", "recall_text", "copy",
          "copy_seen_phrasings", "spelling_ood_seen_phrasings", "word_problems", "everyday_math",
          "everyday_letters", "everyday_recall", "arithmetic_think", "identity_student",
          "whoami_teacher", "whoami_student", "function_calling", "agent_steps", "kb_qa",
