@@ -20,11 +20,23 @@ from typing import Optional
 
 import numpy as np
 
+from lm.data import sources
+
 SPLITS = ("train", "test")
 
 
 class TaskDataError(RuntimeError):
     """A task's data file is missing or unreadable (the message says where to put it)."""
+
+
+def read_text_file(name: str) -> str:
+    """The text of a named data file (`lm.data.sources.FILES`, downloaded on first use); offline
+    and absent, a TaskDataError that says where to put it."""
+    try:
+        with open(sources.fetch(name), encoding="utf-8-sig") as f:
+            return f.read()
+    except sources.DataUnavailableError as e:
+        raise TaskDataError(str(e)) from None
 
 
 class Task:

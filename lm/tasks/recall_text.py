@@ -21,8 +21,7 @@ import random
 import re
 from typing import Optional
 
-from lm.data import sources
-from lm.tasks.base import TaskDataError
+from lm.tasks.base import read_text_file
 from lm.tasks.recall import (ACKS, ANSWERS, ASK_ENDINGS, ASK_OPENERS, CITIES, COLOURS, FACTS,
                              FILLER, FOODS, PEOPLE, Recall, _sentence, _value, allowed,
                              held_out_values, type_ask)
@@ -75,14 +74,6 @@ def _marker_re(kind: str) -> re.Pattern:
 _MARKER_RES = {k: _marker_re(k) for k in MARKERS}
 
 
-def _read(name: str) -> str:
-    try:
-        with open(sources.fetch(name), encoding="utf-8-sig") as f:
-            return f.read()
-    except sources.DataUnavailableError as e:
-        raise TaskDataError(str(e)) from None
-
-
 def sentences(text: str) -> list[str]:
     """The text's sentences (quotes straightened, whitespace collapsed), in order."""
     text = text.replace("\u201c", '"').replace("\u201d", '"').replace("\u2019", "'").replace(
@@ -115,7 +106,7 @@ def find_carriers(texts: list[str]) -> dict[str, list[tuple[str, str]]]:
 def carriers(split: str) -> dict[str, list[tuple[str, str]]]:
     """`find_carriers` over `split`'s texts; the test split's less any whose wording, the
     marker abstracted, is a training carrier's too (stories repeat their openings)."""
-    found = find_carriers([_read(name) for name in TEXTS[split]])
+    found = find_carriers([read_text_file(name) for name in TEXTS[split]])
     if split == "test":
         seen = {put_value(t, m, k, "{v}") for k, c in carriers("train").items() for t, m in c}
         found = {k: [(t, m) for t, m in c if put_value(t, m, k, "{v}") not in seen]

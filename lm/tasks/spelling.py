@@ -17,8 +17,7 @@ from collections import Counter
 from functools import cached_property
 
 from lm.conversation import conversation
-from lm.data import sources
-from lm.tasks.base import Generated, TaskDataError, final_number, held_out, same_number
+from lm.tasks.base import Generated, final_number, held_out, read_text_file, same_number
 
 # the word always follows a space, so its tokens in the question are the ones the reply copies
 # into the calculator call (`' strawberry'.count('r')`)
@@ -173,11 +172,7 @@ def reply_in_format(word: str, letter: str, fmt: str) -> tuple[list[dict] | str,
 
 
 def _read(name: str) -> str:
-    try:
-        with open(sources.fetch(name), encoding="utf-8-sig") as f:
-            return f.read().lower()
-    except sources.DataUnavailableError as e:
-        raise TaskDataError(str(e)) from None
+    return read_text_file(name).lower()
 
 
 class Spelling(Generated):
