@@ -21,6 +21,7 @@ import random
 import re
 from typing import Optional
 
+from lm.data import sources
 from lm.tasks.base import read_text_file
 from lm.tasks.recall import (ACKS, ANSWERS, ASK_ENDINGS, ASK_OPENERS, CITIES, COLOURS, FACTS,
                              FILLER, FOODS, PEOPLE, Recall, _sentence, _value, allowed,
@@ -39,8 +40,8 @@ MARKERS = {
     "friend": sorted(set(PEOPLE) | set(
         "Lily Ben Tom Timmy Jack Sam Mia Anna Tim Max Sara Lucy Bob Molly John Sarah Sue Jane "
         "Joe Daisy Jill Lila Tommy Benny Sally Jen Jimmy Billy Andy Amy Mary Elly Frank James "
-        "Emma Jenny Gary Jake Leo Grace Ella Jim Joy Isabel Alice Elizabeth Jane Darcy "
-        "Bingley Emma Harriet Elinor Marianne Edward Henry Robert William Charles George "
+        "Emma Jenny Gary Jake Leo Grace Ella Jim Joy Isabel Alice Elizabeth Darcy "
+        "Bingley Harriet Elinor Marianne Edward Henry Robert William Charles George "
         "Catherine Margaret Anne Lydia Kitty Holmes Watson Victor Justine Clerval Ahab Ishmael "
         "Queequeg Starbuck".split())),
     "number": [],          # digit strings and "two" to "twelve" (`_NUMBER`)
@@ -58,20 +59,18 @@ _CLEAN = re.compile(r"^[A-Za-z0-9 ,.'!?;:\-]+$")
 OPENERS = ["", "", "", "", "I just read this: ", "Here is a line from a book: ",
            "Listen to this: ", "Look what I wrote: ", "From my notes: ", "Story time. ",
            "Something I read today: ", "My kid wrote this: "]
-TEXTS = {"train": ["tinystories_train"] + [f"gutenberg/{f}" for f in (
-    "11-0.txt", "pg1342.txt", "pg1661.txt", "pg120.txt", "pg161.txt", "829-0.txt", "pg2701.txt",
-    "pg84.txt")], "test": ["tinystories_val"]}
+TEXTS = {"train": ["tinystories_train"] + [f"gutenberg/{f}" for f in sources.GUTENBERG],
+         "test": ["tinystories_val"]}
 MIN_CARRIERS = 20    # a kind with fewer carriers in a split is not asked there
 
 
-def _marker_re(kind: str) -> re.Pattern:
-    if kind == "number":
-        return _NUMBER
-    alts = "|".join(re.escape(w) for w in sorted(MARKERS[kind], key=len, reverse=True))
+def _any_word(words) -> re.Pattern:
+    """Any of `words` as a whole word (longest first, so "cakes" is not read as "cake")."""
+    alts = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
     return re.compile(rf"\b(?:{alts})\b")
 
 
-_MARKER_RES = {k: _marker_re(k) for k in MARKERS}
+_MARKER_RES = {k: _NUMBER if k == "number" else _any_word(MARKERS[k]) for k in MARKERS}
 
 
 def sentences(text: str) -> list[str]:
@@ -127,8 +126,7 @@ def _other_caps(text: str, names: set) -> bool:
 @functools.cache
 def _held_pattern() -> re.Pattern:
     """Any held-out value of any pool, as a lower-case whole word."""
-    alts = "|".join(re.escape(v) for v in sorted(held_out_values(), key=len, reverse=True))
-    return re.compile(rf"\b(?:{alts})\b")
+    return _any_word(held_out_values())
 
 
 def put_value(text: str, marker: str, kind: str, value: str) -> str:
@@ -160,8 +158,6 @@ class RecallText(Recall):
             text, marker = rng.choice(carriers(split)[kind])
             value = _value(kind, "test" if test else "train", rng)
             said = put_value(text, marker, kind, value)
-            if value.lower() not in said.lower():
-                continue
             if test or not _held_pattern().search(said.lower()) and allowed(
                     put_value(text, marker, kind, "{v}")):
                 break

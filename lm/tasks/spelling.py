@@ -17,6 +17,7 @@ from collections import Counter
 from functools import cached_property
 
 from lm.conversation import conversation
+from lm.data import sources
 from lm.tasks.base import Generated, final_number, held_out, read_text_file, same_number
 
 # the word always follows a space, so its tokens in the question are the ones the reply copies
@@ -64,9 +65,7 @@ OPENERS = ["", "", "", "", "Hey, ", "Hi! ", "Question: ", "Please tell me: ", "I
            "OK so ", "Hmm, ", "Help me out: ", "Simple one: ", "Teacher asks: "]
 ENDINGS = ["?", "?", "?", "", ".", "? thanks", " please?", "??", " :)"]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-OTHER_TEXTS = ["wikitext2_valid"] + [f"gutenberg/{f}" for f in (
-    "11-0.txt", "pg1342.txt", "pg1661.txt", "pg120.txt", "pg161.txt", "829-0.txt", "pg2701.txt",
-    "pg84.txt")]
+OTHER_TEXTS = ["wikitext2_valid"] + [f"gutenberg/{f}" for f in sources.GUTENBERG]
 LENGTHS = ((2, 4), (5, 7), (8, 10), (11, 15))
 FREQUENCIES = ((1, 1), (2, 9), (10, 99), (100, 10 ** 12))   # occurrences in the texts
 
