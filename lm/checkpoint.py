@@ -99,11 +99,16 @@ def _has_items(step_dir: str) -> bool:
 def has_checkpoint(directory: str) -> bool:
     """Whether `directory` (a local path or a gs:// URL) holds at least one complete step folder
     (no orbax call, no waiting)."""
+    return bool(saved_steps(directory))
+
+
+def saved_steps(directory: str) -> list[int]:
+    """The complete step folders under `directory`, ascending (no orbax call, no waiting)."""
     d = epath.Path(directory)
     if not d.is_dir():
-        return False
-    return any(_STEP_DIR.match(p.name) and not _STEP_DIR.match(p.name).group(2)
-               and _has_items(str(p)) for p in d.iterdir())
+        return []
+    return sorted(int(m.group(1)) for p in d.iterdir()
+                  if (m := _STEP_DIR.match(p.name)) and not m.group(2) and _has_items(str(p)))
 
 
 def describe(directory: str) -> list[dict]:

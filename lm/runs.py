@@ -9,13 +9,16 @@ A run directory (`runs/<experiment>/<timestamp>/`) is self-contained:
     checkpoints/     orbax step folders (`lm.checkpoint`)
 
 `resolve(spec)` accepts a run directory, a checkpoint directory (or one step folder inside it),
-or the name of a registered experiment (its latest run that holds a checkpoint).
+or the name of a registered experiment: its latest *finished* run (`unfinished`), so that a run
+still training, or stopped half way, is never taken for the experiment's result by a later stage,
+an evaluation or the server. A run directory given by path is used as it stands.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -23,7 +26,7 @@ import jax.numpy as jnp
 
 import experiments
 from lm import model
-from lm.checkpoint import CheckpointManager, has_checkpoint
+from lm.checkpoint import CheckpointManager, has_checkpoint, saved_steps
 from lm.config import Config, from_dict
 from lm.data import pipeline
 from lm.data.sources import DataUnavailableError
@@ -82,13 +85,69 @@ def checkpoint_dir(run_dir: str, cfg: Optional[Config] = None) -> str:
 
 def latest_run(experiment: str, workdir: Optional[str] = None,
                cfg: Optional[Config] = None) -> Optional[str]:
-    """The newest `runs/<experiment>/<timestamp>` under `workdir` that holds a checkpoint."""
+    """The newest `runs/<experiment>/<timestamp>` under `workdir` that holds a checkpoint,
+    finished or not."""
+    found = run_dirs(experiment, workdir, cfg)
+    return found[-1] if found else None
+
+
+def run_dirs(experiment: str, workdir: Optional[str] = None,
+             cfg: Optional[Config] = None) -> list[str]:
+    """Every `runs/<experiment>/<timestamp>` under `workdir` that holds a checkpoint, oldest
+    first."""
     root = os.path.join(workdir or ".", "runs", experiment)
     if not os.path.isdir(root):
+        return []
+    return [os.path.join(root, d) for d in sorted(os.listdir(root))
+            if os.path.isdir(os.path.join(root, d))
+            and has_checkpoint(checkpoint_dir(os.path.join(root, d), cfg))]
+
+
+def unfinished(run_dir: str) -> Optional[str]:
+    """None when `run_dir` holds a finished run: training wrote its summary.json at its last step
+    (or at its time limit), or `save_run` wrote the run whole. Otherwise why not, in words."""
+    path = os.path.join(run_dir, "summary.json")
+    steps = saved_steps(checkpoint_dir(run_dir))
+    last = steps[-1] if steps else 0
+    try:
+        total = load_config(RunRef(run_dir, "")).train.steps
+    except (RunError, OSError, ValueError, KeyError):
+        total = None
+    of = f" of {total:,}" if total else ""
+    if not os.path.exists(path):
+        return (f"has no summary.json: it is still training, or was killed (latest checkpoint: "
+                f"step {last:,}{of})")
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"has an unreadable summary.json ({e})"
+    if summary.get("complete", not summary.get("interrupted", False)):   # older: no such key
         return None
-    runs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
-                  and has_checkpoint(checkpoint_dir(os.path.join(root, d), cfg)))
-    return os.path.join(root, runs[-1]) if runs else None
+    why = "was interrupted" if summary.get("interrupted") else "was stopped early"
+    return f"{why} at step {summary.get('final_step', last):,}{of}"
+
+
+def _latest_finished(experiment: str, workdir: Optional[str]) -> str:
+    """The experiment's newest finished run; RunError naming the unfinished one if that is all
+    there is (a note on stderr when a newer unfinished run is passed over)."""
+    root = os.path.join(workdir or ".", "runs", experiment)
+    found = run_dirs(experiment, workdir)
+    if not found:
+        raise RunError(f"experiment {experiment!r} has no run with a checkpoint under {root}; "
+                       f"train it first: python -m lm.main --experiment {experiment}")
+    why = {d: unfinished(d) for d in found}
+    done = [d for d in found if why[d] is None]
+    if not done:
+        where = f" --workdir {workdir}" if workdir else ""
+        raise RunError(f"experiment {experiment!r} has no finished run under {root}: the latest, "
+                       f"{found[-1]}, {why[found[-1]]}; finish it with `python -m lm.main -e "
+                       f"{experiment}{where} --resume`, or pass its directory to use it as it "
+                       f"stands")
+    if found[-1] != done[-1]:
+        print(f"note: {experiment} -> {done[-1]}, its latest finished run; the newer "
+              f"{found[-1]} {why[found[-1]]}", file=sys.stderr)
+    return done[-1]
 
 
 def resolve(spec: str, *, workdir: Optional[str] = None, step: Optional[int] = None) -> RunRef:
@@ -109,11 +168,7 @@ def resolve(spec: str, *, workdir: Optional[str] = None, step: Optional[int] = N
                        f"checkpoint directory of one")
     names = dict(experiments.list_experiments())
     if spec in names:
-        found = latest_run(spec, workdir)
-        if found is None:
-            raise RunError(f"experiment {spec!r} has no run with a checkpoint under "
-                           f"{os.path.join(workdir or '.', 'runs', spec)}; train it first: "
-                           f"python -m lm.main --experiment {spec}")
+        found = _latest_finished(spec, workdir)
         return RunRef(found, checkpoint_dir(found), step)
     raise RunError(f"{spec!r} is not a run directory, a checkpoint directory, or a registered "
                    f"experiment (see python -m lm.main --list)")
@@ -208,6 +263,9 @@ def save_run(run_dir: str, cfg: Config, tokenizer, params=None, *, step: int = 0
         state = state.replace(params=jax.tree.map(jnp.asarray, params))
     with CheckpointManager(checkpoint_dir(run_dir, cfg), every=0, keep=1) as mgr:
         mgr.save(step, state, {"data": {}, **(extra or {})}, force=True)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:    # whole: a finished run
+        json.dump({"complete": True, "final_step": step, "saved_by": "runs.save_run",
+                   **(extra or {})}, f, indent=2)
     return run_dir
 
 

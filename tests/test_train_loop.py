@@ -8,9 +8,10 @@ import sys
 import pytest
 
 import experiments
-from lm import steps, train
+from lm import runs, steps, train
 from lm.config import apply_overrides
 from lm.logs import read_metrics
+from tools import chain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "data.seq_len=32",
@@ -65,6 +66,35 @@ def test_resume_reproduces_uninterrupted_losses(full_run, tmp_path):
     for step in range(7, 13):
         assert got_train[step] == want_train[step], step   # exact, not approximate
     assert got_val[12] == want_val[12]
+
+
+def test_an_experiment_name_means_its_latest_finished_run(full_run, tmp_path, capsys):
+    """A later stage, an evaluation or the server given an experiment's name never takes a run
+    that is still training or was stopped half way; `tools.chain --resume` continues that one,
+    reuses a finished one and starts afresh where the settings or the parent differ."""
+    name, root = "shakespeare_char_cpu", tmp_path / "runs" / "shakespeare_char_cpu"
+    done, stopped = str(root / "20260101-000000"), str(root / "20260102-000000")
+    train.run(tiny(), run_dir=done, progress=False)
+    train.run(tiny(), run_dir=stopped, progress=False, stop_after=4)
+    assert runs.unfinished(done) is None
+    assert "stopped early at step 4 of 12" in runs.unfinished(stopped)
+    capsys.readouterr()
+    assert runs.resolve(name, workdir=str(tmp_path)).run_dir == done
+    assert stopped in capsys.readouterr().err                 # the newer run is named, not taken
+    assert runs.resolve(stopped).run_dir == stopped           # by path: as it stands
+    kv = TINY                                                 # the overrides both were trained with
+    assert chain.decide(name, str(tmp_path), kv, None)[:2] == ("resume", stopped)
+    action, _, why = chain.decide(name, str(tmp_path), kv + ["train.steps=13"], None)
+    assert action == "start" and "train.steps" in why
+    assert chain.decide(name, str(tmp_path), kv, done)[0] == "start"   # another parent
+    os.remove(os.path.join(stopped, "summary.json"))          # killed: no summary at all
+    assert "killed (latest checkpoint: step 4 of 12)" in runs.unfinished(stopped)
+    os.rename(done, str(tmp_path / "elsewhere"))
+    with pytest.raises(runs.RunError, match="no finished run.*--resume"):
+        runs.load(name, workdir=str(tmp_path))
+    train.run(tiny(), run_dir=stopped, progress=False, resume=True)
+    assert runs.unfinished(stopped) is None
+    assert chain.decide(name, str(tmp_path), kv, None)[:2] == ("reuse", stopped)
 
 
 def test_resume_pmap_and_fsdp(full_run, tmp_path):

@@ -2,13 +2,19 @@
 table of wall time per stage and the final held-out and out-of-distribution figures.
 
   python -m tools.chain                                  # chat_tiny_base, chat_tiny_sft, grpo_arith_tiny
-  python -m tools.chain --from sft                       # reuse the latest base run
+  python -m tools.chain --from sft                       # reuse the latest finished base run
   python -m tools.chain --set base:train.steps=1900 --json
+  python -m tools.chain --use sft=chat_tiny_sft_prose    # another experiment as one stage
+  python -m tools.chain --resume                         # after a stop: only what is left
   python -m tools.chain --table                          # only the table, from the latest runs
 
-Each stage starts from the latest run of the one before (the experiments' `init_from`). `--set
-STAGE:KEY=VALUE` passes an override to one stage. The table reads each run's summary.json and the
-final evaluation row of its metrics.jsonl.
+Each stage starts from the exact run the stage before it ended on (`--set init_from=RUN_DIR`);
+with `--from`, the first starts from the latest finished run of the one before. `--set
+STAGE:KEY=VALUE` passes an override to one stage. `--resume` makes the chain a build: a stage
+whose latest run finished with this invocation's overrides, from this chain's parent, is
+reused; one that stopped (Ctrl-C, a killed process, a preempted host) continues from its
+checkpoint; the rest start. The table reads each run's summary.json and the final evaluation row
+of its metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -22,8 +28,11 @@ import argparse
 import json
 import subprocess
 import time
+from typing import Optional
 
-from lm import runs
+import experiments
+from lm import process, runs
+from lm.config import ConfigError, apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = {"base": "chat_tiny_base", "sft": "chat_tiny_sft", "rl": "grpo_arith_tiny"}
@@ -40,50 +49,132 @@ def final_row(run_dir: str) -> dict:
     return finals[-1] if finals else {}
 
 
-def summarize(stage: str, experiment: str, workdir: str, wall: float | None) -> dict:
-    ref = runs.resolve(experiment, workdir=workdir)
-    summary = json.load(open(os.path.join(ref.run_dir, "summary.json")))
-    row = final_row(ref.run_dir)
-    return {"stage": stage, "experiment": experiment, "run_dir": ref.run_dir,
+def summarize(stage: str, experiment: str, workdir: str, wall: float | None,
+              run_dir: Optional[str] = None) -> dict:
+    run_dir = run_dir or runs.resolve(experiment, workdir=workdir).run_dir
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    row = final_row(run_dir)
+    return {"stage": stage, "experiment": experiment, "run_dir": run_dir,
             "wall_s": round(wall if wall is not None else summary.get("wall_s", 0.0), 1),
             **{k: row[k] for k in SHOWN if k in row}}
 
 
+def _value(cfg, key: str):
+    """The value of dotted `key` in a config (`model.preset`: the whole model section)."""
+    obj = cfg
+    for part in (["model"] if key == "model.preset" else key.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def differences(run_dir: str, experiment: str, overrides: list[str]) -> list[str]:
+    """The overrides (KEY=VALUE, `init_from` aside) that the run's saved config does not hold."""
+    kept = [kv for kv in overrides if kv.partition("=")[0].strip() != "init_from"]
+    wanted = process.resolve(apply_overrides(experiments.get(experiment), kept))  # as saved
+    have = runs.load_config(runs.resolve(run_dir))
+    out = []
+    for key in dict.fromkeys(kv.partition("=")[0].strip() for kv in kept):
+        try:
+            theirs = _value(have, key)
+        except AttributeError:
+            theirs = "(no such key)"
+        if theirs != _value(wanted, key):
+            out.append(f"{key}: the run has {theirs!r}, this chain asks {_value(wanted, key)!r}")
+    return out
+
+
+def decide(experiment: str, workdir: str, overrides: list[str],
+           parent: Optional[str]) -> tuple[str, Optional[str], str]:
+    """What `--resume` does with one stage: ("reuse" | "resume" | "start", the run, why).
+
+    The stage's latest run is reused if it finished with these overrides from `parent` (the run
+    the stage before ended on; None: any), continued if it stopped, else a fresh run starts."""
+    latest = runs.latest_run(experiment, workdir)
+    if latest is None:
+        return "start", None, "no run yet"
+    diff = differences(latest, experiment, overrides)
+    if diff:
+        return "start", None, f"{latest} was trained otherwise ({'; '.join(diff)})"
+    lineage = runs.lineage(latest)
+    if parent is not None and (not lineage or os.path.abspath(lineage[0]["run_dir"])
+                               != os.path.abspath(parent)):
+        got = lineage[0]["run_dir"] if lineage else "no parent"
+        return "start", None, f"{latest} started from {got}, not {parent}"
+    why = runs.unfinished(latest)
+    if why is None:
+        return "reuse", latest, f"{latest} finished"
+    return "resume", latest, f"{latest} {why}"
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--from", dest="start", choices=list(STAGES), default="base")
     p.add_argument("--to", dest="stop", choices=list(STAGES), default="rl")
     p.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE")
+    p.add_argument("--use", action="append", default=[], metavar="STAGE=EXPERIMENT",
+                   help="run another registered experiment as this stage")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse finished stages, continue a stopped one, start the rest")
     p.add_argument("--workdir", default=ROOT)
     p.add_argument("--table", action="store_true", help="no training: the table of the latest runs")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     names = list(STAGES)
     todo = names[names.index(a.start):names.index(a.stop) + 1]
+    chosen = dict(STAGES)
+    known = dict(experiments.list_experiments())
+    for item in a.use:
+        stage, _, name = item.partition("=")
+        if stage not in STAGES or name not in known:
+            p.error(f"--use {item!r}: expected STAGE=EXPERIMENT with STAGE in {list(STAGES)} and "
+                    f"a registered experiment (python -m lm.main --list)")
+        chosen[stage] = name
     sets: dict[str, list[str]] = {s: [] for s in STAGES}
     for item in a.set:
         stage, _, kv = item.partition(":")
         if stage not in STAGES or "=" not in kv:
             p.error(f"--set {item!r}: expected STAGE:KEY=VALUE with STAGE in {list(STAGES)}")
-        sets[stage] += ["--set", kv]
+        sets[stage].append(kv)
+    for stage in todo:
+        try:
+            apply_overrides(experiments.get(chosen[stage]), sets[stage])
+        except (KeyError, ConfigError) as e:
+            p.error(f"--set for {stage} ({chosen[stage]}): {e.args[0] if e.args else e}")
     walls: dict[str, float] = {}
+    done: dict[str, str] = {}                    # stage -> the run it ended on
     if not a.table:
+        parent = None
         for stage in todo:
-            cmd = [sys.executable, "-m", "lm.main", "-e", STAGES[stage], "--workdir", a.workdir,
-                   "--no_progress", *sets[stage]]
-            print(f"[chain] {stage}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+            exp, kv = chosen[stage], list(sets[stage])
+            if parent is not None and not any(x.startswith("init_from=") for x in kv):
+                kv.append(f"init_from={parent}")
+            action, run_dir, why = (decide(exp, a.workdir, kv, parent) if a.resume
+                                    else ("start", None, ""))
+            if action == "reuse":
+                print(f"[chain] {stage}: reusing {why}", file=sys.stderr, flush=True)
+                done[stage] = parent = run_dir
+                continue
+            cmd = [sys.executable, "-m", "lm.main", "-e", exp, "--workdir", a.workdir,
+                   "--no_progress", *[x for s in kv for x in ("--set", s)]]
+            if action == "resume":
+                cmd += ["--run_dir", run_dir, "--resume"]
+            print(f"[chain] {stage}: {' '.join(cmd[2:])}" + (f"  ({why})" if why else ""),
+                  file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             r = subprocess.run(cmd, cwd=ROOT)
             walls[stage] = time.perf_counter() - t0
             if r.returncode != 0:
-                print(f"[chain] {stage} failed (exit {r.returncode})", file=sys.stderr)
+                print(f"[chain] {stage} failed (exit {r.returncode}); `--resume` continues it",
+                      file=sys.stderr)
                 return r.returncode
+            done[stage] = parent = runs.resolve(exp, workdir=a.workdir).run_dir
     rows = []
     for stage in todo:
         try:
-            rows.append(summarize(stage, STAGES[stage], a.workdir, walls.get(stage)))
+            rows.append(summarize(stage, chosen[stage], a.workdir, walls.get(stage),
+                                  done.get(stage)))
         except (runs.RunError, OSError) as e:
-            rows.append({"stage": stage, "experiment": STAGES[stage], "error": str(e)})
+            rows.append({"stage": stage, "experiment": chosen[stage], "error": str(e)})
     total = sum(r.get("wall_s", 0) for r in rows)
     if a.json:
         print(json.dumps({"stages": rows, "total_wall_s": round(total, 1)}))

@@ -74,12 +74,12 @@ COLUMNS = {
 
 
 def complete(name: str, workdir: str) -> bool:
+    """Whether the experiment has a finished run (what its name resolves to)."""
     try:
-        ref = runs.resolve(name, workdir=workdir)
+        runs.resolve(name, workdir=workdir)
     except runs.RunError:
         return False
-    path = os.path.join(ref.run_dir, "summary.json")
-    return os.path.exists(path) and json.load(open(path)).get("complete", False)
+    return True
 
 
 def step_command(step: str, a: argparse.Namespace) -> list[str] | None:

@@ -419,7 +419,8 @@ def import_folder(folder: str, out: str) -> str:
     cfg.data.tokenizer = os.path.abspath(os.path.join(out, "tokenizer.json"))
     runs.save_run(out, cfg, tok, params, extra={"imported_from": os.path.abspath(folder)})
     with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({"imported_from": os.path.abspath(folder), "stage": "pretrain"}, f)
+        json.dump({"imported_from": os.path.abspath(folder), "stage": "pretrain",
+                   "complete": True}, f)
     return out
 
 
