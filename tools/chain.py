@@ -11,7 +11,8 @@ table of wall time per stage and the final held-out and out-of-distribution figu
 Each stage starts from the exact run the stage before it ended on (`--set init_from=RUN_DIR`);
 with `--from`, the first starts from the latest finished run of the one before. `--set
 STAGE:KEY=VALUE` passes an override to one stage. `--resume` makes the chain a build: a stage
-whose latest run finished with this invocation's overrides, from this chain's parent, is
+whose latest run finished with the config this invocation would train (the experiment's recipe
+in today's code, these overrides; the host's `auto` choices aside), from this chain's parent, is
 reused; one that stopped (Ctrl-C, a killed process, a preempted host) continues from its
 checkpoint; the rest start. The table reads each run's summary.json and the final evaluation row
 of its metrics.jsonl.
@@ -31,15 +32,16 @@ import time
 from typing import Optional
 
 import experiments
-from lm import process, runs
+from lm import runs
 from lm.config import ConfigError, apply_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = {"base": "chat_tiny_base", "sft": "chat_tiny_sft", "rl": "grpo_arith_tiny"}
 SHOWN = ("val_loss", "val_bpb", "probe/copy", "probe/icl", "eval/format", "eval/identity",
          "eval/arithmetic_easy", "eval/spelling", "eval/word_problems", "eval/gsm8k_easy",
-         "eval/spelling_ood", "eval/recall", "eval/recall_seen_phrasings", "eval/everyday_recall",
-         "eval/gsm8k")
+         "eval/spelling_ood", "eval/recall", "eval/recall_seen_phrasings",
+         "eval/recall_seen_statements", "eval/recall_seen_questions", "eval/recall_text",
+         "eval/everyday_recall", "eval/gsm8k")
 
 
 def final_row(run_dir: str) -> dict:
@@ -59,28 +61,23 @@ def summarize(stage: str, experiment: str, workdir: str, wall: float | None,
             **{k: row[k] for k in SHOWN if k in row}}
 
 
-def _value(cfg, key: str):
-    """The value of dotted `key` in a config (`model.preset`: the whole model section)."""
-    obj = cfg
-    for part in (["model"] if key == "model.preset" else key.split(".")):
-        obj = getattr(obj, part)
-    return obj
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
 
 
 def differences(run_dir: str, experiment: str, overrides: list[str]) -> list[str]:
-    """The overrides (KEY=VALUE, `init_from` aside) that the run's saved config does not hold."""
+    """Where the run's saved config differs from what this chain would train now: the
+    experiment's recipe in today's code with these overrides. `init_from` (the lineage decides),
+    the description and what the host decides (`auto`: dtype, parallelism) are left aside."""
     kept = [kv for kv in overrides if kv.partition("=")[0].strip() != "init_from"]
-    wanted = process.resolve(apply_overrides(experiments.get(experiment), kept))  # as saved
-    have = runs.load_config(runs.resolve(run_dir))
-    out = []
-    for key in dict.fromkeys(kv.partition("=")[0].strip() for kv in kept):
-        try:
-            theirs = _value(have, key)
-        except AttributeError:
-            theirs = "(no such key)"
-        if theirs != _value(wanted, key):
-            out.append(f"{key}: the run has {theirs!r}, this chain asks {_value(wanted, key)!r}")
-    return out
+    wanted = _flat(json.loads(apply_overrides(experiments.get(experiment), kept).to_json()))
+    have = _flat(json.loads(runs.load_config(runs.resolve(run_dir)).to_json()))
+    return [f"{k}: the run has {have.get(k)!r}, this chain asks {v!r}"
+            for k, v in wanted.items()
+            if k not in ("init_from", "description") and v != "auto" and have.get(k) != v]
 
 
 def decide(experiment: str, workdir: str, overrides: list[str],
