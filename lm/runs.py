@@ -264,8 +264,8 @@ def save_run(run_dir: str, cfg: Config, tokenizer, params=None, *, step: int = 0
     with CheckpointManager(checkpoint_dir(run_dir, cfg), every=0, keep=1) as mgr:
         mgr.save(step, state, {"data": {}, **(extra or {})}, force=True)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:    # whole: a finished run
-        json.dump({"complete": True, "final_step": step, "saved_by": "runs.save_run",
-                   **(extra or {})}, f, indent=2)
+        json.dump({"complete": True, "stage": cfg.stage, "final_step": step,
+                   "saved_by": "runs.save_run", **(extra or {})}, f, indent=2)
     return run_dir
 
 

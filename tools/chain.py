@@ -143,7 +143,9 @@ def main(argv=None) -> int:
         parent = None
         for stage in todo:
             exp, kv = chosen[stage], list(sets[stage])
-            if parent is not None and not any(x.startswith("init_from=") for x in kv):
+            if any(x.startswith("init_from=") for x in kv):   # the user's parent, as given
+                parent = None
+            elif parent is not None:
                 kv.append(f"init_from={parent}")
             action, run_dir, why = (decide(exp, a.workdir, kv, parent) if a.resume
                                     else ("start", None, ""))

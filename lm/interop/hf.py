@@ -417,11 +417,8 @@ def import_folder(folder: str, out: str) -> str:
     """Write an lm run directory (config, tokenizer, a step-0 checkpoint) from an HF folder."""
     cfg, params, tok = load_folder(folder)
     cfg.data.tokenizer = os.path.abspath(os.path.join(out, "tokenizer.json"))
-    runs.save_run(out, cfg, tok, params, extra={"imported_from": os.path.abspath(folder)})
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({"imported_from": os.path.abspath(folder), "stage": "pretrain",
-                   "complete": True}, f)
-    return out
+    # save_run's summary.json marks the run finished and names where it came from
+    return runs.save_run(out, cfg, tok, params, extra={"imported_from": os.path.abspath(folder)})
 
 
 def load_as_run(folder: str):
