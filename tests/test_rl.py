@@ -239,6 +239,53 @@ def test_grpo_config_errors(tiny_parent):
                 grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)
 
 
+@pytest.mark.parametrize("task,split", [("arithmetic_easy", "rl"), ("gsm8k_easy", "train")])
+def test_grpo_draws_again_a_prompt_with_no_room_for_its_reply(tiny_parent, task, split,
+                                                               tmp_path):
+    """GSM8K's longest problems leave no room in a row for the reply; they are drawn again,
+    and a prompt that fits is the one drawn before (a generated task's stream: k * P + j)."""
+    from lm import conversation as chat
+    from lm import runs
+    from lm import tasks as task_lib
+    from lm.stages import grpo
+    # the fixture's parent at block size 512: its byte-level BPE spends ~250 tokens on a GSM8K
+    # problem
+    pcfg = runs.load(tiny_parent).config
+    pcfg.model.block_size = 512
+    long_parent = runs.save_run(str(tmp_path / "parent"), pcfg, runs.load(tiny_parent).tokenizer)
+    parent = runs.load(long_parent)
+    tok = parent.tokenizer
+    cfg = _grpo_cfg(long_parent, tok.vocab_size, split=split)
+    cfg.rl.task, cfg.rl.prompts, cfg.data.batch_size = task, 8, 32
+    cfg.model.block_size, cfg.data.seq_len = 512, 511
+    size = lambda c: len(chat.render_for_completion(c, tok))
+    lens = sorted(size(c) for k in range(6) for c in grpo.Stage(
+        cfg, tokenizer=tok, parent=parent).prompts(k))
+    room = lens[len(lens) * 7 // 8]
+    cfg.rl.max_new_tokens = cfg.data.seq_len - room - 1
+    a = grpo.Stage(cfg, tokenizer=tok, parent=parent)
+    b = grpo.Stage(cfg, tokenizer=tok, parent=parent)
+    redrawn = 0
+    for k in range(6):
+        convs, n = a._draw(k)
+        redrawn += n
+        assert len(convs) == 8 and all(size(c) <= room for c in convs)
+        assert convs == b.prompts(k)                                # deterministic
+        if task == "arithmetic_easy":
+            first = [task_lib.get(task).example(split, k * 8 + j) for j in range(8)]
+            assert [c for c, f in zip(convs, first) if c == f] == [f for f in first
+                                                                  if size(f) <= room]
+            assert n >= sum(size(f) > room for f in first)     # a redraw may not fit either
+    assert redrawn > 0
+    if task == "gsm8k_easy":
+        _, stats, _ = a.rollouts(parent.params, 0)
+        assert stats["rl/prompts_redrawn"] == a._draw(0)[1]
+    # the typical prompt must fit: a median that cannot is a config error that names the fix
+    cfg.rl.max_new_tokens = cfg.data.seq_len - lens[0]
+    with pytest.raises(ValueError, match="median prompt.*raise data.seq_len"):
+        grpo.Stage(cfg, tokenizer=tok, parent=parent)
+
+
 def test_grpo_evaluates_the_parent_once_at_step_0_and_not_again_on_resume(tiny_parent, tmp_path):
     from lm import runs, train
     from lm.eval.chat import evaluate_tasks

@@ -42,6 +42,10 @@ from lm.steps import sequence_logprobs
 from lm.tasks.base import shows_work
 
 
+MAX_REDRAWS = 8              # draws again a rollout batch may make, per prompt, before it errs
+REDRAWN_FROM = 10 ** 9       # a generated task's redraws take indices far past any batch's
+
+
 def _last_user(conv: dict) -> str:
     users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
     return chat.reply_text(chat.parts_of(users[-1])) if users else ""
@@ -109,12 +113,15 @@ class Stage(base.Stage):
         self.samples: list[dict] = []
         self.eval_tasks = list(parse_weights(cfg.eval.tasks, task_lib.NAMES,
                                              key="eval.tasks")) or [rl.task]
-        sample = [chat.render_for_completion(self.task.example(rl.split, i), tokenizer)
-                  for i in range(32)]
-        if max(map(len, sample)) + rl.max_new_tokens + 1 > d.seq_len:
-            raise ValueError(f"grpo: prompts of up to {max(map(len, sample))} tokens plus "
-                             f"rl.max_new_tokens ({rl.max_new_tokens}) do not fit data.seq_len "
-                             f"({d.seq_len})")
+        # a prompt too long for its reply is drawn again (`_draw`); most of them must fit
+        room = d.seq_len - rl.max_new_tokens - 1
+        sample = sorted(len(chat.render_for_completion(self.task.example(rl.split, i), tokenizer))
+                        for i in range(32))
+        if sample[len(sample) // 2] > room:
+            raise ValueError(f"grpo: the median prompt of {rl.task} has {sample[16]} tokens; "
+                             f"with rl.max_new_tokens ({rl.max_new_tokens}) it does not fit "
+                             f"data.seq_len ({d.seq_len}): raise data.seq_len to at least "
+                             f"{sample[-1] + rl.max_new_tokens + 1}")
 
     # -- the data position --------------------------------------------------------------------
     def data_state(self) -> dict:
@@ -139,19 +146,41 @@ class Stage(base.Stage):
 
     def prompts(self, k: int) -> list[dict]:
         """The P training conversations of rollout batch k (deterministic)."""
-        P = self.cfg.rl.prompts
-        split = self.cfg.rl.split
+        return self._draw(k)[0]
+
+    def _fits(self, conv: dict) -> bool:
+        room = self.cfg.data.seq_len - self.cfg.rl.max_new_tokens - 1
+        return len(chat.render_for_completion(conv, self.tokenizer)) <= room
+
+    def _draw(self, k: int) -> tuple[list[dict], int]:
+        """(conversations, how many were drawn again): a prompt that leaves no room in a row for
+        rl.max_new_tokens of reply is replaced by a further draw from the same stream (GSM8K's
+        longest problems), so the first draws, and every run whose prompts fit, are unchanged."""
+        P, split = self.cfg.rl.prompts, self.cfg.rl.split
         size = self.task.size(split)
-        if size is None:
-            return [self.task.example(split, k * P + j) for j in range(P)]
         rng = np.random.default_rng((self.cfg.data.seed, k))
-        return [self.task.example(split, int(i)) for i in rng.integers(0, size, P)]
+        first = (range(k * P, (k + 1) * P) if size is None
+                 else [int(i) for i in rng.integers(0, size, P)])
+        convs, redrawn = [], 0
+        for j, i in enumerate(first):
+            conv = self.task.example(split, i)
+            while not self._fits(conv):
+                redrawn += 1
+                if redrawn > MAX_REDRAWS * P:
+                    raise ValueError(f"grpo: {redrawn} prompts of rollout batch {k} were too "
+                                     f"long for data.seq_len ({self.cfg.data.seq_len}) with "
+                                     f"rl.max_new_tokens ({self.cfg.rl.max_new_tokens})")
+                i = (int(rng.integers(0, size)) if size is not None
+                     else REDRAWN_FROM + (k * P + j) * MAX_REDRAWS * P + redrawn)
+                conv = self.task.example(split, i)
+            convs.append(conv)
+        return convs, redrawn
 
     def rollouts(self, params, k: int) -> tuple[dict, dict, list[dict]]:
         """(batch, stats, shown): shown = the batch's best-rewarded rollout and its first, with
         every reward's value (rollouts.jsonl: what the policy is learning to say)."""
         cfg, rl, tok = self.cfg, self.cfg.rl, self.tokenizer
-        convs = self.prompts(k)
+        convs, redrawn = self._draw(k)
         eng = self._engine(params)
         replies = []
         prompts = [chat.render_for_completion(c, tok) for c in convs]
@@ -195,7 +224,7 @@ class Stage(base.Stage):
                  "advantages": adv.reshape(-1)}
         stats = {**{f"rl/reward/{k}": v for k, v in per_reward.items()},
                  "rl/reward": float(rewards.mean()), "rl/response_tokens": float(lengths.mean()),
-                 "rl/zero_var_groups": float(zero.mean()),
+                 "rl/zero_var_groups": float(zero.mean()), "rl/prompts_redrawn": redrawn,
                  "rl/reward_errors": self.reward.errors - errors_before,
                  "rl/format": float(np.mean([x["format_ok"] for x in replies])),
                  "rl/worked": float(np.mean([shows_work(x["text"]) for x in replies]))}
