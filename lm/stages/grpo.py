@@ -114,11 +114,12 @@ class Stage(base.Stage):
         self.eval_tasks = list(parse_weights(cfg.eval.tasks, task_lib.NAMES,
                                              key="eval.tasks")) or [rl.task]
         # a prompt too long for its reply is drawn again (`_draw`); most of them must fit
-        room = d.seq_len - rl.max_new_tokens - 1
+        self.room = d.seq_len - rl.max_new_tokens - 1           # prompt tokens a row leaves
         sample = sorted(len(chat.render_for_completion(self.task.example(rl.split, i), tokenizer))
                         for i in range(32))
-        if sample[len(sample) // 2] > room:
-            raise ValueError(f"grpo: the median prompt of {rl.task} has {sample[16]} tokens; "
+        median = sample[len(sample) // 2]
+        if median > self.room:
+            raise ValueError(f"grpo: the median prompt of {rl.task} has {median} tokens; "
                              f"with rl.max_new_tokens ({rl.max_new_tokens}) it does not fit "
                              f"data.seq_len ({d.seq_len}): raise data.seq_len to at least "
                              f"{sample[-1] + rl.max_new_tokens + 1}")
@@ -149,8 +150,7 @@ class Stage(base.Stage):
         return self._draw(k)[0]
 
     def _fits(self, conv: dict) -> bool:
-        room = self.cfg.data.seq_len - self.cfg.rl.max_new_tokens - 1
-        return len(chat.render_for_completion(conv, self.tokenizer)) <= room
+        return len(chat.render_for_completion(conv, self.tokenizer)) <= self.room
 
     def _draw(self, k: int) -> tuple[list[dict], int]:
         """(conversations, how many were drawn again): a prompt that leaves no room in a row for
