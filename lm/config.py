@@ -329,6 +329,9 @@ class RLConfig:
     aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_scale"] = \
         "seq_mean_token_mean"             # DAPO, GRPO, Dr. GRPO (divides by max_new_tokens)
     pass_k: int = num(8, 1)               # held-out pass@k at each evaluation
+    dynamic_sampling: int = num(0, 0, 64)  # DAPO's dynamic sampling: up to this many more batches
+                                          # of P prompts a step, whose groups with unequal
+                                          # rewards replace groups that teach nothing (0: off)
 
 
 @dataclass

@@ -327,6 +327,56 @@ class _EvenLength:
         return 10
 
 
+class _SomeGroupsVary(_EvenLength):
+    """The reply's length parity on a third of the problems (their groups mostly differ), 0 on
+    the rest (groups that teach nothing)."""
+
+    def reward(self, conv, reply):
+        from lm.stages.grpo import _last_user
+        return float(len(_last_user(conv)) % 3 == 0 and len(reply) % 2 == 0)
+
+
+class _NeverRight(_EvenLength):
+    def reward(self, conv, reply):
+        return 0.0
+
+
+def test_dynamic_sampling_trains_on_groups_whose_rewards_differ(tiny_parent):
+    """rl.dynamic_sampling replaces groups with equal rewards by groups from further batches
+    until P differ or N batches are drawn; the policy's statistics stay the first P prompts'."""
+    from lm import runs
+    from lm.stages import grpo
+    parent = runs.load(tiny_parent)
+
+    def rollouts(n, task):
+        cfg = _grpo_cfg(tiny_parent, parent.tokenizer.vocab_size, dynamic_sampling=n)
+        cfg.rl.prompts, cfg.data.batch_size = 4, 16
+        stage = grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)
+        stage.task = task
+        return stage.rollouts(parent.params, 0)
+
+    informative = lambda b: float((b["advantages"].reshape(4, 4) != 0).any(1).mean())
+    b0, s0, _ = rollouts(0, _SomeGroupsVary())
+    b1, s1, _ = rollouts(6, _SomeGroupsVary())
+    assert s0["rl/extra_batches"] == 0 and 0 < s0["rl/zero_var_groups"] < 1
+    assert s0["rl/trained_informative"] == informative(b0) == 1 - s0["rl/zero_var_groups"]
+    for key in ("rl/reward", "rl/zero_var_groups", "rl/response_tokens", "rl/format"):
+        assert s1[key] == s0[key]                      # the policy's own statistics
+    assert s1["rl/trained_informative"] == informative(b1) > informative(b0)
+    assert 1 <= s1["rl/extra_batches"] <= 6
+    assert s1["rl/trained_informative"] == 1.0 or s1["rl/extra_batches"] == 6
+    # the first draw's groups that differ come first, as they were
+    kept = [g for g in range(4) if (b0["advantages"].reshape(4, 4)[g] != 0).any()]
+    for slot, g in enumerate(kept):
+        assert (b1["inputs"][slot * 4:slot * 4 + 4] == b0["inputs"][g * 4:g * 4 + 4]).all()
+    b2, s2, _ = rollouts(6, _SomeGroupsVary())
+    assert s2 == s1 and all((b2[k] == b1[k]).all() for k in b1)          # deterministic
+    # nothing ever differs: every allowed batch is drawn, the row is the first draw's groups
+    b3, s3, _ = rollouts(3, _NeverRight())
+    assert s3["rl/extra_batches"] == 3 and s3["rl/trained_informative"] == 0.0
+    assert (b3["inputs"] == b0["inputs"]).all() and (b3["weights"] == b0["weights"]).all()
+
+
 def test_pass_at_k_samples_do_not_depend_on_batching(tiny_parent):
     from lm import runs
     parent = runs.load(tiny_parent)

@@ -10,10 +10,14 @@ are group-relative (`lm.rl.loss.advantages`), and the log-probs of the sampled t
 policy that sampled them (`old_logp`) and under the frozen parent (`ref_logp`) are computed by one
 jitted forward pass each, without gradients. A batch serves `rl.updates` optimizer steps (with
 more than one, the PPO ratio and its clipping engage); the one loop runs them like any step.
+`rl.dynamic_sampling=N` (DAPO's dynamic sampling) samples up to N more batches of prompts while
+fewer than P groups have unequal rewards, and trains on those: on a task the policy rarely solves
+(GSM8K), most groups are all wrong and teach nothing.
 
 Logged every step: reward, response length, the share of replies that show their working
 (`rl/worked`: a calculator call or a written step before the answer), KL to the reference (k3),
-entropy, clip fraction, zero-variance groups, reward errors, rollout and update seconds.
+entropy, clip fraction, zero-variance groups, reward errors, rollout and update seconds (with
+dynamic sampling, the batches it added and the share of trained groups that differ).
 Evaluations: held-out pass@1 (greedy, `eval/<task>`) at step 0 (the parent's policy, before the
 first update), every `eval.every` steps and at the end, and pass@k (`eval/<task>_pass@k`) at step
 0 and at the end; `rl_curves.png` in the run directory plots them from step 0.
@@ -44,6 +48,8 @@ from lm.tasks.base import shows_work
 
 MAX_REDRAWS = 8              # draws again a rollout batch may make, per prompt, before it errs
 REDRAWN_FROM = 10 ** 9       # a generated task's redraws take indices far past any batch's
+EXTRA_FROM = 10 ** 6         # dynamic sampling's batches: streams past any run's rollout batches
+MAX_EXTRA = 64               # ... at most this many per batch (rl.dynamic_sampling's bound)
 
 
 def _last_user(conv: dict) -> str:
@@ -176,59 +182,91 @@ class Stage(base.Stage):
             convs.append(conv)
         return convs, redrawn
 
-    def rollouts(self, params, k: int) -> tuple[dict, dict, list[dict]]:
-        """(batch, stats, shown): shown = the batch's best-rewarded rollout and its first, with
-        every reward's value (rollouts.jsonl: what the policy is learning to say)."""
+    def _groups(self, params, convs: list[dict], b: int) -> list[dict]:
+        """One group per conversation: its prompt's tokens and rl.samples replies, each with its
+        tokens, forced-token flags and every reward's value (the sampling seed from stream b,
+        kept in the engine's 31 bits: dynamic sampling's streams start at 10**6)."""
         cfg, rl, tok = self.cfg, self.cfg.rl, self.tokenizer
-        convs, redrawn = self._draw(k)
-        eng = self._engine(params)
-        replies = []
         prompts = [chat.render_for_completion(c, tok) for c in convs]
-        g = eng.generate(prompts, n=rl.samples, max_new_tokens=rl.max_new_tokens,
-                         temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
-                         seed=cfg.train.seed + 7919 * k,
-                         stop_tokens=list(tok.chat.stops))
+        g = self._engine(params).generate(
+            prompts, n=rl.samples, max_new_tokens=rl.max_new_tokens,
+            temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
+            seed=(cfg.train.seed + 7919 * b) % 2 ** 31, stop_tokens=list(tok.chat.stops))
         end = tok.chat.assistant_end
+        rows = len(prompts) * rl.samples
+        scores = (self.scorer([prompts[r // rl.samples] + g.row(r) for r in range(rows)])
+                  if "model" in self.reward.weights else None)
+        groups = [{"conv": c, "prompt": p, "replies": []} for c, p in zip(convs, prompts)]
+        for r in range(rows):
+            group = groups[r // rl.samples]
+            ids = g.row(r)
+            reply = {"text": chat.reply_text(chat.parse_reply(ids, tok)), "tokens": ids,
+                     "forced": g.forced[r, :len(ids)],
+                     "format_ok": bool(g.stopped[r] and ids and ids[-1] == end)}
+            if scores is not None:
+                reply["model_score"] = float(scores[r])
+            reply["rewards"] = self.reward.each(self.task, group["conv"], reply)
+            reply["reward"] = self.reward.total(reply["rewards"])
+            group["replies"].append(reply)
+        return groups
+
+    def rollouts(self, params, k: int) -> tuple[dict, dict, list[dict]]:
+        """(batch, stats, shown): shown = the best-rewarded rollout of the first P prompts and
+        their first, with every reward's value (rollouts.jsonl: what the policy learns to say).
+
+        With rl.dynamic_sampling = N, up to N more batches of P prompts (streams of their own,
+        past any run's batches) are sampled while fewer than P groups have unequal rewards, and
+        those groups replace the ones that teach nothing (DAPO, Yu et al. 2025). The policy's
+        statistics (reward, zero-variance groups, format) stay those of the first P prompts, so
+        runs with and without it read alike; `rl/extra_batches` and `rl/trained_informative` say
+        what it drew and what the step trained on."""
+        cfg, rl = self.cfg, self.cfg.rl
+        errors_before = self.reward.errors
+        convs, redrawn = self._draw(k)
+        first = self._groups(params, convs, k)
+        varies = lambda grp: len({x["reward"] for x in grp["replies"]}) > 1
+        groups, extra = first, 0
+        if rl.dynamic_sampling and sum(map(varies, first)) < rl.prompts:
+            keep = [x for x in first if varies(x)]
+            spare = [x for x in first if not varies(x)]
+            while len(keep) < rl.prompts and extra < rl.dynamic_sampling:
+                extra += 1
+                b = EXTRA_FROM + k * MAX_EXTRA + extra - 1
+                more, n = self._draw(b)
+                redrawn += n
+                for x in self._groups(params, more, b):
+                    (keep if varies(x) else spare).append(x)
+            groups = (keep + spare)[:rl.prompts]
         T, B = cfg.data.seq_len, rl.prompts * rl.samples
         inputs = np.zeros((B, T), np.int32)
         targets = np.zeros((B, T), np.int32)
         weights = np.zeros((B, T), np.float32)
-        rewards = np.zeros((rl.prompts, rl.samples), np.float32)
-        lengths = np.zeros((B,), np.int32)
-        errors_before = self.reward.errors
-        scores = (self.scorer([prompts[r // rl.samples] + g.row(r) for r in range(B)])
-                  if "model" in self.reward.weights else None)
-        per_reward: dict[str, float] = {}
+        rewards = np.array([[x["reward"] for x in grp["replies"]] for grp in groups], np.float32)
         for r in range(B):
-            p, s = divmod(r, rl.samples)
-            ids = g.row(r)
-            parts = chat.parse_reply(ids, tok)
-            reply = {"text": chat.reply_text(parts), "tokens": ids,
-                     "format_ok": bool(g.stopped[r] and ids and ids[-1] == end)}
-            if scores is not None:
-                reply["model_score"] = float(scores[r])
-            values = self.reward.each(self.task, convs[p], reply)
-            reply["rewards"] = values
-            rewards[p, s] = self.reward.total(values)
-            for name, v in values.items():
-                per_reward[name] = per_reward.get(name, 0.0) + v / B
-            seq = prompts[p] + ids
+            grp = groups[r // rl.samples]
+            reply = grp["replies"][r % rl.samples]
+            ids = reply["tokens"]
+            seq = grp["prompt"] + ids
             n = len(seq) - 1
             inputs[r, :n], targets[r, :n] = seq[:-1], seq[1:]
-            start = len(prompts[p]) - 1                 # the first target is the first reply token
-            weights[r, start:start + len(ids)] = ~g.forced[r, :len(ids)]
-            lengths[r] = len(ids)
-            replies.append(reply)
+            start = len(grp["prompt"]) - 1              # the first target is the first reply token
+            weights[r, start:start + len(ids)] = ~reply["forced"]
         adv, zero = advantages(rewards, rl.std_norm, rl.adv_eps)
         batch = {"inputs": inputs, "targets": targets, "weights": weights,
                  "advantages": adv.reshape(-1)}
-        stats = {**{f"rl/reward/{k}": v for k, v in per_reward.items()},
-                 "rl/reward": float(rewards.mean()), "rl/response_tokens": float(lengths.mean()),
-                 "rl/zero_var_groups": float(zero.mean()), "rl/prompts_redrawn": redrawn,
+        replies = [x for grp in first for x in grp["replies"]]
+        names = replies[0]["rewards"]
+        stats = {**{f"rl/reward/{name}": float(np.mean([x["rewards"][name] for x in replies]))
+                    for name in names},
+                 "rl/reward": float(np.mean([x["reward"] for x in replies])),
+                 "rl/response_tokens": float(np.mean([len(x["tokens"]) for x in replies])),
+                 "rl/zero_var_groups": float(np.mean([not varies(x) for x in first])),
+                 "rl/prompts_redrawn": redrawn, "rl/extra_batches": extra,
+                 "rl/trained_informative": float(1.0 - zero.mean()),
                  "rl/reward_errors": self.reward.errors - errors_before,
                  "rl/format": float(np.mean([x["format_ok"] for x in replies])),
                  "rl/worked": float(np.mean([shows_work(x["text"]) for x in replies]))}
-        best = int(np.argmax(rewards.reshape(-1)))
+        best = int(np.argmax([x["reward"] for x in replies]))
         shown = [{"which": which, "prompt": _last_user(convs[r // rl.samples]),
                   "reply": replies[r]["text"], "rewards": replies[r]["rewards"]}
                  for which, r in (("best", best), ("first", 0))]
