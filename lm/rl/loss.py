@@ -28,6 +28,12 @@ from lm.config import RLConfig
 Array = jax.Array
 
 
+def zero_variance(rewards_PG: np.ndarray) -> np.ndarray:
+    """[P] flags: the groups whose rewards are all equal (they teach nothing)."""
+    r = np.asarray(rewards_PG, np.float64)
+    return np.all(r == r[:, :1], axis=1)
+
+
 def advantages(rewards_PG: np.ndarray, std_norm: bool, eps: float = 1e-6
                ) -> tuple[np.ndarray, np.ndarray]:
     """(advantages [P, G], zero-variance group flags [P]). A group whose rewards are all equal
@@ -36,7 +42,7 @@ def advantages(rewards_PG: np.ndarray, std_norm: bool, eps: float = 1e-6
     centred = r - r.mean(axis=1, keepdims=True)
     if std_norm:
         centred = centred / (r.std(axis=1, keepdims=True) + eps)
-    zero = np.all(r == r[:, :1], axis=1)
+    zero = zero_variance(r)
     centred[zero] = 0.0
     return centred.astype(np.float32), zero
 

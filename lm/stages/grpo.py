@@ -37,7 +37,7 @@ from lm import tasks as task_lib
 from lm.config import Config, ConfigError, parse_weights
 from lm.eval.chat import evaluate_tasks, pass_at_k
 from lm.report import plot_rl_curves
-from lm.rl.loss import advantages, policy_loss
+from lm.rl.loss import advantages, policy_loss, zero_variance
 from lm.rl.rewards import Composite, HeldOutRewards, reward_model
 from lm.sampling import Engine
 from lm.stages import base
@@ -224,7 +224,7 @@ class Stage(base.Stage):
         errors_before = self.reward.errors
         convs, redrawn = self._draw(k)
         first = self._groups(params, convs, k)
-        varies = lambda grp: len({x["reward"] for x in grp["replies"]}) > 1
+        varies = lambda grp: not zero_variance([[x["reward"] for x in grp["replies"]]])[0]
         groups, extra = first, 0
         if rl.dynamic_sampling and sum(map(varies, first)) < rl.prompts:
             keep = [x for x in first if varies(x)]
