@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from lm import conversation as chat
 from lm import tasks as task_lib
+from lm.eval import reading
 from lm.eval.likelihood import last_logits
 from lm.sampling import Engine
 from lm.tasks import test_indices
@@ -105,6 +106,12 @@ def held_out_indices(task, limit: int) -> list[int]:
     return test_indices(size, limit or size)
 
 
+def asked(conv: dict) -> str:
+    """The last user turn of a held-out conversation, as text (what the reply answers)."""
+    msg = conv["messages"][-2 if conv["messages"][-1]["role"] == "assistant" else -1]
+    return chat.reply_text(chat.parts_of(msg["content"]))
+
+
 def _graded(task, conv: dict, text: str) -> bool:
     """The task's grade of one reply; a grader that raises counts as wrong (one odd reply must
     not stop an evaluation)."""
@@ -129,7 +136,9 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
     """(metrics, sample conversations) over the held-out split of each named task (`samples` of
     them a task; all when negative, each with its item's fields and grades). `lengths`:
     also the mean reply length in tokens (`eval/<task>_tokens`) of generative tasks and the share
-    of replies that show their working (`eval/<task>_worked`, lm.tasks.base.shows_work).
+    of replies that show their working (`eval/<task>_worked`, lm.tasks.base.shows_work) and,
+    where replies compute, the share of their operands taken from the problem, an earlier step or
+    a unit rather than made up (`eval/<task>_read`, lm.eval.reading).
     `score(task, convs, replies) -> {name: [value per reply]}` (e.g. `lm.rl.rewards.
     HeldOutRewards`): its means per task (`eval/<task>_reward/<name>`) and over all generative
     replies (`eval/reward/<name>`)."""
@@ -160,6 +169,10 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
                 metrics[f"eval/{name}_tokens"] = float(np.mean([len(r["tokens"]) for r in replies]))
                 metrics[f"eval/{name}_worked"] = float(np.mean([shows_work(r["text"])
                                                                 for r in replies]))
+                read = reading.summary((asked(c), r["text"], ok)
+                                       for c, r, ok in zip(convs, replies, correct))["read"]
+                if read is not None:
+                    metrics[f"eval/{name}_read"] = read
             if score is not None:
                 for k, v in score(task, convs, replies).items():
                     metrics[f"eval/{name}_reward/{k}"] = float(np.mean(v))
@@ -184,8 +197,7 @@ def evaluate_tasks(params, cfg, tok, names: Sequence[str], *, limit: int, batch_
             centred.append((acc - task.baseline) / (1 - task.baseline))
         every = list(zip(convs, replies, correct, graded))
         for c, r, ok, g in every[:samples] if samples >= 0 else every:
-            asked = c["messages"][-2 if c["messages"][-1]["role"] == "assistant" else -1]
-            shown.append({"task": name, "prompt": chat.reply_text(chat.parts_of(asked["content"])),
+            shown.append({"task": name, "prompt": asked(c),
                           "reply": r["text"], "correct": ok, "format_ok": r["format_ok"],
                           **({"rewards": r["rewards"]} if "rewards" in r else {}),
                           **({"item": item_fields(c), "grades": {k: bool(v) for k, v in g.items()}}
