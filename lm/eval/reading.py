@@ -17,10 +17,10 @@ The problem is the user's turn the reply answers (earlier turns are not searched
 asks in one turn). `read_reply(problem, reply)` classifies one reply; `summary(items)` gives a
 task's figures: `read` (the share of operands from the problem, earlier steps or units),
 `coverage` (the share of the problem's numbers some step uses) and each reply's kind (`reads`,
-`invents`, `no_steps`) crossed with its grade. GSM8K's human solutions are the calibration: on its 2,399 easy training
-problems (1-2 calculator steps) they read 93.9% of their operands (the rest are steps done in
-the head: "3 sets of 20 minutes in an hour") and use 80% of the stated numbers; set against
-another problem (the next one) they read 37% (tests/test_reading.py).
+`invents`, `no_steps`) crossed with its grade. GSM8K's human solutions are the calibration: on
+its 2,399 easy training problems (1-2 calculator steps) they read 93.9% of their operands (the
+rest are steps done in the head: "3 sets of 20 minutes in an hour") and use 80% of the stated
+numbers; set against another problem (the next one) they read 37% (tests/test_reading.py).
 """
 from __future__ import annotations
 
