@@ -25,7 +25,7 @@ import collections
 import functools
 import json
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 from lm.tasks import recall, spelling
 
@@ -162,16 +162,27 @@ def main(argv: Optional[list[str]] = None) -> None:
                    "wrong replies (last run)")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     a = p.parse_args(argv)
-    specs = [tuple(r.split("=", 1)) if "=" in r else (os.path.basename(r.rstrip("/")), r)
-             for r in a.runs]
+    report("by_question", lambda: table(run_specs(a.runs), a.tasks.split(",") if a.tasks
+                                        else None, a.wrong), markdown, a.json)
+
+
+def run_specs(args: list[str]) -> list[tuple[str, str]]:
+    """(label, path) per `label=PATH` or PATH argument (a bare path is labelled by its name)."""
+    return [tuple(r.split("=", 1)) if "=" in r else (os.path.basename(r.rstrip("/")), r)
+            for r in args]
+
+
+def report(tool: str, build: Callable[[], dict], to_markdown: Callable[[dict], str],
+           json_path: Optional[str]) -> None:
+    """Build a tool's table, a bad input said in one line; write it as JSON if asked; print it."""
     try:
-        tab = table(specs, a.tasks.split(",") if a.tasks else None, a.wrong)
+        tab = build()
     except InputError as e:
-        sys.exit(f"by_question: {e}")
-    if a.json:
-        with open(a.json, "w") as f:
+        sys.exit(f"{tool}: {e}")
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(tab, f, indent=1)
-    print(markdown(tab))
+    print(to_markdown(tab))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ if __package__ in (None, ""):  # run as `python tools/math_reading.py`: import f
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
-import json
 import math
 from typing import Optional
 
@@ -31,7 +30,7 @@ from lm import conversation as chat
 from lm import tasks as task_lib
 from lm.eval import reading
 from lm.eval.chat import asked, held_out_indices
-from tools.by_question import InputError, load_samples
+from tools.by_question import InputError, load_samples, report, run_specs
 
 REFERENCE = "reference"
 ROWS = (  # (label, how to read one run's summary)
@@ -126,16 +125,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                    "worked solutions to the same held-out items")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     a = p.parse_args(argv)
-    specs = [tuple(r.split("=", 1)) if "=" in r else (os.path.basename(r.rstrip("/")), r)
-             for r in a.runs]
-    try:
-        tab = table(specs, a.tasks.split(",") if a.tasks else None, a.reference)
-    except InputError as e:
-        sys.exit(f"math_reading: {e}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(tab, f, indent=1)
-    print(markdown(tab))
+    report("math_reading", lambda: table(run_specs(a.runs), a.tasks.split(",") if a.tasks
+                                         else None, a.reference), markdown, a.json)
 
 
 if __name__ == "__main__":

@@ -97,8 +97,9 @@ def _number_or_none(text: str) -> Optional[float]:
     return _value(m.group(0)) if m else None
 
 
-def _in(x: float, pool: Iterable[float]) -> bool:
-    return any(abs(x - v) <= 1e-6 * max(1.0, abs(v)) for v in pool)
+def _match(x: float, pool: Iterable[float]) -> Optional[float]:
+    """The value of `pool` equal to `x` (to a relative 1e-6), or None."""
+    return next((v for v in pool if abs(x - v) <= 1e-6 * max(1.0, abs(v))), None)
 
 
 def read_reply(problem: str, reply: str) -> dict:
@@ -113,12 +114,13 @@ def read_reply(problem: str, reply: str) -> dict:
     for expr, result, written in st:
         for m in _NUMBER.finditer(expr):
             x = _value(m.group(0))
-            if _in(x, given):
+            stated = _match(x, given)
+            if stated is not None:
                 kinds.append("problem")
-                used.add(next(v for v in given if abs(x - v) <= 1e-6 * max(1.0, abs(v))))
-            elif _in(x, earlier):
+                used.add(stated)
+            elif _match(x, earlier) is not None:
                 kinds.append("earlier")
-            elif _in(x, conversions):
+            elif _match(x, conversions) is not None:
                 kinds.append("unit")
             else:
                 kinds.append("invented")
