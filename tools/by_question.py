@@ -73,7 +73,7 @@ def load_samples(path: str) -> tuple[dict, list[dict]]:
     f = os.path.join(path, "eval.json") if os.path.isdir(path) else path
     if not os.path.isfile(f):
         raise InputError(f"{path}: no eval.json here; write one with `python -m lm.eval --run "
-                         f"{path} --tasks recall,spelling_ood --log_samples`")
+                         f"{path} --tasks TASKS --log_samples`")
     try:
         with open(f) as fh:
             d = json.load(fh)
