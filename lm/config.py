@@ -332,6 +332,9 @@ class RLConfig:
     dynamic_sampling: int = num(0, 0, 64)  # DAPO's dynamic sampling: up to this many more batches
                                           # of P prompts a step, whose groups with unequal
                                           # rewards replace groups that teach nothing (0: off)
+    trim: bool = True                     # a step trains only the rows with a gradient, cut to
+                                          # their length: the same gradient, a fraction of the
+                                          # compute (false: the whole padded batch)
 
 
 @dataclass

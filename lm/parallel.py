@@ -230,6 +230,7 @@ class JitPlacement:
     state_sharding: Any
     axis_name: Optional[str] = None       # a jitted step needs no collective of its own
     aot: bool = True                      # `--dry_run` can lower and compile it ahead of time
+    loss_pieces: int = 1                  # the jitted step's loss sees every row of the batch
 
     def compile_train(self, step: Callable) -> Callable:
         return jax.jit(step, in_shardings=(self.state_sharding, batch_sharding(self.mesh)),
@@ -282,6 +283,12 @@ class PmapPlacement:
     @property
     def devices(self) -> list:
         return list(self.mesh.devices.flat)
+
+    @property
+    def loss_pieces(self) -> int:
+        """How many pieces of the batch a step's loss is computed on and averaged over (`pmean`):
+        one per device."""
+        return len(self.devices)
 
     def compile_train(self, step: Callable) -> Callable:
         return jax.pmap(step, axis_name=self.axis_name, donate_argnums=(0,),

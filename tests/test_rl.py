@@ -3,12 +3,14 @@ tokens get exactly zero gradient, KL is zero when policy equals reference, clipp
 exactly outside [1 - eps, 1 + eps_high], aggregation variants, rewards that raise are counted; the
 stage end to end (held-out curves from step 0, once); pass@k samples independent of batching."""
 
+import dataclasses
 import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lm import losses, model, tasks
@@ -339,6 +341,84 @@ class _SomeGroupsVary(_EvenLength):
 class _NeverRight(_EvenLength):
     def reward(self, conv, reply):
         return 0.0
+
+
+def _rollout_like(vocab, seed=0, B=16, T=96, G=4):
+    """A rollout batch by hand: prompts of 10-30 tokens, replies of 5-40 (the only weighted
+    positions), groups of G with rewards that differ in half of them."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(1, vocab, (B, T)).astype(np.int32)
+    targets = np.roll(inputs, -1, axis=1)
+    weights = np.zeros((B, T), np.float32)
+    for r in range(B):
+        start = int(rng.integers(10, 30))
+        weights[r, start:start + int(rng.integers(5, 40))] = 1.0
+    rewards = rng.integers(0, 2, (B // G, G)).astype(np.float32)
+    rewards[0::2] = 1.0                                    # half the groups: all equal
+    rewards[1::2, 0], rewards[1::2, 1] = 0.0, 1.0
+    adv, _ = advantages(rewards, std_norm=True)
+    return {"inputs": inputs, "targets": targets, "weights": weights,
+            "advantages": adv.reshape(-1)}
+
+
+@pytest.mark.parametrize("how,agg", [("jit", "token_mean"), ("jit", "seq_mean_token_mean"),
+                                     ("jit", "seq_mean_token_scale"),
+                                     ("pmap_accum", "seq_mean_token_mean")])
+def test_trimmed_step_takes_the_whole_batchs_gradient(tiny_parent, how, agg):
+    """rl.trim drops the rows without a gradient and cuts the rest after their last sampled
+    token; dividing by the whole batch's aggregate (over devices and micro-batches) keeps the
+    step's loss, gradient norm and update those of the whole padded batch."""
+    from lm import runs, steps
+    from lm.config import MeshConfig
+    from lm.stages import grpo
+    parent = runs.load(tiny_parent)
+    out = {}
+    for trim in (False, True):
+        cfg = _grpo_cfg(tiny_parent, parent.tokenizer.vocab_size, aggregation=agg, trim=trim)
+        cfg.rl.prompts, cfg.data.batch_size = 4, 16
+        if how == "jit":
+            cfg.mesh = MeshConfig(parallelism="jit", data=2)
+        else:
+            cfg.mesh, cfg.train.grad_accum = MeshConfig(parallelism="pmap", data=2), 2
+        stage = grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)
+        c = steps.compile_steps(cfg, grpo.Stage.loss_fn(cfg), devices=jax.devices()[:2])
+        start = jax.tree.map(jnp.copy, parent.params)           # the step donates its state
+        state = c.device_state(c.host_state(c.init_state(0)).replace(params=start))
+        batch = stage.train_batch(parent.params, _rollout_like(parent.tokenizer.vocab_size), c)
+        state, m = c.train_step(state, c.put_batch(batch))
+        out[trim] = (batch, c.place.fetch(m), c.host_state(state).params)
+    (full, m_full, p_full), (cut, m_cut, p_cut) = out[False], out[True]
+    assert full["inputs"].shape == (16, 96)
+    assert cut["inputs"].shape[0] == 8 and cut["inputs"].shape[1] < 96     # half the rows
+    assert (cut["advantages"] != 0).all()
+    # the definition: the policy loss of the whole batch on one device, in one piece
+    b = {k: jnp.asarray(v) for k, v in _rollout_like(parent.tokenizer.vocab_size).items()}
+    mcfg = dataclasses.replace(parent.config.model, dtype="float32")
+    lp = lambda p: losses.token_logprobs(model.apply(p, mcfg, b["inputs"]), b["targets"])[0]
+    ref = lambda p: policy_loss(lp(p), None, lp(p), b["advantages"], b["weights"],
+                                jnp.zeros_like(b["weights"]), cfg.rl)[0]
+    loss, g = jax.value_and_grad(ref)(parent.params)
+    norm = float(optax.global_norm(g))
+    assert norm > 0
+    for m in (m_full, m_cut):
+        assert float(m["loss"]) == pytest.approx(float(loss), rel=1e-4, abs=1e-7)
+        assert float(m["grad_norm"]) == pytest.approx(norm, rel=1e-4)
+    for a, b in zip(jax.tree.leaves(p_cut), jax.tree.leaves(p_full)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_train_rows_pads_to_the_multiple_and_cuts_after_the_last_weighted_position():
+    from lm.stages import grpo
+    b = _rollout_like(50, seed=3, B=16, T=200)
+    keep = np.zeros(16, bool)
+    keep[[1, 5, 6]] = True
+    out = grpo.train_rows(b, keep, multiple=4, len_quantum=32)
+    last = max(int(np.flatnonzero(b["weights"][r])[-1]) for r in (1, 5, 6)) + 1
+    assert out["inputs"].shape == (4, -(-last // 32) * 32)
+    np.testing.assert_array_equal(out["inputs"][:3], b["inputs"][[1, 5, 6], :out["inputs"].shape[1]])
+    assert out["weights"][3].sum() == 0 and out["advantages"][3] == 0          # padding row
+    assert grpo.train_rows(b, np.zeros(16, bool), 4)["inputs"].shape[0] == 4    # nothing kept
+    assert grpo.train_rows(b, np.ones(16, bool), 6)["inputs"].shape[0] == 16    # at most B
 
 
 def test_dynamic_sampling_trains_on_groups_whose_rewards_differ(tiny_parent):

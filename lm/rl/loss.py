@@ -2,6 +2,7 @@
 
     advantages(rewards_PG, std_norm, eps)            (r - mean_g) [/ (std_g + eps)], per group
     policy_loss(logp, old_logp, ref_logp, adv, mask, entropy, cfg) -> (loss, metrics)
+    denominator(mask, aggregation, max_new_tokens)   what the aggregation divides by
     preference_loss(logp, ref_logp, tokens, beta, kind)   DPO / IPO over (chosen, rejected) pairs
     reward_model_loss(rewards)                       Bradley-Terry over (chosen, rejected) pairs
 
@@ -18,6 +19,8 @@ std_norm=False, kl=none, updates=1 (ratio 1, nothing clipped): plain on-policy R
 group-mean baseline.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,10 +50,30 @@ def advantages(rewards_PG: np.ndarray, std_norm: bool, eps: float = 1e-6
     return centred.astype(np.float32), zero
 
 
-def policy_loss(logp_BT: Array, old_logp_BT: Array, ref_logp_BT: Array, adv_B: Array,
-                mask_BT: Array, entropy_BT: Array, rl: RLConfig) -> tuple[Array, dict]:
+def denominator(mask_BT, aggregation: str, max_new_tokens: int, xp=np):
+    """What the aggregation divides the summed loss by, over the rows of `mask_BT`: trained
+    tokens (`token_mean`), rows with a trained token (`seq_mean_token_mean`, after each row's
+    token mean), or rows × max_new_tokens (`seq_mean_token_scale`). Computed once over a whole
+    rollout batch, it lets a step train only the rows that carry a gradient and normalise as
+    the whole batch would (`lm.stages.grpo.train_rows`)."""
+    if aggregation == "token_mean":
+        return xp.maximum(mask_BT.sum(), 1.0)
+    if aggregation == "seq_mean_token_mean":
+        return xp.maximum((mask_BT.sum(axis=1) > 0).sum(), 1)
+    return mask_BT.shape[0] * max_new_tokens
+
+
+def policy_loss(logp_BT: Array, old_logp_BT: Optional[Array], ref_logp_BT: Array, adv_B: Array,
+                mask_BT: Array, entropy_BT: Array, rl: RLConfig,
+                denom: Optional[Array] = None) -> tuple[Array, dict]:
+    """(loss, metrics) of the rows given. old_logp None: the policy that sampled them is this one
+    (one update per rollout batch), so the ratio is exactly 1 and no extra forward pass is needed.
+    denom: the aggregation's divisor for these rows (`denominator` of the whole batch, over the
+    pieces the step averages); None: `denominator` of these rows."""
     m = mask_BT.astype(jnp.float32)
     A = adv_B.astype(jnp.float32)[:, None]
+    if old_logp_BT is None:
+        old_logp_BT = logp_BT
     ratio = jnp.exp(logp_BT - jax.lax.stop_gradient(old_logp_BT))
     lo, hi = 1.0 - rl.clip_eps, 1.0 + (rl.clip_eps_high or rl.clip_eps)
     clipped = jnp.clip(ratio, lo, hi)
@@ -63,14 +86,13 @@ def policy_loss(logp_BT: Array, old_logp_BT: Array, ref_logp_BT: Array, adv_B: A
     elif rl.kl == "kl":
         per_token = pg + rl.beta * (-d)
     n = jnp.maximum(m.sum(), 1.0)
-    if rl.aggregation == "token_mean":
-        loss = (per_token * m).sum() / n
-    elif rl.aggregation == "seq_mean_token_mean":
-        rows = m.sum(axis=1)
-        seq = (per_token * m).sum(axis=1) / jnp.maximum(rows, 1.0)
-        loss = seq.sum() / jnp.maximum((rows > 0).sum(), 1)
-    else:   # seq_mean_token_scale (Dr. GRPO)
-        loss = (per_token * m).sum() / (m.shape[0] * rl.max_new_tokens)
+    if rl.aggregation == "seq_mean_token_mean":
+        total = ((per_token * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)).sum()
+    else:   # token_mean (DAPO), seq_mean_token_scale (Dr. GRPO)
+        total = (per_token * m).sum()
+    if denom is None:
+        denom = denominator(m, rl.aggregation, rl.max_new_tokens, jnp)
+    loss = total / denom
     # diagnostics, over the trained tokens
     engaged = ((ratio < lo) & (A < 0)) | ((ratio > hi) & (A > 0))
     mean = lambda x: (x * m).sum() / n

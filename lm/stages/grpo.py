@@ -6,10 +6,15 @@ and padding) get no gradient. Rewards come from the task's grader (`lm.rl.reward
 reward model (`rl.rewards=model:1`, `rl.reward_model=<an rm run>`: its score of each prompt +
 rollout, one forward pass per batch); each reward is logged as `rl/reward/<name>` (weight 0:
 logged, not optimised, e.g. `labeller:0` beside a reward model); advantages
-are group-relative (`lm.rl.loss.advantages`), and the log-probs of the sampled tokens under the
-policy that sampled them (`old_logp`) and under the frozen parent (`ref_logp`) are computed by one
-jitted forward pass each, without gradients. A batch serves `rl.updates` optimizer steps (with
-more than one, the PPO ratio and its clipping engage); the one loop runs them like any step.
+are group-relative (`lm.rl.loss.advantages`). The step trains only the rows that carry a
+gradient (`rl.trim`: a group whose rewards are all equal has advantage 0 and, without a KL
+penalty, none), cut after their last sampled token, and divides by the whole batch's aggregate
+(`lm.rl.loss.denominator`), so its gradient is the whole batch's at a fraction of the compute.
+The log-probs of the sampled tokens under the frozen parent (`ref_logp`) take one jitted forward
+pass over those rows, without gradients; under the policy that sampled them (`old_logp`) another,
+only when a batch serves more than one optimizer step (`rl.updates` > 1: the PPO ratio and its
+clipping engage); with one, the step's own forward pass is that policy. The one loop runs the
+steps like any other.
 `rl.dynamic_sampling=N` (DAPO's dynamic sampling) samples up to N more batches of prompts while
 fewer than P groups have unequal rewards, and trains on those: on a task the policy rarely solves
 (GSM8K), most groups are all wrong and teach nothing.
@@ -31,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import kernels, losses, model
+from lm import kernels, losses, model, parallel
 from lm import conversation as chat
 from lm import tasks as task_lib
 from lm.config import Config, ConfigError, parse_weights
 from lm.eval.chat import evaluate_tasks, pass_at_k
 from lm.report import plot_rl_curves
-from lm.rl.loss import advantages, policy_loss, zero_variance
+from lm.rl.loss import advantages, denominator, policy_loss, zero_variance
 from lm.rl.rewards import Composite, HeldOutRewards, reward_model
 from lm.sampling import Engine
 from lm.stages import base
@@ -50,11 +55,34 @@ MAX_REDRAWS = 8              # draws again a rollout batch may make, per prompt,
 REDRAWN_FROM = 10 ** 9       # a generated task's redraws take indices far past any batch's
 EXTRA_FROM = 10 ** 6         # dynamic sampling's batches: streams past any run's rollout batches
 MAX_EXTRA = 64               # ... at most this many per batch (rl.dynamic_sampling's bound)
+ROW_SHARE = 8                # a trimmed step's rows come in multiples of an eighth of the batch
+LEN_QUANTUM = 64             # ... and its length in multiples of 64 tokens: few shapes to compile
 
 
 def _last_user(conv: dict) -> str:
     users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
     return chat.reply_text(chat.parts_of(users[-1])) if users else ""
+
+
+def train_rows(batch: dict, keep_B: np.ndarray, multiple: int,
+               len_quantum: int = LEN_QUANTUM) -> dict:
+    """The rows of a rollout batch flagged in `keep_B`, padded with empty rows (no weight) to a
+    multiple of `multiple` (at least one multiple, at most the batch), and cut after the last
+    weighted position of any kept row, rounded up to `len_quantum`. A causal model's loss on
+    the kept positions does not see what is cut, so with the whole batch's divisor the gradient
+    is the whole batch's whenever the dropped rows carry none."""
+    B, T = batch["inputs"].shape
+    idx = np.flatnonzero(keep_B)
+    rows = min(B, max(multiple, -(-len(idx) // multiple) * multiple))
+    used = np.flatnonzero(batch["weights"][idx].any(axis=0))
+    end = int(used[-1]) + 1 if len(used) else 1
+    length = min(T, -(-end // len_quantum) * len_quantum)
+    out = {}
+    for k, v in batch.items():
+        x = np.zeros((rows,) + v.shape[1:], v.dtype)
+        x[:len(idx)] = v[idx]
+        out[k] = x[:, :length] if x.ndim == 2 else x
+    return out
 
 
 class Stage(base.Stage):
@@ -71,17 +99,22 @@ class Stage(base.Stage):
             logp, lse = losses.token_logprobs(logits, batch["targets"], impl)
             p = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
             entropy = jax.lax.stop_gradient(lse) - jnp.sum(p * jax.lax.stop_gradient(logits), -1)
-            return policy_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
-                               batch["weights"], entropy, rl)
+            return policy_loss(logp, batch.get("old_logp"), batch["ref_logp"],
+                               batch["advantages"], batch["weights"], entropy, rl,
+                               denom=batch["denom"][0])
         return fn
 
     @staticmethod
     def abstract_batch(cfg: Config) -> dict:
+        """The largest batch a step can get (`train_batch` trims most steps' below it)."""
         B, T = cfg.data.batch_size, cfg.data.seq_len
         f = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
         i = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)
-        return {"inputs": i(B, T), "targets": i(B, T), "weights": f(B, T), "old_logp": f(B, T),
-                "ref_logp": f(B, T), "advantages": f(B)}
+        out = {"inputs": i(B, T), "targets": i(B, T), "weights": f(B, T), "ref_logp": f(B, T),
+               "advantages": f(B), "denom": f(B)}
+        if cfg.rl.updates > 1:
+            out["old_logp"] = f(B, T)
+        return out
 
     def __init__(self, cfg: Config, tokenizer=None, parent=None):
         if tokenizer is None or tokenizer.chat is None:
@@ -272,6 +305,28 @@ class Stage(base.Stage):
                  for which, r in (("best", best), ("first", 0))]
         return batch, stats, shown
 
+    def train_batch(self, params, batch: dict, compiled) -> dict:
+        """A rollout batch as the step trains on it: with rl.trim only the rows with a gradient
+        (a non-zero advantage; every row under a KL penalty), cut to their length (`train_rows`);
+        `denom`, the whole batch's aggregate over the pieces the step averages (devices ×
+        micro-batches), so the gradient is the whole batch's; the reference's log-probs, and
+        the sampling policy's when rl.updates > 1."""
+        rl, m = self.cfg.rl, self.cfg.model
+        accum = self.cfg.train.grad_accum
+        denom = (float(denominator(batch["weights"], rl.aggregation, rl.max_new_tokens))
+                 / (compiled.place.loss_pieces * accum))
+        if rl.trim:
+            keep = batch["weights"].any(axis=1) & ((batch["advantages"] != 0) | (rl.kl != "none"))
+            align = parallel.data_parallel_size(compiled.mesh) * accum
+            share = max(len(keep) // ROW_SHARE, 1)
+            batch = train_rows(batch, keep, align * -(-share // align))
+        batch["denom"] = np.full(len(batch["inputs"]), denom, np.float32)
+        ins, tg = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
+        batch["ref_logp"] = np.asarray(sequence_logprobs(self.ref_params, m, ins, tg))
+        if rl.updates > 1:
+            batch["old_logp"] = np.asarray(sequence_logprobs(params, m, ins, tg))
+        return batch
+
     def next_batch(self, loop, state) -> dict:
         if self.updates_left == 0:
             t0 = time.perf_counter()
@@ -279,12 +334,10 @@ class Stage(base.Stage):
             batch, stats, shown = self.rollouts(params, self.rollout_index)
             loop.writer.write_records("rollouts", self.rollout_index + 1, shown)
             t1 = time.perf_counter()
-            m = self.cfg.model
-            ins, tg = jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])
-            batch["old_logp"] = np.asarray(sequence_logprobs(params, m, ins, tg))
-            batch["ref_logp"] = np.asarray(sequence_logprobs(self.ref_params, m, ins, tg))
+            batch = self.train_batch(params, batch, loop.compiled)
             stats["rl/rollout_s"] = t1 - t0
             stats["rl/logprob_s"] = time.perf_counter() - t1
+            stats["rl/train_rows"], stats["rl/train_len"] = batch["inputs"].shape
             self.batch, self.stats = batch, stats
             self.rollout_index += 1
             self.updates_left = self.cfg.rl.updates
