@@ -9,6 +9,12 @@ alternate ours / peer; figures are medians.
 
   python -m tools.bench_rl                # table
   python -m tools.bench_rl --json --rounds 3
+  python -m tools.bench_rl --trim_ab      # the update: trimmed rows against the whole batch
+
+`--trim_ab` times what follows the rollouts (log-prob passes and the update) three ways on each
+round's rollout batch, in rotating order: `trim` (rl.trim, the default), `whole` (rl.trim=false:
+every row at full length) and `before` (the whole batch plus the old-policy forward pass the
+stage made before it trimmed). The three give the same gradient (tests/test_rl.py).
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", default="grpo_arith_tiny")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--trim_ab", action="store_true",
+                   help="time the update trimmed, whole and as before, interleaved")
     a = p.parse_args(argv)
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json else print
 
@@ -43,18 +51,21 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
     import experiments
-    from lm import runs, steps, train
+    from lm import process, runs, steps, train
     from lm.logs import NullWriter
     from lm import conversation as chat
     from lm.stages import grpo
 
-    cfg = experiments.get(a.experiment)
+    cfg = process.resolve(experiments.get(a.experiment))     # dtype and mesh for this host
     parent = runs.load(a.run, workdir=ROOT)
     cfg.init_from = parent.run_dir
     stage = grpo.Stage(cfg, tokenizer=parent.tokenizer, parent=parent)
     c = steps.compile_steps(cfg, grpo.Stage.loss_fn(cfg))
     state = c.device_state(c.host_state(c.init_state(0)).replace(params=parent.params))
     loop = train.Loop(cfg, c, tempfile.mkdtemp(), NullWriter(), False)
+
+    if a.trim_ab:
+        return trim_ab(a, stage, c, state, loop, log)
 
     try:
         import torch
@@ -138,6 +149,58 @@ def main(argv=None) -> int:
           f"{rl.max_new_tokens} new tokens")
     for k, v in out.items():
         print(f"  {k:22s} {v:.3f}" if isinstance(v, float) else f"  {k:22s} {v}")
+    return 0
+
+
+def trim_ab(a, stage, c, state, loop, log) -> int:
+    """Rounds of: one rollout batch, then its update three ways (rotating order); medians."""
+    import jax
+    import jax.numpy as jnp
+    from lm.steps import sequence_logprobs
+    arms = ("trim", "whole", "before")
+    params = c.host_params(state)
+
+    def update(arm: str, batch: dict) -> tuple[float, tuple]:
+        stage.cfg.rl.trim = arm == "trim"
+        t0 = time.perf_counter()
+        tb = stage.train_batch(params, dict(batch), c)
+        if arm == "before":                  # the old-policy pass the stage used to make
+            jax.block_until_ready(sequence_logprobs(params, stage.cfg.model,
+                                                    jnp.asarray(tb["inputs"]),
+                                                    jnp.asarray(tb["targets"])))
+        fresh = jax.tree.map(jnp.copy, state)       # the step donates its state
+        _, m = c.train_step(fresh, c.put_batch(tb))
+        jax.block_until_ready(m["loss"])
+        return (time.perf_counter() - t0,
+                (tb["inputs"].shape, round(float(c.place.fetch(m)["grad_norm"]), 6)))
+
+    times: dict = {k: [] for k in arms}
+    shapes = []
+    for r in range(a.rounds + 1):                   # round 0 compiles and is not counted
+        batch, stats, _ = stage.rollouts(params, r)
+        order = arms[r % 3:] + arms[:r % 3]
+        got = {arm: update(arm, batch) for arm in order}
+        norms = {arm: got[arm][1][1] for arm in arms}
+        log(f"round {r}{' (compile)' if r == 0 else ''}: " + ", ".join(
+            f"{arm} {got[arm][0]:.2f} s" for arm in arms)
+            + f"; trimmed to {got['trim'][1][0]}; grad norms {norms}")
+        if r:
+            for arm in arms:
+                times[arm].append(got[arm][0])
+            shapes.append(list(got["trim"][1][0]))
+    med = {arm: statistics.median(times[arm]) for arm in arms}
+    out = {"config": a.experiment, "rounds": a.rounds, "update_s": med, "trimmed_shapes": shapes,
+           "batch": [stage.cfg.data.batch_size, stage.cfg.data.seq_len],
+           "before_over_trim": med["before"] / med["trim"],
+           "whole_over_trim": med["whole"] / med["trim"], "host_isa": bench_host.host_isa()}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"\n{a.experiment}: log-probs + update after the rollouts, median of {a.rounds}")
+        for arm in arms:
+            print(f"  {arm:8s} {med[arm]:7.2f} s")
+        print(f"  before / trim {out['before_over_trim']:.2f}x, whole / trim "
+              f"{out['whole_over_trim']:.2f}x  (trimmed shapes {shapes})")
     return 0
 
 
