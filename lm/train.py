@@ -21,6 +21,7 @@ import time
 from typing import Any, Optional
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 from lm import model, parallel, paths, process, runs, stages, steps
@@ -132,7 +133,9 @@ def loop(p: Prepared, *, progress: bool = True, stop_after: Optional[int] = None
             if p.start == 0 and cfg.train.steps > 0:     # a fresh run: the start state, once
                 evaluate_interim(lp, stage, state, 0, summary, bar, meter)
             for step in range(p.start, end):
-                state, metrics = c.train_step(state, c.put_batch(stage.next_batch(lp, state)))
+                batch = stage.next_batch(lp, state)
+                meter.count(batch)
+                state, metrics = c.train_step(state, c.put_batch(batch))
                 done = step + 1
                 if done % cfg.train.log_every == 0 or done == end:
                     row = meter.log(writer, done, c.place.fetch(metrics), stage.log_metrics())
@@ -201,21 +204,25 @@ def final_evaluation(lp: Loop, stage: Stage, state, step: int) -> dict:
 
 class StepMeter:
     """Training-time bookkeeping: tokens/s and MFU between log rows (evaluation time left out),
-    elapsed time, and the wall-time limit (process 0's clock decides for every process)."""
+    elapsed time, and the wall-time limit (process 0's clock decides for every process).
+    Tokens are the positions of the batches the steps ran (a GRPO step trims its batch)."""
 
     def __init__(self, cfg: Config, start: int):
         self.cfg = cfg
         self.fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
         self.peak = steps.peak_flops(cfg)
-        self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+        self.tokens = 0                     # positions stepped on since the last log row
         self.t0 = self.t_last = time.perf_counter()
         self.step_last = start
         self.last: Optional[dict] = None
 
+    def count(self, batch: dict) -> None:
+        self.tokens += int(np.prod(batch["inputs"].shape))
+
     def log(self, writer, step: int, m: dict, extra: dict) -> dict:
         now = time.perf_counter()
-        tps = (step - self.step_last) * self.tokens_per_step / max(now - self.t_last, 1e-9)
-        self.t_last, self.step_last = now, step
+        tps = self.tokens / max(now - self.t_last, 1e-9)
+        self.t_last, self.step_last, self.tokens = now, step, 0
         rest = {k: v for k, v in m.items() if k not in ("loss", "lr", "grad_norm")}
         self.last = writer.write(step, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
                                  tokens_per_s=tps, mfu=tps * self.fpt / self.peak,

@@ -194,3 +194,24 @@ def test_cpu_peak_probe_is_sized_to_the_runs_products(monkeypatch):
     steps.peak_flops(tiny())
     steps.peak_flops(apply_overrides(experiments.get("chat_tiny_sft"), ["model.dtype=float32"]))
     assert sizes == [1024, 2048]
+
+
+def test_tokens_per_second_counts_the_batches_the_steps_ran(monkeypatch):
+    """A GRPO step trims its batch below data.batch_size × data.seq_len: the meter counts the
+    positions of the batches it was given, not the configured shape."""
+    import numpy as np
+    cfg = experiments.get("shakespeare_char_cpu")
+    monkeypatch.setattr(steps, "peak_flops", lambda cfg: 1e12)
+    meter = train.StepMeter(cfg, 0)
+    clock = iter([102.0])
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
+
+    class Writer:
+        def write(self, step, **row):
+            return row
+    meter.t_last = 100.0
+    for shape in ((32, 128), (48, 64)):
+        meter.count({"inputs": np.zeros(shape, np.int32)})
+    row = meter.log(Writer(), 2, {"loss": 0.0, "lr": 0.0, "grad_norm": 0.0}, {})
+    assert row["tokens_per_s"] == (32 * 128 + 48 * 64) / 2.0
+    assert cfg.data.batch_size * cfg.data.seq_len != 32 * 128 + 48 * 64

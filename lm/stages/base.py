@@ -7,7 +7,8 @@
     Stage(cfg, tokenizer, parent)  at run time (loads its data: errors before any run dir):
         .tokenizer                 the run's tokenizer (saved with it)
         .initial_state(state, parent)   the first state from a fresh one and the parent run
-        .next_batch(loop, state)   the next training batch (numpy); RL samples with state.params
+        .next_batch(loop, state)   the next training batch (numpy, with `inputs` [rows, length]:
+                                   the loop counts its positions); RL samples with state.params
         .data_state() / .set_data_state(d)   the data position saved in every checkpoint
         .evaluate(loop, state, step, final) -> metrics row (validation loss, task accuracies);
                                    {} when nothing is due. A fresh run (not a resumed one) is

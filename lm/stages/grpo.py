@@ -21,8 +21,10 @@ fewer than P groups have unequal rewards, and trains on those: on a task the pol
 
 Logged every step: reward, response length, the share of replies that show their working
 (`rl/worked`: a calculator call or a written step before the answer), KL to the reference (k3),
-entropy, clip fraction, zero-variance groups, reward errors, rollout and update seconds (with
-dynamic sampling, the batches it added and the share of trained groups that differ).
+entropy and clip fraction (over the trained rows: with rl.trim, those of groups whose rewards
+differ), zero-variance groups, reward errors, rollout and log-prob seconds, the trained batch's
+rows and length (`rl/train_rows`, `rl/train_len`; with dynamic sampling, the batches it added
+and the share of trained groups that differ).
 Evaluations: held-out pass@1 (greedy, `eval/<task>`) at step 0 (the parent's policy, before the
 first update), every `eval.every` steps and at the end, and pass@k (`eval/<task>_pass@k`) at step
 0 and at the end; `rl_curves.png` in the run directory plots them from step 0.
