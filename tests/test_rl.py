@@ -415,7 +415,8 @@ def test_train_rows_pads_to_the_multiple_and_cuts_after_the_last_weighted_positi
     out = grpo.train_rows(b, keep, multiple=4, len_quantum=32)
     last = max(int(np.flatnonzero(b["weights"][r])[-1]) for r in (1, 5, 6)) + 1
     assert out["inputs"].shape == (4, -(-last // 32) * 32)
-    np.testing.assert_array_equal(out["inputs"][:3], b["inputs"][[1, 5, 6], :out["inputs"].shape[1]])
+    cut = out["inputs"].shape[1]
+    np.testing.assert_array_equal(out["inputs"][:3], b["inputs"][[1, 5, 6], :cut])
     assert out["weights"][3].sum() == 0 and out["advantages"][3] == 0          # padding row
     assert grpo.train_rows(b, np.zeros(16, bool), 4)["inputs"].shape[0] == 4    # nothing kept
     assert grpo.train_rows(b, np.ones(16, bool), 6)["inputs"].shape[0] == 16    # at most B
