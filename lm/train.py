@@ -119,7 +119,7 @@ def loop(p: Prepared, *, progress: bool = True, stop_after: Optional[int] = None
     main = parallel.is_main_process()
     writer = MetricsWriter(p.run_dir) if main else NullWriter()
     lp = Loop(cfg, c, p.run_dir, writer, progress and main)
-    meter = StepMeter(cfg, p.start)
+    meter = StepMeter(cfg)
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
     summary: dict = {"run_dir": p.run_dir, "stage": cfg.stage, "start_step": p.start,
                      "devices": describe_devices(c)}
@@ -207,13 +207,12 @@ class StepMeter:
     elapsed time, and the wall-time limit (process 0's clock decides for every process).
     Tokens are the positions of the batches the steps ran (a GRPO step trims its batch)."""
 
-    def __init__(self, cfg: Config, start: int):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self.fpt = model.flops_per_token(cfg.model, cfg.data.seq_len)
         self.peak = steps.peak_flops(cfg)
         self.tokens = 0                     # positions stepped on since the last log row
         self.t0 = self.t_last = time.perf_counter()
-        self.step_last = start
         self.last: Optional[dict] = None
 
     def count(self, batch: dict) -> None:
@@ -222,7 +221,7 @@ class StepMeter:
     def log(self, writer, step: int, m: dict, extra: dict) -> dict:
         now = time.perf_counter()
         tps = self.tokens / max(now - self.t_last, 1e-9)
-        self.t_last, self.step_last, self.tokens = now, step, 0
+        self.t_last, self.tokens = now, 0
         rest = {k: v for k, v in m.items() if k not in ("loss", "lr", "grad_norm")}
         self.last = writer.write(step, loss=m["loss"], lr=m["lr"], grad_norm=m["grad_norm"],
                                  tokens_per_s=tps, mfu=tps * self.fpt / self.peak,

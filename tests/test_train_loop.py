@@ -202,7 +202,7 @@ def test_tokens_per_second_counts_the_batches_the_steps_ran(monkeypatch):
     import numpy as np
     cfg = experiments.get("shakespeare_char_cpu")
     monkeypatch.setattr(steps, "peak_flops", lambda cfg: 1e12)
-    meter = train.StepMeter(cfg, 0)
+    meter = train.StepMeter(cfg)
     clock = iter([102.0])
     monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
 

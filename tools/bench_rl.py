@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     from lm import parallel
     parallel.configure_cpu_devices(parallel.host_cores())
     import jax
+    import jax.numpy as jnp
     import numpy as np
     import experiments
     from lm import process, runs, steps, train
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     loop = train.Loop(cfg, c, tempfile.mkdtemp(), NullWriter(), False)
 
     if a.trim_ab:
-        return trim_ab(a, stage, c, state, loop, log)
+        return trim_ab(a, stage, c, state, log)
 
     try:
         import torch
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         batch = stage.next_batch(loop, state)
         t1 = time.perf_counter()
         b = c.put_batch(batch)
-        new_state, m = c.train_step(jax.tree.map(lambda x: x, state), b)
+        _, m = c.train_step(jax.tree.map(jnp.copy, state), b)   # the step donates its state
         jax.block_until_ready(m["loss"])
         t2 = time.perf_counter()
         gen_tokens = float(stage.stats["rl/response_tokens"]) * rl.prompts * rl.samples
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def trim_ab(a, stage, c, state, loop, log) -> int:
+def trim_ab(a, stage, c, state, log) -> int:
     """Rounds of: one rollout batch, then its update three ways (rotating order); medians."""
     import jax
     import jax.numpy as jnp
